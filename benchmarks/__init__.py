@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: our engines against ONNX Runtime and the BLAS ceiling (``make bench``)."""

@@ -1,0 +1,3 @@
+"""Engine Farm: a build-and-benchmark farm for deep-learning inference engines."""
+
+__version__ = "0.1.0"

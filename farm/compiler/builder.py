@@ -1,0 +1,453 @@
+"""``build()``: ONNX (or IR) in, an :class:`Engine` out.
+
+load → optimize → resolve the input shape ranges → infer shapes (tuning shapes and largest
+shapes) → autotune every node → prepare the chosen tactics → plan memory → Engine with its
+build report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from farm.compiler import __version__ as COMPILER_VERSION
+from farm.compiler.engine.fingerprint import device_fingerprint, fingerprint_id
+from farm.compiler.engine.runtime import Binding, Engine, Kernel
+from farm.compiler.ir import Graph
+from farm.compiler.kernels.registry import get_tactic
+from farm.compiler.kernels.threads import available_cores
+from farm.compiler.memory import MemoryPlan, plan_memory
+from farm.compiler.tuner import (
+    JsonTimingCache,
+    MemoryTimingCache,
+    NodeChoice,
+    TimingCache,
+    TimingRecord,
+    TunerSettings,
+    random_graph_inputs,
+    timing_key,
+    tune,
+)
+from farm.compiler.tuner.threads import choose_thread_counts, parse_thread_label, thread_label
+
+# (min, opt, max) batch when the model's batch dim is symbolic and no range is given.
+DEFAULT_BATCH_RANGE = (1, 1, 8)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "best")
+
+Progress = Callable[[str, int, int, str], None]
+"""``progress(stage, done, total, detail)``; stages: load, optimize, tune, plan."""
+
+
+class BuildError(RuntimeError):
+    """The model cannot be built as asked (unresolved dims, unknown profile, bad config)."""
+
+
+@dataclass
+class BuilderConfig:
+    """How to build an engine.
+
+    ``tuning_level``: 0 = heuristic tactic choice, no timing; 1-3 = more timed runs per tactic.
+    ``time_budget_s``: past this much tuning time the remaining nodes are chosen heuristically.
+    ``timing_cache``: a :class:`TimingCache`, or a path to a JSON timing-cache file.
+    ``batch_range``: (min, opt, max) for the models' symbolic batch dimension; tuned at opt,
+    memory planned for max. ``input_shapes``: fixed shapes per input name (like ``--shapes``);
+    a symbolic batch dim still follows ``batch_range`` when one is given.
+    ``disabled_passes``: optimization passes to skip, by name. ``threads``: cores for BLAS and
+    numba (default all available).
+
+    Precision (see ``farm.compiler.precision`` and docs/PRECISION.md): ``precision`` allows that
+    precision (TensorRT's meaning: the tuner picks the fastest allowed tactic per layer);
+    ``strict`` obeys it exactly; ``layer_precision`` pins layers by name glob
+    (``{"conv1*": "fp32"}`` or ``["conv1*=fp32"]``). INT8 scales come from ``calibration`` (an
+    ``.npz`` path, a mapping of sample arrays, or an iterable of feed dicts) through
+    ``calibrator`` (minmax, percentile, entropy, mse), cached in ``calibration_cache``;
+    ``calibration_limit`` caps the samples used. ``accuracy_budget`` (e.g. ``"cosine>=0.999"``)
+    with ``validation`` data makes the build keep the fewest layers in higher precision that
+    meet it.
+    """
+
+    tuning_level: int = 1
+    time_budget_s: float | None = None
+    timing_cache: TimingCache | str | os.PathLike[str] | None = None
+    disabled_passes: Sequence[str] = ()
+    batch_range: tuple[int, int, int] | None = None
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    precision: str = "fp32"
+    optimize: bool = True
+    threads: int | None = None
+    seed: int = 0
+    strict: bool = False
+    layer_precision: Mapping[str, str] | Sequence[str] = field(default_factory=dict)
+    calibration: Any = None
+    calibrator: str = "entropy"
+    calibration_cache: str | os.PathLike[str] | None = None
+    calibration_limit: int | None = None
+    accuracy_budget: str | None = None
+    validation: Any = None
+
+    def cache(self) -> TimingCache:
+        """The timing cache object this config names."""
+        if self.timing_cache is None:
+            return MemoryTimingCache()
+        if isinstance(self.timing_cache, str | os.PathLike):
+            return JsonTimingCache(self.timing_cache)
+        return self.timing_cache
+
+
+def backend_for_profile(profile: str) -> str:
+    """The kernel backend a hardware profile builds for (``cpu`` or ``cuda``)."""
+    if profile == "cpu" or profile.startswith("cpu-"):
+        return "cpu"
+    if profile.startswith("nvidia-") or profile == "cuda":
+        return "cuda"
+    raise BuildError(f"unknown profile {profile!r}; use 'cpu' or an 'nvidia-*' profile")
+
+
+def load_model(model: str | Path | bytes | Any) -> Graph:
+    """The IR graph of ``model``: a path, ONNX bytes, an ``onnx.ModelProto`` or a Graph (copied)."""
+    if isinstance(model, Graph):
+        return model.copy()
+    from farm.compiler.frontend import load_onnx
+
+    if isinstance(model, str | Path):
+        return load_onnx(model)
+    if isinstance(model, bytes | bytearray):
+        data = bytes(model)
+    elif hasattr(model, "SerializeToString"):
+        data = model.SerializeToString()
+    else:
+        raise BuildError(
+            f"cannot build from a {type(model).__name__}: give a path, bytes, a ModelProto or a Graph"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(data)
+        return load_onnx(path)
+
+
+def _optimize(graph: Graph, disabled: Sequence[str]) -> tuple[Graph, dict[str, Any] | None]:
+    from farm.compiler.passes import optimize
+
+    params = inspect.signature(optimize).parameters
+    if disabled and "disabled" not in params:
+        raise BuildError("this compiler's optimize() cannot disable passes")
+    result = optimize(graph, disabled=list(disabled)) if "disabled" in params else optimize(graph)
+    new_graph, report = result
+    return new_graph, dict(report.to_dict(), lines=report.lines())
+
+
+def resolve_bindings(graph: Graph, config: BuilderConfig) -> list[Binding]:
+    """Min/opt/max shapes of every graph input from the model, ``input_shapes`` and ``batch_range``."""
+    unknown = sorted(set(config.input_shapes) - set(graph.inputs))
+    if unknown:
+        raise BuildError(f"--shapes names unknown input(s) {unknown}; the model's inputs are {graph.inputs}")
+    bindings = []
+    for name in graph.inputs:
+        value = graph.values[name]
+        declared = list(value.shape) if value.shape is not None else None
+        given = config.input_shapes.get(name)
+        if declared is None and given is None:
+            raise BuildError(f"input {name!r} has no known rank; give its shape with --shapes {name}:1x...")
+        base: list[int | str] = list(given) if given is not None else list(declared or [])
+        if declared is not None and len(base) != len(declared):
+            raise BuildError(f"--shapes gives {name!r} rank {len(base)}, the model declares {declared}")
+        lo: list[int] = []
+        opt: list[int] = []
+        hi: list[int] = []
+        for axis, dim in enumerate(base):
+            symbolic_batch = axis == 0 and declared is not None and not isinstance(declared[0], int)
+            if symbolic_batch and (config.batch_range is not None or not isinstance(dim, int)):
+                b_min, b_opt, b_max = config.batch_range or DEFAULT_BATCH_RANGE
+                lo.append(b_min)
+                opt.append(b_opt)
+                hi.append(b_max)
+            elif isinstance(dim, int) and dim >= 0:
+                lo.append(dim)
+                opt.append(dim)
+                hi.append(dim)
+            else:
+                example = "x".join(
+                    str(d) if isinstance(d, int) else ("1" if i == 0 else f"<{d}>")
+                    for i, d in enumerate(base)
+                )
+                raise BuildError(
+                    f"input {name!r} has symbolic dim {dim!r} at axis {axis}; give its size with --shapes "
+                    f"{name}:{example} (BuilderConfig.input_shapes)"
+                )
+        if (
+            config.batch_range is not None
+            and not config.batch_range[0] <= config.batch_range[1] <= config.batch_range[2]
+        ):
+            raise BuildError(f"batch range {config.batch_range} must satisfy min <= opt <= max")
+        shape = declared if declared is not None else base
+        bindings.append(Binding(name, value.dtype or "float32", list(shape), lo, opt, hi))
+    return bindings
+
+
+def shaped_copy(graph: Graph, shapes: Mapping[str, Sequence[int]]) -> Graph:
+    """A copy of ``graph`` with every value's shape inferred for concrete input ``shapes``."""
+    copy = graph.copy()
+    if all(tuple(copy.values[k].shape or ()) == tuple(v) for k, v in shapes.items()) and all(
+        v.is_static for v in copy.values.values()
+    ):
+        return copy  # already concrete (e.g. a hand-built static graph)
+    from farm.compiler.frontend import infer_shapes
+
+    infer_shapes(copy, {k: tuple(v) for k, v in shapes.items()})  # in place
+    return copy
+
+
+def _output_bindings(graph: Graph, shaped: dict[str, Graph]) -> list[Binding]:
+    bindings = []
+    for name in graph.outputs:
+        value = graph.values[name]
+        # -1: a dim that depends on the data (a Loop's scan outputs, NonZero), known only at run time.
+        per = {
+            k: [d if isinstance(d, int) else -1 for d in g.values[name].shape or []]
+            for k, g in shaped.items()
+        }
+        bindings.append(
+            Binding(
+                name,
+                value.dtype or "float32",
+                list(value.shape or per["max"]),
+                per["min"],
+                per["opt"],
+                per["max"],
+            )
+        )
+    return bindings
+
+
+def build(
+    model: str | Path | bytes | Any,
+    profile: str = "cpu",
+    config: BuilderConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> Engine:
+    """Compile ``model`` (path, ONNX bytes, ModelProto or IR Graph) for ``profile``.
+
+    Steps: load, optimize (the pass pipeline), resolve input shape ranges, autotune every node
+    at the opt shapes (timing cache aware), prepare the chosen tactics, plan the arena for the
+    max shapes. The returned engine carries a build report (``engine.report``).
+    """
+    config = config or BuilderConfig()
+    from farm.compiler import precision as precision_lowering
+
+    if config.accuracy_budget is not None:
+        return precision_lowering.build_with_budget(model, profile, config, build, progress=progress)
+    try:
+        policy = precision_lowering.PrecisionPolicy(
+            config.precision,
+            config.strict,
+            dict(precision_lowering.parse_layer_precision(config.layer_precision)),
+        )
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    backend = backend_for_profile(profile)
+    notify = progress or (lambda stage, done, total, detail: None)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    notify("load", 0, 1, "loading model")
+    graph = load_model(model)
+    explicit = precision_lowering.extract_qdq(graph)
+    timings["load_s"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    passes_report = None
+    if config.optimize:
+        notify("optimize", 0, 1, "optimizing")
+        graph, passes_report = _optimize(graph, config.disabled_passes)
+        # The pass manager has no callback; report each pass (and what it changed) as it finished.
+        passes = (passes_report or {}).get("passes", [])
+        for index, entry in enumerate(passes, 1):
+            notify("optimize", index, len(passes), f"{entry['name']}: {entry.get('changed', 0)} changes")
+    else:
+        notify("optimize", 1, 1, "optimization disabled")
+    timings["optimize_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    try:
+        precision_plan = precision_lowering.plan_precisions(
+            graph, policy, explicit=explicit, calibration=config.calibration, calibrator=config.calibrator,
+            calibration_cache=config.calibration_cache, calibration_limit=config.calibration_limit,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    timings["calibrate_s"] = time.perf_counter() - t
+
+    inputs = resolve_bindings(graph, config)
+    shaped = {
+        which: shaped_copy(graph, {b.name: getattr(b, f"{which}_shape") for b in inputs})
+        for which in ("min", "opt", "max")
+    }
+    outputs = _output_bindings(graph, shaped)
+
+    t = time.perf_counter()
+    fingerprint = device_fingerprint(backend)
+    from farm.compiler.kernels.threads import configure_threads
+
+    configure_threads(config.threads)
+    cache = config.cache()
+    settings = TunerSettings(
+        level=config.tuning_level,
+        time_budget_s=config.time_budget_s,
+        cache=cache,
+        backend=backend,
+        precisions=policy.allowed,
+        fingerprint_id=fingerprint_id(fingerprint),
+        node_precisions=precision_plan.node_precisions,
+        reduced_reference=precision_lowering.emulated_reference,
+    )
+    tune_graph = shaped["opt"]
+    plan_graph = shaped["max"]
+    feeds = random_graph_inputs(tune_graph, {b.name: b.opt_shape for b in inputs}, seed=config.seed)
+    # The runtime needs the graph with its symbolic shapes; dtypes come from inference.
+    for name, value in graph.values.items():
+        if value.dtype is None:
+            value.dtype = plan_graph.values[name].dtype
+
+    def assemble(node_choices: list[NodeChoice]) -> tuple[list[Kernel], MemoryPlan]:
+        """Prepare the chosen tactics and plan the arena for the max shapes."""
+        tune_nodes = {n.name: n for n in tune_graph.nodes}
+        kernels = []
+        for node, choice in zip(graph.nodes, node_choices, strict=True):
+            tactic = get_tactic(choice.tactic)
+            prepared = tactic.prepare(tune_nodes[node.name], tune_graph)
+            prepared.scratch.clear()
+            kernels.append(Kernel(node, tactic, prepared, dict(choice.timings_ms)))
+        plan_nodes = {n.name: n for n in plan_graph.nodes}
+        return kernels, plan_memory(plan_graph, [(plan_nodes[k.node.name], k.tactic) for k in kernels])
+
+    def make_engine(kernels: list[Kernel], plan: MemoryPlan, report: dict[str, Any]) -> Engine:
+        return Engine(graph=graph, kernels=kernels, plan=plan, inputs=inputs, outputs=outputs,
+                      fingerprint=fingerprint, profile=profile, precision=config.precision, report=report,
+                      threads=config.threads)  # fmt: skip
+
+    # Thread counts first, on the heuristic schedule, so that the tactics are then timed the way
+    # they will run (a tactic's rank under two contended threads says little about one thread).
+    t = time.perf_counter()
+    notify("threads", 0, 1, "timing the whole schedule")
+    heuristic = tune(tune_graph, feeds, dataclasses.replace(settings, level=0))
+    thread_choice = _choose_threads(
+        heuristic, config, settings, tune_graph, feeds, lambda: make_engine(*assemble(heuristic), {})
+    )
+    configure_threads(thread_choice["blas"], thread_choice["numba"])
+    notify("threads", 1, 1, thread_choice["source"])
+    timings["threads_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    choices = tune(
+        tune_graph,
+        feeds,
+        settings,
+        progress=lambda done, total, name: notify("tune", done, total, name),
+    )
+    notify("tune", len(choices), len(choices), "tuned")
+    timings["tune_s"] = time.perf_counter() - t
+    precision_report = precision_plan.finalize(graph, choices, backend)
+
+    t = time.perf_counter()
+    kernels, plan = assemble(choices)
+    notify("plan", 1, 1, "memory planned")
+    timings["plan_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+
+    hits = sum(c.cache_hits for c in choices)
+    misses = sum(c.cache_misses for c in choices)
+    report = {
+        "model": graph.name,
+        "profile": profile,
+        "backend": backend,
+        "precision": config.precision,
+        "tuning_level": config.tuning_level,
+        "shapes": {b.name: {"min": b.min_shape, "opt": b.opt_shape, "max": b.max_shape} for b in inputs},
+        "passes": passes_report,
+        "nodes": [c.to_json() for c in choices],
+        "rejected": [
+            {"node": c.node, "op_type": c.op_type, "tactic": tactic, "reason": reason}
+            for c in choices
+            for tactic, reason in c.rejected.items()
+        ],
+        "timing_cache": {"hits": hits, "misses": misses},
+        "precision_layers": precision_report,
+        "memory": plan.summary(),
+        "timings": timings,
+    }
+    report["threads"] = thread_choice
+    engine = make_engine(kernels, plan, report)
+    engine.threads, engine.numba_threads = thread_choice["blas"], thread_choice["numba"]
+    return engine
+
+
+# Rounds of whole-schedule runs per tuning level when choosing thread counts.
+THREAD_ROUNDS = {1: 3, 2: 5, 3: 9}
+
+
+def _choose_threads(
+    choices: list[NodeChoice],
+    config: BuilderConfig,
+    settings: TunerSettings,
+    tune_graph: Graph,
+    feeds: dict[str, np.ndarray],
+    make_engine: Callable[[], Engine],
+) -> dict[str, Any]:
+    """Pick BLAS/numba thread counts by timing the complete engine that ``choices`` make
+    (cached like tactic timings: a warm rebuild neither builds nor runs it)."""
+    cores = available_cores()
+    if config.threads is not None or config.tuning_level <= 0 or cores <= 1:
+        return {"blas": config.threads, "numba": config.threads, "source": "config"}
+    nodes = {n.name: n for n in tune_graph.nodes}
+    signature = {
+        "schedule": [
+            [
+                c.op_type,
+                c.tactic,
+                [list(tune_graph.values[o].shape or []) for o in nodes[c.node].outputs if o],
+            ]
+            for c in choices
+        ],
+        "cores": cores,
+    }
+    key = timing_key(settings.fingerprint_id, COMPILER_VERSION, signature, "schedule.threads")
+    cached = settings.cache.get(key)
+    if cached is not None and cached.valid:
+        blas, numba = parse_thread_label(cached.tactic)
+        return {"blas": blas, "numba": numba, "source": "cache", "timings_ms": {}}
+    engine = make_engine()
+    context = engine.create_context()
+
+    def run_with(blas: int, numba: int) -> None:
+        engine.threads, engine.numba_threads = blas, numba
+        context.run(feeds)
+
+    (blas, numba), timings_ms = choose_thread_counts(
+        run_with, cores, rounds=THREAD_ROUNDS.get(min(config.tuning_level, 3), 3)
+    )
+    # The record's tactic name is the chosen setting, e.g. "blas=1,numba=2".
+    label = thread_label(blas, numba)
+    settings.cache.put(key, TimingRecord(label, timings_ms[label], True, len(timings_ms)))
+    settings.cache.flush()
+    return {"blas": blas, "numba": numba, "source": "timed", "timings_ms": timings_ms}
+
+
+def random_feeds(engine: Engine, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``engine`` at its opt shapes (or with the batch dim set to ``batch``)."""
+    shapes = {}
+    for b in engine.inputs:
+        shape = list(b.opt_shape)
+        if batch is not None and shape and b.min_shape[0] != b.max_shape[0]:
+            shape[0] = batch
+        shapes[b.name] = shape
+    return random_graph_inputs(engine.graph, shapes, seed=seed)

@@ -1,0 +1,506 @@
+"""The runtime: an :class:`Engine` (schedule + prepared tactics + memory plan) and the
+:class:`ExecutionContext` that owns the arena and runs it.
+
+``engine.run(feeds)`` accepts any shapes inside the declared ranges: concrete shapes are
+inferred once per shape signature (cached), the arena views for that signature are made once,
+and each run only binds the feeds, allocates the outputs and calls the tactics in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from farm.compiler.ir import Graph, Node, numpy_dtype, run_inputs
+from farm.compiler.kernels.registry import Prepared, Tactic
+from farm.compiler.kernels.threads import configure_threads
+from farm.compiler.memory.planner import ALIAS, ARENA, CONST, DYNAMIC, INPUT, OUTPUT, SLICE, MemoryPlan
+
+Shape = tuple[int, ...]
+
+
+class FeedError(ValueError):
+    """The feeds passed to ``Engine.run`` do not match the engine's input bindings."""
+
+
+@dataclass
+class Binding:
+    """An engine input or output: name, dtype, symbolic shape and the allowed range per dim."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+    min_shape: list[int]
+    opt_shape: list[int]
+    max_shape: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Binding:
+        return Binding(**data)
+
+
+@dataclass
+class Kernel:
+    """One step of the schedule: a node, the tactic chosen for it, and what ``prepare`` made."""
+
+    node: Node
+    tactic: Tactic
+    prepared: Prepared
+    timings_ms: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Step:
+    """One kernel bound to the arrays of one shape signature. ``ins``/``outs`` hold the arrays
+    that are the same every run (arena views, constants); the ``*_patch`` lists name the
+    positions filled per run (feeds, graph outputs, data-dependent values)."""
+
+    kernel: Kernel
+    mode: str  # "kernel", "view" (zero-copy, nothing to do), "concat" (elided), "dynamic"
+    prepared: Prepared
+    ins: list[np.ndarray | None]
+    outs: list[np.ndarray | None]
+    in_patch: list[tuple[int, str]]
+    out_patch: list[tuple[int, str]]
+    copies: list[tuple[int, tuple[slice, ...]]] = field(default_factory=list)
+
+
+@dataclass
+class _BoundShapes:
+    """Everything fixed for one shape signature inside one execution context."""
+
+    shapes: dict[str, Shape]
+    static: dict[str, np.ndarray]  # constants, arena views and views of them
+    run_views: list[str]  # views of per-run arrays, dependencies first
+    allocations: list[tuple[str, Shape, np.dtype]]  # arrays made fresh each run (graph outputs...)
+    steps: list[_Step]
+
+
+def _tuple_shape(shape: Sequence[Any] | None) -> Shape | None:
+    if shape is None or not all(isinstance(d, int | np.integer) for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+class ExecutionContext:
+    """Runs an engine: holds the arena, per-shape bindings, per-node scratch and the profile."""
+
+    def __init__(self, engine: Engine, *, threads: tuple[int | None, int | None] | None = None) -> None:
+        self.engine = engine
+        # (BLAS threads, numba threads) applied before each run: the engine's own tuned choice,
+        # unless the caller pins one (e.g. to compare two engines under the same setting).
+        self.threads = threads if threads is not None else (engine.threads, engine.numba_threads)
+        size = engine.plan.arena_size
+        raw = np.empty(size + engine.plan.alignment, dtype=np.uint8)
+        start = (-raw.ctypes.data) % engine.plan.alignment
+        self.arena = raw[start : start + size]
+        # Per-context scratch: tactics keep workspaces here; prepared tensors are shared.
+        self.prepared = {
+            k.node.name: Prepared(k.prepared.tensors, k.prepared.params, k.prepared.replaces)
+            for k in engine.kernels
+        }
+        self._bound: dict[tuple[Shape, ...], _BoundShapes] = {}
+        self.layer_times_ms: dict[str, list[float]] = {}
+
+    # ------------------------------------------------------------------ binding
+    def _dtype(self, name: str) -> np.dtype:
+        return numpy_dtype(self.engine.graph.values[name].dtype or "float32")
+
+    def _bind(self, signature: tuple[Shape, ...]) -> _BoundShapes:
+        engine = self.engine
+        plan = engine.plan
+        shapes = engine.infer_shapes(dict(zip(engine.input_names, signature, strict=True)))
+        static: dict[str, np.ndarray] = dict(engine.constants)
+        allocations: list[tuple[str, Shape, np.dtype]] = []
+        for name, place in plan.values.items():
+            shape = _tuple_shape(shapes.get(name))
+            if place.kind in (OUTPUT, DYNAMIC) and shape is not None:
+                allocations.append((name, shape, self._dtype(name)))
+            if place.kind != ARENA:
+                continue
+            if shape is None:
+                raise RuntimeError(f"shape of {name!r} is unknown for inputs {signature}")
+            dtype = self._dtype(name)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            buf = plan.buffers[place.buffer or 0]
+            if nbytes > buf.size:
+                raise FeedError(
+                    f"tensor {name!r} needs {nbytes} bytes for inputs {signature} but the engine planned "
+                    f"{buf.size}: the inputs are outside the shapes the engine was built for"
+                )
+            static[name] = self.arena[buf.offset : buf.offset + nbytes].view(dtype).reshape(shape)
+
+        # Views (aliases, concat slices): made now when their storage is static, else per run.
+        run_views: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            place = plan.values.get(name)
+            if name in seen or place is None or place.kind not in (ALIAS, SLICE):
+                return
+            seen.add(name)
+            assert place.of is not None
+            visit(place.of)
+            if place.of in static:
+                static[name] = self._view(name, static[place.of], shapes)
+            else:
+                run_views.append(name)
+
+        for name in plan.values:
+            visit(name)
+
+        steps = []
+        by_name = {k.node.name: k.node for k in engine.kernels}
+        for kernel in engine.kernels:
+            node = kernel.node
+            prepared = self.prepared[node.name]
+            if node.name in engine.view_node_names:
+                steps.append(_Step(kernel, "view", prepared, [], [], [], []))
+                continue
+            if node.name in plan.elided_concats:
+                positions = plan.elided_concats[node.name]
+                axis = plan.values[node.inputs[positions[0]]].axis or 0
+                copies, start = [], 0
+                for pos, name in enumerate(by_name[node.name].inputs):
+                    length = shapes[name][axis]
+                    if pos not in positions:
+                        copies.append((pos, (slice(None),) * axis + (slice(start, start + length),)))
+                    start += length
+                steps.append(_Step(kernel, "concat", prepared, [], [], [], [], copies))
+                continue
+            if any(o and _tuple_shape(shapes.get(o)) is None for o in node.outputs):
+                steps.append(_Step(kernel, "dynamic", prepared, [], [], [], []))
+                continue
+            ins: list[np.ndarray | None] = []
+            in_patch = []
+            for i, name in enumerate(run_inputs(node)):  # inputs, then If/Loop/Scan scope reads
+                if not name or i in prepared.replaces:
+                    ins.append(None)
+                elif name in static:
+                    ins.append(static[name])
+                else:
+                    ins.append(None)
+                    in_patch.append((i, name))
+            outs: list[np.ndarray | None] = []
+            out_patch = []
+            for i, name in enumerate(node.outputs):
+                if name in static:
+                    outs.append(static[name])
+                else:
+                    outs.append(None)
+                    if name:
+                        out_patch.append((i, name))
+            steps.append(_Step(kernel, "kernel", prepared, ins, outs, in_patch, out_patch))
+        return _BoundShapes(shapes, static, run_views, allocations, steps)
+
+    def _view(self, name: str, base: np.ndarray, shapes: dict[str, Shape]) -> np.ndarray:
+        """The view ``name`` of its storage ``base`` (a reshape, or a slice of a concat output)."""
+        place = self.engine.plan.values[name]
+        if place.kind == ALIAS:
+            return base.reshape(shapes[name])
+        node = self.engine.producer_of_concat_slice(name)
+        axis = place.axis or 0
+        start = sum(shapes[node.inputs[p]][axis] for p in range(place.index or 0))
+        return base[(slice(None),) * axis + (slice(start, start + shapes[name][axis]),)]
+
+    # ------------------------------------------------------------------ running
+    def run(self, feeds: Mapping[str, np.ndarray], *, profile: bool = False) -> dict[str, np.ndarray]:
+        """Run the engine on ``feeds``; returns fresh arrays for every graph output."""
+        engine = self.engine
+        configure_threads(*self.threads)
+        arrays = engine.validate_feeds(feeds)
+        signature = tuple(a.shape for a in arrays.values())
+        bound = self._bound.get(signature)
+        if bound is None:
+            bound = self._bind(signature)
+            self._bound[signature] = bound
+        static = bound.static
+        env: dict[str, np.ndarray] = dict(arrays)
+        for name, shape, dtype in bound.allocations:
+            env[name] = np.empty(shape, dtype=dtype)
+        for name in bound.run_views:
+            of = engine.plan.values[name].of or ""
+            base = env.get(of)
+            if base is not None:
+                env[name] = self._view(name, base, bound.shapes)
+
+        def lookup(name: str) -> np.ndarray:
+            found = env.get(name)
+            return static[name] if found is None else found
+
+        for step in bound.steps:
+            started = time.perf_counter() if profile else 0.0
+            if step.mode == "kernel":
+                ins, outs = step.ins, step.outs
+                if step.in_patch:
+                    ins = list(ins)
+                    for i, name in step.in_patch:
+                        ins[i] = lookup(name)
+                if step.out_patch:
+                    outs = list(outs)
+                    for i, name in step.out_patch:
+                        outs[i] = lookup(name)
+                step.kernel.tactic.run(step.kernel.node, ins, outs, step.prepared)  # type: ignore[arg-type]
+            elif step.mode == "concat":
+                node = step.kernel.node
+                out = lookup(node.outputs[0])
+                for pos, index in step.copies:
+                    np.copyto(out[index], lookup(node.inputs[pos]))
+            elif step.mode == "dynamic":
+                self._run_dynamic(step.kernel, lookup, env)
+            if profile:
+                self.layer_times_ms.setdefault(step.kernel.node.name, []).append(
+                    (time.perf_counter() - started) * 1e3
+                )
+
+        result: dict[str, np.ndarray] = {}
+        for name in engine.graph.outputs:
+            place = engine.plan.values.get(name)
+            fresh = place is None or place.kind in (OUTPUT, DYNAMIC)
+            value = lookup(name)
+            result[name] = (
+                value if fresh and name in env and name not in arrays else np.array(value, copy=True)
+            )
+        return result
+
+    def _run_dynamic(self, kernel: Kernel, lookup: Any, env: dict[str, np.ndarray]) -> None:
+        """A node whose output size depends on data (e.g. NonZero): let the reference allocate."""
+        from farm.compiler.kernels.cpu.generic import run_reference_node
+
+        node = kernel.node
+        ins = [lookup(n) if n else None for n in run_inputs(node)]
+        # A tactic that can allocate its own outputs (control flow) runs; otherwise the reference.
+        run_dynamic = getattr(kernel.tactic, "run_dynamic", None)
+        if run_dynamic is not None:
+            results = run_dynamic(node, ins, self.prepared[node.name])
+        else:
+            results = run_reference_node(node, ins, self.engine.graph)
+        for name, value in zip(node.outputs, results, strict=False):
+            if name:
+                env[name] = np.asarray(value)
+
+
+class Engine:
+    """A compiled model: schedule of kernels with their tactics and prepared weights, memory
+    plan, bindings, and the build report. Make one with :func:`farm.compiler.build` or
+    :meth:`Engine.load`."""
+
+    def __init__(
+        self,
+        *,
+        graph: Graph,
+        kernels: list[Kernel],
+        plan: MemoryPlan,
+        inputs: list[Binding],
+        outputs: list[Binding],
+        fingerprint: dict[str, Any],
+        profile: str,
+        precision: str,
+        report: dict[str, Any],
+        threads: int | None = None,
+        numba_threads: int | None = None,
+    ) -> None:
+        self.graph = graph
+        self.kernels = kernels
+        self.plan = plan
+        self.inputs = inputs
+        self.outputs = outputs
+        self.fingerprint = fingerprint
+        self.profile = profile
+        self.precision = precision
+        self.report = report
+        # BLAS and numba thread counts (None: every available core; numba defaults to BLAS's).
+        self.threads = threads
+        self.numba_threads = numba_threads
+        self.input_names = [b.name for b in inputs]
+        self.output_names = [b.name for b in outputs]
+        self.view_node_names = frozenset(plan.view_nodes)
+        self.constants = {
+            k: v.const for k, v in graph.values.items() if v.const is not None and k not in graph.inputs
+        }
+        self._slice_parent: dict[str, Node] = {}
+        nodes = {k.node.name: k.node for k in kernels}
+        for cname, positions in plan.elided_concats.items():
+            for p in positions:
+                self._slice_parent[nodes[cname].inputs[p]] = nodes[cname]
+        self._shape_cache: dict[tuple[tuple[str, Shape], ...], dict[str, Shape]] = {}
+        self._input_dtypes = [numpy_dtype(b.dtype) for b in inputs]
+        self._valid_signatures: set[tuple[Shape, ...]] = set()  # input shapes already checked
+        self._context: ExecutionContext | None = None
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Any) -> None:
+        """Write the engine to ``path`` (one safetensors file with the manifest in its metadata)."""
+        from farm.compiler.engine.format import write_engine
+
+        write_engine(self, path)
+
+    def to_bytes(self) -> bytes:
+        """The engine file's bytes."""
+        from farm.compiler.engine.format import engine_to_bytes
+
+        return engine_to_bytes(self)
+
+    @staticmethod
+    def load(path: Any, *, allow_device_mismatch: bool = False) -> Engine:
+        """Read an engine file. Refuses one built for another device unless ``allow_device_mismatch``;
+        raises :class:`EngineFormatError` for a corrupted, truncated or foreign file."""
+        from farm.compiler.engine.format import read_engine
+
+        return read_engine(path, allow_device_mismatch=allow_device_mismatch)
+
+    @staticmethod
+    def from_bytes(data: bytes, *, allow_device_mismatch: bool = False) -> Engine:
+        """Like :meth:`load`, from the file's bytes."""
+        from farm.compiler.engine.format import engine_from_bytes
+
+        return engine_from_bytes(data, allow_device_mismatch=allow_device_mismatch)
+
+    # ------------------------------------------------------------------ running
+    def create_context(self, *, threads: tuple[int | None, int | None] | None = None) -> ExecutionContext:
+        """A new execution context (its own arena): one per concurrent caller. ``threads`` pins
+        (BLAS, numba) thread counts instead of the engine's tuned choice."""
+        return ExecutionContext(self, threads=threads)
+
+    @property
+    def context(self) -> ExecutionContext:
+        """The engine's default execution context, made on first use."""
+        if self._context is None:
+            self._context = ExecutionContext(self)
+        return self._context
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, profile: bool = False) -> dict[str, np.ndarray]:
+        """Run on ``{input name: array}`` and return ``{output name: array}``.
+
+        Any shape inside the declared ranges works without rebuilding. ``profile=True`` records
+        per-layer times in ``engine.context.layer_times_ms``.
+        """
+        return self.context.run(feeds, profile=profile)
+
+    def producer_of_concat_slice(self, name: str) -> Node:
+        """The elided Concat whose output buffer holds value ``name``."""
+        return self._slice_parent[name]
+
+    def validate_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names, dtypes, ranks and dims against the bindings; return contiguous arrays
+        in binding order. Raises :class:`FeedError` with every problem found."""
+        fast = self._validate_fast(feeds)
+        if fast is not None:
+            return fast
+        problems = []
+        missing = [n for n in self.input_names if n not in feeds]
+        unknown = [n for n in feeds if n not in self.input_names]
+        if missing:
+            problems.append(f"missing input(s) {missing}")
+        if unknown:
+            problems.append(f"unknown input(s) {unknown} (the engine's inputs are {self.input_names})")
+        arrays: dict[str, np.ndarray] = {}
+        for b in self.inputs:
+            if b.name not in feeds:
+                continue
+            array = np.asarray(feeds[b.name])
+            want = numpy_dtype(b.dtype)
+            if array.dtype != want:
+                problems.append(f"input {b.name!r} has dtype {array.dtype}, expected {want}")
+            elif array.ndim != len(b.shape):
+                problems.append(
+                    f"input {b.name!r} has rank {array.ndim} (shape {list(array.shape)}), expected rank "
+                    f"{len(b.shape)} ({b.shape})"
+                )
+            else:
+                bad = [
+                    f"dim {i} is {d}, allowed {lo}..{hi}"
+                    for i, (d, lo, hi) in enumerate(zip(array.shape, b.min_shape, b.max_shape, strict=True))
+                    if not lo <= d <= hi
+                ]
+                if bad:
+                    problems.append(
+                        f"input {b.name!r} has shape {list(array.shape)} outside the engine's range "
+                        f"{b.min_shape}..{b.max_shape}: {'; '.join(bad)}"
+                    )
+            arrays[b.name] = array if array.flags.c_contiguous else np.array(array, order="C")
+        if problems:
+            raise FeedError("invalid feeds: " + "; ".join(problems))
+        self._valid_signatures.add(tuple(a.shape for a in arrays.values()))
+        return arrays
+
+    def _validate_fast(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The common case in a serving loop: the same names, dtypes and shapes as an earlier,
+        fully checked call, contiguous arrays. None means: do the full check."""
+        if len(feeds) != len(self.input_names):
+            return None
+        arrays = {}
+        for name, dtype in zip(self.input_names, self._input_dtypes, strict=True):
+            array = feeds.get(name)
+            if type(array) is not np.ndarray or array.dtype != dtype or not array.flags.c_contiguous:
+                return None
+            arrays[name] = array
+        if tuple(a.shape for a in arrays.values()) not in self._valid_signatures:
+            return None
+        return arrays
+
+    def infer_shapes(self, input_shapes: dict[str, Shape]) -> dict[str, Shape]:
+        """Concrete shapes of every value for these input shapes (cached per signature)."""
+        key = tuple(sorted(input_shapes.items()))
+        cached = self._shape_cache.get(key)
+        if cached is not None:
+            return cached
+        static = {k: _tuple_shape(v.shape) for k, v in self.graph.values.items()}
+        if all(static.get(k) == s for k, s in input_shapes.items()) and all(
+            s is not None for s in static.values()
+        ):
+            shapes = {k: s for k, s in static.items() if s is not None}
+        else:
+            from farm.compiler.frontend import infer_shapes
+
+            graph = self.graph.copy()
+            infer_shapes(graph, {k: tuple(v) for k, v in input_shapes.items()})  # in place
+            shapes = {}
+            for k, v in graph.values.items():
+                shape = _tuple_shape(v.shape)
+                if shape is not None:
+                    shapes[k] = shape
+        self._shape_cache[key] = shapes
+        return shapes
+
+    def describe_layers(self) -> list[dict[str, Any]]:
+        """One row per scheduled node: name, op, tactic, precision, output shapes, how it runs."""
+        rows = []
+        for k in self.kernels:
+            node = k.node
+            if node.name in self.view_node_names:
+                mode = "view"
+            elif node.name in self.plan.elided_concats:
+                mode = "elided concat"
+            elif node.name in self.plan.inplace_nodes:
+                mode = "in place"
+            else:
+                mode = "kernel"
+            rows.append(
+                {
+                    "name": node.name,
+                    "op_type": node.op_type,
+                    "tactic": k.tactic.name,
+                    "precision": node.precision or self.precision,
+                    "outputs": {o: list(self.graph.values[o].shape or []) for o in node.outputs if o},
+                    "mode": mode,
+                    "timings_ms": k.timings_ms,
+                }
+            )
+        return rows
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine({self.graph.name!r}: {len(self.kernels)} kernels, inputs={self.input_names}, "
+            f"arena={self.plan.arena_size} B, profile={self.profile!r}, precision={self.precision!r})"
+        )
+
+
+__all__ = ["ARENA", "CONST", "INPUT", "Binding", "Engine", "ExecutionContext", "FeedError", "Kernel"]

@@ -1,0 +1,208 @@
+"""Fused epilogues shared by the CPU tactics: bias + activation + residual in one pass.
+
+The activation table is ``farm.compiler.ir.fused``'s; each activation has an integer code (its
+index in ``ACTIVATIONS``) so one compiled kernel serves every activation. The branch on the code
+sits outside the element loop (:func:`activate_row`), so each loop stays a tight, vectorizable
+loop. An epilogue works row by row: a row (one output channel plane of a conv, one output row of
+a GEMM) is still in L1 when bias, residual and activation are applied, so the output is read
+from memory once.
+
+Pool: numba's (``prange`` over rows).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import ACTIVATIONS, Node
+from farm.compiler.kernels.cpu import _threads  # noqa: F401  (thread policy before numba runs)
+from farm.compiler.kernels.cpu._vecmath import erf_row, exp_row
+
+ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_TANH = 0, 1, 2, 3, 4, 5
+ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_SILU, ACT_GELU, ACT_GELU_TANH = 6, 7, 8, 9, 10
+assert ACTIVATIONS[ACT_GELU_TANH] == "GeluTanh" and ACTIVATIONS[ACT_HARDSWISH] == "HardSwish"
+
+RES_NONE, RES_PRE, RES_POST = 0, 1, 2
+
+# Dummy arrays for absent optional operands: one fixed type per argument keeps one specialization.
+NO_VECTOR = np.zeros(1, np.float32)
+NO_MATRIX = np.zeros((1, 1), np.float32)
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_SQRT2_PI = math.sqrt(2.0 / math.pi)
+
+
+def activation_code(name: str) -> int:
+    """The integer code of an epilogue activation name (``""`` is the identity)."""
+    try:
+        return ACTIVATIONS.index(name)
+    except ValueError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS[1:])}") from None
+
+
+def epilogue_params(node: Node) -> tuple[int, float, float, int]:
+    """(activation code, alpha, beta, residual mode) of a FusedConv/FusedGemm node.
+
+    ``alpha``/``beta`` default to 0 as in the reference interpreter (the passes always set them).
+    A node with a residual input but no ``residual`` attribute uses ``pre`` (``act(z + R)``), as
+    the reference does.
+    """
+    act = activation_code(node.attr("activation", "") or "")
+    alpha = float(node.attr("alpha", 0.0))
+    beta = float(node.attr("beta", 0.0))
+    mode = RES_NONE
+    if node.input(3):
+        mode = RES_PRE if node.attr("residual", "pre") == "pre" else RES_POST
+    return act, alpha, beta, mode
+
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_F2 = np.float32(2.0)
+_HALF = np.float32(0.5)
+_SIXTH = np.float32(1.0 / 6.0)
+_SQRT1_2_F = np.float32(_SQRT1_2)
+_GELU_TANH_C = np.float32(-2.0 * _SQRT2_PI)
+_GELU_TANH_K = np.float32(0.044715)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def activate_row(row, act, alpha, beta):
+    """Apply activation ``act`` in place to the 1-D float32 array ``row``.
+
+    All arithmetic stays in float32 (a float64 literal would halve the vector width), and the
+    transcendental ones go through the vectorizable ``_vecmath`` rows.
+    """
+    n = row.shape[0]
+    a = np.float32(alpha)
+    b = np.float32(beta)
+    if act == ACT_NONE:
+        return
+    elif act == ACT_RELU:
+        for i in range(n):
+            row[i] = max(row[i], _F0)
+    elif act == ACT_LEAKY:
+        for i in range(n):
+            v = row[i]
+            row[i] = v if v >= _F0 else a * v
+    elif act == ACT_CLIP:
+        for i in range(n):
+            row[i] = min(max(row[i], a), b)
+    elif act == ACT_HARDSIGMOID:
+        for i in range(n):
+            row[i] = max(_F0, min(_F1, a * row[i] + b))
+    elif act == ACT_HARDSWISH:
+        for i in range(n):
+            v = row[i]
+            row[i] = v * max(_F0, min(_F1, v * _SIXTH + _HALF))
+    else:
+        tmp = np.empty(n, np.float32)
+        if act == ACT_GELU:
+            for i in range(n):
+                tmp[i] = row[i] * _SQRT1_2_F
+            erf = np.empty(n, np.float32)  # not in place: aliased arguments defeat vectorization
+            erf_row(tmp, erf)
+            for i in range(n):
+                row[i] = _HALF * row[i] * (_F1 + erf[i])
+            return
+        # The rest are x / (1 + exp(c * u)) or built from it: sigmoid, tanh, SiLU, tanh-GELU.
+        if act in (ACT_SIGMOID, ACT_SILU):
+            for i in range(n):
+                tmp[i] = -row[i]
+        elif act == ACT_TANH:
+            for i in range(n):
+                tmp[i] = -_F2 * row[i]
+        else:  # ACT_GELU_TANH: 0.5 x (1 + tanh(u)) = x * sigmoid(2u)
+            for i in range(n):
+                v = row[i]
+                tmp[i] = _GELU_TANH_C * (v + _GELU_TANH_K * v * v * v)
+        exp_row(tmp, tmp)
+        if act == ACT_SIGMOID:
+            for i in range(n):
+                row[i] = _F1 / (_F1 + tmp[i])
+        elif act == ACT_TANH:  # tanh(x) = 2 sigmoid(2x) - 1
+            for i in range(n):
+                row[i] = _F2 / (_F1 + tmp[i]) - _F1
+        else:  # SiLU and tanh-GELU
+            for i in range(n):
+                row[i] = row[i] / (_F1 + tmp[i])
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def finish_row(row, bias_scalar, bias_row, bias_mode, res_row, res_mode, act, alpha, beta):
+    """Bias, residual and activation on one output row, in place.
+
+    ``bias_mode``: 0 none, 1 the scalar ``bias_scalar`` (a conv channel), 2 the vector ``bias_row``
+    (a GEMM's bias over the last axis).
+    """
+    n = row.shape[0]
+    if bias_mode == 1:
+        for i in range(n):
+            row[i] += bias_scalar
+    elif bias_mode == 2:
+        for i in range(n):
+            row[i] += bias_row[i]
+    if res_mode == RES_PRE:
+        for i in range(n):
+            row[i] += res_row[i]
+    activate_row(row, act, alpha, beta)
+    if res_mode == RES_POST:
+        for i in range(n):
+            row[i] += res_row[i]
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def epilogue_channel_rows(out, bias, channels, has_bias, residual, res_mode, act, alpha, beta):
+    """Epilogue over ``out`` [rows, L] whose row r is channel ``r % channels`` (NCHW conv output)."""
+    rows = out.shape[0]
+    for r in prange(rows):
+        b = bias[r % channels] if has_bias else np.float32(0.0)
+        res = residual[r] if res_mode != RES_NONE else residual[0]
+        finish_row(out[r], b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def epilogue_vector_rows(out, bias, has_bias, residual, res_mode, act, alpha, beta):
+    """Epilogue over ``out`` [rows, N] with ``bias`` [N] added to every row (GEMM output)."""
+    rows = out.shape[0]
+    for r in prange(rows):
+        res = residual[r] if res_mode != RES_NONE else residual[0]
+        finish_row(out[r], np.float32(0.0), bias, 2 if has_bias else 0, res, res_mode, act, alpha, beta)
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def epilogue_transpose(tmp, out, bias, has_bias, residual, res_mode, act, alpha, beta):
+    """``out[n, m, :] = epilogue(tmp[m, n*P:(n+1)*P])``: the batched conv GEMM's [M, N*P] result
+    scattered into NCHW ``out`` viewed as [N*M, P], with the epilogue applied on the way."""
+    rows, p = out.shape
+    m_count = tmp.shape[0]
+    for r in prange(rows):
+        n = r // m_count
+        m = r % m_count
+        row = out[r]
+        src = tmp[m, n * p : (n + 1) * p]
+        for i in range(p):
+            row[i] = src[i]
+        b = bias[m] if has_bias else np.float32(0.0)
+        res = residual[r] if res_mode != RES_NONE else residual[0]
+        finish_row(row, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+
+
+def residual_rows(residual: np.ndarray | None, out_shape: tuple[int, ...], rows: int) -> np.ndarray:
+    """The residual input as a C-contiguous float32 [rows, L] matrix matching the output
+    (broadcast when its shape differs), or the dummy when absent."""
+    if residual is None:
+        return NO_MATRIX
+    if residual.shape != tuple(out_shape):
+        residual = np.broadcast_to(residual, out_shape)
+    return np.ascontiguousarray(residual, dtype=np.float32).reshape(rows, -1)
+
+
+def vector_or_dummy(v: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """A C-contiguous float32 1-D vector and whether it is present."""
+    if v is None:
+        return NO_VECTOR, False
+    return np.ascontiguousarray(v, dtype=np.float32).reshape(-1), True

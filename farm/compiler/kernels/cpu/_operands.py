@@ -1,0 +1,25 @@
+"""What every CPU tactic needs around its kernel: the FP32 guard and cached workspaces."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.registry import Prepared
+
+
+def float32_io(node: Node, graph: Graph, input_count: int | None = None) -> bool:
+    """True when the node's outputs and inputs (the first ``input_count``, default all) are
+    float32; a value whose dtype the graph does not know passes."""
+    inputs = node.inputs if input_count is None else node.inputs[:input_count]
+    names = [i for i in inputs if i] + [o for o in node.outputs if o]
+    return bool(names) and all(graph.values[n].dtype in ("float32", None) for n in names if n in graph.values)
+
+
+def workspace(prepared: Prepared, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 buffer kept in ``prepared.scratch`` across runs, reallocated when the shape
+    changes (a new batch size)."""
+    buf = prepared.scratch.get(key)
+    if buf is None or buf.shape != shape:
+        buf = prepared.scratch[key] = np.empty(shape, np.float32)
+    return buf

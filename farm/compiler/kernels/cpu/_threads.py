@@ -1,0 +1,94 @@
+"""How the CPU tactics use the two thread pools (numba's and OpenBLAS's).
+
+The counts and numba's threading layer are set by the runtime (``farm.compiler.kernels.threads``);
+this module holds what the kernels themselves must do so that the two pools never fight
+(FACTS.md: one conv layer 2.5 ms alone, 8.6 ms when the pools alternate):
+
+* Every tactic runs on the caller's thread and returns before the next one starts, so at most one
+  pool has work at any moment. A GEMM tactic runs BLAS (BLAS's pool), then its epilogue
+  (numba's pool); each tactic's docstring names the pool it uses.
+* libgomp (numba's ``omp`` layer) spins ~300k iterations after each parallel loop by default,
+  which took the cores away from the next BLAS call (bench_thread_pools.py: 52 ms instead of
+  2.3 ms for one conv layer). ``GOMP_SPINCOUNT=1000`` keeps the wake-up cheap and hands the cores
+  back at once. It must be in the environment before libgomp loads, hence at import of this
+  module, which every numba tactic module imports first; a value the user set wins.
+* Waking a sleeping pool costs 3-60 us on a loaded 2-core VM, more than a small kernel's work, so
+  kernels run single-threaded below :data:`PARALLEL_MIN_ELEMENTS` (:func:`threads_for`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import numba  # noqa: E402
+from threadpoolctl import ThreadpoolController  # noqa: E402
+
+# Below this many output elements (about 10-20 us of memory-bound work) a numba kernel runs on
+# the calling thread alone.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+@contextmanager
+def threads_for(elements: int) -> Iterator[None]:
+    """Run the numba kernels inside single-threaded when ``elements`` is small, else unchanged."""
+    if elements >= PARALLEL_MIN_ELEMENTS:
+        yield
+        return
+    previous = numba.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+_blas_libraries: list | None = None
+
+
+class SingleThreadBlas:
+    """Mixin for a tactic class: run the parent tactic with BLAS held to the calling thread
+    (see :func:`blas_single_thread`). ``class X(SingleThreadBlas, BlasGemm)``."""
+
+    def run(self, node: Any, inputs: Any, outputs: Any, prepared: Any) -> None:
+        """The parent tactic's ``run`` inside :func:`blas_single_thread`."""
+        with blas_single_thread():
+            super().run(node, inputs, outputs, prepared)  # type: ignore[misc]
+
+
+def _blas() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once)."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        _blas_libraries = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    return _blas_libraries
+
+
+@contextmanager
+def blas_single_thread() -> Iterator[None]:
+    """Run the BLAS calls inside on the calling thread only (restored after; ~7 us per use).
+
+    The ``*_1t`` tactics use it: a small GEMM does not pay for waking BLAS's second thread, and
+    on a busy host that thread may wait a whole scheduler slice for a core (measured: a
+    128x256x768 GEMM 0.2 ms on one thread, 45 ms on two while other processes ran). The tuner
+    times both forms and keeps the faster on the machine it builds for.
+    """
+    libraries = _blas()
+    previous = [lib.get_num_threads() for lib in libraries]
+    if all(p == 1 for p in previous):
+        yield
+        return
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, count in zip(libraries, previous, strict=True):
+            lib.set_num_threads(count)

@@ -1,0 +1,240 @@
+"""Attention tactics (the fused ``Attention`` op, FP32).
+
+``Y = merge_heads(softmax(scale * q @ k^T + mask) @ v)`` with Q [B, Sq, H*D], K/V [B, Sk, H*D]
+and an additive mask broadcastable to [B, H, Sq, Sk] (fused.py).
+
+* ``cpu.attention.fused``: numba, four query rows at a time: their score rows are computed,
+  soft-maxed and multiplied by V while they sit in L1; the [B, H, Sq, Sk] score tensor is never
+  written to memory. K is first transposed per head to [D, Sk] so that both products are
+  unit-stride loops that vectorize, each K/V load feeding four rows. Pool: numba's.
+* ``cpu.attention.blas``: two batched BLAS GEMMs on strided views of Q, K, V (no head copies)
+  with a numba scale + mask + softmax pass between them, the second GEMM writing straight into
+  the merged-heads output. Pool: BLAS's, then numba's, then BLAS's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._operands import float32_io, workspace
+from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._vecmath import exp_shift_sum_row, row_max
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+_NO_MASK = np.zeros((1, 1, 1, 1), np.float32)
+# Reassociation lets the row sums vectorize; the rounding change is far below FP32 tolerance.
+_SUM_FLAGS = {"reassoc", "contract"}
+
+
+def _mask_4d(mask: np.ndarray | None, shape: tuple[int, int, int, int]) -> tuple[np.ndarray, bool]:
+    """The additive mask as a read-only [B, H, Sq, Sk] float32 view (zero strides where broadcast)."""
+    if mask is None:
+        return np.broadcast_to(_NO_MASK, shape), False
+    mask = np.asarray(mask, dtype=np.float32)
+    return np.broadcast_to(mask.reshape((1,) * (4 - mask.ndim) + mask.shape), shape), True
+
+
+def _supports(node: Node, graph: Graph) -> bool:
+    if not float32_io(node, graph, input_count=3):
+        return False
+    q = graph.values.get(node.input(0))
+    heads = int(node.attr("num_heads", 1))
+    if q is None or q.shape is None or len(q.shape) != 3:
+        return False
+    hidden = q.shape[2]
+    return isinstance(hidden, int) and heads > 0 and hidden % heads == 0
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def transpose_heads(k, heads, kt):
+    """kt[b, h, d, j] = k[b, j, h*D + d]."""
+    batch, sk, hidden = k.shape
+    d_count = hidden // heads
+    for t in prange(batch * heads):
+        b = t // heads
+        h = t % heads
+        for j in range(sk):
+            src = k[b, j, h * d_count : (h + 1) * d_count]
+            for d in range(d_count):
+                kt[b, h, d, j] = src[d]
+
+
+_QUERY_BLOCK = 4
+_ROWS_PER_TASK = 8
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
+def fused_attention(q, kt, v, mask, has_mask, scale, scores, out):
+    """Blocks of 4 query rows of one (batch, head): scores, softmax and P @ V in L1.
+
+    Each row of K^T (``kt`` [B, H, D, Sk]) and of V is loaded once for the 4 rows of a block
+    (4 multiply-adds per load). A short last block repeats its last row and drops the copies.
+    ``scores`` is unused (kept for the signature).
+    """
+    batch, sq, hidden = q.shape
+    heads, d_count, sk = kt.shape[1], kt.shape[2], kt.shape[3]
+    blocks = (sq + _QUERY_BLOCK - 1) // _QUERY_BLOCK
+    for t in prange(batch * heads * blocks):
+        b = t // (heads * blocks)
+        h = (t // blocks) % heads
+        first = (t % blocks) * _QUERY_BLOCK
+        i0 = first
+        i1 = min(first + 1, sq - 1)
+        i2 = min(first + 2, sq - 1)
+        i3 = min(first + 3, sq - 1)
+        col = h * d_count
+        acc = np.zeros((_QUERY_BLOCK, sk), np.float32)
+        s0, s1, s2, s3 = acc[0], acc[1], acc[2], acc[3]
+        for d in range(d_count):
+            krow = kt[b, h, d]
+            a0 = q[b, i0, col + d] * scale
+            a1 = q[b, i1, col + d] * scale
+            a2 = q[b, i2, col + d] * scale
+            a3 = q[b, i3, col + d] * scale
+            for j in range(sk):
+                kv = krow[j]
+                s0[j] += a0 * kv
+                s1[j] += a1 * kv
+                s2[j] += a2 * kv
+                s3[j] += a3 * kv
+        inv = np.empty(_QUERY_BLOCK, np.float32)
+        poly = np.empty(sk, np.float32)
+        bits = np.empty(sk, np.int32)
+        for r in range(_QUERY_BLOCK):
+            i = min(first + r, sq - 1)
+            srow = acc[r]
+            if has_mask:
+                mrow = mask[b, h, i]
+                for j in range(sk):
+                    srow[j] += mrow[j]
+            inv[r] = np.float32(1.0) / exp_shift_sum_row(srow, srow, row_max(srow), poly, bits)
+        y = np.zeros((_QUERY_BLOCK, d_count), np.float32)
+        y0, y1, y2, y3 = y[0], y[1], y[2], y[3]
+        for j in range(sk):
+            vrow = v[b, j, col : col + d_count]
+            p0 = s0[j] * inv[0]
+            p1 = s1[j] * inv[1]
+            p2 = s2[j] * inv[2]
+            p3 = s3[j] * inv[3]
+            for dd in range(d_count):
+                vv = vrow[dd]
+                y0[dd] += p0 * vv
+                y1[dd] += p1 * vv
+                y2[dd] += p2 * vv
+                y3[dd] += p3 * vv
+        for r in range(min(_QUERY_BLOCK, sq - first)):
+            dst = out[b, first + r, col : col + d_count]
+            src = y[r]
+            for dd in range(d_count):
+                dst[dd] = src[dd]
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
+def scale_mask_softmax(scores, mask, has_mask, scale):
+    """In place over ``scores`` [B, H, Sq, Sk]: softmax(scale * scores + mask) along the last axis."""
+    batch, heads, sq, sk = scores.shape
+    rows = batch * heads * sq
+    tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in prange(tasks):
+        poly = np.empty(sk, np.float32)
+        bits = np.empty(sk, np.int32)
+        for t in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            b = t // (heads * sq)
+            h = (t // sq) % heads
+            i = t % sq
+            s = scores[b, h, i]
+            if has_mask:
+                mrow = mask[b, h, i]
+                for j in range(sk):
+                    s[j] = s[j] * scale + mrow[j]
+            else:
+                for j in range(sk):
+                    s[j] = s[j] * scale
+            total = exp_shift_sum_row(s, s, row_max(s), poly, bits)
+            inv = np.float32(1.0) / total
+            for j in range(sk):
+                s[j] *= inv
+
+
+def _operands(
+    node: Node, inputs: Sequence[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int, float]:
+    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
+    mask = inputs[3] if len(inputs) > 3 else None
+    heads = int(node.attr("num_heads", 1))
+    scale = np.float32(node.attr("scale", 1.0 / math.sqrt(q.shape[2] // heads)))
+    return q, k, v, mask, heads, scale  # type: ignore[return-value]
+
+
+@register_tactic
+class FusedAttention(Tactic):
+    """numba: per query row, scores + softmax + P @ V in cache; scores never reach memory."""
+
+    name = "cpu.attention.fused"
+    op_types = ("Attention",)
+    priority = 20
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return _supports(node, graph)
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        q, k, v, mask, heads, scale = _operands(node, inputs)
+        batch, sq, hidden = q.shape
+        sk = k.shape[1]
+        d_count = hidden // heads
+        kt = workspace(prepared, "kt", (batch, heads, d_count, sk))
+        scores = workspace(prepared, "scores", (1, 1))
+        mask4, has_mask = _mask_4d(mask, (batch, heads, sq, sk))
+        with threads_for(batch * heads * sq * sk * d_count // 8):
+            transpose_heads(k, heads, kt)
+            fused_attention(q, kt, v, mask4, has_mask, scale, scores, outputs[0])
+
+
+@register_tactic
+class BlasAttention(Tactic):
+    """Batched BLAS Q @ K^T on strided head views, numba softmax, BLAS P @ V into the output."""
+
+    name = "cpu.attention.blas"
+    op_types = ("Attention",)
+    priority = 10
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return _supports(node, graph)
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        q, k, v, mask, heads, scale = _operands(node, inputs)
+        batch, sq, hidden = q.shape
+        sk = k.shape[1]
+        d_count = hidden // heads
+        q4 = q.reshape(batch, sq, heads, d_count).transpose(0, 2, 1, 3)
+        kt4 = k.reshape(batch, sk, heads, d_count).transpose(0, 2, 3, 1)
+        v4 = v.reshape(batch, sk, heads, d_count).transpose(0, 2, 1, 3)
+        scores = workspace(prepared, "scores", (batch, heads, sq, sk))
+        np.matmul(q4, kt4, out=scores)
+        mask4, has_mask = _mask_4d(mask, (batch, heads, sq, sk))
+        with threads_for(scores.size):
+            scale_mask_softmax(scores, mask4, has_mask, scale)
+        out = outputs[0]
+        if out.flags.c_contiguous:
+            np.matmul(scores, v4, out=out.reshape(batch, sq, heads, d_count).transpose(0, 2, 1, 3))
+        else:
+            merged = workspace(prepared, "merged", (batch, heads, sq, d_count))
+            np.matmul(scores, v4, out=merged)
+            out[...] = merged.transpose(0, 2, 1, 3).reshape(out.shape)

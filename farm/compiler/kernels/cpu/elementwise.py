@@ -1,0 +1,240 @@
+"""Elementwise tactics in numba, FP32: activations (Gelu included) and Add/Sub/Mul/Div.
+
+* ``cpu.elementwise.activation``: Relu, LeakyRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish
+  and Gelu (both forms) with the epilogue's activation code, over chunks of the flat tensor.
+  Works in place (input 0 may share the output's buffer).
+* ``cpu.elementwise.binary``: the broadcasting patterns real models have, each a unit-stride loop:
+  equal shapes; one operand constant along the trailing axes (a per-channel scale or bias, e.g.
+  squeeze-and-excitation's ``x * gate[N, C, 1, 1]``); one operand equal to the trailing axes (a
+  bias over the last axis); a scalar. Any other broadcast goes to numpy's ufunc (still correct).
+
+Pool: numba's (single-threaded for small tensors, see ``_threads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import (
+    ACT_CLIP,
+    ACT_GELU,
+    ACT_GELU_TANH,
+    ACT_HARDSIGMOID,
+    ACT_HARDSWISH,
+    ACT_LEAKY,
+    ACT_RELU,
+    ACT_SIGMOID,
+    ACT_TANH,
+    activate_row,
+)
+from farm.compiler.kernels.cpu._operands import float32_io
+from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+_CHUNK = 4096
+
+ACTIVATION_OPS = {
+    "Relu": ACT_RELU,
+    "LeakyRelu": ACT_LEAKY,
+    "Clip": ACT_CLIP,
+    "Sigmoid": ACT_SIGMOID,
+    "Tanh": ACT_TANH,
+    "HardSigmoid": ACT_HARDSIGMOID,
+    "HardSwish": ACT_HARDSWISH,
+    "Gelu": ACT_GELU,
+}
+
+BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
+_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def activation_flat(x, out, act, alpha, beta):
+    """out = act(x) over flat float32 arrays, in chunks (``x`` may be ``out``)."""
+    n = x.shape[0]
+    chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(chunks):
+        lo = c * _CHUNK
+        hi = min(n, lo + _CHUNK)
+        dst = out[lo:hi]
+        src = x[lo:hi]
+        for i in range(hi - lo):
+            dst[i] = src[i]
+        activate_row(dst, act, alpha, beta)
+
+
+@register_tactic
+class ActivationTactic(Tactic):
+    """Unary activations and Gelu in numba, chunked over the flat tensor."""
+
+    name = "cpu.elementwise.activation"
+    op_types = tuple(ACTIVATION_OPS)
+    priority = 20
+    inplace = ((0, 0),)
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return float32_io(node, graph)
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        act = ACTIVATION_OPS[node.op_type]
+        alpha, beta = 0.0, 0.0
+        if node.op_type == "LeakyRelu":
+            alpha = float(node.attr("alpha", 0.01))
+        elif node.op_type == "HardSigmoid":
+            alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+        elif node.op_type == "Clip":
+            low = inputs[1] if len(inputs) > 1 else None
+            high = inputs[2] if len(inputs) > 2 else None
+            alpha = float(low.reshape(-1)[0]) if low is not None else float(node.attr("min", -np.inf))
+            beta = float(high.reshape(-1)[0]) if high is not None else float(node.attr("max", np.inf))
+        elif node.op_type == "Gelu" and node.attr("approximate", "none") == "tanh":
+            act = ACT_GELU_TANH
+        x = np.ascontiguousarray(inputs[0], dtype=np.float32).reshape(-1)
+        out = outputs[0].reshape(-1)
+        with threads_for(x.size):
+            activation_flat(x, out, act, alpha, beta)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def _combine_row(a_row, b_row, b_scalar, use_scalar, op, reverse, dst):
+    """dst = a_row (op) b, with b a row or a scalar; ``reverse`` swaps the operands of Sub/Div."""
+    n = dst.shape[0]
+    if use_scalar:
+        if op == 0:
+            for i in range(n):
+                dst[i] = a_row[i] + b_scalar
+        elif op == 2:
+            for i in range(n):
+                dst[i] = a_row[i] * b_scalar
+        elif op == 1:
+            if reverse:
+                for i in range(n):
+                    dst[i] = b_scalar - a_row[i]
+            else:
+                for i in range(n):
+                    dst[i] = a_row[i] - b_scalar
+        elif reverse:
+            for i in range(n):
+                dst[i] = b_scalar / a_row[i]
+        else:
+            for i in range(n):
+                dst[i] = a_row[i] / b_scalar
+    else:
+        if op == 0:
+            for i in range(n):
+                dst[i] = a_row[i] + b_row[i]
+        elif op == 2:
+            for i in range(n):
+                dst[i] = a_row[i] * b_row[i]
+        elif op == 1:
+            if reverse:
+                for i in range(n):
+                    dst[i] = b_row[i] - a_row[i]
+            else:
+                for i in range(n):
+                    dst[i] = a_row[i] - b_row[i]
+        elif reverse:
+            for i in range(n):
+                dst[i] = b_row[i] / a_row[i]
+        else:
+            for i in range(n):
+                dst[i] = a_row[i] / b_row[i]
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def binary_rows(a, b, pattern, op, reverse, out):
+    """out[r] = a[r] (op) b' over rows of a/out [R, L].
+
+    ``pattern``: 0 b is [R, L] (same shape), 1 b is [R] (one value per row), 2 b is [L] (the
+    same row for every row).
+    """
+    rows = a.shape[0]
+    for r in prange(rows):
+        if pattern == 0:
+            _combine_row(a[r], b[r], np.float32(0.0), False, op, reverse, out[r])
+        elif pattern == 1:
+            _combine_row(a[r], b[0], b[0, r], True, op, reverse, out[r])
+        else:
+            _combine_row(a[r], b[0], np.float32(0.0), False, op, reverse, out[r])
+
+
+def _broadcast_plan(big: tuple[int, ...], small: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """How ``small`` broadcasts against ``big`` (the output's shape) as rows: (pattern, R, L).
+
+    Returns None when it is none of the three patterns ``binary_rows`` implements.
+    """
+    total = int(np.prod(big)) if big else 1
+    small = (1,) * (len(big) - len(small)) + tuple(small)
+    if len(small) > len(big):
+        return None
+    flat_length = _CHUNK if total % _CHUNK == 0 else (big[-1] if big else 1)
+    if small == big:
+        return 0, total // max(flat_length, 1), flat_length
+    size = int(np.prod(small)) if small else 1
+    if size == 1:  # a scalar: one value for every row
+        return 1, total // max(flat_length, 1), flat_length
+    # Trailing ones in small, leading dims equal: one value per row.
+    k = len(big)
+    while k > 0 and small[k - 1] == 1:
+        k -= 1
+    if small[:k] == big[:k]:
+        rows = int(np.prod(big[:k]))
+        return 1, rows, total // rows
+    # Leading ones in small, trailing dims equal: the same row for every row.
+    k = 0
+    while k < len(big) and small[k] == 1:
+        k += 1
+    if small[k:] == big[k:]:
+        length = int(np.prod(big[k:]))
+        return 2, total // length, length
+    return None
+
+
+@register_tactic
+class BinaryTactic(Tactic):
+    """Add/Sub/Mul/Div with the common broadcasts as unit-stride numba loops; numpy otherwise."""
+
+    name = "cpu.elementwise.binary"
+    op_types = tuple(BINARY_OPS)
+    priority = 15
+    # No ``inplace``: an output aliasing an input makes LLVM's overlap check fall back to scalar code.
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return len([i for i in node.inputs if i]) == 2 and float32_io(node, graph)
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        a, b = (np.ascontiguousarray(v, dtype=np.float32) for v in inputs[:2])
+        out = outputs[0]
+        op = BINARY_OPS[node.op_type]
+        reverse = False
+        if a.shape != out.shape:  # the big operand goes first
+            a, b, reverse = b, a, True
+        plan = (
+            _broadcast_plan(out.shape, b.shape) if a.shape == out.shape and out.flags.c_contiguous else None
+        )
+        if plan is None:
+            assert inputs[0] is not None and inputs[1] is not None
+            _UFUNCS[node.op_type](inputs[0], inputs[1], out=out)
+            return
+        pattern, rows, length = plan
+        b2 = b.reshape(rows, length) if pattern == 0 else b.reshape(1, -1)
+        if pattern == 1 and b2.shape[1] != rows:
+            b2 = np.full((1, rows), b.reshape(-1)[0], np.float32)
+        with threads_for(out.size):
+            binary_rows(a.reshape(rows, length), b2, pattern, op, reverse, out.reshape(rows, length))

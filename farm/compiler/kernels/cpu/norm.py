@@ -1,0 +1,187 @@
+"""Normalization tactics: LayerNorm (fused op and ONNX LayerNormalization) and Softmax, FP32.
+
+* ``cpu.norm.layernorm``: one row per iteration, two passes over the row while it is in L1
+  (mean, then variance of the centred values: no catastrophic cancellation), then the affine
+  output. Sums use reassociation (fastmath ``reassoc``) so they vectorize; the change in rounding
+  is far below FP32 tolerance.
+* ``cpu.norm.softmax``: any axis. The last axis runs row by row; another axis runs on an
+  [outer, L, inner] view with the reduction vectorized across ``inner``. Opset < 13 Softmax
+  (flatten from ``axis`` into rows) is the row case with longer rows.
+
+Pool: numba's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._operands import float32_io
+from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._vecmath import exp_row, exp_shift_sum_row, row_max
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+_SUM_FLAGS = {"reassoc", "contract"}
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
+def layer_norm_rows(x, scale, bias, has_bias, epsilon, out):
+    """out[r] = (x[r] - mean) / sqrt(var + eps) * scale + bias for each row r of x [R, L]."""
+    rows, length = x.shape
+    for r in prange(rows):
+        src = x[r]
+        dst = out[r]
+        total = np.float32(0.0)
+        for j in range(length):
+            total += src[j]
+        mean = total / np.float32(length)
+        squares = np.float32(0.0)
+        for j in range(length):
+            c = src[j] - mean
+            squares += c * c
+        inv = np.float32(1.0) / np.float32(math.sqrt(squares / np.float32(length) + epsilon))
+        if has_bias:
+            for j in range(length):
+                dst[j] = (src[j] - mean) * inv * scale[j] + bias[j]
+        else:
+            for j in range(length):
+                dst[j] = (src[j] - mean) * inv * scale[j]
+
+
+@register_tactic
+class LayerNormRows(Tactic):
+    """LayerNorm over the trailing axes, one row per iteration, row kept in L1."""
+
+    name = "cpu.norm.layernorm"
+    op_types = ("LayerNorm", "LayerNormalization")
+    priority = 20
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        x = graph.values.get(node.input(0))
+        return (
+            len([o for o in node.outputs if o]) == 1
+            and float32_io(node, graph)
+            and x is not None
+            and x.rank is not None
+            and int(node.attr("stash_type", 1)) == 1
+        )
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        x = np.ascontiguousarray(inputs[0], dtype=np.float32)
+        axis = int(node.attr("axis", -1)) % x.ndim
+        normalized = x.shape[axis:]
+        length = int(np.prod(normalized))
+        scale = np.ascontiguousarray(np.broadcast_to(inputs[1], normalized), np.float32).reshape(-1)  # type: ignore[arg-type]
+        b = inputs[2] if len(inputs) > 2 else None
+        has_bias = b is not None
+        bias = (
+            scale
+            if b is None
+            else np.ascontiguousarray(np.broadcast_to(b, normalized), np.float32).reshape(-1)
+        )
+        rows = x.reshape(-1, length)
+        with threads_for(x.size):
+            layer_norm_rows(
+                rows,
+                scale,
+                bias,
+                has_bias,
+                np.float32(node.attr("epsilon", 1e-5)),
+                outputs[0].reshape(-1, length),
+            )
+
+
+_ROWS_PER_TASK = 8
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
+def softmax_rows(x, out):
+    """Softmax along the last axis of x [R, L], 8 rows per task sharing one exp workspace."""
+    rows, length = x.shape
+    tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in prange(tasks):
+        poly = np.empty(length, np.float32)
+        bits = np.empty(length, np.int32)
+        for r in range(t * _ROWS_PER_TASK, min(rows, (t + 1) * _ROWS_PER_TASK)):
+            dst = out[r]
+            total = exp_shift_sum_row(x[r], dst, row_max(x[r]), poly, bits)
+            inv = np.float32(1.0) / total
+            for j in range(length):
+                dst[j] *= inv
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
+def softmax_middle(x, out):
+    """Softmax along axis 1 of x [outer, L, inner], vectorized across ``inner``."""
+    outer, length, inner = x.shape
+    for o in prange(outer):
+        top = x[o, 0].copy()
+        for j in range(1, length):
+            row = x[o, j]
+            for i in range(inner):
+                top[i] = max(top[i], row[i])
+        total = np.zeros(inner, np.float32)
+        shifted = np.empty(inner, np.float32)
+        for j in range(length):
+            row = x[o, j]
+            dst = out[o, j]
+            for i in range(inner):
+                shifted[i] = row[i] - top[i]
+            exp_row(shifted, dst)
+            for i in range(inner):
+                total[i] += dst[i]
+        for i in range(inner):
+            total[i] = np.float32(1.0) / total[i]
+        for j in range(length):
+            dst = out[o, j]
+            for i in range(inner):
+                dst[i] *= total[i]
+
+
+@register_tactic
+class SoftmaxAnyAxis(Tactic):
+    """Softmax along any axis (opset-13 semantics; opset < 13 flattens from ``axis``)."""
+
+    name = "cpu.norm.softmax"
+    op_types = ("Softmax",)
+    priority = 20
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        x = graph.values.get(node.input(0))
+        return float32_io(node, graph) and x is not None and x.rank is not None and x.rank >= 1
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        opset = graph.opsets.get("", graph.opset)
+        default_axis = -1 if opset >= 13 else 1
+        return Prepared(params={"coerce_2d": opset < 13, "axis": int(node.attr("axis", default_axis))})
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        x = np.ascontiguousarray(inputs[0], dtype=np.float32)
+        out = outputs[0]
+        axis = int(prepared.params.get("axis", node.attr("axis", -1))) % max(x.ndim, 1)
+        outer = int(np.prod(x.shape[:axis]))
+        if prepared.params.get("coerce_2d") or axis == x.ndim - 1:
+            length = x.size // max(outer, 1)
+            with threads_for(x.size):
+                softmax_rows(x.reshape(outer, length), out.reshape(outer, length))
+            return
+        length = x.shape[axis]
+        inner = x.size // (outer * length)
+        with threads_for(x.size):
+            softmax_middle(x.reshape(outer, length, inner), out.reshape(outer, length, inner))

@@ -1,0 +1,165 @@
+"""The tactic registry.
+
+A *tactic* is one implementation of one (fused) op for one backend and precision. Tactics are
+classes registered with :func:`register_tactic`; the autotuner asks :func:`candidates` for every
+tactic that supports a node, times each, validates each against the reference, and records the
+winner's ``name`` in the engine's schedule. At load time the runtime looks the name up again with
+:func:`get_tactic`.
+
+Life of a tactic for one node:
+
+1. ``supports(node, graph)``: may this tactic run this node (attributes, dtypes, constant weights)?
+2. ``prepare(node, graph) -> Prepared``: done once at build time. Repacks or quantizes constant
+   weights into ``Prepared.tensors`` (stored in the engine file) and records JSON-able
+   ``Prepared.params`` (stored in the manifest). Input positions listed in ``Prepared.replaces``
+   are not needed raw at run time: the runtime passes ``None`` there and the engine does not store
+   that constant unless another node needs it.
+3. ``run(node, inputs, outputs, prepared)``: computes the node. ``inputs`` holds one array (or None)
+   per node input, ``""`` inputs as None; ``outputs`` holds preallocated arrays of the exact output
+   shapes and dtypes, which ``run`` fills. ``prepared.scratch`` is a per-node dict for workspaces
+   that survives between runs and is never serialized.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from farm.compiler.ir import Graph, Node
+
+BACKEND_MODULES: dict[str, str] = {
+    "cpu": "farm.compiler.kernels.cpu",
+    "cuda": "farm.compiler.kernels.cuda",
+}
+
+
+@dataclass
+class Prepared:
+    """What ``Tactic.prepare`` produced for one node."""
+
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    replaces: frozenset[int] = frozenset()
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+class Tactic:
+    """Base class of every tactic. Subclasses set the class variables and override ``run``."""
+
+    name: ClassVar[str] = ""
+    op_types: ClassVar[tuple[str, ...]] = ()
+    backend: ClassVar[str] = "cpu"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # Heuristic rank used when the tuner does not time (tuning level 0): higher is preferred.
+    priority: ClassVar[int] = 0
+    # True when ``run`` can write into non-contiguous output views (used by concat elision).
+    accepts_strided_output: ClassVar[bool] = False
+    # (input index, output index) pairs that may share one buffer (the op works in place).
+    inplace: ClassVar[tuple[tuple[int, int], ...]] = ()
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        """Whether this tactic can run ``node`` of ``graph``. Default: any node of its op types."""
+        return True
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        """Build-time work (weight repacking, quantization). Default: nothing."""
+        return Prepared()
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        """Compute ``node``, writing into ``outputs``."""
+        raise NotImplementedError(f"tactic {self.name} does not implement run()")
+
+    def __repr__(self) -> str:
+        return f"<tactic {self.name}>"
+
+
+class BackendUnavailableError(RuntimeError):
+    """A profile names a backend this installation does not have."""
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+_TACTICS: dict[str, Tactic] = {}
+_BY_OP: dict[str, list[Tactic]] = {}
+
+
+def register_tactic(cls: type[Tactic]) -> type[Tactic]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if not cls.name or not cls.op_types:
+        raise ValueError(f"tactic {cls.__qualname__} must set name and op_types")
+    if cls.name in _TACTICS and type(_TACTICS[cls.name]) is not cls:
+        raise ValueError(f"two tactics are named {cls.name!r}")
+    tactic = cls()
+    _TACTICS[cls.name] = tactic
+    for op in cls.op_types:
+        bucket = _BY_OP.setdefault(op, [])
+        bucket[:] = [t for t in bucket if t.name != cls.name] + [tactic]
+    return cls
+
+
+def load_backend(backend: str) -> None:
+    """Import a backend's tactic modules (CuPy is imported only when ``cuda`` is asked for)."""
+    try:
+        module = BACKEND_MODULES[backend]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {backend!r}; known: {', '.join(sorted(BACKEND_MODULES))}"
+        ) from None
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise  # a dependency of the backend is missing: keep that message
+        available = ", ".join(b for b, m in BACKEND_MODULES.items() if _importable(m))
+        raise BackendUnavailableError(
+            f"the {backend!r} backend is not part of this version of Engine Farm (available: {available})"
+        ) from None
+
+
+def get_tactic(name: str) -> Tactic:
+    """The tactic registered under ``name`` (loading its backend on first use)."""
+    if name not in _TACTICS:
+        load_backend(name.split(".", 1)[0])
+    try:
+        return _TACTICS[name]
+    except KeyError:
+        raise KeyError(f"no tactic named {name!r} is registered") from None
+
+
+def candidates(
+    node: Node, graph: Graph, *, backend: str = "cpu", precisions: Sequence[str] = ("fp32",)
+) -> list[Tactic]:
+    """Every registered tactic of ``backend`` that supports ``node`` in one of ``precisions``,
+    highest heuristic priority first."""
+    load_backend(backend)
+    found = [
+        t
+        for t in _BY_OP.get(node.op_type, [])
+        if t.backend == backend and any(p in t.precisions for p in precisions) and t.supports(node, graph)
+    ]
+    return sorted(found, key=lambda t: -t.priority)
+
+
+def all_tactics(backend: str | None = None) -> list[Tactic]:
+    """All registered tactics (of one backend when given), by name."""
+    if backend is not None:
+        load_backend(backend)
+    return sorted(
+        (t for t in _TACTICS.values() if backend is None or t.backend == backend), key=lambda t: t.name
+    )

@@ -1,0 +1,331 @@
+"""INT8 calibration: per-tensor activation ranges from user data.
+
+Reader protocol: calibration data is either a path to an ``.npz`` whose arrays are named after
+the model inputs (or ``input:<name>``, the fixtures' convention) with samples along axis 0, a
+mapping of such arrays, or any iterable yielding ``{input name: batch array}`` dicts (a Python
+generator, a list). :func:`calibration_batches` turns all three into batches.
+
+The builder runs an FP32 engine of the optimized graph over the batches and collects, for each tensor that feeds
+an INT8-capable layer, the absolute maximum and a histogram of ``|x|`` (2048 bins; its range
+doubles, merging bin pairs, when a later batch exceeds it). A calibrator turns those statistics
+into the amax whose ``amax / 127`` becomes the tensor's scale:
+
+* ``minmax``: the absolute maximum.
+* ``percentile``: the given percentile of ``|x|`` (99.99 by default).
+* ``entropy``: TensorRT's method: the threshold whose 128-level quantized distribution has the
+  smallest KL divergence from the clipped reference distribution.
+* ``mse``: the threshold that minimizes the expected squared quantization error.
+
+A calibration cache (JSON) stores the amax per tensor with the calibrator and a signature of the
+layers; a rebuild that finds a matching cache does not calibrate again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from farm.compiler.ir import Graph
+
+CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+DEFAULT_CALIBRATOR = "entropy"
+DEFAULT_PERCENTILE = 99.99
+HISTOGRAM_BINS = 2048
+QUANT_LEVELS = 128  # positive half of int8, as TensorRT's entropy calibrator
+DEFAULT_BATCH = 32
+CACHE_FORMAT = "farm-calibration"
+CACHE_VERSION = 1
+
+CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
+
+
+class CalibrationError(ValueError):
+    """Calibration data or a calibration cache that cannot be used."""
+
+
+def load_samples_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` of samples, keyed by input name (``input:`` prefixes dropped)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k.removeprefix("input:"): data[k] for k in data.files if not k.startswith("output:")}
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"cannot read samples from {path}: {exc}") from exc
+
+
+def _split(arrays: Mapping[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) != 1:
+        raise CalibrationError(
+            f"sample arrays differ in sample count: { {k: len(a) for k, a in arrays.items()} }"
+        )
+    total = counts.pop()
+    for start in range(0, total, batch):
+        yield {k: np.asarray(a[start : start + batch]) for k, a in arrays.items()}
+
+
+def calibration_batches(
+    source: CalibrationSource, inputs: list[str], batch: int = DEFAULT_BATCH, limit: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of feeds for the graph ``inputs`` from any supported source, at most ``limit``
+    samples in all."""
+    if isinstance(source, str | os.PathLike):
+        batches: Iterable[Mapping[str, np.ndarray]] = _split(load_samples_npz(source), batch)
+    elif isinstance(source, Mapping):
+        batches = _split({k.removeprefix("input:"): v for k, v in source.items()}, batch)
+    else:
+        batches = source
+    seen = 0
+    for feeds in batches:
+        missing = [n for n in inputs if n not in feeds]
+        if missing:
+            raise CalibrationError(f"calibration data lacks input(s) {missing}; it has {sorted(feeds)}")
+        feeds = {n: np.asarray(feeds[n]) for n in inputs}
+        if limit is not None:
+            take = limit - seen
+            if take <= 0:
+                return
+            feeds = {n: a[:take] for n, a in feeds.items()}
+        seen += len(next(iter(feeds.values()))) if feeds else 0
+        yield feeds
+
+
+@dataclass
+class TensorStatistics:
+    """Absolute maximum and a histogram of ``|x|`` over [0, ``edge``] for one tensor."""
+
+    amax: float = 0.0
+    edge: float = 0.0
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.int64))
+
+    def update(self, x: np.ndarray) -> None:
+        """Add one batch of values."""
+        a = np.abs(np.asarray(x, dtype=np.float32).ravel())
+        if a.size == 0:
+            return
+        batch_max = float(a.max())
+        self.amax = max(self.amax, batch_max)
+        if self.edge == 0.0:
+            self.edge = batch_max if batch_max > 0 else 1e-8
+        while batch_max > self.edge:  # double the range: merge neighbouring bins
+            self.counts = np.concatenate(
+                [self.counts.reshape(-1, 2).sum(axis=1), np.zeros(HISTOGRAM_BINS // 2, np.int64)]
+            )
+            self.edge *= 2.0
+        hist, _ = np.histogram(a, bins=HISTOGRAM_BINS, range=(0.0, self.edge))
+        self.counts += hist
+
+    @property
+    def bin_width(self) -> float:
+        return self.edge / HISTOGRAM_BINS
+
+
+def amax_minmax(stats: TensorStatistics) -> float:
+    """The absolute maximum seen."""
+    return stats.amax
+
+
+def amax_percentile(stats: TensorStatistics, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """The ``percentile`` of ``|x|`` (upper edge of the bin where the cumulative count crosses it)."""
+    total = stats.counts.sum()
+    if total == 0:
+        return stats.amax
+    cdf = np.cumsum(stats.counts) / total
+    index = int(np.searchsorted(cdf, percentile / 100.0))
+    return min(stats.amax, (index + 1) * stats.bin_width)
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    p = p / p.sum()
+    q = q / q.sum()
+    mask = p > 0
+    with np.errstate(divide="ignore"):
+        return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def amax_entropy(stats: TensorStatistics, levels: int = QUANT_LEVELS, stride: int = 1) -> float:
+    """TensorRT's entropy calibration: for every candidate threshold bin ``i`` (from ``levels``
+    to the histogram's end), clip the histogram at ``i`` (outliers added to the last bin), quantize
+    it to ``levels`` buckets (each bucket's mass spread over its non-empty bins), and keep the
+    threshold with the smallest KL(reference || quantized)."""
+    counts = stats.counts.astype(np.float64)
+    # The exact zeros of a ReLU output pile up in bin 0; left alone, that spike dominates the
+    # divergence and drives the threshold far too low. As TensorRT's reference implementation
+    # (pytorch-quantization) does, bin 0 counts like its neighbour.
+    if counts.size > 1:
+        counts[0] = counts[1]
+    last = int(np.nonzero(counts)[0][-1]) + 1 if counts.any() else 0
+    if last <= levels:
+        return stats.amax
+    best_kl, best_i = math.inf, last
+    for i in range(levels, last + 1, stride):
+        reference = counts[:i].copy()
+        reference[i - 1] += counts[i:].sum()
+        nonzero = counts[:i] != 0
+        edges = np.linspace(0, i, levels + 1).astype(np.int64)
+        bucket = np.searchsorted(edges[1:], np.arange(i), side="right")
+        mass = np.bincount(bucket, weights=counts[:i], minlength=levels)
+        used = np.bincount(bucket, weights=nonzero.astype(np.float64), minlength=levels)
+        per_bin = np.divide(mass, used, out=np.zeros_like(mass), where=used > 0)
+        quantized = per_bin[bucket]
+        quantized[~nonzero] = 0.0
+        if quantized.sum() == 0:
+            continue
+        # Bins the reference has but the quantized lacks (the outlier bin) get a tiny mass.
+        quantized[(reference > 0) & (quantized == 0)] = 1e-4
+        kl = _kl_divergence(reference, quantized)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return min(stats.amax, best_i * stats.bin_width)
+
+
+def amax_mse(stats: TensorStatistics, candidates: int = 256) -> float:
+    """The threshold minimizing the expected squared error of symmetric int8 quantization,
+    computed from the histogram (each bin's values at its centre)."""
+    counts = stats.counts.astype(np.float64)
+    if counts.sum() == 0:
+        return stats.amax
+    centres = (np.arange(HISTOGRAM_BINS) + 0.5) * stats.bin_width
+    best_err, best_amax = math.inf, stats.amax
+    for amax in np.linspace(stats.amax / candidates, stats.amax, candidates):
+        step = amax / 127.0
+        q = np.clip(np.rint(centres / step), 0, 127) * step
+        err = float(np.dot(counts, (centres - q) ** 2))
+        if err < best_err:
+            best_err, best_amax = err, float(amax)
+    return best_amax
+
+
+def calibrator_function(
+    name: str, percentile: float = DEFAULT_PERCENTILE
+) -> Callable[[TensorStatistics], float]:
+    """The amax rule named ``name`` (one of :data:`CALIBRATORS`)."""
+    if name == "minmax":
+        return amax_minmax
+    if name == "percentile":
+        return lambda stats: amax_percentile(stats, percentile)
+    if name == "entropy":
+        return amax_entropy
+    if name == "mse":
+        return amax_mse
+    raise CalibrationError(f"unknown calibrator {name!r}; choose from {', '.join(CALIBRATORS)}")
+
+
+def collect_statistics(
+    graph: Graph, tensors: list[str], batches: Iterable[Mapping[str, np.ndarray]]
+) -> tuple[dict[str, TensorStatistics], int]:
+    """Run ``graph`` (an FP32 engine of it, see :mod:`observe`) over ``batches`` and gather
+    statistics of ``tensors``; returns them and the number of samples seen."""
+    from farm.compiler.precision.observe import GraphRunner
+
+    stats = {t: TensorStatistics() for t in tensors}
+    samples = 0
+    runner: GraphRunner | None = None
+    for feeds in batches:
+        if runner is None:
+            runner = GraphRunner(
+                graph, tensors, max_batch=max(len(next(iter(feeds.values()))), 1), example=feeds
+            )
+        values = runner.run(feeds)
+        for name in tensors:
+            stats[name].update(values[name])
+        samples += len(next(iter(feeds.values())))
+    if samples == 0:
+        raise CalibrationError("the calibration data is empty")
+    return stats, samples
+
+
+def layer_signature(graph: Graph, tensors: list[str]) -> str:
+    """What a calibration cache depends on: the calibrated tensor names and the graph's name."""
+    text = json.dumps([graph.name, sorted(tensors)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CalibrationResult:
+    """amax per tensor, with how it was obtained."""
+
+    calibrator: str
+    amax: dict[str, float]
+    samples: int
+    signature: str
+    from_cache: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "calibrator": self.calibrator,
+            "samples": self.samples,
+            "signature": self.signature,
+            "amax": self.amax,
+        }
+
+
+def read_cache(path: str | os.PathLike[str]) -> CalibrationResult | None:
+    """The calibration cache at ``path``, or None when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != CACHE_FORMAT or data.get("version") != CACHE_VERSION:
+            raise CalibrationError(f"{path} is not a calibration cache of version {CACHE_VERSION}")
+        return CalibrationResult(
+            data["calibrator"], {k: float(v) for k, v in data["amax"].items()}, int(data["samples"]),
+            data["signature"], from_cache=True,
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CalibrationError(f"calibration cache {path} is unreadable: {exc}") from exc
+
+
+def write_cache(path: str | os.PathLike[str], result: CalibrationResult) -> None:
+    """Write ``result`` to ``path`` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def calibrate(
+    graph: Graph,
+    tensors: list[str],
+    source: CalibrationSource | None,
+    *,
+    calibrator: str = DEFAULT_CALIBRATOR,
+    cache: str | os.PathLike[str] | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    batch: int = DEFAULT_BATCH,
+    limit: int | None = None,
+) -> CalibrationResult:
+    """amax for every tensor in ``tensors``: from ``cache`` when it matches (same calibrator and
+    layers), else by running the reference over ``source`` (and writing ``cache``)."""
+    calibrator_function(calibrator, percentile)  # validates the name before any work
+    signature = layer_signature(graph, tensors)
+    if cache is not None:
+        cached = read_cache(cache)
+        if cached is not None and cached.calibrator == calibrator and set(tensors) <= set(cached.amax):
+            return cached
+        if cached is not None and source is None:
+            raise CalibrationError(
+                f"calibration cache {cache} was made with {cached.calibrator!r} for other layers; "
+                f"give calibration data to recalibrate"
+            )
+    if source is None:
+        raise CalibrationError("INT8 needs calibration data (--calib samples.npz) or a calibration cache")
+    rule = calibrator_function(calibrator, percentile)
+    stats, samples = collect_statistics(
+        graph, tensors, calibration_batches(source, graph.inputs, batch, limit)
+    )
+    result = CalibrationResult(calibrator, {t: float(rule(s)) for t, s in stats.items()}, samples, signature)
+    if cache is not None:
+        write_cache(cache, result)
+    return result

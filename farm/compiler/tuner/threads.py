@@ -1,0 +1,55 @@
+"""Thread counts for a whole schedule, chosen by timing it.
+
+Kernels timed alone do not show how the two thread pools (BLAS and numba) interact; the whole
+schedule does (FACTS.md: a conv layer took 2.5 ms step by step and 8.6 ms in sequence). On a
+loaded machine a multi-threaded BLAS call can be 100x slower than a single-threaded one. So before
+timing tactics, the builder runs the complete engine of the heuristic (highest-priority) tactics
+with each candidate setting (BLAS threads, numba threads), round-robin, keeps the fastest median,
+and then times the tactics under that setting, the way they will run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def thread_candidates(cores: int) -> list[tuple[int, int]]:
+    """(BLAS threads, numba threads) settings worth trying on ``cores`` cores."""
+    if cores <= 1:
+        return [(1, 1)]
+    return [(cores, cores), (1, 1), (cores, 1), (1, cores)]
+
+
+def choose_thread_counts(
+    run: Callable[[int, int], Any], cores: int, *, rounds: int = 5
+) -> tuple[tuple[int, int], dict[str, float]]:
+    """Time ``run(blas_threads, numba_threads)`` (one inference with that setting) for each
+    candidate setting, round-robin over ``rounds`` rounds after one warm-up run each; returns the
+    setting with the lowest median and every setting's median in ms (keyed ``"blas=B,numba=N"``)."""
+    settings = thread_candidates(cores)
+    samples: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    for blas, numba in settings:
+        run(blas, numba)
+    for round_index in range(rounds):
+        shift = round_index % len(settings)
+        for blas, numba in settings[shift:] + settings[:shift]:
+            start = time.perf_counter()
+            run(blas, numba)
+            samples[(blas, numba)].append((time.perf_counter() - start) * 1e3)
+    medians = {s: statistics.median(v) for s, v in samples.items()}
+    best = min(settings, key=lambda s: medians[s])
+    return best, {thread_label(b, n): m for (b, n), m in medians.items()}
+
+
+def thread_label(blas: int, numba: int) -> str:
+    """``"blas=B,numba=N"``: how a setting is named in reports and the timing cache."""
+    return f"blas={blas},numba={numba}"
+
+
+def parse_thread_label(label: str) -> tuple[int, int]:
+    """Inverse of :func:`thread_label`."""
+    parts = dict(item.split("=") for item in label.split(","))
+    return int(parts["blas"]), int(parts["numba"])

@@ -1,0 +1,1 @@
+"""The worker: Celery app, thin tasks, and one module per pipeline step."""

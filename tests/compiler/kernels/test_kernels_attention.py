@@ -1,0 +1,77 @@
+"""Attention tactics against a float64 split-heads / softmax / merge-heads oracle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from kernels_harness import OneNode, assert_close
+
+TACTICS = ["cpu.attention.fused", "cpu.attention.blas"]
+
+
+def attention_oracle(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, heads: int, scale: float
+) -> np.ndarray:
+    """fused.py's Attention, literally: split heads, softmax(scale q k^T + mask), merge heads."""
+
+    def split(x: np.ndarray) -> np.ndarray:
+        b, s, hd = x.shape
+        return x.astype(np.float64).reshape(b, s, heads, hd // heads).transpose(0, 2, 1, 3)
+
+    logits = scale * split(q) @ split(k).transpose(0, 1, 3, 2)
+    if mask is not None:
+        logits = logits + mask
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    y = p @ split(v)
+    return y.transpose(0, 2, 1, 3).reshape(q.shape)
+
+
+MASK_SHAPES = [None, "b11k", "bhqk", "1qk", "k"]
+
+
+@pytest.mark.parametrize("tactic", TACTICS)
+@pytest.mark.parametrize(
+    ("batch", "sq", "sk", "heads", "d", "mask_kind"),
+    [
+        (1, 7, 7, 2, 8, None),
+        (3, 5, 9, 4, 16, "b11k"),
+        (2, 11, 6, 3, 5, "bhqk"),
+        (1, 16, 16, 1, 32, "1qk"),
+        (3, 4, 13, 2, 4, "k"),
+        (2, 64, 64, 4, 32, "b11k"),  # large enough for the parallel path
+    ],
+)
+def test_attention_matches_oracle(
+    rng: np.random.Generator,
+    tactic: str,
+    batch: int,
+    sq: int,
+    sk: int,
+    heads: int,
+    d: int,
+    mask_kind: str | None,
+) -> None:
+    q = rng.standard_normal((batch, sq, heads * d)).astype(np.float32)
+    k = rng.standard_normal((batch, sk, heads * d)).astype(np.float32)
+    v = rng.standard_normal((batch, sk, heads * d)).astype(np.float32)
+    mask_shape = {
+        None: None,
+        "b11k": (batch, 1, 1, sk),
+        "bhqk": (batch, heads, sq, sk),
+        "1qk": (1, sq, sk),
+        "k": (sk,),
+    }[mask_kind]
+    mask = None
+    if mask_shape is not None:  # BERT-style: 0 where attended, a large negative where masked
+        mask = np.where(rng.random(mask_shape) < 0.25, -10000.0, 0.0).astype(np.float32)
+        mask += rng.standard_normal(mask_shape).astype(np.float32)
+    scale = 1.0 / math.sqrt(d)
+    one = OneNode("Attention", {"num_heads": heads, "scale": scale}).feed("q", q).feed("k", k).feed("v", v)
+    if mask is not None:
+        one.feed("mask", mask)
+    one.build(q.shape)
+    expected = one.expected(lambda *_: attention_oracle(q, k, v, mask, heads, scale))
+    assert_close(one.run_tactic(tactic), expected)

@@ -1,0 +1,152 @@
+"""LayerNorm, Softmax, activations and broadcasting binary ops against float64 numpy oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernels_harness import OneNode, activation_oracle, assert_close
+
+from farm.compiler.kernels import get_tactic
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "with_bias", "op_type"),
+    [
+        ((2, 7, 33), -1, True, "LayerNorm"),
+        ((3, 4, 5, 6), 2, False, "LayerNorm"),
+        ((8, 256), -1, True, "LayerNormalization"),
+        ((4, 160, 96), -1, True, "LayerNorm"),
+    ],
+)
+def test_layernorm_matches_oracle(
+    rng: np.random.Generator, shape: tuple, axis: int, with_bias: bool, op_type: str
+) -> None:
+    x = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)
+    normalized = shape[axis % len(shape) :]
+    scale = rng.standard_normal(normalized).astype(np.float32)
+    bias = rng.standard_normal(normalized).astype(np.float32) if with_bias else None
+    axes = tuple(range(axis % len(shape), len(shape)))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    expected = (x64 - mean) / np.sqrt(var + 1e-5) * scale + (0 if bias is None else bias)
+    one = OneNode(op_type, {"axis": axis, "epsilon": 1e-5}).feed("x", x).feed("scale", scale, const=True)
+    if bias is not None:
+        one.feed("bias", bias, const=True)
+    one.build(shape)
+    assert_close(one.run_tactic("cpu.norm.layernorm"), one.expected(lambda *_: expected))
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((3, 17), -1), ((2, 5, 7), 1), ((2, 3, 4, 5), 0), ((4, 4, 128, 128), -1), ((6, 300, 40), 1)],
+)
+def test_softmax_any_axis(rng: np.random.Generator, shape: tuple, axis: int) -> None:
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    one = OneNode("Softmax", {"axis": axis}).feed("x", x)
+    one.build(shape)
+    assert_close(one.run_tactic("cpu.norm.softmax"), one.expected(lambda *_: _softmax(x, axis)))
+
+
+def test_softmax_opset_11_flattens_from_axis(rng: np.random.Generator) -> None:
+    """Softmax-11 coerces the input to 2-D [prod(shape[:axis]), prod(shape[axis:])]; checked
+    against ONNX Runtime itself (the reference interpreter uses opset-13 semantics here)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Softmax", ["x"], ["y"], axis=1)],
+            "softmax11",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+        ),
+        opset_imports=[helper.make_opsetid("", 11)],
+        ir_version=7,
+    )
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+    assert_close(expected, _softmax(x.reshape(2, 12), -1).reshape(x.shape))
+    one = OneNode("Softmax", {"axis": 1}).feed("x", x)
+    one.graph.opset, one.graph.opsets = 11, {"": 11}
+    one.build(x.shape)
+    assert_close(one.run_tactic("cpu.norm.softmax"), expected)
+
+
+@pytest.mark.parametrize(
+    ("op_type", "attrs", "oracle_args"),
+    [
+        ("Relu", {}, ("Relu", 0.0, 0.0)),
+        ("LeakyRelu", {"alpha": 0.2}, ("LeakyRelu", 0.2, 0.0)),
+        ("Sigmoid", {}, ("Sigmoid", 0.0, 0.0)),
+        ("Tanh", {}, ("Tanh", 0.0, 0.0)),
+        ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, ("HardSigmoid", 0.3, 0.4)),
+        ("HardSwish", {}, ("HardSwish", 0.0, 0.0)),
+        ("Gelu", {}, ("Gelu", 0.0, 0.0)),
+        ("Gelu", {"approximate": "tanh"}, ("GeluTanh", 0.0, 0.0)),
+    ],
+)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 64, 40, 13)])
+def test_activation_ops(
+    rng: np.random.Generator, op_type: str, attrs: dict, oracle_args: tuple, shape: tuple
+) -> None:
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    one = OneNode(op_type, attrs).feed("x", x)
+    one.build(shape)
+    name, alpha, beta = oracle_args
+    assert_close(
+        one.run_tactic("cpu.elementwise.activation"),
+        one.expected(lambda *_: activation_oracle(name, x, alpha, beta)),
+    )
+
+
+def test_clip_with_min_max_inputs(rng: np.random.Generator) -> None:
+    x = (rng.standard_normal((4, 33)) * 5).astype(np.float32)
+    one = (
+        OneNode("Clip")
+        .feed("x", x)
+        .feed("lo", np.array(-1.5, np.float32), const=True)
+        .feed("hi", np.array(2.0, np.float32), const=True)
+    )
+    one.build(x.shape)
+    assert_close(one.run_tactic("cpu.elementwise.activation"), one.expected(lambda *_: np.clip(x, -1.5, 2.0)))
+
+
+BINARY_SHAPES = [
+    ((2, 3, 4, 5), (2, 3, 4, 5)),  # same shape
+    ((2, 16, 9, 9), (2, 16, 1, 1)),  # squeeze-and-excitation gate
+    ((3, 7, 33), (33,)),  # bias over the last axis
+    ((5, 6), ()),  # scalar
+    ((1,), (4, 5)),  # scalar first (reversed operands)
+    ((16, 1, 9), (1, 8, 9)),  # both broadcast: numpy fallback
+    ((4, 64, 256), (4, 64, 256)),  # parallel path
+]
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize(("a_shape", "b_shape"), BINARY_SHAPES)
+def test_binary_broadcasting(rng: np.random.Generator, op_type: str, a_shape: tuple, b_shape: tuple) -> None:
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    if op_type == "Div":
+        b = np.where(np.abs(b) < 0.1, 0.5, b).astype(np.float32)
+        a = np.where(np.abs(a) < 0.1, 0.5, a).astype(np.float32)
+    ufunc = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op_type]
+    expected = ufunc(a.astype(np.float64), b.astype(np.float64))
+    one = OneNode(op_type).feed("a", a).feed("b", b)
+    one.build(expected.shape)
+    assert_close(one.run_tactic("cpu.elementwise.binary"), one.expected(lambda *_: expected))
+
+
+def test_elementwise_declines_other_dtypes() -> None:
+    one = OneNode("Add").feed("a", np.arange(6, dtype=np.int64)).feed("b", np.arange(6, dtype=np.int64))
+    one.build((6,), "int64")
+    assert not get_tactic("cpu.elementwise.binary").supports(one.node, one.graph)

@@ -1,0 +1,28 @@
+"""The kernels' thread helpers: single-threaded regions restore what they changed."""
+
+from __future__ import annotations
+
+import numba
+from threadpoolctl import threadpool_info
+
+from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS, blas_single_thread, threads_for
+
+
+def _blas_threads() -> list[int]:
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_single_thread_is_one_thread_inside_and_restores() -> None:
+    before = _blas_threads()
+    with blas_single_thread():
+        assert all(n == 1 for n in _blas_threads())
+    assert _blas_threads() == before
+
+
+def test_threads_for_small_work_runs_numba_on_one_thread() -> None:
+    before = numba.get_num_threads()
+    with threads_for(PARALLEL_MIN_ELEMENTS - 1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with threads_for(PARALLEL_MIN_ELEMENTS):
+        assert numba.get_num_threads() == before

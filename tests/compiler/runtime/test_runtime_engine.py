@@ -1,0 +1,201 @@
+"""Engine build -> save -> load -> run on hand-built graphs; file format errors; feed validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_testgraphs import branchy_graph, conv_mlp_graph
+
+from farm.compiler import reference
+from farm.compiler.builder import BuilderConfig, build
+from farm.compiler.engine import DeviceMismatchError, Engine, EngineFormatError, FeedError
+from farm.compiler.engine import format as engine_format
+from farm.compiler.kernels import get_tactic
+from farm.compiler.memory import check_no_overlap, plan_memory
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+@pytest.fixture(scope="module")
+def conv_engine() -> Engine:
+    return build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False))
+
+
+@pytest.mark.parametrize("level", [0, 1])
+@pytest.mark.parametrize("make_graph", [conv_mlp_graph, branchy_graph])
+def test_engine_matches_reference_after_save_and_load(tmp_path: Path, level: int, make_graph) -> None:
+    graph = make_graph()
+    engine = build(graph, config=BuilderConfig(tuning_level=level, optimize=False))
+    path = tmp_path / "model.engine"
+    engine.save(path)
+    loaded = Engine.load(path)
+    rng = np.random.default_rng(1)
+    for _ in range(2):  # the second run reuses the arena and the cached shape binding
+        feeds = {"x": rng.standard_normal(graph.values["x"].shape).astype(np.float32)}
+        want = reference.run(graph, feeds)
+        for eng in (engine, loaded):
+            got = eng.run(feeds)
+            assert sorted(got) == sorted(graph.outputs)
+            for name in graph.outputs:
+                assert got[name].shape == want[name].shape
+                assert _rel_l2(got[name], want[name]) <= 1e-5
+
+
+def test_outputs_are_fresh_arrays(conv_engine: Engine) -> None:
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    first = conv_engine.run({"x": x})["y"]
+    kept = first.copy()
+    conv_engine.run({"x": x * 2})
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_branchy_plan_uses_views_inplace_and_concat_elision() -> None:
+    graph = branchy_graph()
+    # the generic tactics: all accept strided outputs and the elementwise ones work in place
+    generic = {"MatMul": "cpu.numpy.gemm_blas"}
+    steps = [(n, get_tactic(generic.get(n.op_type, f"cpu.numpy.{n.op_type}"))) for n in graph.nodes]
+    plan = plan_memory(graph, steps)
+    check_no_overlap(plan)
+    concat = graph.find("Concat")[0]
+    # "bt" (Tanh, read only by the Concat) is written into the concat buffer; "a" has two readers.
+    assert plan.elided_concats == {concat.name: [1]}
+    assert plan.values["bt"].kind == "slice" and plan.values["bt"].of == "cat"
+    assert plan.values["a"].kind == "arena"
+    # Add reads cat for the last time and may overwrite it; Sigmoid then reuses that buffer too
+    assert plan.values["res"].buffer == plan.values["cat"].buffer == plan.values["s"].buffer
+    assert plan.values["y"].kind == "output"  # a graph output never lives in the arena
+    assert plan.lower_bound_bytes <= plan.arena_size <= plan.naive_bytes
+
+
+def test_truncated_and_corrupted_files_are_clear_errors(tmp_path: Path, conv_engine: Engine) -> None:
+    data = conv_engine.to_bytes()
+    truncated = tmp_path / "truncated.engine"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EngineFormatError, match="truncated|corrupted"):
+        Engine.load(truncated)
+    corrupted = bytearray(data)
+    corrupted[-5] ^= 0xFF  # flip bits in the tensor data
+    bad = tmp_path / "corrupted.engine"
+    bad.write_bytes(bytes(corrupted))
+    with pytest.raises(EngineFormatError, match="corrupted"):
+        Engine.load(bad)
+    junk = tmp_path / "junk.engine"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(EngineFormatError, match="not an engine file"):
+        Engine.load(junk)
+    tiny = tmp_path / "tiny.engine"
+    tiny.write_bytes(b"abc")
+    with pytest.raises(EngineFormatError):
+        Engine.load(tiny)
+    with pytest.raises(EngineFormatError, match="cannot read"):
+        Engine.load(tmp_path / "missing.engine")
+
+
+def test_fingerprint_mismatch_is_refused_unless_allowed(
+    tmp_path: Path, conv_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "model.engine"
+    conv_engine.save(path)
+    other = dict(
+        conv_engine.fingerprint, cpu_model="Some Other CPU", cores=conv_engine.fingerprint["cores"] + 64
+    )
+    monkeypatch.setattr(engine_format, "device_fingerprint", lambda backend="cpu": other)
+    with pytest.raises(DeviceMismatchError, match="cpu_model.*Some Other CPU"):
+        Engine.load(path)
+    loaded = Engine.load(path, allow_device_mismatch=True)
+    x = np.ones((2, 3, 8, 8), np.float32)
+    np.testing.assert_allclose(loaded.run({"x": x})["y"], conv_engine.run({"x": x})["y"], rtol=1e-6)
+
+
+def test_manifest_records_what_the_format_promises(conv_engine: Engine) -> None:
+    manifest = engine_format.read_manifest(conv_engine.to_bytes())
+    for key in (
+        "format_version",
+        "compiler_version",
+        "profile",
+        "fingerprint",
+        "precision",
+        "inputs",
+        "outputs",
+        "graph",
+        "schedule",
+        "memory_plan",
+        "build_report",
+        "tensors_sha256",
+    ):
+        assert key in manifest
+    assert manifest["inputs"][0]["name"] == "x"
+    assert {s["tactic"] for s in manifest["schedule"]} == {k.tactic.name for k in conv_engine.kernels}
+    # weights a tactic repacked in prepare() are stored once, as the prepared tensor
+    replaced = [s for s in manifest["schedule"] if s["replaces"]]
+    stored = {v["name"] for v in manifest["graph"]["values"] if "const" in v}
+    for entry in replaced:
+        node = next(n for n in manifest["graph"]["nodes"] if n["name"] == entry["node"])
+        for pos in entry["replaces"]:
+            assert node["inputs"][pos] not in stored
+
+
+@pytest.mark.parametrize(
+    ("feeds", "message"),
+    [
+        ({}, "missing input"),
+        ({"x": np.zeros((2, 3, 8, 8), np.float32), "extra": np.zeros(1)}, "unknown input"),
+        ({"x": np.zeros((2, 3, 8, 8), np.float64)}, "dtype float64"),
+        ({"x": np.zeros((2, 3, 8), np.float32)}, "rank 3"),
+        ({"x": np.zeros((5, 3, 8, 8), np.float32)}, "outside the engine's range"),
+    ],
+)
+def test_wrong_feeds_are_clear_errors(conv_engine: Engine, feeds: dict, message: str) -> None:
+    with pytest.raises(FeedError, match=message):
+        conv_engine.run(feeds)
+
+
+def test_profiling_records_every_layer(conv_engine: Engine) -> None:
+    context = conv_engine.create_context()
+    context.run({"x": np.ones((2, 3, 8, 8), np.float32)}, profile=True)
+    assert set(context.layer_times_ms) == {k.node.name for k in conv_engine.kernels}
+    assert all(len(v) == 1 and v[0] >= 0 for v in context.layer_times_ms.values())
+
+
+def test_data_dependent_shapes_run_through_the_dynamic_path() -> None:
+    from farm.compiler.frontend import infer_shapes
+    from farm.compiler.ir import Graph
+
+    graph = Graph("dynamic")
+    graph.add_input("x", "float32", ("batch", 6))
+    graph.add_node("Relu", ["x"], ["r"])
+    graph.add_node("NonZero", ["r"], ["nz"])  # output size depends on the data
+    graph.add_node("Transpose", ["nz"], ["t"], {"perm": [1, 0]})
+    graph.add_node("Sigmoid", ["x"], ["s"])
+    graph.outputs = ["t", "s"]
+    infer_shapes(graph, {"x": ("batch", 6)})
+    engine = Engine.from_bytes(
+        build(graph, config=BuilderConfig(tuning_level=1, optimize=False, batch_range=(1, 2, 4))).to_bytes()
+    )
+    assert engine.plan.values["nz"].kind == engine.plan.values["t"].kind == "dynamic"
+    for batch in (1, 4, 2):
+        x = np.random.default_rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        got, want = engine.run({"x": x}), reference.run(graph, {"x": x})
+        np.testing.assert_array_equal(got["t"], want["t"])
+        np.testing.assert_allclose(got["s"], want["s"], rtol=1e-6)
+
+
+def test_unresolved_symbolic_dims_and_bad_ranges_are_clear_build_errors() -> None:
+    from farm.compiler.builder import BuildError
+    from farm.compiler.ir import Graph
+
+    graph = Graph("seq")
+    graph.add_input("ids", "float32", ("batch", "seq"))
+    graph.add_node("Relu", ["ids"], ["y"])
+    graph.outputs = ["y"]
+    with pytest.raises(BuildError, match=r"symbolic dim 'seq' at axis 1.*--shapes ids:1x<seq>"):
+        build(graph, config=BuilderConfig(tuning_level=0, optimize=False))
+    with pytest.raises(BuildError, match="unknown input"):
+        build(graph, config=BuilderConfig(tuning_level=0, optimize=False, input_shapes={"nope": [1]}))
+    with pytest.raises(BuildError, match="min <= opt <= max"):
+        build(graph, config=BuilderConfig(tuning_level=0, optimize=False, batch_range=(4, 2, 8),
+                                          input_shapes={"ids": [1, 16]}))  # fmt: skip

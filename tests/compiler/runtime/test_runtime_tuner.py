@@ -1,0 +1,178 @@
+"""The autotuner: a wrong tactic is rejected, never chosen; a warm timing cache times nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_testgraphs import conv_mlp_graph
+
+from farm.compiler import builder, reference
+from farm.compiler.builder import BuilderConfig, build
+from farm.compiler.ir import Node
+from farm.compiler.kernels import registry
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+from farm.compiler.tuner import JsonTimingCache, TuningError, autotune, compare_outputs
+
+
+class WrongReluTactic(Tactic):
+    """Deliberately wrong (adds 1) and very fast: the tuner must never pick it."""
+
+    name = "cpu.test.wrong_relu"
+    op_types = ("Relu",)
+    priority = 1000
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        np.maximum(inputs[0], 0, out=outputs[0])
+        outputs[0] += 1
+
+
+class CrashingReluTactic(Tactic):
+    name = "cpu.test.crashing_relu"
+    op_types = ("Relu",)
+    priority = 999
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def bad_tactics() -> Iterator[None]:
+    register_tactic(WrongReluTactic)
+    register_tactic(CrashingReluTactic)
+    yield
+    for cls in (WrongReluTactic, CrashingReluTactic):
+        registry._TACTICS.pop(cls.name, None)
+        registry._BY_OP["Relu"] = [t for t in registry._BY_OP["Relu"] if t.name != cls.name]
+
+
+def test_wrong_tactic_is_rejected_and_reported(bad_tactics: None) -> None:
+    graph = conv_mlp_graph()
+    engine = build(graph, config=BuilderConfig(tuning_level=1, optimize=False))
+    relu = next(k for k in engine.kernels if k.node.op_type == "Relu")
+    assert relu.tactic.name not in (WrongReluTactic.name, CrashingReluTactic.name)
+    rejected = {(r["tactic"], r["reason"].split(":")[0]) for r in engine.report["rejected"]}
+    assert (WrongReluTactic.name, "wrong output") in rejected
+    assert (CrashingReluTactic.name, "raised RuntimeError") in rejected
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(
+        engine.run({"x": x})["y"], reference.run(graph, {"x": x})["y"], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_heuristic_level_takes_the_highest_priority_without_timing(bad_tactics: None) -> None:
+    engine = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=0, optimize=False))
+    relu = next(k for k in engine.kernels if k.node.op_type == "Relu")
+    assert relu.tactic.name == WrongReluTactic.name  # level 0 trusts priorities: nothing is run
+    assert all(n["source"] == "heuristic" and not n["timings_ms"] for n in engine.report["nodes"])
+
+
+def test_every_candidate_wrong_is_a_clear_error(bad_tactics: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_candidates = registry.candidates
+
+    def only_test_tactics_for_relu(node, graph, **kwargs):
+        found = real_candidates(node, graph, **kwargs)
+        return [t for t in found if t.name.startswith("cpu.test.")] if node.op_type == "Relu" else found
+
+    monkeypatch.setattr(autotune, "candidates", only_test_tactics_for_relu)
+    with pytest.raises(TuningError, match="every tactic for node .* was rejected"):
+        build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False))
+
+
+def test_warm_timing_cache_rebuild_times_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_path = tmp_path / "timing.json"
+    cold = build(
+        conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False, timing_cache=cache_path)
+    )
+    assert cold.report["timing_cache"]["misses"] > 0
+    assert cold.report["timing_cache"]["hits"] == 0
+    # one record per timed tactic, plus the whole-schedule thread choice
+    assert len(JsonTimingCache(cache_path)) == cold.report["timing_cache"]["misses"] + 1
+    assert cold.report["threads"]["source"] == "timed"
+
+    calls = {"validated": 0, "timed": 0, "oracle": 0}
+    real_validate, real_time, real_oracle = (
+        autotune._validate_tactic,
+        autotune._time_candidates,
+        autotune.default_oracle,
+    )
+
+    def counting_validate(*args, **kwargs):
+        calls["validated"] += 1
+        return real_validate(*args, **kwargs)
+
+    def counting_time(*args, **kwargs):
+        calls["timed"] += 1
+        return real_time(*args, **kwargs)
+
+    def counting_oracle(*args, **kwargs):
+        calls["oracle"] += 1
+        return real_oracle(*args, **kwargs)
+
+    monkeypatch.setattr(autotune, "_validate_tactic", counting_validate)
+    monkeypatch.setattr(autotune, "_time_candidates", counting_time)
+    monkeypatch.setattr(autotune, "default_oracle", counting_oracle)
+
+    def no_schedule_timing(*args, **kwargs):
+        raise AssertionError("a warm rebuild must not time the whole schedule again")
+
+    monkeypatch.setattr(builder, "choose_thread_counts", no_schedule_timing)
+    warm = build(
+        conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False, timing_cache=str(cache_path))
+    )
+    assert calls == {"validated": 0, "timed": 0, "oracle": 0}
+    assert warm.report["timing_cache"] == {"hits": cold.report["timing_cache"]["misses"], "misses": 0}
+    assert [k.tactic.name for k in warm.kernels] == [k.tactic.name for k in cold.kernels]
+    assert all(n["source"] == "cache" for n in warm.report["nodes"])
+    assert warm.report["threads"]["source"] == "cache"
+    assert (warm.threads, warm.numba_threads) == (cold.threads, cold.numba_threads)
+
+
+def test_compare_outputs_tolerances() -> None:
+    want = np.linspace(-1, 1, 100, dtype=np.float32)
+    assert compare_outputs(want + 1e-7, want) is None
+    assert compare_outputs(want + 0.1, want) is not None
+    assert compare_outputs(np.full_like(want, np.nan), want) is not None
+    assert compare_outputs(np.arange(4), np.arange(4)) is None
+    assert compare_outputs(np.arange(4), np.arange(1, 5)) == "4 of 4 elements differ"
+
+
+def test_time_budget_falls_back_to_heuristic_choices() -> None:
+    engine = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False, time_budget_s=0.0))
+    sources = [n["source"] for n in engine.report["nodes"]]
+    # the budget is spent before the first node: every choice is the highest-priority candidate
+    assert sources == ["heuristic"] * len(engine.kernels)
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = reference.run(conv_mlp_graph(), {"x": x})["y"]
+    np.testing.assert_allclose(engine.run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_choose_thread_counts_keeps_the_fastest_whole_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.compiler.tuner import threads as thread_tuner
+
+    clock = {"now": 0.0}
+    cost_ms = {(4, 4): 9.0, (1, 1): 5.0, (4, 1): 2.0, (1, 4): 7.0}  # a fake schedule's cost per setting
+    monkeypatch.setattr(thread_tuner.time, "perf_counter", lambda: clock["now"])
+
+    def run(blas: int, numba: int) -> None:
+        clock["now"] += cost_ms[(blas, numba)] / 1e3
+
+    best, medians = thread_tuner.choose_thread_counts(run, 4, rounds=3)
+    assert best == (4, 1)
+    assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in cost_ms.items()}
+    assert thread_tuner.parse_thread_label("blas=4,numba=1") == (4, 1)
+    assert thread_tuner.thread_candidates(1) == [(1, 1)]
