@@ -61,7 +61,13 @@ DEPTHWISE_CASES = [
     (1, 6, 11, 10, 6, (3, 3), (2, 2), (2, 1, 1, 2), (2, 2), 6),
     (1, 3, 8, 8, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 3),  # channel multiplier 2
     (1, 32, 40, 40, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 32),  # parallel path
+    (2, 13, 15, 14, 13, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 13),  # channels not a multiple of 8
+    (1, 11, 17, 19, 11, (5, 5), (3, 3), (1, 2, 0, 3), (1, 2), 11),  # stride 3, asymmetric pads
+    (2, 5, 9, 23, 15, (3, 3), (1, 2), (0, 0, 0, 0), (2, 1), 5),  # multiplier 3, no pads
+    (1, 24, 7, 7, 24, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 24),  # kernel as large as the plane
+    (3, 9, 6, 33, 9, (1, 3), (1, 2), (0, 1, 0, 1), (1, 3), 9),  # one-row kernel, wide plane
 ]
+DEPTHWISE_TACTICS = ["cpu.conv.depthwise_direct", "cpu.conv.depthwise_c8"]
 
 
 def _conv_case(
@@ -133,10 +139,47 @@ def test_pointwise_conv_matches_oracle(rng: np.random.Generator, case: tuple, re
 
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 @pytest.mark.parametrize("residual", [None, "pre", "post"])
-def test_depthwise_conv_matches_oracle(rng: np.random.Generator, case: tuple, residual: str | None) -> None:
+@pytest.mark.parametrize("tactic", DEPTHWISE_TACTICS)
+def test_depthwise_conv_matches_oracle(
+    rng: np.random.Generator, case: tuple, residual: str | None, tactic: str
+) -> None:
     activation = "Clip" if residual else "Silu"
     one, expected = _conv_case(rng, case, activation=activation, alpha=0.0, beta=6.0, residual=residual)
-    assert_close(one.run_tactic("cpu.conv.depthwise_direct"), expected)
+    assert_close(one.run_tactic(tactic), expected)
+
+
+@pytest.mark.parametrize("tactic", DEPTHWISE_TACTICS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_depthwise_conv_with_runtime_weights(rng: np.random.Generator, tactic: str, with_bias: bool) -> None:
+    """Weight (and bias) fed at run time, not packed in ``prepare``; plain Conv, batch 2."""
+    x = rng.standard_normal((2, 10, 12, 11)).astype(np.float32)
+    w = rng.standard_normal((10, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    attrs = {
+        "kernel_shape": [3, 3],
+        "strides": [2, 2],
+        "pads": [1, 0, 1, 1],
+        "dilations": [1, 1],
+        "group": 10,
+    }
+    z = conv_oracle(x, w, b if with_bias else None, (2, 2), (1, 0, 1, 1), (1, 1), 10)
+    one = OneNode("Conv", attrs).feed("x", x).feed("w", w)
+    if with_bias:
+        one.feed("b", b)
+    one.build(z.shape)
+    assert_close(one.run_tactic(tactic), one.expected(lambda *_: z))
+
+
+@pytest.mark.parametrize("tactic", DEPTHWISE_TACTICS)
+def test_depthwise_conv_1d(rng: np.random.Generator, tactic: str) -> None:
+    x = rng.standard_normal((3, 9, 29)).astype(np.float32)
+    w = rng.standard_normal((9, 1, 5)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+    attrs = {"kernel_shape": [5], "strides": [2], "pads": [2, 1], "dilations": [2], "group": 9}
+    z = conv_oracle(x[:, :, None, :], w[:, :, None, :], b, (1, 2), (0, 2, 0, 1), (1, 2), 9)[:, :, 0, :]
+    one = OneNode("Conv", attrs).feed("x", x).feed("w", w, const=True).feed("b", b, const=True)
+    one.build(z.shape)
+    assert_close(one.run_tactic(tactic), one.expected(lambda *_: z))
 
 
 def test_plain_conv_without_bias(rng: np.random.Generator) -> None:
@@ -151,7 +194,8 @@ def test_pointwise_declines_strided_and_depthwise_declines_dense(rng: np.random.
 
     assert not get_tactic("cpu.conv.pointwise_gemm").supports(strided.node, strided.graph)
     dense, _ = _conv_case(rng, CASES[0])
-    assert not get_tactic("cpu.conv.depthwise_direct").supports(dense.node, dense.graph)
+    for tactic in DEPTHWISE_TACTICS:
+        assert not get_tactic(tactic).supports(dense.node, dense.graph)
 
 
 def test_conv_1d(rng: np.random.Generator) -> None:
