@@ -42,6 +42,7 @@ from farm.compiler.kernels.cpu._epilogue import (
 )
 from farm.compiler.kernels.cpu._operands import workspace
 from farm.compiler.kernels.cpu._threads import SingleThreadBlas, threads_for
+from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -92,74 +93,88 @@ def transform_filter(w: np.ndarray, m: int) -> np.ndarray:
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _combine(dst, coeffs, srcs):
-    """dst[:] = sum_s coeffs[s] * srcs[s] over the non-zero coefficients (0 when all are 0)."""
-    n = dst.shape[0]
-    first = True
-    for s in range(coeffs.shape[0]):
-        c = coeffs[s]
-        if c == 0.0:
-            continue
-        src = srcs[s]
-        if first:
-            for t in range(n):
-                dst[t] = c * src[t]
-            first = False
-        else:
-            for t in range(n):
-                dst[t] += c * src[t]
+def _term(dst, cf, src, first):
+    """dst = cf * src (``first``) or dst += cf * src: one unit-stride pass of a linear combination."""
     if first:
-        for t in range(n):
-            dst[t] = 0.0
+        for t in range(dst.shape[0]):
+            dst[t] = cf * src[t]
+    else:
+        for t in range(dst.shape[0]):
+            dst[t] += cf * src[t]
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def winograd_input(x, n0, nb, bt, m, pt, pl, th, tw, v, rows_ws, slots_ws):
-    """V[xi, c, img*th*tw + t] = (B^T d B)[xi] for the input tiles of images n0 .. n0+nb-1.
+def winograd_input(x, n0, nb, bt, m, pt, pl, th, tw, v, phase_ws, col_ws, wide_ws):
+    """V[xi, c, img*th*tw + t] = (B^T d_t B)[xi] for the input tiles of images n0 .. n0+nb-1.
 
-    ``rows_ws`` [workers, 2a, cols] and ``slots_ws`` [workers, a, a, th*tw] are per-worker
-    workspaces; worker w takes jobs (image, channel) w, w + workers, ...
+    Per (image, channel), on a grid of th x g tiles (g = tw + 1: one junk tile column per tile
+    row, so that every step is one long unit-stride loop over the flattened grid):
+
+    1. phase planes ``ph[qr*m + qc, ty*g + u] = x[ty*m + qr - pt, u*m + qc - pl]`` (0 outside):
+       pixel (r, s) of tile (ty, tx) is ``ph[(r%m)*m + s%m, (ty + r//m)*g + tx + s//m]``;
+    2. ``col[j*m + qr] = sum_s B^T[j, s] ph[qr*m + s%m, . + s//m]`` (d B, each row phase);
+    3. ``wide[i*a + j] = sum_r B^T[i, r] col[j*m + r%m, . + (r//m)*g]`` (B^T d B);
+    4. V gets ``wide`` without the junk tile column.
+
+    ``phase_ws`` [workers, m*m, (th+1)*g + 1], ``col_ws`` [workers, a*m, (th+1)*g] and
+    ``wide_ws`` [workers, a*a, th*g] are per-worker workspaces; worker w takes the jobs
+    (image, channel) w, w + workers, ...
     """
     c_count, h, w = x.shape[1], x.shape[2], x.shape[3]
     a = bt.shape[0]
     tpi = th * tw
-    cols = rows_ws.shape[2]
-    lo = min(pl, cols)
-    hi = max(min(pl + w, cols), lo)
-    workers = rows_ws.shape[0]
+    g = tw + 1
+    n2 = (th + 1) * g
+    n3 = th * g
+    workers = phase_ws.shape[0]
     jobs = nb * c_count
     for wk in prange(workers):
-        d = rows_ws[wk, :a]
-        rb = rows_ws[wk, a:]
-        slots = slots_ws[wk]
+        ph = phase_ws[wk]
+        col = col_ws[wk]
+        wide = wide_ws[wk]
         for job in range(wk, jobs, workers):
             img = job // c_count
             c = job % c_count
             plane = x[n0 + img, c]
-            for ty in range(th):
-                for r in range(a):
-                    iy = ty * m + r - pt
-                    drow = d[r]
-                    if iy < 0 or iy >= h:
-                        drow[:] = 0.0
-                        continue
-                    drow[:lo] = 0.0
-                    src = plane[iy, lo - pl : hi - pl]
-                    dst = drow[lo:hi]
-                    for q in range(hi - lo):
-                        dst[q] = src[q]
-                    drow[hi:] = 0.0
-                for i in range(a):
-                    _combine(rb[i], bt[i], d)  # (B^T d) down the rows, the whole padded row at once
-                    for s in range(a):  # tile column s of every tile of this row
-                        dst = slots[i, s, ty * tw : (ty + 1) * tw]
-                        src = rb[i, s:]
-                        for tx in range(tw):
-                            dst[tx] = src[tx * m]
-            base = img * tpi
+            for qr in range(m):
+                for qc in range(m):
+                    phase = ph[qr * m + qc]
+                    off = qc - pl
+                    lo, hi = valid_columns(off, m, w, g)
+                    for ty in range(th + 1):
+                        dst = phase[ty * g : (ty + 1) * g]
+                        iy = ty * m + qr - pt
+                        if iy < 0 or iy >= h:
+                            dst[:] = 0.0
+                            continue
+                        dst[:lo] = 0.0
+                        copy_window(dst[lo:hi], plane[iy], lo * m + off, m)
+                        dst[hi:] = 0.0
+                    phase[n2:] = 0.0
+            for j in range(a):
+                for qr in range(m):
+                    first = True
+                    for s in range(a):
+                        if bt[j, s] != 0.0:
+                            _term(col[j * m + qr], bt[j, s], ph[qr * m + s % m, s // m : s // m + n2], first)
+                            first = False
             for i in range(a):
                 for j in range(a):
-                    _combine(v[i * a + j, c, base : base + tpi], bt[j], slots[i])
+                    first = True
+                    for r in range(a):
+                        if bt[i, r] != 0.0:
+                            shift = (r // m) * g
+                            _term(wide[i * a + j], bt[i, r], col[j * m + r % m, shift : shift + n3], first)
+                            first = False
+            base = img * tpi
+            for xi in range(a * a):
+                dst = v[xi, c, base : base + tpi]
+                src = wide[xi]
+                for ty in range(th):
+                    d_row = dst[ty * tw : (ty + 1) * tw]
+                    s_row = src[ty * g : ty * g + tw]
+                    for tx in range(tw):
+                        d_row[tx] = s_row[tx]
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
@@ -168,15 +183,17 @@ def winograd_output(
 ):
     """out[n0 + img, k] = epilogue(A^T M[:, k, tiles of img] A) for images n0 .. n0+nb-1.
 
-    ``z_ws`` [workers, m, a, th*tw] and ``y_ws`` [workers, m, m, th*tw] are per-worker workspaces;
-    ``residual`` is [N*K*Ho, Wo] (or the dummy).
+    Per (image, output channel): ``z[o*a + j] = sum_i A^T[o, i] M[i*a + j]`` and
+    ``y[o*m + p] = sum_j A^T[p, j] z[o*a + j]`` over all tiles at once (unit-stride loops), then
+    the m x m tiles are scattered into the output rows, each row getting the epilogue while it
+    is in L1. ``z_ws`` [workers, m*a, th*tw] and ``y_ws`` [workers, m*m, th*tw] are per-worker
+    workspaces; ``residual`` is [N*K*Ho, Wo] (or the dummy).
     """
     m, a = at.shape
     k_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     tpi = th * tw
     workers = z_ws.shape[0]
     jobs = nb * k_count
-    mv = mm.reshape(a, a, mm.shape[1], mm.shape[2])
     for wk in prange(workers):
         z = z_ws[wk]
         y = y_ws[wk]
@@ -184,13 +201,20 @@ def winograd_output(
             img = job // k_count
             k = job % k_count
             base = img * tpi
-            for j in range(a):
-                col = mv[:, j, k, base : base + tpi]
-                for o in range(m):
-                    _combine(z[o, j], at[o], col)
+            for o in range(m):
+                for j in range(a):
+                    first = True
+                    for i in range(a):
+                        if at[o, i] != 0.0:
+                            _term(z[o * a + j], at[o, i], mm[i * a + j, k, base : base + tpi], first)
+                            first = False
             for o in range(m):
                 for p in range(m):
-                    _combine(y[o, p], at[p], z[o])
+                    first = True
+                    for j in range(a):
+                        if at[p, j] != 0.0:
+                            _term(y[o * m + p], at[p, j], z[o * a + j], first)
+                            first = False
             plane = out[n0 + img, k]
             b = bias[k] if has_bias else np.float32(0.0)
             row0 = ((n0 + img) * k_count + k) * ho
@@ -202,7 +226,7 @@ def winograd_output(
                     orow = plane[oy]
                     for p in range(m):
                         count = min(tw, (wo - p + m - 1) // m)
-                        src = y[o, p, ty * tw : ty * tw + count]
+                        src = y[o * m + p, ty * tw : ty * tw + count]
                         dst = orow[p:]
                         for tx in range(count):
                             dst[tx * m] = src[tx]
@@ -273,26 +297,26 @@ class WinogradConv(Tactic):
         if n == 0 or tpi == 0:
             return
         nb = max(1, min(n, -(-TARGET_TILES // tpi)))
-        v = workspace(prepared, "v", (a * a, c_count, nb * tpi))
-        mm = workspace(prepared, "m", (a * a, k_count, nb * tpi))
+        v = workspace(prepared, "v", (a * a * c_count * nb * tpi,))
+        mm = workspace(prepared, "m", (a * a * k_count * nb * tpi,))
         for n0 in range(0, n, nb):
-            count = min(nb, n - n0)
-            vv, mv = v, mm
-            if count != nb:  # the last, partial group of images
-                vv = v[:, :, : count * tpi]
-                mv = mm[:, :, : count * tpi]
+            count = min(nb, n - n0)  # the last group may be partial: a contiguous prefix
+            vv = v[: a * a * c_count * count * tpi].reshape(a * a, c_count, count * tpi)
+            mv = mm[: a * a * k_count * count * tpi].reshape(a * a, k_count, count * tpi)
             with threads_for(c_count * count * tpi * a * a):
                 workers = numba.get_num_threads()
-                rows_ws = workspace(prepared, "rows", (workers, 2 * a, (tw - 1) * m + a))
-                slots_ws = workspace(prepared, "slots", (workers, a, a, tpi))
+                g = tw + 1
+                phase_ws = workspace(prepared, "phase", (workers, m * m, (th + 1) * g + 1))
+                col_ws = workspace(prepared, "col", (workers, a * m, (th + 1) * g))
+                wide_ws = workspace(prepared, "wide", (workers, a * a, th * g))
                 winograd_input(
-                    x, n0, count, bt32, m, geo.pad_top, geo.pad_left, th, tw, vv, rows_ws, slots_ws
+                    x, n0, count, bt32, m, geo.pad_top, geo.pad_left, th, tw, vv, phase_ws, col_ws, wide_ws
                 )
             np.matmul(u, vv, out=mv)
             with threads_for(k_count * count * tpi * m * m):
                 workers = numba.get_num_threads()
-                z_ws = workspace(prepared, "z", (workers, m, a, tpi))
-                y_ws = workspace(prepared, "y", (workers, m, m, tpi))
+                z_ws = workspace(prepared, "z", (workers, m * a, tpi))
+                y_ws = workspace(prepared, "y", (workers, m * m, tpi))
                 winograd_output(
                     mv, n0, count, at32, th, tw, out, bias, has_bias, residual, mode, act, alpha, beta,
                     z_ws, y_ws,

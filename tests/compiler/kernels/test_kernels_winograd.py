@@ -1,0 +1,165 @@
+"""Winograd conv tactics (F(4x4,3x3), F(2x2,3x3)) against the reference and a float64 oracle:
+every padding form, tiles that overhang the output, batches split into image groups, every
+epilogue; and what they must decline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernels_harness import OneNode, assert_close
+from test_kernels_conv import _conv_case, conv_oracle
+
+from farm.compiler.frontend.canonical import resolve_auto_pad
+from farm.compiler.kernels import get_tactic
+from farm.compiler.kernels.cpu.winograd import winograd_matrices
+
+TACTICS = ["cpu.conv.winograd", "cpu.conv.winograd_f2", "cpu.conv.winograd_1t"]
+
+
+def _case(n: int, c: int, h: int, w: int, m: int, pads: tuple[int, int, int, int]) -> tuple:
+    return (n, c, h, w, m, (3, 3), (1, 1), pads, (1, 1), 1)
+
+
+CASES = [
+    _case(1, 3, 9, 11, 8, (1, 1, 1, 1)),  # odd sizes: the last tile row and column overhang
+    _case(3, 5, 7, 6, 7, (0, 0, 0, 0)),  # no padding, batch 3
+    _case(2, 6, 10, 13, 5, (2, 1, 0, 2)),  # asymmetric pads larger than the kernel's half
+    _case(1, 4, 3, 3, 3, (0, 0, 0, 0)),  # a single output pixel
+    _case(2, 7, 4, 9, 9, (0, 2, 1, 0)),
+    _case(5, 4, 30, 30, 6, (1, 1, 1, 1)),  # several image groups, the last one partial
+    _case(2, 16, 33, 35, 24, (1, 1, 1, 1)),  # big enough for both pools' parallel paths
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("tactic", TACTICS)
+def test_winograd_matches_reference(rng: np.random.Generator, case: tuple, tactic: str) -> None:
+    one, expected = _conv_case(rng, case, activation="LeakyRelu", alpha=0.1, residual="pre")
+    assert_close(one.run_tactic(tactic), expected)
+
+
+EPILOGUES = [
+    ("", None, True),
+    ("Relu", None, False),
+    ("Relu", "pre", True),
+    ("Clip", "post", True),
+    ("Silu", "post", False),
+    ("Gelu", None, True),
+    ("HardSwish", "pre", False),
+]
+
+
+@pytest.mark.parametrize(("activation", "residual", "with_bias"), EPILOGUES)
+@pytest.mark.parametrize("tactic", TACTICS[:2])
+def test_winograd_epilogues(
+    rng: np.random.Generator, activation: str, residual: str | None, with_bias: bool, tactic: str
+) -> None:
+    one, expected = _conv_case(
+        rng,
+        _case(2, 5, 11, 10, 6, (1, 0, 1, 2)),
+        activation=activation,
+        beta=6.0,
+        residual=residual,
+        with_bias=with_bias,
+    )
+    assert_close(one.run_tactic(tactic), expected)
+
+
+@pytest.mark.parametrize("tactic", TACTICS[:2])
+def test_plain_conv_and_runtime_bias(rng: np.random.Generator, tactic: str) -> None:
+    """A plain Conv without bias, and one whose bias is fed at run time (not packed)."""
+    one, expected = _conv_case(rng, _case(2, 3, 8, 9, 4, (1, 1, 1, 1)), op_type="Conv", with_bias=False)
+    assert_close(one.run_tactic(tactic), expected)
+    x = rng.standard_normal((2, 3, 8, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [0, 1, 1, 0], "dilations": [1, 1], "group": 1}
+    z = conv_oracle(x, w, b, (1, 1), (0, 1, 1, 0), (1, 1), 1)
+    one = OneNode("Conv", attrs).feed("x", x).feed("w", w, const=True).feed("b", b)
+    one.build(z.shape)
+    assert_close(one.run_tactic(tactic), one.expected(lambda *_: z))
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("tactic", TACTICS[:2])
+def test_auto_pad_resolved_by_the_frontend(rng: np.random.Generator, auto_pad: str, tactic: str) -> None:
+    """auto_pad reaches the tactics as explicit pads (frontend ``resolve_auto_pad``); an
+    unresolved one is declined."""
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    pads = (0, 0, 0, 0) if auto_pad == "VALID" else (1, 1, 1, 1)
+    z = conv_oracle(x, w, None, (1, 1), pads, (1, 1), 1)
+    attrs = {"auto_pad": auto_pad, "strides": [1, 1]}
+    one = OneNode("Conv", attrs).feed("x", x).feed("w", w, const=True)
+    node = one.build(z.shape)
+    assert not get_tactic(tactic).supports(node, one.graph)
+    resolve_auto_pad(node, one.graph)
+    assert "auto_pad" not in node.attrs
+    assert_close(one.run_tactic(tactic), one.expected(lambda *_: z))
+
+
+@pytest.mark.parametrize("tactic", TACTICS[:2])
+def test_accuracy_on_a_resnet_layer(rng: np.random.Generator, tactic: str) -> None:
+    """256 -> 256 channels at 14x14 (ResNet-18 stage 3), weights scaled as trained ones are:
+    relative L2 error against a float64 direct conv well inside FP32's 1e-5 (measured: F(4x4)
+    ~3e-6, F(2x2) ~5e-7)."""
+    x = rng.standard_normal((1, 256, 14, 14)).astype(np.float32)
+    w = (rng.standard_normal((256, 256, 3, 3)) / np.sqrt(256 * 9)).astype(np.float32)
+    attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    z = conv_oracle(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    one = OneNode("Conv", attrs).feed("x", x).feed("w", w, const=True)
+    one.build(z.shape)
+    got = one.run_tactic(tactic).astype(np.float64)
+    rel_l2 = float(np.linalg.norm(got - z) / np.linalg.norm(z))
+    assert rel_l2 < (5e-6 if tactic == "cpu.conv.winograd" else 1e-6), rel_l2
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_transform_matrices_compute_a_correlation(m: int) -> None:
+    """A^T [(G g) * (B^T d)] is the 1-D correlation of d (m + 2 samples) with g (3 taps)."""
+    at, g_mat, bt = winograd_matrices(m)
+    rng = np.random.default_rng(m)
+    d = rng.standard_normal(m + 2)
+    g = rng.standard_normal(3)
+    direct = np.array([d[i : i + 3] @ g for i in range(m)])
+    np.testing.assert_allclose(at @ ((g_mat @ g) * (bt @ d)), direct, rtol=1e-12, atol=1e-12)
+
+
+DECLINED = [
+    ("stride 2", (1, 4, 9, 9, 4, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1)),
+    ("stride 1x2", (1, 4, 9, 9, 4, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 1)),
+    ("dilation 2", (1, 4, 9, 9, 4, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1)),
+    ("groups", (1, 4, 9, 9, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2)),
+    ("depthwise", (1, 4, 9, 9, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)),
+    ("1x1", (1, 4, 9, 9, 4, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
+    ("5x5", (1, 4, 9, 9, 4, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 1)),
+    ("3x1", (1, 4, 9, 9, 4, (3, 1), (1, 1), (1, 0, 1, 0), (1, 1), 1)),
+]
+
+
+@pytest.mark.parametrize(("what", "case"), DECLINED, ids=[d[0] for d in DECLINED])
+def test_declines_other_convs(rng: np.random.Generator, what: str, case: tuple) -> None:
+    one, _ = _conv_case(rng, case)
+    for tactic in TACTICS:
+        assert not get_tactic(tactic).supports(one.node, one.graph), (tactic, what)
+
+
+def test_declines_runtime_weights_1d_and_float64(rng: np.random.Generator) -> None:
+    attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    runtime = OneNode("Conv", attrs).feed("x", x).feed("w", w)
+    runtime.build((1, 4, 6, 6))
+    one_d = (
+        OneNode("Conv", {"kernel_shape": [3], "pads": [1, 1]})
+        .feed("x", x[:, :, 0])
+        .feed("w", w[:, :, 0], const=True)
+    )
+    one_d.build((1, 4, 6))
+    double = (
+        OneNode("Conv", attrs).feed("x", x.astype(np.float64)).feed("w", w.astype(np.float64), const=True)
+    )
+    double.build((1, 4, 6, 6), "float64")
+    for one in (runtime, one_d, double):
+        for tactic in TACTICS:
+            assert not get_tactic(tactic).supports(one.node, one.graph), (tactic, one.node)
