@@ -605,7 +605,7 @@ def _interleave_rows(x, n, m0, lanes, mult, pt, pl, sw, buf):
                         column[uint64(q) * uint64(LANES)] = 0.0
 
 
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def depthwise_lanes(x, w8, b8, residual, res_mode, act, alpha, beta, out, sh, sw, pt, pl, dh, dw):
     """Depthwise conv of x [N, C, H, W] into out [N, M, Ho, Wo], 8 output channels per vector.
 
