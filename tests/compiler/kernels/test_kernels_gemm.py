@@ -118,3 +118,12 @@ def test_fused_gemm_default_epilogue_attributes(rng: np.random.Generator) -> Non
     expected = one.expected(lambda *_: np.maximum(z + r, 0))
     for tactic in CONST_WEIGHT_TACTICS:
         assert_close(one.run_tactic(tactic), expected)
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 16, 23])
+@pytest.mark.parametrize("rows", [1, 8, 32])
+def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> None:
+    """small_rows takes eight weight rows per pass, then the K % 8 rest one by one; N spans a
+    full and a partial 256-column block."""
+    one, expected = _fused_gemm(rng, (rows, k), 300, activation="Relu", residual="post")
+    assert_close(one.run_tactic("cpu.gemm.small_rows"), expected)

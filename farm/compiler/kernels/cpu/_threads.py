@@ -51,6 +51,7 @@ def threads_for(elements: int) -> Iterator[None]:
 
 
 _blas_libraries: list | None = None
+_blas_switches: list[tuple[Any, Any]] | None = None
 
 
 class SingleThreadBlas:
@@ -71,15 +72,52 @@ def _blas() -> list:
     return _blas_libraries
 
 
+def _raw_switches() -> list[tuple[Any, Any]]:
+    """(get, set) thread-count C functions of each BLAS library, called directly: threadpoolctl's
+    ``set_num_threads`` costs ~9 us per switch (Python bookkeeping), the C call well under 1 us,
+    which matters for the tiny layers the ``*_1t`` tactics run. Empty when threadpoolctl's
+    internals differ from what this expects (then :func:`blas_single_thread` uses its public API)."""
+    global _blas_switches
+    if _blas_switches is None:
+        switches = []
+        for lib in _blas():
+            layer = getattr(lib, "threading_layer", None)
+            lookup = getattr(lib, "_get_symbol", None)
+            if lookup is None or layer == "openmp":
+                switches = []
+                break
+            getter, setter = lookup("openblas_get_num_threads"), lookup("openblas_set_num_threads")
+            if getter is None or setter is None:
+                switches = []
+                break
+            switches.append((getter, setter))
+        _blas_switches = switches if len(switches) == len(_blas()) else []
+    return _blas_switches
+
+
 @contextmanager
 def blas_single_thread() -> Iterator[None]:
-    """Run the BLAS calls inside on the calling thread only (restored after; ~7 us per use).
+    """Run the BLAS calls inside on the calling thread only (restored after).
 
     The ``*_1t`` tactics use it: a small GEMM does not pay for waking BLAS's second thread, and
     on a busy host that thread may wait a whole scheduler slice for a core (measured: a
     128x256x768 GEMM 0.2 ms on one thread, 45 ms on two while other processes ran). The tuner
     times both forms and keeps the faster on the machine it builds for.
     """
+    switches = _raw_switches()
+    if switches:
+        counts = [int(get()) for get, _ in switches]
+        if all(c == 1 for c in counts):
+            yield
+            return
+        for _, put in switches:
+            put(1)
+        try:
+            yield
+        finally:
+            for (_, put), count in zip(switches, counts, strict=True):
+                put(count)
+        return
     libraries = _blas()
     previous = [lib.get_num_threads() for lib in libraries]
     if all(p == 1 for p in previous):

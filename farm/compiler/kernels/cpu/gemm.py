@@ -180,23 +180,43 @@ class SingleThreadBlasGemm(SingleThreadBlas, BlasGemm):
     priority = 8
 
 
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def small_rows_gemm(a, w, out, bias, has_bias, residual, res_mode, act, alpha, beta):
     """``out = epilogue(a @ w)`` for a few rows: a [M, K], w [K, N], out [M, N].
 
-    Threads split the columns in blocks of 256; each weight row slice is read once and serves
-    every row, whose partial sums stay in L1.
+    Threads split the columns in blocks of 256; each block of weight rows is read once and
+    serves every row, whose partial sums stay in L1. Four weight rows go into each pass over a
+    row's partial sums, so the sums are loaded and stored once per four multiply-adds (the
+    store port, not the FMA units, bounded the one-row-at-a-time loop).
     """
     m, k_count = a.shape
     n = w.shape[1]
     blocks = (n + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
+    k4 = k_count - k_count % 8
     for blk in prange(blocks):
         j0 = blk * _COLUMN_BLOCK
         j1 = min(n, j0 + _COLUMN_BLOCK)
         width = j1 - j0
         acc = np.zeros((m, width), np.float32)  # the block of every row: stays in L1
-        for k in range(k_count):
-            wrow = w[k, j0:j1]  # read once per k, used by every row
+        for k in range(0, k4, 8):
+            w0 = w[k, j0:j1]
+            w1 = w[k + 1, j0:j1]
+            w2 = w[k + 2, j0:j1]
+            w3 = w[k + 3, j0:j1]
+            w4 = w[k + 4, j0:j1]
+            w5 = w[k + 5, j0:j1]
+            w6 = w[k + 6, j0:j1]
+            w7 = w[k + 7, j0:j1]
+            for i in range(m):
+                a0, a1, a2, a3 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
+                a4, a5, a6, a7 = a[i, k + 4], a[i, k + 5], a[i, k + 6], a[i, k + 7]
+                arow = acc[i]
+                for j in range(width):
+                    arow[j] += (a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]) + (
+                        a4 * w4[j] + a5 * w5[j] + a6 * w6[j] + a7 * w7[j]
+                    )
+        for k in range(k4, k_count):
+            wrow = w[k, j0:j1]
             for i in range(m):
                 av = a[i, k]
                 arow = acc[i]
