@@ -5,7 +5,15 @@ from __future__ import annotations
 import numba
 from threadpoolctl import threadpool_info
 
-from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS, blas_single_thread, threads_for
+from farm.compiler.kernels.cpu import _threads
+from farm.compiler.kernels.cpu._threads import (
+    BLAS_PARALLEL_MIN_FLOPS,
+    BLAS_SINGLE_THREAD_BELOW_FLOPS,
+    PARALLEL_MIN_ELEMENTS,
+    blas_single_thread,
+    blas_threads_for,
+    threads_for,
+)
 
 
 def _blas_threads() -> list[int]:
@@ -26,3 +34,19 @@ def test_threads_for_small_work_runs_numba_on_one_thread() -> None:
     assert numba.get_num_threads() == before
     with threads_for(PARALLEL_MIN_ELEMENTS):
         assert numba.get_num_threads() == before
+
+
+def test_blas_single_thread_through_threadpoolctl_when_no_raw_switch(monkeypatch) -> None:
+    """The public threadpoolctl path (used when its internals are not as expected) also works."""
+    monkeypatch.setattr(_threads, "_blas_switches", [])
+    test_blas_single_thread_is_one_thread_inside_and_restores()
+
+
+def test_blas_threads_for_holds_small_gemms_to_one_thread() -> None:
+    before = _blas_threads()
+    with blas_threads_for(BLAS_PARALLEL_MIN_FLOPS - 1):
+        assert all(n == 1 for n in _blas_threads())
+    assert _blas_threads() == before
+    for flops in (BLAS_PARALLEL_MIN_FLOPS, BLAS_SINGLE_THREAD_BELOW_FLOPS - 1):
+        with blas_threads_for(flops):
+            assert _blas_threads() == before

@@ -31,6 +31,14 @@ from threadpoolctl import ThreadpoolController  # noqa: E402
 # Below this many output elements (about 10-20 us of memory-bound work) a numba kernel runs on
 # the calling thread alone.
 PARALLEL_MIN_ELEMENTS = 1 << 15
+# Below this many flops (2*M*N*K; ~100 us on one core) a GEMM runs BLAS on the calling thread: a
+# mobilenet 1x1 conv (48x120x784, 9 MFLOP) took 16.8 ms median with BLAS's second thread waiting
+# for a core on the shared host, 0.2-0.4 ms on one thread; on a quiet host two threads save at
+# most ~50 us there. The tuner times each tactic alone, with BLAS's threads already awake, so it
+# cannot see this cost.
+BLAS_PARALLEL_MIN_FLOPS = 1 << 23
+# OpenBLAS itself runs GEMMs with M*N*K < 65536 * 4 on one thread: no switch needed below that.
+BLAS_SINGLE_THREAD_BELOW_FLOPS = 2 * 65536 * 4
 
 
 @contextmanager
@@ -48,6 +56,16 @@ def threads_for(elements: int) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+@contextmanager
+def blas_threads_for(flops: int) -> Iterator[None]:
+    """Run the BLAS calls inside on the calling thread when the GEMM is small, else unchanged."""
+    if flops >= BLAS_PARALLEL_MIN_FLOPS or flops < BLAS_SINGLE_THREAD_BELOW_FLOPS:
+        yield
+        return
+    with blas_single_thread():
+        yield
 
 
 _blas_libraries: list | None = None
@@ -79,7 +97,7 @@ def _raw_switches() -> list[tuple[Any, Any]]:
     internals differ from what this expects (then :func:`blas_single_thread` uses its public API)."""
     global _blas_switches
     if _blas_switches is None:
-        switches = []
+        switches: list[tuple[Any, Any]] = []
         for lib in _blas():
             layer = getattr(lib, "threading_layer", None)
             lookup = getattr(lib, "_get_symbol", None)

@@ -43,7 +43,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_or_dummy,
 )
 from farm.compiler.kernels.cpu._operands import float32_io, workspace
-from farm.compiler.kernels.cpu._threads import SingleThreadBlas, threads_for
+from farm.compiler.kernels.cpu._threads import SingleThreadBlas, blas_threads_for, threads_for
 from farm.compiler.kernels.cpu._windows import (
     copy_window,
     phase_geometry,
@@ -261,7 +261,8 @@ class Im2colGemmConv(_GemmConvBase):
                     ho,
                     wo,
                 )
-                np.matmul(weight, cols.reshape(g, kg, p), out=out[k].reshape(g, mg, p))
+                with blas_threads_for(2 * weight.size * p):
+                    np.matmul(weight, cols.reshape(g, kg, p), out=out[k].reshape(g, mg, p))
         _run_epilogue(node, inputs, out, outputs[0].shape, bias, has_bias)
 
 
@@ -343,7 +344,8 @@ class WideIm2colGemmConv(_GemmConvBase):
                 im2col_wide(
                     x, k, cols, geo.kh, geo.kw, geo.sh, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo
                 )
-                np.matmul(weight[0], cols, out=wide)
+                with blas_threads_for(2 * weight.size * cols.shape[1]):
+                    np.matmul(weight[0], cols, out=wide)
                 res = residual[k * per_image : (k + 1) * per_image] if mode != 0 else residual
                 epilogue_compact(
                     wide,
@@ -390,7 +392,8 @@ class BatchedIm2colGemmConv(_GemmConvBase):
             im2col(
                 x, cols, 0, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo
             )
-            np.matmul(weight[0], cols, out=tmp)
+            with blas_threads_for(2 * weight.size * cols.shape[1]):
+                np.matmul(weight[0], cols, out=tmp)
             epilogue_transpose(tmp, out.reshape(n * m, p), bias, has_bias, residual, mode, act, alpha, beta)
 
 
@@ -424,7 +427,8 @@ class PointwiseGemmConv(_GemmConvBase):
         g, mg, cg = weight.shape
         p = x.shape[2] * x.shape[3]
         xs = np.ascontiguousarray(x).reshape(n, g, cg, p)
-        np.matmul(weight, xs, out=out.reshape(n, g, mg, p))
+        with blas_threads_for(2 * weight.size * p * n):
+            np.matmul(weight, xs, out=out.reshape(n, g, mg, p))
         _run_epilogue(node, inputs, out, outputs[0].shape, bias, has_bias)
 
 

@@ -33,7 +33,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_or_dummy,
 )
 from farm.compiler.kernels.cpu._operands import float32_io
-from farm.compiler.kernels.cpu._threads import SingleThreadBlas, threads_for
+from farm.compiler.kernels.cpu._threads import SingleThreadBlas, blas_threads_for, threads_for
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 GEMM_OPS = ("FusedGemm", "MatMul")
@@ -125,13 +125,16 @@ class BlasGemm(Tactic):
     ) -> None:
         a, out = inputs[0], outputs[0]
         assert a is not None
-        if "weight" in prepared.tensors and a.ndim >= 2:
-            w = _cached_weight(prepared)
-            np.matmul(np.ascontiguousarray(a).reshape(-1, a.shape[-1]), w, out=out.reshape(-1, w.shape[1]))
-        elif "weight" in prepared.tensors:
-            np.matmul(a, _cached_weight(prepared), out=out)
-        else:
-            np.matmul(a, _operand_b(node, inputs[1]), out=out)  # type: ignore[arg-type]
+        with blas_threads_for(2 * out.size * a.shape[-1]):
+            if "weight" in prepared.tensors and a.ndim >= 2:
+                w = _cached_weight(prepared)
+                np.matmul(
+                    np.ascontiguousarray(a).reshape(-1, a.shape[-1]), w, out=out.reshape(-1, w.shape[1])
+                )
+            elif "weight" in prepared.tensors:
+                np.matmul(a, _cached_weight(prepared), out=out)
+            else:
+                np.matmul(a, _operand_b(node, inputs[1]), out=out)  # type: ignore[arg-type]
         _epilogue(node, inputs, prepared, out)
 
 
@@ -166,9 +169,10 @@ class BlasGemmTransposedWeight(Tactic):
         a, out = inputs[0], outputs[0]
         assert a is not None
         w_nk = _cached_weight(prepared)
-        np.matmul(
-            np.ascontiguousarray(a).reshape(-1, a.shape[-1]), w_nk.T, out=out.reshape(-1, w_nk.shape[0])
-        )
+        with blas_threads_for(2 * out.size * a.shape[-1]):
+            np.matmul(
+                np.ascontiguousarray(a).reshape(-1, a.shape[-1]), w_nk.T, out=out.reshape(-1, w_nk.shape[0])
+            )
         _epilogue(node, inputs, prepared, out)
 
 
