@@ -31,7 +31,7 @@ from functools import cache
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
@@ -42,44 +42,58 @@ from farm.compiler.kernels.cpu._epilogue import (
 )
 from farm.compiler.kernels.cpu._operands import workspace
 from farm.compiler.kernels.cpu._threads import SingleThreadBlas, threads_for
-from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
-# Interpolation points of F(m x m, 3 x 3) (the point at infinity is implied).
-POINTS: dict[int, tuple[float, ...]] = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 2.0, -2.0)}
+# The transforms of F(m x m, 3 x 3) (Lavin & Gray 2016; points 0, +-1 for m = 2 and 0, +-1, +-2
+# for m = 4, plus infinity). The kernels below hard-code B^T and A^T (``_bt*``/``_at*``); G is
+# solved from them in float64 by :func:`winograd_matrices`.
+A_T = {
+    2: np.array([[1, 1, 1, 0], [0, 1, -1, 1]], np.float64),
+    4: np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64
+    ),
+}
+B_T = {
+    2: np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], np.float64),
+    4: np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        np.float64,
+    ),
+}
 # Tiles per GEMM: images are grouped until the stacked GEMMs are at least this wide.
 TARGET_TILES = 256
 
 
 @cache
 def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(A^T [m, a], G [a, r], B^T [a, a]) of F(m, r) in float64 (Toom-Cook, points ``POINTS[m]``).
+    """(A^T [m, a], G [a, r], B^T [a, a]) of F(m, r) in float64, a = m + r - 1.
 
-    A^T and G are the Vandermonde matrices of the points (G's rows divided by
-    prod_{l != j} (p_j - p_l)), with the point at infinity as the last row/column; B^T is solved
-    from the defining identity sum_j A^T[i, j] G[j, q] B^T[j, s] = [s == i + q], exactly in
-    float64 for these small integer points (checked)."""
-    points = np.array(POINTS[m], np.float64)
+    G is solved from the defining identity sum_j A^T[i, j] G[j, q] B^T[j, s] = [s == i + q]
+    (the 1-D correlation y_i = sum_q d_{i+q} g_q); exact up to float64 round-off."""
+    at, bt = A_T[m], B_T[m]
     a = m + r - 1
-    assert len(points) == a - 1
-    at = np.zeros((m, a))
     g = np.zeros((a, r))
-    for j, p in enumerate(points):
-        at[:, j] = p ** np.arange(m)
-        f = np.prod([p - q for q in points if q != p])
-        g[j] = p ** np.arange(r) / f
-    at[m - 1, a - 1] = 1.0
-    g[a - 1, r - 1] = 1.0
-    # Equations (i, q) for every column s of B^T: sum_j at[i, j] g[j, q] bt[j, s].
-    coeff = np.einsum("ij,jq->iqj", at, g).reshape(m * r, a)
-    target = np.zeros((m * r, a))
+    for q in range(r):
+        # unknowns G[:, q]; one equation per (i, s): sum_j at[i, j] bt[j, s] G[j, q]
+        coeff = np.einsum("ij,js->isj", at, bt).reshape(m * a, a)
+        target = np.zeros((m, a))
+        for i in range(m):
+            target[i, i + q] = 1.0
+        g[:, q] = np.linalg.lstsq(coeff, target.reshape(-1), rcond=None)[0]
+    check = np.einsum("ij,jq,js->iqs", at, g, bt)
+    want = np.zeros((m, r, a))
     for i in range(m):
         for q in range(r):
-            target[i * r + q, i + q] = 1.0
-    bt, *_ = np.linalg.lstsq(coeff, target, rcond=None)
-    bt = np.round(bt * 2**20) / 2**20  # the exact values are dyadic; drop lstsq's round-off
-    assert np.allclose(coeff @ bt, target, atol=1e-12), "Winograd B^T does not solve the identity"
+            want[i, q, i + q] = 1.0
+    assert np.allclose(check, want, atol=1e-12), "Winograd G does not solve the identity"
     return at, g, bt
 
 
@@ -92,104 +106,218 @@ def transform_filter(w: np.ndarray, m: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(a * a, w.shape[0], w.shape[1]), dtype=np.float32)
 
 
-@njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _term(dst, cf, src, first):
-    """dst = cf * src (``first``) or dst += cf * src: one unit-stride pass of a linear combination."""
-    if first:
-        for t in range(dst.shape[0]):
-            dst[t] = cf * src[t]
+_KERNEL = {"error_model": "numpy", "cache": True, "nogil": True, "fastmath": {"contract"}}
+
+
+# One output row per loop: a loop that stores to several rows needs more runtime overlap checks
+# than LLVM's vectorizer allows (it stayed scalar); reading an input row again costs an L1 load.
+@njit(inline="always", **_KERNEL)
+def _bt4(o0, o1, o2, o3, o4, o5, d0, d1, d2, d3, d4, d5):
+    """o = B^T d for F(4, 3), elementwise over the 1-D arrays (unit-stride loops)."""
+    four, five, two = np.float32(4.0), np.float32(5.0), np.float32(2.0)
+    for t in range(o0.shape[0]):
+        o0[t] = four * d0[t] - five * d2[t] + d4[t]
+    for t in range(o1.shape[0]):
+        o1[t] = d3[t] + d4[t] - four * (d1[t] + d2[t])
+    for t in range(o2.shape[0]):
+        o2[t] = d4[t] - d3[t] + four * (d1[t] - d2[t])
+    for t in range(o3.shape[0]):
+        o3[t] = d4[t] - d2[t] - two * (d1[t] - d3[t])
+    for t in range(o4.shape[0]):
+        o4[t] = d4[t] - d2[t] + two * (d1[t] - d3[t])
+    for t in range(o5.shape[0]):
+        o5[t] = four * d1[t] - five * d3[t] + d5[t]
+
+
+@njit(inline="always", **_KERNEL)
+def _bt2(o0, o1, o2, o3, d0, d1, d2, d3):
+    """o = B^T d for F(2, 3)."""
+    for t in range(o0.shape[0]):
+        o0[t] = d0[t] - d2[t]
+    for t in range(o1.shape[0]):
+        o1[t] = d1[t] + d2[t]
+    for t in range(o2.shape[0]):
+        o2[t] = d2[t] - d1[t]
+    for t in range(o3.shape[0]):
+        o3[t] = d3[t] - d1[t]
+
+
+@njit(inline="always", **_KERNEL)
+def _at4(o0, o1, o2, o3, m0, m1, m2, m3, m4, m5):
+    """o = A^T m for F(4, 3)."""
+    two, four, eight = np.float32(2.0), np.float32(4.0), np.float32(8.0)
+    for t in range(o0.shape[0]):
+        o0[t] = m0[t] + m1[t] + m2[t] + m3[t] + m4[t]
+    for t in range(o1.shape[0]):
+        o1[t] = m1[t] - m2[t] + two * (m3[t] - m4[t])
+    for t in range(o2.shape[0]):
+        o2[t] = m1[t] + m2[t] + four * (m3[t] + m4[t])
+    for t in range(o3.shape[0]):
+        o3[t] = m1[t] - m2[t] + eight * (m3[t] - m4[t]) + m5[t]
+
+
+@njit(inline="always", **_KERNEL)
+def _at2(o0, o1, m0, m1, m2, m3):
+    """o = A^T m for F(2, 3)."""
+    for t in range(o0.shape[0]):
+        o0[t] = m0[t] + m1[t] + m2[t]
+    for t in range(o1.shape[0]):
+        o1[t] = m1[t] - m2[t] + m3[t]
+
+
+@njit(inline="always", **_KERNEL)
+def _gather(slots, first, row, grid_row, m, tw):
+    """slots[first + s, grid_row*tw + tx] = row[tx*m + s] for s < m + 2 (the m + 2 columns of
+    every tile of one padded input row), with the stride a literal so LLVM can vectorize."""
+    base = grid_row * tw
+    if m == 4:
+        s0, s1, s2 = (
+            slots[first, base : base + tw],
+            slots[first + 1, base : base + tw],
+            slots[first + 2, base : base + tw],
+        )
+        s3, s4, s5 = (
+            slots[first + 3, base : base + tw],
+            slots[first + 4, base : base + tw],
+            slots[first + 5, base : base + tw],
+        )
+        for tx in range(tw):
+            q = uint64(tx) * uint64(4)  # unsigned: no wrap-around select, no slice per tile
+            s0[tx], s1[tx], s2[tx] = row[q], row[q + uint64(1)], row[q + uint64(2)]
+            s3[tx], s4[tx], s5[tx] = row[q + uint64(3)], row[q + uint64(4)], row[q + uint64(5)]
     else:
-        for t in range(dst.shape[0]):
-            dst[t] += cf * src[t]
+        s0, s1 = slots[first, base : base + tw], slots[first + 1, base : base + tw]
+        s2, s3 = slots[first + 2, base : base + tw], slots[first + 3, base : base + tw]
+        for tx in range(tw):
+            q = uint64(tx) * uint64(2)
+            s0[tx], s1[tx], s2[tx], s3[tx] = (
+                row[q],
+                row[q + uint64(1)],
+                row[q + uint64(2)],
+                row[q + uint64(3)],
+            )
 
 
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def winograd_input(x, n0, nb, bt, m, pt, pl, th, tw, v, phase_ws, col_ws, wide_ws):
+@njit(parallel=True, **_KERNEL)
+def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
     """V[xi, c, img*th*tw + t] = (B^T d_t B)[xi] for the input tiles of images n0 .. n0+nb-1.
 
-    Per (image, channel), on a grid of th x g tiles (g = tw + 1: one junk tile column per tile
-    row, so that every step is one long unit-stride loop over the flattened grid):
+    Per (image, channel), with a = m + 2 and tiles flattened (ty, tx) -> ty*tw + tx:
 
-    1. phase planes ``ph[qr*m + qc, ty*g + u] = x[ty*m + qr - pt, u*m + qc - pl]`` (0 outside):
-       pixel (r, s) of tile (ty, tx) is ``ph[(r%m)*m + s%m, (ty + r//m)*g + tx + s//m]``;
-    2. ``col[j*m + qr] = sum_s B^T[j, s] ph[qr*m + s%m, . + s//m]`` (d B, each row phase);
-    3. ``wide[i*a + j] = sum_r B^T[i, r] col[j*m + r%m, . + (r//m)*g]`` (B^T d B);
-    4. V gets ``wide`` without the junk tile column.
+    1. every padded input row ``R = ty*m + qr`` (ty <= th, qr < m) is gathered into the a
+       *slots* of its tiles: ``slot[qr*a + s, ty*tw + tx] = xpad[R, tx*m + s]``;
+    2. ``col[j*m + qr] = sum_s B^T[j, s] slot[qr*a + s]`` (d B) over all tiles at once;
+    3. ``V[i*a + j] = sum_r B^T[i, r] col[j*m + r%m, . + (r//m)*tw]`` (B^T d B): tile row r of
+       tile row ty is row phase r%m of grid row ty + r//m, a shift of the flattened index.
 
-    ``phase_ws`` [workers, m*m, (th+1)*g + 1], ``col_ws`` [workers, a*m, (th+1)*g] and
-    ``wide_ws`` [workers, a*a, th*g] are per-worker workspaces; worker w takes the jobs
-    (image, channel) w, w + workers, ...
+    ``row_ws`` [workers, tw*m + 2], ``slot_ws`` [workers, m*a, (th+1)*tw] and ``col_ws``
+    [workers, a*m, (th+1)*tw] are per-worker workspaces; worker w takes the jobs (image,
+    channel) w, w + workers, ...
     """
     c_count, h, w = x.shape[1], x.shape[2], x.shape[3]
-    a = bt.shape[0]
+    a = m + 2
     tpi = th * tw
-    g = tw + 1
-    n2 = (th + 1) * g
-    n3 = th * g
-    workers = phase_ws.shape[0]
+    cols = row_ws.shape[1]
+    lo = min(pl, cols)
+    hi = max(min(pl + w, cols), lo)
+    workers = row_ws.shape[0]
     jobs = nb * c_count
     for wk in prange(workers):
-        ph = phase_ws[wk]
+        prow = row_ws[wk]
+        slot = slot_ws[wk]
         col = col_ws[wk]
-        wide = wide_ws[wk]
         for job in range(wk, jobs, workers):
             img = job // c_count
             c = job % c_count
             plane = x[n0 + img, c]
-            for qr in range(m):
-                for qc in range(m):
-                    phase = ph[qr * m + qc]
-                    off = qc - pl
-                    lo, hi = valid_columns(off, m, w, g)
-                    for ty in range(th + 1):
-                        dst = phase[ty * g : (ty + 1) * g]
-                        iy = ty * m + qr - pt
-                        if iy < 0 or iy >= h:
-                            dst[:] = 0.0
-                            continue
-                        dst[:lo] = 0.0
-                        copy_window(dst[lo:hi], plane[iy], lo * m + off, m)
-                        dst[hi:] = 0.0
-                    phase[n2:] = 0.0
-            for j in range(a):
+            for ty in range(th + 1):
                 for qr in range(m):
-                    first = True
-                    for s in range(a):
-                        if bt[j, s] != 0.0:
-                            _term(col[j * m + qr], bt[j, s], ph[qr * m + s % m, s // m : s // m + n2], first)
-                            first = False
-            for i in range(a):
-                for j in range(a):
-                    first = True
-                    for r in range(a):
-                        if bt[i, r] != 0.0:
-                            shift = (r // m) * g
-                            _term(wide[i * a + j], bt[i, r], col[j * m + r % m, shift : shift + n3], first)
-                            first = False
-            base = img * tpi
-            for xi in range(a * a):
-                dst = v[xi, c, base : base + tpi]
-                src = wide[xi]
-                for ty in range(th):
-                    d_row = dst[ty * tw : (ty + 1) * tw]
-                    s_row = src[ty * g : ty * g + tw]
-                    for tx in range(tw):
-                        d_row[tx] = s_row[tx]
+                    iy = ty * m + qr - pt
+                    if iy < 0 or iy >= h:
+                        prow[:] = 0.0
+                    else:
+                        prow[:lo] = 0.0
+                        src = plane[iy, lo - pl : hi - pl]
+                        dst = prow[lo:hi]
+                        for q in range(hi - lo):
+                            dst[q] = src[q]
+                        prow[hi:] = 0.0
+                    _gather(slot, qr * a, prow, ty, m, tw)
+            # (1-D slices of C-contiguous rows only: a 2-D slice is typed 'A' (any strides) and
+            # its rows' loops become gathers and scatters.)
+            b = img * tpi
+            e = b + tpi
+            if m == 4:
+                for qr in range(4):
+                    s0 = qr * 6
+                    _bt4(col[qr], col[4 + qr], col[8 + qr], col[12 + qr], col[16 + qr], col[20 + qr],
+                         slot[s0], slot[s0 + 1], slot[s0 + 2], slot[s0 + 3], slot[s0 + 4], slot[s0 + 5])  # fmt: skip
+                for j in range(6):
+                    q = j * 4
+                    _bt4(v[j, c, b:e], v[6 + j, c, b:e], v[12 + j, c, b:e], v[18 + j, c, b:e], v[24 + j, c, b:e],
+                         v[30 + j, c, b:e], col[q, :tpi], col[q + 1, :tpi], col[q + 2, :tpi], col[q + 3, :tpi],
+                         col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
+            else:
+                for qr in range(2):
+                    s0 = qr * 4
+                    _bt2(
+                        col[qr],
+                        col[2 + qr],
+                        col[4 + qr],
+                        col[6 + qr],
+                        slot[s0],
+                        slot[s0 + 1],
+                        slot[s0 + 2],
+                        slot[s0 + 3],
+                    )
+                for j in range(4):
+                    q = j * 2
+                    _bt2(v[j, c, b:e], v[4 + j, c, b:e], v[8 + j, c, b:e], v[12 + j, c, b:e],
+                         col[q, :tpi], col[q + 1, :tpi], col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
 
 
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+@njit(inline="always", **_KERNEL)
+def _store_tiles(orow, ys, first, start, m, count, wo):
+    """orow[tx*m + p] = ys[first + p, start + tx]: one output row of ``count`` tiles (the last
+    one clipped at ``wo``)."""
+    full = min(count, wo // m)
+    if m == 4:
+        y0, y1, y2, y3 = (
+            ys[first, start:],
+            ys[first + 1, start:],
+            ys[first + 2, start:],
+            ys[first + 3, start:],
+        )
+        for tx in range(full):
+            q = uint64(tx) * uint64(4)
+            orow[q], orow[q + uint64(1)], orow[q + uint64(2)], orow[q + uint64(3)] = (
+                y0[tx],
+                y1[tx],
+                y2[tx],
+                y3[tx],
+            )
+    else:
+        y0, y1 = ys[first, start:], ys[first + 1, start:]
+        for tx in range(full):
+            q = uint64(tx) * uint64(2)
+            orow[q], orow[q + uint64(1)] = y0[tx], y1[tx]
+    for tx in range(full, count):
+        for p in range(min(m, wo - tx * m)):
+            orow[tx * m + p] = ys[first + p, start + tx]
+
+
+@njit(parallel=True, **_KERNEL)
 def winograd_output(
-    mm, n0, nb, at, th, tw, out, bias, has_bias, residual, res_mode, act, alpha, beta, z_ws, y_ws
+    mm, n0, nb, m, th, tw, out, bias, has_bias, residual, res_mode, act, alpha, beta, z_ws, y_ws
 ):
     """out[n0 + img, k] = epilogue(A^T M[:, k, tiles of img] A) for images n0 .. n0+nb-1.
 
     Per (image, output channel): ``z[o*a + j] = sum_i A^T[o, i] M[i*a + j]`` and
     ``y[o*m + p] = sum_j A^T[p, j] z[o*a + j]`` over all tiles at once (unit-stride loops), then
-    the m x m tiles are scattered into the output rows, each row getting the epilogue while it
-    is in L1. ``z_ws`` [workers, m*a, th*tw] and ``y_ws`` [workers, m*m, th*tw] are per-worker
-    workspaces; ``residual`` is [N*K*Ho, Wo] (or the dummy).
+    the m x m tiles go into the output rows, each row getting the epilogue while it is in L1.
+    ``z_ws`` [workers, m*a, th*tw] and ``y_ws`` [workers, m*m, th*tw] are per-worker workspaces;
+    ``residual`` is [N*K*Ho, Wo] (or the dummy).
     """
-    m, a = at.shape
     k_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     tpi = th * tw
     workers = z_ws.shape[0]
@@ -201,20 +329,38 @@ def winograd_output(
             img = job // k_count
             k = job % k_count
             base = img * tpi
-            for o in range(m):
-                for j in range(a):
-                    first = True
-                    for i in range(a):
-                        if at[o, i] != 0.0:
-                            _term(z[o * a + j], at[o, i], mm[i * a + j, k, base : base + tpi], first)
-                            first = False
-            for o in range(m):
-                for p in range(m):
-                    first = True
-                    for j in range(a):
-                        if at[p, j] != 0.0:
-                            _term(y[o * m + p], at[p, j], z[o * a + j], first)
-                            first = False
+            t0, t1 = base, base + tpi
+            if m == 4:
+                for j in range(6):
+                    _at4(z[j], z[6 + j], z[12 + j], z[18 + j], mm[j, k, t0:t1], mm[6 + j, k, t0:t1], mm[12 + j, k, t0:t1],
+                         mm[18 + j, k, t0:t1], mm[24 + j, k, t0:t1], mm[30 + j, k, t0:t1])  # fmt: skip
+                for o in range(4):
+                    q = o * 6
+                    _at4(
+                        y[o * 4],
+                        y[o * 4 + 1],
+                        y[o * 4 + 2],
+                        y[o * 4 + 3],
+                        z[q],
+                        z[q + 1],
+                        z[q + 2],
+                        z[q + 3],
+                        z[q + 4],
+                        z[q + 5],
+                    )
+            else:
+                for j in range(4):
+                    _at2(
+                        z[j],
+                        z[4 + j],
+                        mm[j, k, t0:t1],
+                        mm[4 + j, k, t0:t1],
+                        mm[8 + j, k, t0:t1],
+                        mm[12 + j, k, t0:t1],
+                    )
+                for o in range(2):
+                    q = o * 4
+                    _at2(y[o * 2], y[o * 2 + 1], z[q], z[q + 1], z[q + 2], z[q + 3])
             plane = out[n0 + img, k]
             b = bias[k] if has_bias else np.float32(0.0)
             row0 = ((n0 + img) * k_count + k) * ho
@@ -224,12 +370,7 @@ def winograd_output(
                     if oy >= ho:
                         break
                     orow = plane[oy]
-                    for p in range(m):
-                        count = min(tw, (wo - p + m - 1) // m)
-                        src = y[o * m + p, ty * tw : ty * tw + count]
-                        dst = orow[p:]
-                        for tx in range(count):
-                            dst[tx * m] = src[tx]
+                    _store_tiles(orow, y, o * m, ty * tw, m, tw, wo)
                     res = residual[row0 + oy] if res_mode != 0 else residual[0]
                     finish_row(orow, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
 
@@ -279,7 +420,6 @@ class WinogradConv(Tactic):
         prepared: Prepared,
     ) -> None:
         m = int(prepared.params.get("m", self.tile))
-        at32, bt32 = _matrices32(m)
         a = m + 2
         u = prepared.scratch.get("u")
         if u is None:
@@ -305,12 +445,11 @@ class WinogradConv(Tactic):
             mv = mm[: a * a * k_count * count * tpi].reshape(a * a, k_count, count * tpi)
             with threads_for(c_count * count * tpi * a * a):
                 workers = numba.get_num_threads()
-                g = tw + 1
-                phase_ws = workspace(prepared, "phase", (workers, m * m, (th + 1) * g + 1))
-                col_ws = workspace(prepared, "col", (workers, a * m, (th + 1) * g))
-                wide_ws = workspace(prepared, "wide", (workers, a * a, th * g))
+                row_ws = workspace(prepared, "row", (workers, tw * m + 2))
+                slot_ws = workspace(prepared, "slot", (workers, m * a, (th + 1) * tw))
+                col_ws = workspace(prepared, "col", (workers, a * m, (th + 1) * tw))
                 winograd_input(
-                    x, n0, count, bt32, m, geo.pad_top, geo.pad_left, th, tw, vv, phase_ws, col_ws, wide_ws
+                    x, n0, count, m, geo.pad_top, geo.pad_left, th, tw, vv, row_ws, slot_ws, col_ws
                 )
             np.matmul(u, vv, out=mv)
             with threads_for(k_count * count * tpi * m * m):
@@ -318,17 +457,9 @@ class WinogradConv(Tactic):
                 z_ws = workspace(prepared, "z", (workers, m * a, tpi))
                 y_ws = workspace(prepared, "y", (workers, m * m, tpi))
                 winograd_output(
-                    mv, n0, count, at32, th, tw, out, bias, has_bias, residual, mode, act, alpha, beta,
+                    mv, n0, count, m, th, tw, out, bias, has_bias, residual, mode, act, alpha, beta,
                     z_ws, y_ws,
                 )  # fmt: skip
-
-
-@cache
-def _matrices32(m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(A^T, B^T) of F(m x m, 3 x 3) as C-contiguous float32 (exact: their entries are small
-    integers)."""
-    at, _, bt = winograd_matrices(m)
-    return np.ascontiguousarray(at, np.float32), np.ascontiguousarray(bt, np.float32)
 
 
 register_tactic(WinogradConv)
