@@ -55,15 +55,20 @@ CASES = [
     (2, 2, 10, 9, (3, 2), (1, 2), (1, 0, 0, 1), (1, 1), False),
     (1, 2, 12, 12, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), False),
     (2, 64, 32, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False),  # parallel path
+    (2, 3, 13, 17, (5, 4), (3, 2), (2, 1, 2, 3), (1, 2), True),  # generic taps, ceil_mode past the pad
+    (1, 2, 6, 23, (1, 3), (1, 3), (0, 2, 0, 2), (1, 3), False),  # one-row window, stride 3
+    (1, 4, 5, 5, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), False),  # window as large as the plane
 ]
+TACTICS = ["cpu.pool.window"]
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize(
     ("op_type", "count_include_pad"), [("MaxPool", False), ("AveragePool", False), ("AveragePool", True)]
 )
+@pytest.mark.parametrize("tactic", TACTICS)
 def test_window_pool_matches_oracle(
-    rng: np.random.Generator, case: tuple, op_type: str, count_include_pad: bool
+    rng: np.random.Generator, case: tuple, op_type: str, count_include_pad: bool, tactic: str
 ) -> None:
     n, c, h, w, kernel, strides, pads, dilations, ceil_mode = case
     if op_type == "AveragePool" and dilations != (1, 1):
@@ -85,17 +90,18 @@ def test_window_pool_matches_oracle(
     expected = pool_oracle(
         x, kernel, strides, pads, dilations, (ho, wo), op_type == "MaxPool", count_include_pad
     )
-    assert_close(one.run_tactic("cpu.pool.window"), one.expected(lambda *_: expected))
+    assert_close(one.run_tactic(tactic), one.expected(lambda *_: expected))
 
 
-def test_pool_1d(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("tactic", TACTICS)
+def test_pool_1d(rng: np.random.Generator, tactic: str) -> None:
     x = rng.standard_normal((2, 3, 15)).astype(np.float32)
     one = OneNode("MaxPool", {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}).feed("x", x)
     one.build((2, 3, 8))
     expected = pool_oracle(x[:, :, None, :], (1, 3), (1, 2), (0, 1, 0, 1), (1, 1), (1, 8), True, False)[
         :, :, 0, :
     ]
-    assert_close(one.run_tactic("cpu.pool.window"), one.expected(lambda *_: expected))
+    assert_close(one.run_tactic(tactic), one.expected(lambda *_: expected))
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 7, 7), (3, 64, 14, 13)])
