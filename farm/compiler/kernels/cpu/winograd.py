@@ -277,48 +277,66 @@ def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
 
 
 @njit(inline="always", **_KERNEL)
-def _store_tiles(orow, ys, first, start, m, count, wo):
-    """orow[tx*m + p] = ys[first + p, start + tx]: one output row of ``count`` tiles (the last
-    one clipped at ``wo``)."""
-    full = min(count, wo // m)
-    if m == 4:
-        y0, y1, y2, y3 = (
-            ys[first, start:],
-            ys[first + 1, start:],
-            ys[first + 2, start:],
-            ys[first + 3, start:],
-        )
-        for tx in range(full):
-            q = uint64(tx) * uint64(4)
-            orow[q], orow[q + uint64(1)], orow[q + uint64(2)], orow[q + uint64(3)] = (
-                y0[tx],
-                y1[tx],
-                y2[tx],
-                y3[tx],
-            )
-    else:
-        y0, y1 = ys[first, start:], ys[first + 1, start:]
-        for tx in range(full):
-            q = uint64(tx) * uint64(2)
-            orow[q], orow[q + uint64(1)] = y0[tx], y1[tx]
-    for tx in range(full, count):
-        for p in range(min(m, wo - tx * m)):
-            orow[tx * m + p] = ys[first + p, start + tx]
+def _store_tiles(plane, ys, m, th, tw, ho, wo):
+    """plane[(ty*m + o)*wo + tx*m + p] = ys[(o*m + p)*th*tw + ty*tw + tx]: the m x m output
+    tiles into one flattened output plane, clipped at ``ho`` x ``wo``. Unsigned flat indices
+    (no wrap-around selects, no slice per row); the stride a literal for each m."""
+    tpi = uint64(th * tw)
+    full = min(tw, wo // m)
+    for ty in range(th):
+        for o in range(min(m, ho - ty * m)):
+            dst = uint64((ty * m + o) * wo)
+            src = uint64(o * m) * tpi + uint64(ty * tw)
+            if m == 4:
+                for tx in range(full):
+                    q = dst + uint64(tx) * uint64(4)
+                    t = src + uint64(tx)
+                    plane[q] = ys[t]
+                    plane[q + uint64(1)] = ys[t + tpi]
+                    plane[q + uint64(2)] = ys[t + uint64(2) * tpi]
+                    plane[q + uint64(3)] = ys[t + uint64(3) * tpi]
+            else:
+                for tx in range(full):
+                    q = dst + uint64(tx) * uint64(2)
+                    t = src + uint64(tx)
+                    plane[q] = ys[t]
+                    plane[q + uint64(1)] = ys[t + tpi]
+            for tx in range(full, tw):
+                for p in range(min(m, wo - tx * m)):
+                    plane[dst + uint64(tx * m + p)] = ys[src + uint64(p) * tpi + uint64(tx)]
 
 
 @njit(parallel=True, **_KERNEL)
 def winograd_output(
-    mm, n0, nb, m, th, tw, out, bias, has_bias, residual, res_mode, act, alpha, beta, z_ws, y_ws
+    mm,
+    n0,
+    nb,
+    m,
+    th,
+    tw,
+    out,
+    k_count,
+    ho,
+    wo,
+    bias,
+    has_bias,
+    residual,
+    res_mode,
+    act,
+    alpha,
+    beta,
+    z_ws,
+    y_ws,
 ):
-    """out[n0 + img, k] = epilogue(A^T M[:, k, tiles of img] A) for images n0 .. n0+nb-1.
+    """out[(n0 + img)*K + k] = epilogue(A^T M[:, k, tiles of img] A) for images n0 .. n0+nb-1
+    (``out`` is the NCHW output as [N*K, Ho*Wo]).
 
     Per (image, output channel): ``z[o*a + j] = sum_i A^T[o, i] M[i*a + j]`` and
     ``y[o*m + p] = sum_j A^T[p, j] z[o*a + j]`` over all tiles at once (unit-stride loops), then
-    the m x m tiles go into the output rows, each row getting the epilogue while it is in L1.
+    the m x m tiles go into the output plane, which gets the epilogue while it is in L2.
     ``z_ws`` [workers, m*a, th*tw] and ``y_ws`` [workers, m*m, th*tw] are per-worker workspaces;
-    ``residual`` is [N*K*Ho, Wo] (or the dummy).
+    ``residual`` is [N*K, Ho*Wo] (or the dummy).
     """
-    k_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     tpi = th * tw
     workers = z_ws.shape[0]
     jobs = nb * k_count
@@ -361,18 +379,12 @@ def winograd_output(
                 for o in range(2):
                     q = o * 4
                     _at2(y[o * 2], y[o * 2 + 1], z[q], z[q + 1], z[q + 2], z[q + 3])
-            plane = out[n0 + img, k]
+            row = (n0 + img) * k_count + k
+            plane = out[row]
+            _store_tiles(plane, y.reshape(-1), m, th, tw, ho, wo)
             b = bias[k] if has_bias else np.float32(0.0)
-            row0 = ((n0 + img) * k_count + k) * ho
-            for ty in range(th):
-                for o in range(m):
-                    oy = ty * m + o
-                    if oy >= ho:
-                        break
-                    orow = plane[oy]
-                    _store_tiles(orow, y, o * m, ty * tw, m, tw, wo)
-                    res = residual[row0 + oy] if res_mode != 0 else residual[0]
-                    finish_row(orow, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+            res = residual[row] if res_mode != 0 else residual[0]
+            finish_row(plane, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
 
 
 def winograd_geometry_ok(node: Node, graph: Graph) -> bool:
@@ -431,7 +443,7 @@ class WinogradConv(Tactic):
         c_count = x.shape[1]
         geo = ConvGeometry.of(node, (k_count, c_count, 3, 3))
         act, alpha, beta, mode = epilogue_params(node)
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n * k_count * ho)
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n * k_count)
         th, tw = -(-ho // m), -(-wo // m)
         tpi = th * tw
         if n == 0 or tpi == 0:
@@ -439,6 +451,7 @@ class WinogradConv(Tactic):
         nb = max(1, min(n, -(-TARGET_TILES // tpi)))
         v = workspace(prepared, "v", (a * a * c_count * nb * tpi,))
         mm = workspace(prepared, "m", (a * a * k_count * nb * tpi,))
+        planes = out.reshape(n * k_count, ho * wo)
         for n0 in range(0, n, nb):
             count = min(nb, n - n0)  # the last group may be partial: a contiguous prefix
             vv = v[: a * a * c_count * count * tpi].reshape(a * a, c_count, count * tpi)
@@ -457,7 +470,7 @@ class WinogradConv(Tactic):
                 z_ws = workspace(prepared, "z", (workers, m * a, tpi))
                 y_ws = workspace(prepared, "y", (workers, m * m, tpi))
                 winograd_output(
-                    mv, n0, count, m, th, tw, out, bias, has_bias, residual, mode, act, alpha, beta,
+                    mv, n0, count, m, th, tw, planes, k_count, ho, wo, bias, has_bias, residual, mode, act, alpha, beta,
                     z_ws, y_ws,
                 )  # fmt: skip
 
