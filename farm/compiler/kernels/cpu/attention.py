@@ -23,7 +23,7 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._operands import float32_io, workspace
 from farm.compiler.kernels.cpu._threads import threads_for
-from farm.compiler.kernels.cpu._vecmath import exp_shift_sum_row, row_max
+from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_shift_sum_row, row_max
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 _NO_MASK = np.zeros((1, 1, 1, 1), np.float32)
@@ -105,6 +105,7 @@ def fused_attention(q, kt, v, mask, has_mask, scale, scores, out):
         inv = np.empty(_QUERY_BLOCK, np.float32)
         poly = np.empty(sk, np.float32)
         bits = np.empty(sk, np.int32)
+        lanes = np.empty(ROW_MAX_LANES, np.float32)
         for r in range(_QUERY_BLOCK):
             i = min(first + r, sq - 1)
             srow = acc[r]
@@ -112,7 +113,7 @@ def fused_attention(q, kt, v, mask, has_mask, scale, scores, out):
                 mrow = mask[b, h, i]
                 for j in range(sk):
                     srow[j] += mrow[j]
-            inv[r] = np.float32(1.0) / exp_shift_sum_row(srow, srow, row_max(srow), poly, bits)
+            inv[r] = np.float32(1.0) / exp_shift_sum_row(srow, srow, row_max(srow, lanes), poly, bits)
         y = np.zeros((_QUERY_BLOCK, d_count), np.float32)
         y0, y1, y2, y3 = y[0], y[1], y[2], y[3]
         for j in range(sk):
@@ -143,6 +144,7 @@ def scale_mask_softmax(scores, mask, has_mask, scale):
     for task in prange(tasks):
         poly = np.empty(sk, np.float32)
         bits = np.empty(sk, np.int32)
+        lanes = np.empty(ROW_MAX_LANES, np.float32)
         for t in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
             b = t // (heads * sq)
             h = (t // sq) % heads
@@ -155,7 +157,7 @@ def scale_mask_softmax(scores, mask, has_mask, scale):
             else:
                 for j in range(sk):
                     s[j] = s[j] * scale
-            total = exp_shift_sum_row(s, s, row_max(s), poly, bits)
+            total = exp_shift_sum_row(s, s, row_max(s, lanes), poly, bits)
             inv = np.float32(1.0) / total
             for j in range(sk):
                 s[j] *= inv

@@ -22,7 +22,7 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._operands import float32_io
 from farm.compiler.kernels.cpu._threads import threads_for
-from farm.compiler.kernels.cpu._vecmath import exp_row, exp_shift_sum_row, row_max
+from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_row, exp_shift_sum_row, row_max
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 _SUM_FLAGS = {"reassoc", "contract"}
@@ -112,9 +112,10 @@ def softmax_rows(x, out):
     for t in prange(tasks):
         poly = np.empty(length, np.float32)
         bits = np.empty(length, np.int32)
+        lanes = np.empty(ROW_MAX_LANES, np.float32)
         for r in range(t * _ROWS_PER_TASK, min(rows, (t + 1) * _ROWS_PER_TASK)):
             dst = out[r]
-            total = exp_shift_sum_row(x[r], dst, row_max(x[r]), poly, bits)
+            total = exp_shift_sum_row(x[r], dst, row_max(x[r], lanes), poly, bits)
             inv = np.float32(1.0) / total
             for j in range(length):
                 dst[j] *= inv
