@@ -90,6 +90,8 @@ def api_cmd(host: str | None, port: int | None, api_workers: int | None) -> None
         "4",
         "--timeout",
         "300",  # large uploads on slow links
+        "--keep-alive",
+        "75",  # longer than any client's pause between polls: a request never races a server-side close
         "--access-logfile",
         "-",
         "--log-level",
@@ -142,6 +144,11 @@ def run_worker(
         # a forked pool process must not share the parent's database connections
         services.db.engine.dispose(close=False)
 
+    swept = services.store.sweep_temp()
+    if swept:
+        click.echo(
+            f"farm worker: removed {len(swept)} partial upload(s) left in the artifact store's tmp/", err=True
+        )
     queue_names = [f"profile.{profile}" for profile in profiles]
     prepare_broker(settings, queue_names)
     heartbeat = HeartbeatThread(

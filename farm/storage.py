@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 CHUNK_BYTES = 1 << 20
+# temp files older than this are leftovers of a killed writer (see FileArtifactStore.sweep_temp)
+TEMP_SWEEP_SECONDS = 6 * 3600.0
 KEY_PATTERN = re.compile(r"^sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
 
 
@@ -100,6 +103,11 @@ class ArtifactStore(ABC):
     @abstractmethod
     def check(self) -> str:
         """Prove the store is reachable and writable; return a short description; raise when not."""
+
+    def sweep_temp(self, older_than_seconds: float = TEMP_SWEEP_SECONDS) -> list[str]:
+        """Remove partial uploads that killed writers left behind; the names removed. Stores
+        whose uploads are atomic on the server side (S3) have none."""
+        return []
 
     def put_bytes(self, data: bytes) -> StoredArtifact:
         """Store ``data``."""
@@ -197,6 +205,23 @@ class FileArtifactStore(ArtifactStore):
         path = self.path(key)
         if path.is_file():
             path.unlink()
+
+    def sweep_temp(self, older_than_seconds: float = TEMP_SWEEP_SECONDS) -> list[str]:
+        """Delete files in the store's ``tmp/`` folder last written more than ``older_than_seconds``
+        ago: what a process killed in the middle of ``put_stream`` left behind (an upload that is
+        still being written is touched at every chunk, so it is never that old). Returns their names."""
+        removed: list[str] = []
+        if not self._tmp.is_dir():
+            return removed
+        cutoff = time.time() - older_than_seconds
+        for entry in self._tmp.iterdir():
+            try:
+                if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed.append(entry.name)
+            except FileNotFoundError:  # another worker swept it first
+                continue
+        return removed
 
     def check(self) -> str:
         self._tmp.mkdir(parents=True, exist_ok=True)

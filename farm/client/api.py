@@ -60,12 +60,21 @@ class FarmClient:
 
     # plumbing
 
-    def request(self, method: str, path: str, *, expect_json: bool = True, **kwargs: Any) -> Any:
-        """Call ``method path`` (relative to /api/v1); the decoded JSON, or raise FarmApiError / FarmClientError."""
+    def request(
+        self, method: str, path: str, *, expect_json: bool = True, idempotent: bool = False, **kwargs: Any
+    ) -> Any:
+        """Call ``method path`` (relative to /api/v1); the decoded JSON, or raise FarmApiError / FarmClientError.
+
+        GETs, and requests the caller marks ``idempotent`` (sending them twice has the effect of
+        sending them once, like a model upload: same bytes, same version), are retried with backoff
+        when the connection fails or the server answers 502/503/504; other requests are sent once.
+        File objects in ``files`` are rewound before each retry."""
         url = path if path.startswith("http") else self.base + path
         kwargs.setdefault("timeout", self.timeout)
-        attempts = GET_RETRIES if method == "GET" else 1
+        attempts = GET_RETRIES if method == "GET" or idempotent else 1
         for attempt in range(attempts):
+            if attempt:
+                _rewind_files(kwargs.get("files"))
             try:
                 response = self.session.request(method, url, **kwargs)
             except requests.RequestException as exc:
@@ -137,10 +146,10 @@ class FarmClient:
                 for extra in external:
                     archive.write(path.parent / extra, extra)
             zipped = {"file": (path.stem + ".zip", payload.getvalue(), "application/zip")}
-            return self.request("POST", "/models", files=zipped, data=data)
+            return self.request("POST", "/models", files=zipped, data=data, idempotent=True)
         with open(path, "rb") as stream:
             plain = {"file": (path.name, stream, "application/octet-stream")}
-            return self.request("POST", "/models", files=plain, data=data)
+            return self.request("POST", "/models", files=plain, data=data, idempotent=True)
 
     def upload_dataset(
         self, path: str | os.PathLike[str], *, name: str | None = None, model: str | None = None,
@@ -184,7 +193,9 @@ class FarmClient:
         if calibration_dataset_id is not None:
             body["calibration_dataset_id"] = calibration_dataset_id
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self.request("POST", "/submissions", json=body, headers=headers)
+        return self.request(
+            "POST", "/submissions", json=body, headers=headers, idempotent=idempotency_key is not None
+        )
 
     def submission(self, submission_id: int) -> dict[str, Any]:
         """A submission with its jobs."""
@@ -310,6 +321,16 @@ def _sha256(path: Path) -> str:
         while chunk := stream.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _rewind_files(files: Any) -> None:
+    """Seek every file object of a ``files=`` argument back to its start (for a retried upload)."""
+    if not isinstance(files, Mapping):
+        return
+    for spec in files.values():
+        stream = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else spec
+        if hasattr(stream, "seek"):
+            stream.seek(0)
 
 
 def _api_error(response: requests.Response) -> FarmApiError:

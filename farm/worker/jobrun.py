@@ -107,6 +107,9 @@ class JobRun:
         with self._log_lock:
             self._log_file.write(earlier)
         self._log_key = key
+        # the earlier attempt's last snapshot joins this attempt's rotation: deleted once two newer
+        # snapshots exist, instead of staying in the store unreferenced
+        self._snapshots.append(key)
 
     # cancellation and lease
 

@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from pipeline_support import (
 )
 from sqlalchemy import select
 
+from farm import storage
 from farm.app import FarmServices, create_app
 from farm.config import load_settings
 from farm.db import Base, Job, JobState
@@ -205,15 +207,18 @@ def test_worker_killed_during_engine_upload_finishes_once(fault_farm: FaultFarm)
     job_id = submit(farm.services, farm.app, "mlp-kill-upload", profiles=["cpu"], precisions=["fp32"])[0]
     first = farm.worker("first", PYTHONPATH=str(inject), FAULT_MARKER=str(marker))
     wait_for(lambda: marker.exists() and first.process.poll() is not None, JOB_SECONDS, "the kill", [first])
-    assert (farm.artifacts / "tmp" / "partial-engine-upload").exists()  # the half-written upload
+    partial = farm.artifacts / "tmp" / "partial-engine-upload"
+    assert partial.exists()  # the half-written upload
     assert row_counts(farm.services, job_id)["engines"] == 0
+    # a worker starting later sweeps temp files older than TEMP_SWEEP_SECONDS; age this one past it
+    aged = time.time() - storage.TEMP_SWEEP_SECONDS - 60
+    os.utime(partial, (aged, aged))
     second = farm.worker("second")
     job = assert_finished_once(farm, job_id, [first, second])
     assert job.attempts == 2 and job.worker_name == second.name
-    # the killed upload's temp file stays in the store's tmp folder (nothing sweeps it: known gap,
-    # docs/RELIABILITY.md); it never became an artifact or a row
-    assert (farm.artifacts / "tmp" / "partial-engine-upload").exists()
-    assert_no_orphans(farm, known_leftovers=("partial-engine-upload",))
+    # the killed upload never became an artifact or a row, and the new worker removed its temp file
+    assert not partial.exists()
+    assert_no_orphans(farm)
 
 
 def test_frozen_worker_loses_its_lease_and_its_late_result_is_refused(fault_farm: FaultFarm) -> None:

@@ -3,6 +3,8 @@ clear errors with exit code 2, datasets checked before submitting, --timeout, JU
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from werkzeug.serving import make_server
 
 from farm.api.auth import issue_token
 from farm.cli import main
-from farm.client import FarmClient
+from farm.client import FarmClient, FarmClientError
 from farm.client.cli import write_junit
 from farm.db import Job, JobKind, ModelVersion, Submission
 
@@ -138,3 +140,71 @@ def test_junit_report_is_valid_and_counts_outcomes(tmp_path: Path) -> None:
     assert cases[0].find("failure") is None and cases[0].find("error") is None
     assert cases[1].find("failure").get("type") == "regression"  # type: ignore[union-attr]
     assert '<op> & "quotes"' in cases[2].find("error").text  # type: ignore[union-attr,operator]
+
+
+class DroppingProxy:
+    """A TCP proxy in front of ``upstream`` that closes its first ``drops`` connections as soon as
+    a request arrives, without answering: what a client sees when it sends on a keep-alive
+    connection the server has just closed."""
+
+    def __init__(self, upstream: str, drops: int) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.drops = drops
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections <= self.drops:
+                client.recv(65536)
+                client.close()
+                continue
+            server = socket.create_connection(self.upstream)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_upload_on_a_dropped_connection_is_retried_a_submission_is_not(
+    app: Flask, server: str, token: str, model_file: Path
+) -> None:
+    proxy = DroppingProxy(server, drops=1)
+    try:
+        FarmClient(proxy.url, token=token).upload_model(model_file, name="dropped-once")
+        assert proxy.connections == 2  # sent again, on a new connection
+        assert count(app, ModelVersion) == 1
+    finally:
+        proxy.close()
+    proxy = DroppingProxy(server, drops=1)
+    try:
+        with pytest.raises(FarmClientError, match="cannot reach the farm"):
+            FarmClient(proxy.url, token=token).submit("dropped-once", profiles=["cpu"])
+        assert proxy.connections == 1 and count(app, Submission) == 0  # never sent twice
+    finally:
+        proxy.close()
+    proxy = DroppingProxy(server, drops=1)
+    try:  # with an idempotency key the server dedupes, so the client may send it again
+        FarmClient(proxy.url, token=token).submit(
+            "dropped-once", profiles=["cpu"], idempotency_key="ci-run-7"
+        )
+        assert proxy.connections == 2 and count(app, Submission) == 1
+    finally:
+        proxy.close()

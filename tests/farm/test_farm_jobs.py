@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from farm.db import Database, Job, JobKind, JobState, Model, ModelVersion, utcnow
+from farm.storage import FileArtifactStore
+from farm.worker.jobrun import JobRun
 from farm.worker.jobs import claim_job, finish_job, renew_lease
 
 LEASE = 60
@@ -111,3 +114,33 @@ def test_renewing_extends_the_lease_only_for_the_holder(db: Database, job_id: in
     assert after is not None and after > before
     with db.session() as session:
         assert not renew_lease(session, taken, worker_name="w2", lease_seconds=LEASE)
+
+
+def test_a_retried_attempt_collects_the_dead_attempts_log_snapshot(
+    db: Database, job_id: int, tmp_path: Path
+) -> None:
+    """The log snapshot a dead attempt left on the job is carried into the next attempt's log and
+    then deleted with that attempt's own superseded snapshots, not left in the store unreferenced."""
+    store = FileArtifactStore(tmp_path / "artifacts")
+    first = claim(db, job_id, "w1")
+    assert first is not None
+    dead = JobRun(db, store, first, worker_name="w1", lease_seconds=LEASE)
+    dead.log("first attempt: building")
+    dead.upload_log(force=True)
+    dead_key = load(db, job_id).log_artifact_key
+    assert dead_key is not None and store.exists(dead_key)
+    # the first worker dies here (no close(), no final log); its lease runs out
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.lease_expires_at = utcnow() - timedelta(seconds=1)
+    second = claim(db, job_id, "w2")
+    assert second is not None
+    with JobRun(db, store, second, worker_name="w2", lease_seconds=LEASE) as run:
+        for step in range(3):
+            run.log(f"second attempt: step {step}")
+            run.upload_log(force=True)
+        key = load(db, job_id).log_artifact_key
+        assert key is not None
+        assert b"first attempt: building" in store.read_bytes(key)  # the earlier log is kept...
+        assert not store.exists(dead_key)  # ...and its old snapshot is gone from the store

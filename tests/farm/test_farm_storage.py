@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from farm.storage import (
+    TEMP_SWEEP_SECONDS,
     ArtifactCorruptedError,
     ArtifactError,
     ArtifactNotFoundError,
@@ -130,3 +132,21 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert open_store(f"file://{tmp_path}").root == tmp_path.resolve()
     with pytest.raises(ArtifactError, match="bucket"):
         open_store("s3://")  # the S3 backend itself is tested against a real server in test_pipeline_s3_store
+
+
+def test_sweep_removes_only_stale_partial_uploads(store: FileArtifactStore) -> None:
+    """A killed writer's temp file is removed once it is older than the sweep age; a file being
+    written now, stored artifacts and anything outside tmp/ are left alone."""
+    kept = store.put_bytes(b"an artifact")
+    tmp = store.root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    stale, fresh = tmp / "upload-stale", tmp / "upload-fresh"
+    stale.write_bytes(b"half an engine")
+    fresh.write_bytes(b"being written")
+    aged = time.time() - TEMP_SWEEP_SECONDS - 60
+    os.utime(stale, (aged, aged))
+    assert store.sweep_temp() == ["upload-stale"]
+    assert not stale.exists() and fresh.exists()
+    assert store.read_bytes(kept.key) == b"an artifact"
+    assert store.sweep_temp(older_than_seconds=0) == ["upload-fresh"]
+    assert FileArtifactStore(store.root / "never-used").sweep_temp() == []
