@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
 
 from farm.compiler import __version__ as COMPILER_VERSION
 from farm.compiler.engine.fingerprint import device_fingerprint, fingerprint_mismatches
 from farm.compiler.engine.runtime import Binding, Engine, Kernel
 from farm.compiler.engine.serialize import EngineFormatError, contiguous, graph_from_json, graph_to_json
+from farm.compiler.engine.validate import check_engine, shapes_to_json
 from farm.compiler.ir import subgraphs
 from farm.compiler.kernels.registry import Prepared, get_tactic
 from farm.compiler.memory.planner import MemoryPlan
@@ -34,6 +36,15 @@ from farm.compiler.memory.planner import MemoryPlan
 FORMAT_NAME = "farm-engine"
 FORMAT_VERSION = 1
 MANIFEST_KEY = "farm.engine"
+
+# safetensors dtype codes -> numpy (the ones safetensors.numpy reads; little-endian on disk).
+SAFETENSORS_DTYPES: dict[str, str] = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "U64": "<u8", "I32": "<i4", "U32": "<u4",
+    "I16": "<i2", "U16": "<u2", "I8": "|i1", "U8": "|u1", "BOOL": "|b1", "C64": "<c8",
+}  # fmt: skip
+# Tensor bytes from which the sha256 runs in a thread (hashlib releases the GIL) while the loader
+# does its Python work (device fingerprint: importing numba, reading the BLAS libraries).
+_THREADED_DIGEST_BYTES = 1 << 20
 
 
 class DeviceMismatchError(RuntimeError):
@@ -45,8 +56,37 @@ def _tensor_digest(tensors: dict[str, np.ndarray]) -> str:
     for key in sorted(tensors):
         array = contiguous(tensors[key])
         digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
+        digest.update(array.reshape(-1).view(np.uint8).data)  # the raw bytes, without a copy
     return digest.hexdigest()
+
+
+class _Digest:
+    """:func:`_tensor_digest` of big tensor sets in a background thread; ``value()`` joins it."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]) -> None:
+        self._result: str | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if sum(a.nbytes for a in tensors.values()) < _THREADED_DIGEST_BYTES:
+            self._run(tensors)
+        else:
+            self._thread = threading.Thread(
+                target=self._run, args=(tensors,), name="farm-engine-sha256", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, tensors: dict[str, np.ndarray]) -> None:
+        try:
+            self._result = _tensor_digest(tensors)
+        except BaseException as exc:  # re-raised by value() in the loading thread
+            self._error = exc
+
+    def value(self) -> str | None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _needed_constants(engine: Engine) -> set[str]:
@@ -79,6 +119,7 @@ def engine_to_bytes(engine: Engine) -> bytes:
             {
                 "node": k.node.name,
                 "tactic": k.tactic.name,
+                "module": type(k.tactic).__module__,
                 "params": k.prepared.params,
                 "tensors": keys,
                 "replaces": sorted(k.prepared.replaces),
@@ -99,11 +140,14 @@ def engine_to_bytes(engine: Engine) -> bytes:
         "schedule": schedule,
         "memory_plan": engine.plan.to_json(),
         "build_report": engine.report,
-        "tensors_sha256": _tensor_digest(tensors),
+        "shapes": shapes_to_json(engine),
     }
     for key, array in tensors.items():
         if array.dtype == object:
             raise EngineFormatError(f"tensor {key!r} has dtype object, which an engine file cannot hold")
+    manifest["tensors_sha256"] = _tensor_digest(tensors)
+    import safetensors.numpy  # only the writer needs it: the loader parses the file itself
+
     return safetensors.numpy.save(tensors, metadata={MANIFEST_KEY: json.dumps(manifest)})
 
 
@@ -115,8 +159,8 @@ def write_engine(engine: Engine, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(data: bytes) -> dict[str, Any]:
-    """Parse the manifest from an engine file's bytes without loading the tensors."""
+def _split(data: bytes) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """(header length, safetensors header, manifest) of an engine file's bytes."""
     if len(data) < 8:
         raise EngineFormatError(f"not an engine file: only {len(data)} bytes")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -142,33 +186,102 @@ def read_manifest(data: bytes) -> dict[str, Any]:
             f"engine format version {manifest.get('format_version')} is not supported "
             f"(this compiler reads version {FORMAT_VERSION}); rebuild the engine"
         )
-    return manifest
+    return header_len, header, manifest
+
+
+def read_manifest(data: bytes) -> dict[str, Any]:
+    """Parse the manifest from an engine file's bytes without loading the tensors."""
+    return _split(data)[2]
+
+
+def _tensor_views(data: bytes, header_len: int, header: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The file's tensors as read-only numpy views of ``data`` (no copies), checked the way
+    safetensors checks them: known dtypes, sizes that match the shapes, and byte ranges that tile
+    the data section exactly."""
+    start = 8 + header_len
+    available = len(data) - start
+
+    def bad(what: str) -> EngineFormatError:
+        return EngineFormatError(f"engine file is corrupted or truncated: {what}")
+
+    tensors: dict[str, np.ndarray] = {}
+    spans: list[tuple[int, int, str]] = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+            raise bad(f"tensor {key!r} has no valid header entry")
+        code, shape, offsets = info.get("dtype"), info["shape"], info.get("data_offsets")
+        if code not in SAFETENSORS_DTYPES:
+            raise bad(f"tensor {key!r} has unknown dtype {code!r}")
+        if not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {key!r} has shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise bad(f"tensor {key!r} has data offsets {offsets!r}")
+        begin, end = offsets
+        dtype = np.dtype(SAFETENSORS_DTYPES[code])
+        count = math.prod(shape)
+        if not 0 <= begin <= end or end - begin != count * dtype.itemsize:
+            raise bad(f"tensor {key!r} of shape {shape} and dtype {code} has data offsets {offsets}")
+        if end > available:
+            raise EngineFormatError(
+                f"engine file is truncated: tensor {key!r} ends at byte {end} of {available} data bytes"
+            )
+        spans.append((begin, end, key))
+        if count == 0:
+            array = np.empty(shape, dtype=dtype)
+        else:
+            array = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(shape)
+            if not array.flags.aligned:  # kernels (numba) want aligned arrays: copy this one
+                array = array.copy()
+        array.flags.writeable = False  # like safetensors' arrays: the engine's weights are shared
+        tensors[key] = array
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            raise bad(f"tensor {key!r} starts at byte {begin}, expected {position}")
+        position = end
+    if position != available:
+        raise bad(f"the tensors cover {position} of {available} data bytes")
+    return tensors
 
 
 def engine_from_bytes(data: bytes, *, allow_device_mismatch: bool = False) -> Engine:
-    """Deserialize an engine; checks format, integrity and the device fingerprint.
+    """Deserialize an engine; checks format, integrity, the device fingerprint and the manifest's
+    consistency (schedule, memory plan, shapes).
 
     A manifest whose values have the wrong types or refer to things that do not exist (the tensor
     sha256 does not cover it) is an :class:`EngineFormatError`, never an internal exception.
     """
-    manifest = read_manifest(data)
+    if not isinstance(data, bytes):
+        data = bytes(data)  # the tensors are views of it: it must not change under them
+    header_len, header, manifest = _split(data)
     try:
-        return _engine_from_manifest(data, manifest, allow_device_mismatch)
+        return _engine_from_manifest(data, header_len, header, manifest, allow_device_mismatch)
     except (EngineFormatError, DeviceMismatchError):
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise EngineFormatError(f"engine manifest is malformed: {type(exc).__name__}: {exc}") from exc
 
 
-def _engine_from_manifest(data: bytes, manifest: dict[str, Any], allow_device_mismatch: bool) -> Engine:
+def _engine_from_manifest(
+    data: bytes,
+    header_len: int,
+    header: dict[str, Any],
+    manifest: dict[str, Any],
+    allow_device_mismatch: bool,
+) -> Engine:
+    tensors = _tensor_views(data, header_len, header)
+    digest = _Digest(tensors)  # overlaps the fingerprint below for big files
     try:
-        tensors = safetensors.numpy.load(data)
-    except Exception as exc:  # safetensors raises its own error types for bad bytes
-        raise EngineFormatError(f"engine file is corrupted or truncated: {exc}") from exc
-    if _tensor_digest(tensors) != manifest.get("tensors_sha256"):
+        backend = manifest["fingerprint"].get("backend", "cpu")
+        here: dict[str, Any] | Exception = device_fingerprint(backend)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        here = exc  # raised after the integrity check, which comes first
+    if digest.value() != manifest.get("tensors_sha256"):
         raise EngineFormatError("engine file is corrupted: its tensors do not match the recorded sha256")
-    backend = manifest["fingerprint"].get("backend", "cpu")
-    here = device_fingerprint(backend)
+    if isinstance(here, Exception):
+        raise here
     mismatches = fingerprint_mismatches(manifest["fingerprint"], here)
     if mismatches and not allow_device_mismatch:
         raise DeviceMismatchError(
@@ -185,17 +298,15 @@ def _engine_from_manifest(data: bytes, manifest: dict[str, Any], allow_device_mi
                 params=entry["params"],
                 replaces=frozenset(entry["replaces"]),
             )
-            kernels.append(
-                Kernel(
-                    nodes[entry["node"]], get_tactic(entry["tactic"]), prepared, entry.get("timings_ms", {})
-                )
-            )
+            module = entry.get("module")  # absent in files written before it was recorded
+            tactic = get_tactic(entry["tactic"], module if isinstance(module, str) else None)
+            kernels.append(Kernel(nodes[entry["node"]], tactic, prepared, entry.get("timings_ms", {})))
         plan = MemoryPlan.from_json(manifest["memory_plan"])
         inputs = [Binding.from_json(b) for b in manifest["inputs"]]
         outputs = [Binding.from_json(b) for b in manifest["outputs"]]
     except KeyError as exc:
         raise EngineFormatError(f"engine manifest is incomplete or names an unknown tactic: {exc}") from exc
-    return Engine(
+    engine = Engine(
         graph=graph,
         kernels=kernels,
         plan=plan,
@@ -208,10 +319,12 @@ def _engine_from_manifest(data: bytes, manifest: dict[str, Any], allow_device_mi
         threads=(manifest.get("threads") or {}).get("blas"),
         numba_threads=(manifest.get("threads") or {}).get("numba"),
     )
+    engine.seed_shapes(check_engine(engine, manifest.get("shapes")))
+    return engine
 
 
 def read_engine(path: str | os.PathLike[str], *, allow_device_mismatch: bool = False) -> Engine:
-    """Load an engine file from ``path``."""
+    """Load an engine file from ``path`` (read once; the tensors are views of those bytes)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -446,9 +446,13 @@ class Engine:
             return None
         return arrays
 
+    def seed_shapes(self, table: Mapping[tuple[tuple[str, Shape], ...], dict[str, Shape]]) -> None:
+        """Pre-fill the shape cache (the loader passes the shapes recorded at build time)."""
+        self._shape_cache.update(table)
+
     def infer_shapes(self, input_shapes: dict[str, Shape]) -> dict[str, Shape]:
         """Concrete shapes of every value for these input shapes (cached per signature)."""
-        key = tuple(sorted(input_shapes.items()))
+        key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
         cached = self._shape_cache.get(key)
         if cached is not None:
             return cached
@@ -458,7 +462,7 @@ class Engine:
         ):
             shapes = {k: s for k, s in static.items() if s is not None}
         else:
-            from farm.compiler.frontend import infer_shapes
+            from farm.compiler.frontend.shape_inference import infer_shapes
 
             graph = self.graph.copy()
             infer_shapes(graph, {k: tuple(v) for k, v in input_shapes.items()})  # in place

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
-# Our canonical names. bfloat16 and the float8 types have no numpy dtype of their own;
-# ml_dtypes (a dependency of onnx) provides them.
+# Our canonical names, keyed by ONNX TensorProto.DataType (the enum values are fixed by onnx.proto;
+# written as numbers so that the runtime's import of the IR does not import onnx).
+# bfloat16 and the float8 types have no numpy dtype of their own; ml_dtypes (a dependency of onnx)
+# provides them.
 ONNX_TO_NAME: dict[int, str] = {
-    TensorProto.FLOAT: "float32",
-    TensorProto.DOUBLE: "float64",
-    TensorProto.FLOAT16: "float16",
-    TensorProto.BFLOAT16: "bfloat16",
-    TensorProto.INT8: "int8",
-    TensorProto.UINT8: "uint8",
-    TensorProto.INT16: "int16",
-    TensorProto.UINT16: "uint16",
-    TensorProto.INT32: "int32",
-    TensorProto.UINT32: "uint32",
-    TensorProto.INT64: "int64",
-    TensorProto.UINT64: "uint64",
-    TensorProto.BOOL: "bool",
-    TensorProto.STRING: "string",
+    1: "float32",  # TensorProto.FLOAT
+    11: "float64",  # TensorProto.DOUBLE
+    10: "float16",  # TensorProto.FLOAT16
+    16: "bfloat16",  # TensorProto.BFLOAT16
+    3: "int8",  # TensorProto.INT8
+    2: "uint8",  # TensorProto.UINT8
+    5: "int16",  # TensorProto.INT16
+    4: "uint16",  # TensorProto.UINT16
+    6: "int32",  # TensorProto.INT32
+    12: "uint32",  # TensorProto.UINT32
+    7: "int64",  # TensorProto.INT64
+    13: "uint64",  # TensorProto.UINT64
+    9: "bool",  # TensorProto.BOOL
+    8: "string",  # TensorProto.STRING
 }
 NAME_TO_ONNX: dict[str, int] = {v: k for k, v in ONNX_TO_NAME.items()}
 
@@ -58,6 +59,8 @@ def from_onnx(elem_type: int) -> str:
     try:
         return ONNX_TO_NAME[elem_type]
     except KeyError:
+        from onnx import TensorProto
+
         raise ValueError(f"unsupported ONNX element type {TensorProto.DataType.Name(elem_type)}") from None
 
 

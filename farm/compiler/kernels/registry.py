@@ -18,12 +18,20 @@ Life of a tactic for one node:
    per node input, ``""`` inputs as None; ``outputs`` holds preallocated arrays of the exact output
    shapes and dtypes, which ``run`` fills. ``prepared.scratch`` is a per-node dict for workspaces
    that survives between runs and is never serialized.
+
+Loading: a backend package (``farm.compiler.kernels.cpu``) registers nothing when imported; its
+``load_tactics()`` imports every tactic module it holds. :func:`candidates`, :func:`all_tactics`
+and :func:`load_backend` load a whole backend (the builder needs every tactic); the runtime asks
+:func:`get_tactic` for the tactics of one schedule with the module each was defined in
+(:func:`tactic_module`, recorded in the engine file), so loading an engine imports only those
+modules (numba builds a dispatcher per ``@njit`` function at import).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -113,16 +121,24 @@ def register_tactic(cls: type[Tactic]) -> type[Tactic]:
     return cls
 
 
-def load_backend(backend: str) -> None:
-    """Import a backend's tactic modules (CuPy is imported only when ``cuda`` is asked for)."""
+_LOADED_BACKENDS: set[str] = set()
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _backend_package(backend: str) -> str:
     try:
-        module = BACKEND_MODULES[backend]
+        return BACKEND_MODULES[backend]
     except KeyError:
         raise ValueError(
             f"unknown backend {backend!r}; known: {', '.join(sorted(BACKEND_MODULES))}"
         ) from None
+
+
+def _import_backend(backend: str) -> Any:
+    """The backend's package (imported; cheap: it registers nothing by itself)."""
+    module = _backend_package(backend)
     try:
-        importlib.import_module(module)
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name is None or not module.startswith(exc.name):
             raise  # a dependency of the backend is missing: keep that message
@@ -132,10 +148,56 @@ def load_backend(backend: str) -> None:
         ) from None
 
 
-def get_tactic(name: str) -> Tactic:
-    """The tactic registered under ``name`` (loading its backend on first use)."""
+def load_backend(backend: str) -> None:
+    """Import all of a backend's tactic modules (CuPy is imported only when ``cuda`` is asked for)."""
+    if backend in _LOADED_BACKENDS:
+        return
+    package = _import_backend(backend)
+    load_tactics = getattr(package, "load_tactics", None)
+    if load_tactics is not None:
+        load_tactics()
+    # Marked only when complete: a tactic module that asks for the whole backend while it is being
+    # imported (reduced_float's twins) loads the rest instead of seeing a partial registry.
+    _LOADED_BACKENDS.add(backend)
+
+
+def tactic_module(name: str) -> str:
+    """The module that defines the tactic ``name`` (what an engine file records to load it)."""
+    return type(get_tactic(name)).__module__
+
+
+def _module_hints(name: str, module: str | None) -> list[str]:
+    """Modules that probably define tactic ``name``: the recorded ``module`` if it lies inside the
+    tactic's backend package (a manifest never makes us import anything else), then the naming
+    convention ``<backend>.<module>.<tactic>``."""
+    backend, _, rest = name.partition(".")
+    package = BACKEND_MODULES.get(backend)
+    if package is None:
+        return []
+    hints = []
+    if module and module.startswith(package + ".") and _MODULE_NAME.fullmatch(module):
+        hints.append(module)
+    part = rest.split(".", 1)[0]
+    if part.isidentifier():
+        hints.append(f"{package}.{part}")
+    return hints
+
+
+def get_tactic(name: str, module: str | None = None) -> Tactic:
+    """The tactic registered under ``name``. Imports ``module`` (where an engine file says the
+    tactic is defined) or the module its name suggests first, and the whole backend if that does
+    not register it."""
     if name not in _TACTICS:
-        load_backend(name.split(".", 1)[0])
+        backend = name.split(".", 1)[0]
+        if backend in BACKEND_MODULES and backend not in _LOADED_BACKENDS:
+            _import_backend(backend)
+            for hint in _module_hints(name, module):
+                if _importable(hint):
+                    importlib.import_module(hint)
+                if name in _TACTICS:
+                    break
+        if name not in _TACTICS:
+            load_backend(backend)
     try:
         return _TACTICS[name]
     except KeyError:
@@ -153,7 +215,8 @@ def candidates(
         for t in _BY_OP.get(node.op_type, [])
         if t.backend == backend and any(p in t.precisions for p in precisions) and t.supports(node, graph)
     ]
-    return sorted(found, key=lambda t: -t.priority)
+    # Ties broken by name, so the order never depends on which modules happened to load first.
+    return sorted(found, key=lambda t: (-t.priority, t.name))
 
 
 def all_tactics(backend: str | None = None) -> list[Tactic]:

@@ -1,0 +1,223 @@
+"""Engine loading: manifest consistency checks (tampered files), recorded shapes, zero-copy tensors,
+backward compatibility with files that predate them, and what loading imports."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from farm.compiler import reference
+from farm.compiler.builder import BuilderConfig, build
+from farm.compiler.engine import Engine, EngineFormatError
+from farm.compiler.engine import format as engine_format
+from farm.compiler.ir import Graph
+from farm.compiler.kernels import registry
+
+Manifest = dict[str, Any]
+
+
+def _mlp_graph() -> Graph:
+    """x[batch, 16] -> MatMul -> Relu -> MatMul -> Tanh: symbolic batch, arena buffers."""
+    from farm.compiler.frontend import infer_shapes
+
+    rng = np.random.default_rng(7)
+    g = Graph("sym_mlp")
+    g.add_input("x", "float32", ("batch", 16))
+    g.add_const("w1", rng.standard_normal((16, 32)).astype(np.float32))
+    g.add_const("w2", rng.standard_normal((32, 8)).astype(np.float32))
+    g.add_node("MatMul", ["x", "w1"], ["h"])
+    g.add_node("Relu", ["h"], ["r"])
+    g.add_node("MatMul", ["r", "w2"], ["m"])
+    g.add_node("Tanh", ["m"], ["y"])
+    g.outputs = ["y"]
+    infer_shapes(g, {"x": ("batch", 16)})
+    return g
+
+
+@pytest.fixture(scope="module")
+def engine_bytes() -> bytes:
+    config = BuilderConfig(tuning_level=0, optimize=False, batch_range=(1, 3, 4))
+    return build(_mlp_graph(), config=config).to_bytes()
+
+
+def _rewrite(data: bytes, change: Callable[[Manifest], None]) -> bytes:
+    """``data`` with its manifest edited in place by ``change`` (tensors untouched)."""
+    header_len, header, manifest = engine_format._split(data)
+    change(manifest)
+    header["__metadata__"] = {engine_format.MANIFEST_KEY: json.dumps(manifest)}
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data[8 + header_len :]
+
+
+def _arena_value(m: Manifest) -> str:
+    return next(k for k, v in m["memory_plan"]["values"].items() if v["kind"] == "arena")
+
+
+def _shrink_buffer(m: Manifest) -> None:
+    buf = m["memory_plan"]["values"][_arena_value(m)]["buffer"]
+    m["memory_plan"]["buffers"][buf]["size"] = 4
+
+
+def _drop_step(m: Manifest) -> None:
+    m["schedule"].pop(1)
+
+
+def _reverse_schedule(m: Manifest) -> None:
+    m["schedule"].reverse()
+
+
+def _alias_cycle(m: Manifest) -> None:
+    name = _arena_value(m)
+    m["memory_plan"]["values"][name] = {"kind": "alias", "of": name}
+
+
+def _recorded_shape(m: Manifest) -> None:
+    entry = m["shapes"][0]
+    name = next(iter(entry["values"]))
+    entry["values"][name] = [*entry["values"][name], 1]
+
+
+TAMPERED: dict[str, tuple[Callable[[Manifest], None], str]] = {
+    "buffer_beyond_arena": (
+        lambda m: m["memory_plan"]["buffers"][0].update(offset=1 << 20),
+        "beyond the arena",
+    ),
+    "misaligned_buffer": (lambda m: m["memory_plan"]["buffers"][0].update(offset=8), "alignment"),
+    "huge_arena": (lambda m: m["memory_plan"].update(arena_size=1 << 50), "arena of"),
+    "zero_alignment": (lambda m: m["memory_plan"].update(alignment=0), "power of two"),
+    "value_bigger_than_buffer": (_shrink_buffer, "does not fit its buffer"),
+    "missing_buffer": (
+        lambda m: m["memory_plan"]["values"][_arena_value(m)].update(buffer=99),
+        "buffer 99",
+    ),
+    "unknown_placement": (lambda m: m["memory_plan"]["values"][_arena_value(m)].update(kind="heap"), "kind"),
+    "alias_cycle": (_alias_cycle, "view of itself"),
+    "unplaced_value": (lambda m: m["memory_plan"]["values"].pop(_arena_value(m)), "no placement"),
+    "step_missing": (_drop_step, "every node"),
+    "schedule_out_of_order": (_reverse_schedule, "no earlier step writes"),
+    "recorded_shape_rank": (_recorded_shape, "contradicts its graph shape"),
+    "recorded_input_out_of_range": (
+        lambda m: m["shapes"][0]["inputs"].update(x=[9, 16]),
+        "outside",
+    ),
+    "bad_input_range": (lambda m: m["inputs"][0].update(min_shape=[5, 16]), "min/opt/max"),
+}
+
+
+@pytest.mark.parametrize("name", TAMPERED)
+def test_tampered_manifest_is_refused_at_load(engine_bytes: bytes, name: str) -> None:
+    change, message = TAMPERED[name]
+    with pytest.raises(EngineFormatError, match=f"manifest.*{message}"):
+        Engine.from_bytes(_rewrite(engine_bytes, change))
+
+
+def _run_all(engine: Engine, batches: tuple[int, ...] = (3, 1, 4)) -> None:
+    graph = _mlp_graph()
+    for batch in batches:
+        x = np.random.default_rng(batch).standard_normal((batch, 16)).astype(np.float32)
+        got, want = engine.run({"x": x})["y"], reference.run(graph, {"x": x})["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_recorded_shapes_match_inference_and_cover_opt_and_max(engine_bytes: bytes) -> None:
+    manifest = engine_format.read_manifest(engine_bytes)
+    assert [e["inputs"]["x"] for e in manifest["shapes"]] == [[3, 16], [4, 16]]
+    engine = Engine.from_bytes(engine_bytes)
+    seeded = dict(engine._shape_cache)
+    assert sorted(seeded) == [(("x", (3, 16)),), (("x", (4, 16)),)]
+    engine._shape_cache.clear()
+    for key, shapes in seeded.items():
+        assert engine.infer_shapes(dict(key)) == shapes
+    _run_all(engine)
+
+
+def test_files_without_module_or_shapes_still_load(engine_bytes: bytes) -> None:
+    """Files written before the manifest recorded tactic modules and shapes (same format version)."""
+
+    def strip(m: Manifest) -> None:
+        m.pop("shapes")
+        for entry in m["schedule"]:
+            entry.pop("module")
+
+    engine = Engine.from_bytes(_rewrite(engine_bytes, strip))
+    assert engine._shape_cache == {}
+    _run_all(engine)
+
+
+def test_tensors_are_read_only_views_of_the_file_bytes(engine_bytes: bytes) -> None:
+    engine = Engine.from_bytes(engine_bytes)
+    prepared = [a for k in engine.kernels for a in k.prepared.tensors.values()]
+    arrays = prepared + list(engine.constants.values())
+    assert arrays
+    for array in arrays:
+        assert not array.flags.writeable and array.flags.aligned and array.flags.c_contiguous
+        base = array
+        while isinstance(base, np.ndarray) and base.base is not None:
+            base = base.base
+        assert base is not None and not isinstance(base, np.ndarray)  # a view of the bytes, not a copy
+    _run_all(engine, (3,))
+
+
+def test_tensor_table_that_does_not_tile_the_data_is_refused(engine_bytes: bytes) -> None:
+    header_len, header, _ = engine_format._split(engine_bytes)
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["data_offsets"] = [header[key]["data_offsets"][0], header[key]["data_offsets"][1] + 4]
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    data = struct.pack("<Q", len(encoded)) + encoded + engine_bytes[8 + header_len :]
+    with pytest.raises(EngineFormatError, match="corrupted or truncated"):
+        Engine.from_bytes(data)
+
+
+def test_a_manifest_cannot_make_the_loader_import_other_modules() -> None:
+    assert registry._module_hints("cpu.numpy.Relu", "json.tool") == ["farm.compiler.kernels.cpu.numpy"]
+    assert registry._module_hints("cpu.numpy.Relu", "farm.compiler.kernels.cpu.generic") == [
+        "farm.compiler.kernels.cpu.generic",
+        "farm.compiler.kernels.cpu.numpy",
+    ]
+    assert registry._module_hints("cpu.x", "farm.compiler.kernels.cpu.a b") == ["farm.compiler.kernels.cpu.x"]
+    assert registry.get_tactic("cpu.numpy.Relu", "json.tool").name == "cpu.numpy.Relu"
+    assert registry.tactic_module("cpu.numpy.Relu") == "farm.compiler.kernels.cpu.generic"
+
+
+_CHILD = """
+import json, sys
+from farm.compiler.engine import Engine
+from farm.compiler.kernels import registry
+engine = Engine.load(sys.argv[1])
+loaded = sorted(m for m in sys.modules if m.startswith("farm.compiler.kernels.cpu."))
+heavy = sorted(m for m in ("onnx", "onnxruntime", "farm.compiler.frontend.loader", "farm.compiler.passes",
+                           "farm.compiler.tuner", "farm.compiler.builder", "pydantic", "rich", "sqlalchemy")
+               if m in sys.modules)
+full = len(registry._TACTICS)
+registry.load_backend("cpu")
+print(json.dumps({"loaded": loaded, "heavy": heavy, "partial": full, "all": len(registry._TACTICS),
+                  "modules": sorted({type(k.tactic).__module__ for k in engine.kernels})}))
+"""
+
+
+def test_loading_imports_only_the_scheduled_tactic_modules(tmp_path: Path, engine_bytes: bytes) -> None:
+    path = tmp_path / "model.engine"
+    path.write_bytes(engine_bytes)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    public = [m for m in result["loaded"] if not m.rsplit(".", 1)[1].startswith("_")]
+    assert set(result["modules"]) <= set(public)
+    import farm.compiler.kernels.cpu as cpu
+
+    every = [i.name for i in pkgutil.iter_modules(cpu.__path__) if not i.name.startswith("_")]
+    assert len(public) < len(every)  # not the whole backend
+    assert result["partial"] < result["all"]  # load_backend still registers everything afterwards
