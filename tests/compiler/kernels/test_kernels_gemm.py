@@ -8,7 +8,13 @@ from kernels_harness import OneNode, assert_close, epilogue_oracle
 
 from farm.compiler.kernels import get_tactic
 
-CONST_WEIGHT_TACTICS = ["cpu.gemm.blas", "cpu.gemm.blas_1t", "cpu.gemm.blas_nt", "cpu.gemm.small_rows"]
+CONST_WEIGHT_TACTICS = [
+    "cpu.gemm.blas",
+    "cpu.gemm.blas_1t",
+    "cpu.gemm.blas_nt",
+    "cpu.gemm.small_rows",
+    "cpu.gemm.small_rows_1t",
+]
 
 
 def _fused_gemm(
@@ -126,4 +132,5 @@ def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> N
     """small_rows takes eight weight rows per pass, then the K % 8 rest one by one; N spans a
     full and a partial 256-column block."""
     one, expected = _fused_gemm(rng, (rows, k), 300, activation="Relu", residual="post")
-    assert_close(one.run_tactic("cpu.gemm.small_rows"), expected)
+    for tactic in ("cpu.gemm.small_rows", "cpu.gemm.small_rows_1t"):
+        assert_close(one.run_tactic(tactic), expected)

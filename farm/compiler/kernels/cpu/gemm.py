@@ -11,6 +11,7 @@
 * ``cpu.gemm.small_rows``: a numba kernel for few rows (batch-1 MLPs and classifier heads, M <= 32)
   with the epilogue fused in: each thread owns a block of output columns whose slice of the
   weight stays in cache while it serves every row; no BLAS call overhead.
+* ``cpu.gemm.small_rows_1t``: ``small_rows`` on the calling thread only (batch-8 MLP layers).
 
 Pools: the BLAS tactics use BLAS's pool for the product and numba's for the epilogue, one after
 the other; ``small_rows`` uses numba's only.
@@ -289,3 +290,23 @@ class SmallRowsGemm(Tactic):
             residual = residual_rows(None, out.shape, out2.shape[0])
         with threads_for(w.size):
             small_rows_gemm(a2, w, out2, bias, has_bias, residual, mode, act, alpha, beta)
+
+
+@register_tactic
+class SingleThreadSmallRowsGemm(SmallRowsGemm):
+    """``cpu.gemm.small_rows`` on the calling thread only: an MLP layer at batch 8 is ~2 M
+    multiply-adds (~90 us on one core), where waking numba's second thread can cost more than
+    it saves on a busy host."""
+
+    name = "cpu.gemm.small_rows_1t"
+    priority = 19
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        with threads_for(0):
+            super().run(node, inputs, outputs, prepared)
