@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import struct
 import threading
@@ -26,6 +27,7 @@ import numpy as np
 
 from farm.compiler import __version__ as COMPILER_VERSION
 from farm.compiler.engine.fingerprint import device_fingerprint, fingerprint_mismatches
+from farm.compiler.engine.numba_support import preload_numba_support
 from farm.compiler.engine.runtime import Binding, Engine, Kernel
 from farm.compiler.engine.serialize import EngineFormatError, contiguous, graph_from_json, graph_to_json
 from farm.compiler.engine.validate import check_engine, shapes_to_json
@@ -45,6 +47,10 @@ SAFETENSORS_DTYPES: dict[str, str] = {
 # Tensor bytes from which the sha256 runs in a thread (hashlib releases the GIL) while the loader
 # does its Python work (device fingerprint: importing numba, reading the BLAS libraries).
 _THREADED_DIGEST_BYTES = 1 << 20
+_MMAP_BYTES = 1 << 20  # files from this size up are memory-mapped by read_engine
+
+# What the loader reads: an engine file's bytes, or a read-only mapping of the file.
+Buffer = bytes | mmap.mmap
 
 
 class DeviceMismatchError(RuntimeError):
@@ -159,7 +165,7 @@ def write_engine(engine: Engine, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
-def _split(data: bytes) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def _split(data: Buffer) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """(header length, safetensors header, manifest) of an engine file's bytes."""
     if len(data) < 8:
         raise EngineFormatError(f"not an engine file: only {len(data)} bytes")
@@ -189,12 +195,12 @@ def _split(data: bytes) -> tuple[int, dict[str, Any], dict[str, Any]]:
     return header_len, header, manifest
 
 
-def read_manifest(data: bytes) -> dict[str, Any]:
+def read_manifest(data: Buffer) -> dict[str, Any]:
     """Parse the manifest from an engine file's bytes without loading the tensors."""
     return _split(data)[2]
 
 
-def _tensor_views(data: bytes, header_len: int, header: dict[str, Any]) -> dict[str, np.ndarray]:
+def _tensor_views(data: Buffer, header_len: int, header: dict[str, Any]) -> dict[str, np.ndarray]:
     """The file's tensors as read-only numpy views of ``data`` (no copies), checked the way
     safetensors checks them: known dtypes, sizes that match the shapes, and byte ranges that tile
     the data section exactly."""
@@ -246,14 +252,14 @@ def _tensor_views(data: bytes, header_len: int, header: dict[str, Any]) -> dict[
     return tensors
 
 
-def engine_from_bytes(data: bytes, *, allow_device_mismatch: bool = False) -> Engine:
+def engine_from_bytes(data: Buffer, *, allow_device_mismatch: bool = False) -> Engine:
     """Deserialize an engine; checks format, integrity, the device fingerprint and the manifest's
     consistency (schedule, memory plan, shapes).
 
     A manifest whose values have the wrong types or refer to things that do not exist (the tensor
     sha256 does not cover it) is an :class:`EngineFormatError`, never an internal exception.
     """
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | mmap.mmap):
         data = bytes(data)  # the tensors are views of it: it must not change under them
     header_len, header, manifest = _split(data)
     try:
@@ -265,29 +271,44 @@ def engine_from_bytes(data: bytes, *, allow_device_mismatch: bool = False) -> En
 
 
 def _engine_from_manifest(
-    data: bytes,
+    data: Buffer,
     header_len: int,
     header: dict[str, Any],
     manifest: dict[str, Any],
     allow_device_mismatch: bool,
 ) -> Engine:
     tensors = _tensor_views(data, header_len, header)
-    digest = _Digest(tensors)  # overlaps the fingerprint below for big files
+    # The sha256 runs in a thread (hashlib releases the GIL; with a mapped file the page faults
+    # happen there too) while this thread checks the device and assembles the engine. A corrupted
+    # file is still reported as such whatever else is wrong with it: the digest is checked first
+    # on every way out.
+    digest = _Digest(tensors)
     try:
-        backend = manifest["fingerprint"].get("backend", "cpu")
-        here: dict[str, Any] | Exception = device_fingerprint(backend)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        here = exc  # raised after the integrity check, which comes first
+        engine = _assemble(manifest, tensors, allow_device_mismatch)
+    except BaseException:
+        if digest.value() != manifest.get("tensors_sha256"):
+            raise _corrupted() from None
+        raise
     if digest.value() != manifest.get("tensors_sha256"):
-        raise EngineFormatError("engine file is corrupted: its tensors do not match the recorded sha256")
-    if isinstance(here, Exception):
-        raise here
-    mismatches = fingerprint_mismatches(manifest["fingerprint"], here)
+        raise _corrupted()
+    return engine
+
+
+def _corrupted() -> EngineFormatError:
+    return EngineFormatError("engine file is corrupted: its tensors do not match the recorded sha256")
+
+
+def _assemble(
+    manifest: dict[str, Any], tensors: dict[str, np.ndarray], allow_device_mismatch: bool
+) -> Engine:
+    backend = manifest["fingerprint"].get("backend", "cpu")
+    mismatches = fingerprint_mismatches(manifest["fingerprint"], device_fingerprint(backend))
     if mismatches and not allow_device_mismatch:
         raise DeviceMismatchError(
             "engine was built for a different device; rebuild it here or pass allow_device_mismatch=True "
             "(--allow-device-mismatch) to run it anyway: " + "; ".join(mismatches)
         )
+    preload_numba_support()
     graph = graph_from_json(manifest["graph"], tensors)
     nodes = {n.name: n for n in graph.nodes}
     kernels = []
@@ -324,9 +345,16 @@ def _engine_from_manifest(
 
 
 def read_engine(path: str | os.PathLike[str], *, allow_device_mismatch: bool = False) -> Engine:
-    """Load an engine file from ``path`` (read once; the tensors are views of those bytes)."""
+    """Load an engine file from ``path``. Files from 1 MiB up are memory-mapped read-only (the
+    tensors are views of the mapping: no copy, and the page cache is shared by every process
+    that loads the same engine); smaller ones are read. Engine files are replaced atomically
+    (:func:`write_engine`), never rewritten in place, which is what a mapping needs."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data: Buffer = (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size >= _MMAP_BYTES else f.read()
+            )
     except OSError as exc:
         raise EngineFormatError(f"cannot read engine file {path}: {exc.strerror}") from exc
     return engine_from_bytes(data, allow_device_mismatch=allow_device_mismatch)

@@ -126,7 +126,7 @@ def _run_all(engine: Engine, batches: tuple[int, ...] = (3, 1, 4)) -> None:
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, 16)).astype(np.float32)
         got, want = engine.run({"x": x})["y"], reference.run(graph, {"x": x})["y"]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)  # FP32: relative L2
 
 
 def test_recorded_shapes_match_inference_and_cover_opt_and_max(engine_bytes: bytes) -> None:
@@ -221,3 +221,54 @@ def test_loading_imports_only_the_scheduled_tactic_modules(tmp_path: Path, engin
     every = [i.name for i in pkgutil.iter_modules(cpu.__path__) if not i.name.startswith("_")]
     assert len(public) < len(every)  # not the whole backend
     assert result["partial"] < result["all"]  # load_backend still registers everything afterwards
+
+
+def test_big_files_are_mapped_and_a_truncated_one_is_a_clear_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    g = Graph("wide")
+    g.add_input("x", "float32", (2, 600))
+    g.add_const("w", rng.standard_normal((600, 512)).astype(np.float32))  # 1.2 MB: above the mmap size
+    g.add_node("MatMul", ["x", "w"], ["m"])
+    g.add_node("Relu", ["m"], ["y"])
+    g.values["m"].dtype = g.values["y"].dtype = "float32"
+    g.values["m"].shape = g.values["y"].shape = (2, 512)
+    g.outputs = ["y"]
+    path = tmp_path / "wide.engine"
+    build(g, config=BuilderConfig(tuning_level=0, optimize=False)).save(path)
+    assert path.stat().st_size >= engine_format._MMAP_BYTES
+    engine = Engine.load(path)
+    x = rng.standard_normal((2, 600)).astype(np.float32)
+    got, want = engine.run({"x": x})["y"], reference.run(g, {"x": x})["y"]
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)  # FP32: relative L2
+    data = path.read_bytes()
+    short = tmp_path / "short.engine"
+    short.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(EngineFormatError, match="truncated"):
+        Engine.load(short)
+
+
+_BLAS_CHILD = """
+import sys
+import numba, numpy as np
+from farm.compiler.engine.numba_support import preload_numba_support
+assert preload_numba_support() and not preload_numba_support()
+
+@numba.njit(cache=False)
+def dot(a, b):
+    return np.dot(a, b)
+
+a = np.random.default_rng(0).standard_normal((7, 9)).astype(np.float32)
+b = np.random.default_rng(1).standard_normal((9, 4)).astype(np.float32)
+np.testing.assert_allclose(dot(a, b), a @ b, rtol=1e-5)
+assert "scipy.linalg" not in sys.modules
+import scipy.linalg
+import scipy.linalg.cython_blas as blas
+assert blas is sys.modules["scipy.linalg.cython_blas"]
+np.testing.assert_allclose(scipy.linalg.solve(np.eye(3), np.ones(3)), np.ones(3))
+print("ok")
+"""
+
+
+def test_cython_blas_preload_keeps_numba_blas_and_scipy_working() -> None:
+    done = subprocess.run([sys.executable, "-c", _BLAS_CHILD], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
