@@ -146,11 +146,23 @@ def _optimize(graph: Graph, disabled: Sequence[str]) -> tuple[Graph, dict[str, A
 
 
 def resolve_bindings(graph: Graph, config: BuilderConfig) -> list[Binding]:
-    """Min/opt/max shapes of every graph input from the model, ``input_shapes`` and ``batch_range``."""
+    """Min/opt/max shapes of every graph input from the model, ``input_shapes`` and ``batch_range``.
+
+    Symbolic dims are bound by name across all inputs: a symbol at axis 0 of some input is a batch
+    symbol and follows ``batch_range`` (default 1:1:8) wherever it appears, e.g. at axis 1 of an
+    RNN's initial state ``h0[layers, batch, hidden]``; a size given for a symbol by ``input_shapes``
+    in one input binds it in the others. With both, ``batch_range`` wins for batch symbols.
+    """
     unknown = sorted(set(config.input_shapes) - set(graph.inputs))
     if unknown:
         raise BuildError(f"--shapes names unknown input(s) {unknown}; the model's inputs are {graph.inputs}")
-    bindings = []
+    if (
+        config.batch_range is not None
+        and not config.batch_range[0] <= config.batch_range[1] <= config.batch_range[2]
+    ):
+        raise BuildError(f"batch range {config.batch_range} must satisfy min <= opt <= max")
+    declared_shapes: dict[str, list[int | str] | None] = {}
+    bases: dict[str, list[int | str]] = {}
     for name in graph.inputs:
         value = graph.values[name]
         declared = list(value.shape) if value.shape is not None else None
@@ -160,20 +172,37 @@ def resolve_bindings(graph: Graph, config: BuilderConfig) -> list[Binding]:
         base: list[int | str] = list(given) if given is not None else list(declared or [])
         if declared is not None and len(base) != len(declared):
             raise BuildError(f"--shapes gives {name!r} rank {len(base)}, the model declares {declared}")
+        declared_shapes[name], bases[name] = declared, base
+    batch_symbols = {
+        str(d[0]) for d in declared_shapes.values() if d and not isinstance(d[0], int) and d[0] is not None
+    }
+    bound: dict[str, tuple[int, int, int]] = {}
+    if config.batch_range is not None:
+        bound.update(dict.fromkeys(batch_symbols, config.batch_range))
+    for name, base in bases.items():  # sizes given with --shapes bind their symbol everywhere
+        for dim, decl in zip(base, declared_shapes[name] or [], strict=False):
+            if isinstance(dim, int) and dim >= 0 and isinstance(decl, str) and decl not in bound:
+                bound[decl] = (dim, dim, dim)
+    for batch_symbol in batch_symbols:
+        bound.setdefault(batch_symbol, DEFAULT_BATCH_RANGE)
+
+    bindings = []
+    for name in graph.inputs:
+        declared, base = declared_shapes[name], bases[name]
         lo: list[int] = []
         opt: list[int] = []
         hi: list[int] = []
         for axis, dim in enumerate(base):
-            symbolic_batch = axis == 0 and declared is not None and not isinstance(declared[0], int)
-            if symbolic_batch and (config.batch_range is not None or not isinstance(dim, int)):
-                b_min, b_opt, b_max = config.batch_range or DEFAULT_BATCH_RANGE
-                lo.append(b_min)
-                opt.append(b_opt)
-                hi.append(b_max)
+            declared_dim = declared[axis] if declared is not None else dim
+            symbol = declared_dim if isinstance(declared_dim, str) else None
+            if (
+                symbol is not None
+                and symbol in bound
+                and (symbol in batch_symbols or not isinstance(dim, int))
+            ):
+                low, mid, high = bound[symbol]
             elif isinstance(dim, int) and dim >= 0:
-                lo.append(dim)
-                opt.append(dim)
-                hi.append(dim)
+                low = mid = high = dim
             else:
                 example = "x".join(
                     str(d) if isinstance(d, int) else ("1" if i == 0 else f"<{d}>")
@@ -183,13 +212,11 @@ def resolve_bindings(graph: Graph, config: BuilderConfig) -> list[Binding]:
                     f"input {name!r} has symbolic dim {dim!r} at axis {axis}; give its size with --shapes "
                     f"{name}:{example} (BuilderConfig.input_shapes)"
                 )
-        if (
-            config.batch_range is not None
-            and not config.batch_range[0] <= config.batch_range[1] <= config.batch_range[2]
-        ):
-            raise BuildError(f"batch range {config.batch_range} must satisfy min <= opt <= max")
+            lo.append(low)
+            opt.append(mid)
+            hi.append(high)
         shape = declared if declared is not None else base
-        bindings.append(Binding(name, value.dtype or "float32", list(shape), lo, opt, hi))
+        bindings.append(Binding(name, graph.values[name].dtype or "float32", list(shape), lo, opt, hi))
     return bindings
 
 
@@ -442,12 +469,47 @@ def _choose_threads(
     return {"blas": blas, "numba": numba, "source": "timed", "timings_ms": timings_ms}
 
 
-def random_feeds(engine: Engine, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for ``engine`` at its opt shapes (or with the batch dim set to ``batch``)."""
+def batch_axes(inputs: Sequence[Binding]) -> dict[str, list[int]]:
+    """The axes of each input that carry the batch: axis 0 wherever its size may vary, and every
+    other axis declared with the same symbol (an RNN state ``h0[layers, batch, hidden]``)."""
+    symbols = {
+        b.shape[0]
+        for b in inputs
+        if b.shape and isinstance(b.shape[0], str) and b.min_shape[0] != b.max_shape[0]
+    }
+    axes: dict[str, list[int]] = {}
+    for b in inputs:
+        found = [
+            axis
+            for axis, dim in enumerate(b.shape)
+            if b.min_shape[axis] != b.max_shape[axis]
+            and (axis == 0 or (isinstance(dim, str) and dim in symbols))
+        ]
+        axes[b.name] = found
+    return axes
+
+
+def batched_shapes(inputs: Sequence[Binding], batch: int | None) -> dict[str, list[int]]:
+    """Each input's opt shape, with its batch axes (:func:`batch_axes`) set to ``batch`` when given.
+    Raises ValueError when ``batch`` is outside an input's declared range."""
+    axes = batch_axes(inputs)
     shapes = {}
-    for b in engine.inputs:
+    for b in inputs:
         shape = list(b.opt_shape)
-        if batch is not None and shape and b.min_shape[0] != b.max_shape[0]:
-            shape[0] = batch
+        if batch is None:
+            shapes[b.name] = shape
+            continue
+        for axis in axes[b.name]:
+            if not b.min_shape[axis] <= batch <= b.max_shape[axis]:
+                raise ValueError(
+                    f"batch {batch} is outside the engine's range {b.min_shape[axis]}..{b.max_shape[axis]} "
+                    f"for {b.name!r} (axis {axis})"
+                )
+            shape[axis] = batch
         shapes[b.name] = shape
-    return random_graph_inputs(engine.graph, shapes, seed=seed)
+    return shapes
+
+
+def random_feeds(engine: Engine, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``engine`` at its opt shapes (or with the batch axes set to ``batch``)."""
+    return random_graph_inputs(engine.graph, batched_shapes(engine.inputs, batch), seed=seed)

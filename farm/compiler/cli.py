@@ -87,12 +87,10 @@ def _engine_feeds(
         return _load_npz(inputs)
     from farm.compiler.builder import random_feeds
 
-    for b in engine.inputs:
-        if batch is not None and b.min_shape and not b.min_shape[0] <= batch <= b.max_shape[0]:
-            raise click.ClickException(
-                f"--batch {batch} is outside the engine's range {b.min_shape[0]}..{b.max_shape[0]} for {b.name!r}"
-            )
-    return random_feeds(engine, batch=batch, seed=seed)
+    try:
+        return random_feeds(engine, batch=batch, seed=seed)
+    except ValueError as exc:
+        raise click.ClickException(f"--{exc}") from exc
 
 
 def _ms(value: float | None) -> str:

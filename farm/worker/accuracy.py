@@ -31,6 +31,7 @@ import onnx
 
 from farm.compiler import Engine
 from farm.compiler.accuracy import OutputAccuracy, compare_outputs, onnxruntime_outputs
+from farm.compiler.builder import batched_shapes
 from farm.compiler.precision.budget import AccuracyBudget
 
 # worst output must meet every budget of the engine's precision
@@ -165,13 +166,8 @@ def validation_batches(
     """Validation feeds for ``engine`` at ``batch``: from ``dataset`` when given, else generated."""
     if dataset:
         return dataset_batches({b.name: b.dtype for b in engine.inputs}, dataset, batch=batch), "dataset"
-    shapes, dtypes = {}, {}
-    for binding in engine.inputs:
-        shape = list(binding.opt_shape)
-        if shape and binding.min_shape[0] != binding.max_shape[0]:
-            shape[0] = batch
-        shapes[binding.name] = shape
-        dtypes[binding.name] = binding.dtype
+    shapes = batched_shapes(engine.inputs, batch)
+    dtypes = {binding.name: binding.dtype for binding in engine.inputs}
     return [generate_feeds(model, shapes, dtypes, seed + i) for i in range(batches)], "generated"
 
 

@@ -10,6 +10,7 @@ import pytest
 from farm import zoo
 from farm.compiler import BuilderConfig, build
 from farm.compiler.accuracy import compare_arrays, onnxruntime_session
+from farm.compiler.builder import batch_axes, random_feeds
 from farm.compiler.engine.streaming import StateError, StreamingSession, detect_state_pairs, parse_state_pairs
 
 
@@ -21,10 +22,10 @@ def _engine_and_session(name: str, batch_range: tuple[int, int, int], **dims: in
     return engine, onnxruntime_session(model.SerializeToString(), threads=1)
 
 
-# gru_stream's state h0 is [layers, batch, hidden]: its batch is not axis 0, so the engine is
-# built for one batch size (the builder's batch range covers axis-0 batch dims).
+# gru_stream's state h0 is [layers, batch, hidden]: its batch symbol is at axis 1 there, and the
+# builder's batch range follows the symbol wherever it appears.
 @pytest.mark.parametrize(
-    ("name", "batch_range", "batches"), [("crnn", (1, 2, 3), (2, 3, 1)), ("gru_stream", (2, 2, 2), (2,))]
+    ("name", "batch_range", "batches"), [("crnn", (1, 2, 3), (2, 3, 1)), ("gru_stream", (1, 2, 3), (2, 3, 1))]
 )
 def test_recurrent_zoo_model_matches_onnxruntime(
     name: str, batch_range: tuple[int, int, int], batches: tuple[int, ...]
@@ -70,3 +71,22 @@ def test_state_pairs_are_checked() -> None:
         StreamingSession(engine, {"h0": "logits"})
     with pytest.raises(StateError, match="not an input"):
         StreamingSession(engine, {"x": "h"})
+
+
+def test_batch_range_follows_the_batch_symbol_off_axis_0() -> None:
+    """Only the chunk's frames are given: the batch range binds ``batch`` in chunk[batch, frames, 40]
+    and in h0[layers, batch, hidden] alike, and random feeds at a batch set both axes."""
+    model = zoo.build_model("gru_stream")
+    engine = build(
+        model,
+        "cpu",
+        BuilderConfig(tuning_level=0, batch_range=(1, 2, 4), input_shapes={"chunk": [1, 16, 40]}),
+    )
+    h0 = next(b for b in engine.inputs if b.name == "h0")
+    assert (h0.min_shape, h0.opt_shape, h0.max_shape) == ([2, 1, 128], [2, 2, 128], [2, 4, 128])
+    assert batch_axes(engine.inputs) == {"chunk": [0], "h0": [1]}
+    feeds = random_feeds(engine, batch=3)
+    assert feeds["chunk"].shape == (3, 16, 40) and feeds["h0"].shape == (2, 3, 128)
+    assert engine.run(feeds)["logits"].shape[0] == 3
+    with pytest.raises(ValueError, match="batch 5 is outside the engine's range 1..4"):
+        random_feeds(engine, batch=5)
