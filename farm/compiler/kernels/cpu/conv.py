@@ -35,6 +35,9 @@ from numba import njit, prange, uint64
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
+    RES_NONE,
+    RES_PRE,
+    activate_row,
     epilogue_channel_rows,
     epilogue_params,
     epilogue_transpose,
@@ -617,7 +620,9 @@ def depthwise_lanes(x, w8, b8, residual, res_mode, act, alpha, beta, out, sh, sw
     group of 8 channels lane by lane (zeros past M); ``residual`` is [N*M, Ho*Wo] or a dummy.
     Per (image, group): interleave the input (``_interleave_rows``), then for each output row
     and tap one contiguous multiply-add of Wo*8 floats (the tap's weights pre-expanded to the row
-    length), then de-interleave the row into the 8 output planes; the epilogue runs per plane.
+    length), the activation on the interleaved row (8 channels in one call), then de-interleave
+    the row into the 8 output planes; a residual is added per plane (before the activation for
+    ``pre``, which then runs per plane).
     """
     n_count, c_count = x.shape[0], x.shape[1]
     m_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
@@ -655,14 +660,21 @@ def depthwise_lanes(x, w8, b8, residual, res_mode, act, alpha, beta, out, sh, sw
                     for q in range(row_floats):
                         uq = uint64(q)
                         orow8[uq] += wt[uq] * phase[shift + uq]
+            if res_mode != RES_PRE:
+                # the activation while the row is interleaved: one call for 8 channels
+                activate_row(orow8[: wo * LANES], act, alpha, beta)
             for lane in range(lanes):
                 orow = out[n, m0 + lane, oy]
                 for ox in range(wo):
                     orow[ox] = orow8[uint64(ox) * uint64(LANES) + uint64(lane)]
-        for lane in range(lanes):
+        for lane in range(lanes if res_mode != RES_NONE else 0):
             plane = out[n, m0 + lane].reshape(-1)
-            res = residual[n * m_count + m0 + lane] if res_mode != 0 else residual[0]
-            finish_row(plane, np.float32(0.0), b8[g], 0, res, res_mode, act, alpha, beta)
+            res = residual[n * m_count + m0 + lane]
+            if res_mode == RES_PRE:
+                finish_row(plane, np.float32(0.0), b8[g], 0, res, res_mode, act, alpha, beta)
+            else:  # act(z) + R: the activation is done
+                for q in range(plane.shape[0]):
+                    plane[q] += res[q]
 
 
 def _lanes_of(v: np.ndarray, m: int) -> np.ndarray:
