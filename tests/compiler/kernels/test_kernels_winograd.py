@@ -13,7 +13,7 @@ from farm.compiler.frontend.canonical import resolve_auto_pad
 from farm.compiler.kernels import get_tactic
 from farm.compiler.kernels.cpu.winograd import winograd_matrices
 
-TACTICS = ["cpu.conv.winograd", "cpu.conv.winograd_f2", "cpu.conv.winograd_1t"]
+TACTICS = ["cpu.conv.winograd", "cpu.conv.winograd_f2", "cpu.conv.winograd_1t", "cpu.conv.winograd_f2_1t"]
 
 
 def _case(n: int, c: int, h: int, w: int, m: int, pads: tuple[int, int, int, int]) -> tuple:

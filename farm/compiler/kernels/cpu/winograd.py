@@ -27,6 +27,7 @@ then numba (output transform + epilogue), one after the other, as the im2col tac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numba
@@ -41,7 +42,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_or_dummy,
 )
 from farm.compiler.kernels.cpu._operands import workspace
-from farm.compiler.kernels.cpu._threads import SingleThreadBlas, threads_for
+from farm.compiler.kernels.cpu._threads import blas_single_thread, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -401,6 +402,39 @@ def winograd_geometry_ok(node: Node, graph: Graph) -> bool:
     ] == (3, 3)
 
 
+_gemm_pool: dict[int, ThreadPoolExecutor] = {}  # by worker count, created on first use
+
+
+def gemm_stack(u: np.ndarray, v: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """out[xi] = u[xi] @ v[xi] for the whole stack, with BLAS held to one thread per caller.
+
+    With ``threads`` > 1 the stack is split into ``threads`` contiguous parts, each multiplied by
+    its own thread (numpy releases the GIL in BLAS): the GEMMs are independent, so no thread ever
+    waits for another inside a GEMM. OpenBLAS's own threads spin-wait for each other in every
+    call, and on a loaded 2-core host one call of these sizes took 30 ms instead of 1 ms; a
+    stack of 16-36 such calls made the whole conv 100x slower.
+    """
+    count = u.shape[0]
+    parts = max(1, min(threads, count))
+    bounds = [count * i // parts for i in range(parts + 1)]
+    with blas_single_thread():
+        if parts == 1:
+            np.matmul(u, v, out=out)
+            return
+        pool = _gemm_pool.get(parts - 1)
+        if pool is None:
+            pool = _gemm_pool[parts - 1] = ThreadPoolExecutor(
+                parts - 1, thread_name_prefix="farm-winograd-gemm"
+            )
+        futures = [
+            pool.submit(np.matmul, u[lo:hi], v[lo:hi], out=out[lo:hi])
+            for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)
+        ]
+        np.matmul(u[: bounds[1]], v[: bounds[1]], out=out[: bounds[1]])
+        for future in futures:
+            future.result()
+
+
 class WinogradConv(Tactic):
     """F(m x m, 3 x 3) Winograd conv: input transform (numba), a^2 stacked GEMMs (BLAS), output
     transform with the fused epilogue (numba)."""
@@ -409,6 +443,7 @@ class WinogradConv(Tactic):
     op_types = CONV_OPS
     priority = 25
     tile = 4
+    split_gemm = True  # False: every GEMM on the calling thread
 
     def supports(self, node: Node, graph: Graph) -> bool:
         return winograd_geometry_ok(node, graph)
@@ -464,7 +499,7 @@ class WinogradConv(Tactic):
                 winograd_input(
                     x, n0, count, m, geo.pad_top, geo.pad_left, th, tw, vv, row_ws, slot_ws, col_ws
                 )
-            np.matmul(u, vv, out=mv)
+            gemm_stack(u, vv, mv, numba.get_num_threads() if self.split_gemm else 1)
             with threads_for(k_count * count * tpi * m * m):
                 workers = numba.get_num_threads()
                 z_ws = workspace(prepared, "z", (workers, m * a, tpi))
@@ -489,8 +524,18 @@ class WinogradF2Conv(WinogradConv):
 
 
 @register_tactic
-class SingleThreadWinogradConv(SingleThreadBlas, WinogradConv):
-    """``cpu.conv.winograd`` with BLAS on the calling thread only (busy hosts, small layers)."""
+class SingleThreadWinogradConv(WinogradConv):
+    """``cpu.conv.winograd`` with every GEMM on the calling thread (small layers, busy hosts)."""
 
     name = "cpu.conv.winograd_1t"
     priority = 21
+    split_gemm = False
+
+
+@register_tactic
+class SingleThreadWinogradF2Conv(WinogradF2Conv):
+    """``cpu.conv.winograd_f2`` with every GEMM on the calling thread."""
+
+    name = "cpu.conv.winograd_f2_1t"
+    priority = 20
+    split_gemm = False
