@@ -107,12 +107,12 @@ def transform_filter(w: np.ndarray, m: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(a * a, w.shape[0], w.shape[1]), dtype=np.float32)
 
 
-_KERNEL = {"error_model": "numpy", "cache": True, "nogil": True, "fastmath": {"contract"}}
+_FAST = {"contract"}  # FMA contraction: fewer roundings, not fewer checks
 
 
 # One output row per loop: a loop that stores to several rows needs more runtime overlap checks
 # than LLVM's vectorizer allows (it stayed scalar); reading an input row again costs an L1 load.
-@njit(inline="always", **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _bt4(o0, o1, o2, o3, o4, o5, d0, d1, d2, d3, d4, d5):
     """o = B^T d for F(4, 3), elementwise over the 1-D arrays (unit-stride loops)."""
     four, five, two = np.float32(4.0), np.float32(5.0), np.float32(2.0)
@@ -130,7 +130,7 @@ def _bt4(o0, o1, o2, o3, o4, o5, d0, d1, d2, d3, d4, d5):
         o5[t] = four * d1[t] - five * d3[t] + d5[t]
 
 
-@njit(inline="always", **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _bt2(o0, o1, o2, o3, d0, d1, d2, d3):
     """o = B^T d for F(2, 3)."""
     for t in range(o0.shape[0]):
@@ -143,7 +143,7 @@ def _bt2(o0, o1, o2, o3, d0, d1, d2, d3):
         o3[t] = d3[t] - d1[t]
 
 
-@njit(inline="always", **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _at4(o0, o1, o2, o3, m0, m1, m2, m3, m4, m5):
     """o = A^T m for F(4, 3)."""
     two, four, eight = np.float32(2.0), np.float32(4.0), np.float32(8.0)
@@ -157,7 +157,7 @@ def _at4(o0, o1, o2, o3, m0, m1, m2, m3, m4, m5):
         o3[t] = m1[t] - m2[t] + eight * (m3[t] - m4[t]) + m5[t]
 
 
-@njit(inline="always", **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _at2(o0, o1, m0, m1, m2, m3):
     """o = A^T m for F(2, 3)."""
     for t in range(o0.shape[0]):
@@ -166,7 +166,7 @@ def _at2(o0, o1, m0, m1, m2, m3):
         o1[t] = m1[t] - m2[t] + m3[t]
 
 
-@njit(inline="always", **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _gather(slots, first, row, grid_row, m, tw):
     """slots[first + s, grid_row*tw + tx] = row[tx*m + s] for s < m + 2 (the m + 2 columns of
     every tile of one padded input row), with the stride a literal so LLVM can vectorize."""
@@ -199,7 +199,7 @@ def _gather(slots, first, row, grid_row, m, tw):
             )
 
 
-@njit(parallel=True, **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
     """V[xi, c, img*th*tw + t] = (B^T d_t B)[xi] for the input tiles of images n0 .. n0+nb-1.
 
@@ -277,7 +277,7 @@ def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
                          col[q, :tpi], col[q + 1, :tpi], col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
 
 
-@njit(inline="always", **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _store_tiles(plane, ys, m, th, tw, ho, wo):
     """plane[(ty*m + o)*wo + tx*m + p] = ys[(o*m + p)*th*tw + ty*tw + tx]: the m x m output
     tiles into one flattened output plane, clipped at ``ho`` x ``wo``. Unsigned flat indices
@@ -307,7 +307,7 @@ def _store_tiles(plane, ys, m, th, tw, ho, wo):
                     plane[dst + uint64(tx * m + p)] = ys[src + uint64(p) * tpi + uint64(tx)]
 
 
-@njit(parallel=True, **_KERNEL)
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def winograd_output(
     mm,
     n0,
