@@ -136,8 +136,9 @@ def layer_sensitivity(
             emulated = fake_quantized_graph(graph, {node.name})
         elif node.op_type == "Gather":  # an embedding table stored reduced
             emulated = graph.copy()
-            table = emulated.values[node.input(0)]
-            table.const = round_table(table.const, str(node.precision)) if table.const is not None else None
+            embedding = emulated.values[node.input(0)]
+            if embedding.const is not None:
+                embedding.const = round_table(embedding.const, str(node.precision))
         else:
             emulated = graph.copy()
             w = emulated.values[node.input(1)]

@@ -8,7 +8,7 @@ generator, a list). :func:`calibration_batches` turns all three into batches.
 The builder runs an FP32 engine of the optimized graph over the batches and collects, for each tensor that feeds
 an INT8-capable layer, the absolute maximum and a histogram of ``|x|`` (2048 bins; its range
 doubles, merging bin pairs, when a later batch exceeds it). A calibrator turns those statistics
-into the amax whose ``amax / 127`` becomes the tensor's scale:
+into the threshold of the tensor's quantization range:
 
 * ``minmax``: the absolute maximum.
 * ``percentile``: the given percentile of ``|x|`` (99.99 by default).
@@ -16,8 +16,25 @@ into the amax whose ``amax / 127`` becomes the tensor's scale:
   smallest KL divergence from the clipped reference distribution.
 * ``mse``: the threshold that minimizes the expected squared quantization error.
 
-A calibration cache (JSON) stores the amax per tensor with the calibrator and a signature of the
-layers; a rebuild that finds a matching cache does not calibrate again.
+Activation schemes (the calibrator spec ``NAME[:OPTION,...]``, e.g. ``"entropy"``,
+``"entropy:symmetric"``, ``"mse:no-bias-correction"``):
+
+* default (**asymmetric uint8**, as ONNX Runtime's static quantizer): the calibrator runs on each
+  side of zero separately (histograms of the positive values and of the negated negative ones),
+  giving ``[lo, hi]``; a tensor that was never negative (ReLU, ReLU6, Sigmoid outputs) becomes
+  uint8 with zero point 0 and scale ``hi / 255``, any other one uint8 with a zero point
+  (``scale = (hi - lo) / 255``). Both use the whole code range instead of the half that symmetric
+  int8 leaves to a sign the tensor does not have.
+* ``symmetric``: TensorRT's int8 with zero point 0 and ``scale = amax / 127`` (amax from the
+  histogram of ``|x|``).
+* **bias correction** (default; ``no-bias-correction`` turns it off): the per-channel mean of
+  every calibrated tensor is kept, and each INT8 layer's bias absorbs the expected error of its
+  quantized weight, ``(W - W_q) . E[x]`` per output channel (Nagel et al. 2019, empirical bias
+  correction, weight term).
+
+A calibration cache (JSON) stores, per tensor, the amax, the range and the channel means with the
+calibrator spec and a signature of the layers; a rebuild that finds a matching cache does not
+calibrate again.
 """
 
 from __future__ import annotations
@@ -36,13 +53,14 @@ import numpy as np
 from farm.compiler.ir import Graph
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+CALIBRATOR_OPTIONS = ("symmetric", "no-bias-correction")
 DEFAULT_CALIBRATOR = "entropy"
 DEFAULT_PERCENTILE = 99.99
 HISTOGRAM_BINS = 2048
 QUANT_LEVELS = 128  # positive half of int8, as TensorRT's entropy calibrator
 DEFAULT_BATCH = 32
 CACHE_FORMAT = "farm-calibration"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
 
@@ -127,6 +145,49 @@ class TensorStatistics:
         return self.edge / HISTOGRAM_BINS
 
 
+@dataclass
+class RangeStatistics:
+    """Everything calibration gathers about one tensor: the histogram of ``|x|`` (symmetric
+    scheme), one of the positive values and one of the negated negative values (asymmetric
+    scheme, each side calibrated on its own), and the sum of ``x`` per channel along
+    ``channel_axis`` (bias correction; None: no channel statistics)."""
+
+    channel_axis: int | None = None
+    magnitude: TensorStatistics = field(default_factory=TensorStatistics)
+    positive: TensorStatistics = field(default_factory=TensorStatistics)
+    negative: TensorStatistics = field(default_factory=TensorStatistics)
+    channel_sum: np.ndarray | None = None
+    channel_count: int = 0
+
+    def update(self, x: np.ndarray) -> None:
+        """Add one batch of values."""
+        x = np.asarray(x, dtype=np.float32)
+        flat = x.ravel()
+        self.magnitude.update(flat)
+        self.positive.update(flat[flat > 0])
+        self.negative.update(-flat[flat < 0])
+        if self.channel_axis is None or x.ndim == 0:
+            return
+        axis = self.channel_axis % x.ndim
+        per_channel = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+        sums = per_channel.sum(axis=1, dtype=np.float64)
+        if self.channel_sum is None:
+            self.channel_sum = sums
+        elif self.channel_sum.shape == sums.shape:
+            self.channel_sum += sums
+        else:  # the channel count changed between batches: no usable means
+            self.channel_axis = None
+            self.channel_sum = None
+            return
+        self.channel_count += per_channel.shape[1]
+
+    @property
+    def channel_mean(self) -> np.ndarray | None:
+        if self.channel_sum is None or self.channel_count == 0:
+            return None
+        return self.channel_sum / self.channel_count
+
+
 def amax_minmax(stats: TensorStatistics) -> float:
     """The absolute maximum seen."""
     return stats.amax
@@ -186,17 +247,18 @@ def amax_entropy(stats: TensorStatistics, levels: int = QUANT_LEVELS, stride: in
     return min(stats.amax, best_i * stats.bin_width)
 
 
-def amax_mse(stats: TensorStatistics, candidates: int = 256) -> float:
-    """The threshold minimizing the expected squared error of symmetric int8 quantization,
-    computed from the histogram (each bin's values at its centre)."""
+def amax_mse(stats: TensorStatistics, candidates: int = 256, levels: int = QUANT_LEVELS) -> float:
+    """The threshold minimizing the expected squared error of a quantization with ``levels``
+    levels from 0 to the threshold (128: symmetric int8), computed from the histogram (each
+    bin's values at its centre)."""
     counts = stats.counts.astype(np.float64)
     if counts.sum() == 0:
         return stats.amax
     centres = (np.arange(HISTOGRAM_BINS) + 0.5) * stats.bin_width
     best_err, best_amax = math.inf, stats.amax
     for amax in np.linspace(stats.amax / candidates, stats.amax, candidates):
-        step = amax / 127.0
-        q = np.clip(np.rint(centres / step), 0, 127) * step
+        step = amax / (levels - 1)
+        q = np.clip(np.rint(centres / step), 0, levels - 1) * step
         err = float(np.dot(counts, (centres - q) ** 2))
         if err < best_err:
             best_err, best_amax = err, float(amax)
@@ -204,28 +266,76 @@ def amax_mse(stats: TensorStatistics, candidates: int = 256) -> float:
 
 
 def calibrator_function(
-    name: str, percentile: float = DEFAULT_PERCENTILE
+    name: str, percentile: float = DEFAULT_PERCENTILE, levels: int = QUANT_LEVELS
 ) -> Callable[[TensorStatistics], float]:
-    """The amax rule named ``name`` (one of :data:`CALIBRATORS`)."""
+    """The amax rule named ``name`` (one of :data:`CALIBRATORS`) for a quantization with
+    ``levels`` levels between 0 and the threshold (128 for one side of int8, 256 for uint8)."""
     if name == "minmax":
         return amax_minmax
     if name == "percentile":
         return lambda stats: amax_percentile(stats, percentile)
     if name == "entropy":
-        return amax_entropy
+        return lambda stats: amax_entropy(stats, levels)
     if name == "mse":
-        return amax_mse
+        return lambda stats: amax_mse(stats, levels=levels)
     raise CalibrationError(f"unknown calibrator {name!r}; choose from {', '.join(CALIBRATORS)}")
 
 
+@dataclass(frozen=True)
+class CalibratorSpec:
+    """A calibrator and the activation scheme: ``NAME[:OPTION,...]`` (see the module doc)."""
+
+    name: str = DEFAULT_CALIBRATOR
+    symmetric: bool = False
+    bias_correction: bool = True
+
+    @staticmethod
+    def parse(text: str) -> CalibratorSpec:
+        name, _, rest = str(text).partition(":")
+        name = name.strip().lower()
+        if name not in CALIBRATORS:
+            raise CalibrationError(f"unknown calibrator {name!r}; choose from {', '.join(CALIBRATORS)}")
+        options = [o.strip().lower() for o in rest.split(",") if o.strip()]
+        unknown = [o for o in options if o not in CALIBRATOR_OPTIONS]
+        if unknown:
+            raise CalibrationError(
+                f"unknown calibrator option(s) {unknown}; choose from {', '.join(CALIBRATOR_OPTIONS)}"
+            )
+        return CalibratorSpec(name, "symmetric" in options, "no-bias-correction" not in options)
+
+    def __str__(self) -> str:
+        options = [o for o, on in (("symmetric", self.symmetric), ("no-bias-correction", not self.bias_correction)) if on]
+        return self.name + (":" + ",".join(options) if options else "")
+
+
+def tensor_range(
+    stats: RangeStatistics, spec: CalibratorSpec, percentile: float = DEFAULT_PERCENTILE
+) -> tuple[float, float]:
+    """The calibrated ``(lo, hi)`` of a tensor: ``(-amax, amax)`` in the symmetric scheme, else
+    each side calibrated on its own (``lo = 0`` for a tensor never seen negative)."""
+    if spec.symmetric:
+        amax = float(calibrator_function(spec.name, percentile)(stats.magnitude))
+        return -amax, amax
+    one_sided = stats.negative.amax == 0.0
+    rule = calibrator_function(spec.name, percentile, 2 * QUANT_LEVELS if one_sided else QUANT_LEVELS)
+    hi = float(rule(stats.positive)) if stats.positive.amax > 0 else 0.0
+    lo = -float(rule(stats.negative)) if not one_sided else 0.0
+    return lo, hi
+
+
 def collect_statistics(
-    graph: Graph, tensors: list[str], batches: Iterable[Mapping[str, np.ndarray]]
-) -> tuple[dict[str, TensorStatistics], int]:
+    graph: Graph,
+    tensors: list[str],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    channel_axes: Mapping[str, int | None] | None = None,
+) -> tuple[dict[str, RangeStatistics], int]:
     """Run ``graph`` (an FP32 engine of it, see :mod:`observe`) over ``batches`` and gather
-    statistics of ``tensors``; returns them and the number of samples seen."""
+    statistics of ``tensors`` (channel means along ``channel_axes[t]`` where given); returns
+    them and the number of samples seen."""
     from farm.compiler.precision.observe import GraphRunner
 
-    stats = {t: TensorStatistics() for t in tensors}
+    axes = channel_axes or {}
+    stats = {t: RangeStatistics(axes.get(t)) for t in tensors}
     samples = 0
     runner: GraphRunner | None = None
     for feeds in batches:
@@ -250,13 +360,31 @@ def layer_signature(graph: Graph, tensors: list[str]) -> str:
 
 @dataclass
 class CalibrationResult:
-    """amax per tensor, with how it was obtained."""
+    """amax, range ``[lo, hi]`` and channel means per tensor, with how they were obtained.
+    ``calibrator`` is the spec (``"entropy"``, ``"entropy:symmetric"``...)."""
 
     calibrator: str
     amax: dict[str, float]
     samples: int
     signature: str
     from_cache: bool = False
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    means: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> CalibratorSpec:
+        return CalibratorSpec.parse(self.calibrator)
+
+    def range_of(self, tensor: str) -> tuple[float, float]:
+        """``(lo, hi)`` of ``tensor`` (symmetric ``(-amax, amax)`` when no range was stored)."""
+        if tensor in self.ranges:
+            return self.ranges[tensor]
+        return -self.amax[tensor], self.amax[tensor]
+
+    def mean_of(self, tensor: str) -> np.ndarray | None:
+        """The per-channel mean of ``tensor``, or None."""
+        mean = self.means.get(tensor)
+        return None if mean is None else np.asarray(mean, dtype=np.float64)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -266,6 +394,8 @@ class CalibrationResult:
             "samples": self.samples,
             "signature": self.signature,
             "amax": self.amax,
+            "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()},
+            "means": self.means,
         }
 
 
@@ -276,11 +406,16 @@ def read_cache(path: str | os.PathLike[str]) -> CalibrationResult | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != CACHE_FORMAT or data.get("version") != CACHE_VERSION:
+        if data.get("format") != CACHE_FORMAT or data.get("version") not in (1, CACHE_VERSION):
             raise CalibrationError(f"{path} is not a calibration cache of version {CACHE_VERSION}")
+        calibrator = data["calibrator"]
+        if data["version"] == 1:  # amax only: the symmetric scheme without bias correction
+            calibrator = str(CalibratorSpec(calibrator, symmetric=True, bias_correction=False))
         return CalibrationResult(
-            data["calibrator"], {k: float(v) for k, v in data["amax"].items()}, int(data["samples"]),
+            calibrator, {k: float(v) for k, v in data["amax"].items()}, int(data["samples"]),
             data["signature"], from_cache=True,
+            ranges={k: (float(v[0]), float(v[1])) for k, v in data.get("ranges", {}).items()},
+            means={k: [float(x) for x in v] for k, v in data.get("means", {}).items()},
         )  # fmt: skip
     except (ValueError, KeyError, TypeError) as exc:
         raise CalibrationError(f"calibration cache {path} is unreadable: {exc}") from exc
@@ -305,10 +440,13 @@ def calibrate(
     percentile: float = DEFAULT_PERCENTILE,
     batch: int = DEFAULT_BATCH,
     limit: int | None = None,
+    channel_axes: Mapping[str, int | None] | None = None,
 ) -> CalibrationResult:
-    """amax for every tensor in ``tensors``: from ``cache`` when it matches (same calibrator and
-    layers), else by running the reference over ``source`` (and writing ``cache``)."""
-    calibrator_function(calibrator, percentile)  # validates the name before any work
+    """amax, range and channel means (along ``channel_axes``) for every tensor in ``tensors``:
+    from ``cache`` when it matches (same calibrator spec and layers), else by running the
+    reference over ``source`` (and writing ``cache``)."""
+    spec = CalibratorSpec.parse(calibrator)  # validates the name before any work
+    calibrator = str(spec)
     signature = layer_signature(graph, tensors)
     if cache is not None:
         cached = read_cache(cache)
@@ -321,11 +459,15 @@ def calibrate(
             )
     if source is None:
         raise CalibrationError("INT8 needs calibration data (--calib samples.npz) or a calibration cache")
-    rule = calibrator_function(calibrator, percentile)
+    rule = calibrator_function(spec.name, percentile)
     stats, samples = collect_statistics(
-        graph, tensors, calibration_batches(source, graph.inputs, batch, limit)
+        graph, tensors, calibration_batches(source, graph.inputs, batch, limit), channel_axes
     )
-    result = CalibrationResult(calibrator, {t: float(rule(s)) for t, s in stats.items()}, samples, signature)
+    result = CalibrationResult(
+        calibrator, {t: float(rule(s.magnitude)) for t, s in stats.items()}, samples, signature,
+        ranges={t: tensor_range(s, spec, percentile) for t, s in stats.items()},
+        means={t: [float(v) for v in m] for t, s in stats.items() if (m := s.channel_mean) is not None},
+    )  # fmt: skip
     if cache is not None:
         write_cache(cache, result)
     return result

@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.compiler.ir import Graph
-from farm.compiler.precision.calibration import DEFAULT_CALIBRATOR, calibrate
+from farm.compiler.precision.calibration import DEFAULT_CALIBRATOR, CalibrationResult, calibrate
 from farm.compiler.precision.policy import LayerDecision, PrecisionPolicy
 from farm.compiler.precision.qdq import ExplicitQuantization, annotate_explicit
 from farm.compiler.precision.quantize import (
     ActivationQuant,
+    bias_correction,
     clear_quant,
+    input_channel_axis,
     is_quantizable,
     set_activation_quant,
+    set_bias_correction,
 )
 
 CPU_REDUCED_FLOAT_NOTE = (
@@ -144,6 +147,10 @@ def plan_precisions(
     ]  # fmt: skip
     if need_scale and (calibration is not None or calibration_cache is not None):
         tensors = sorted({n.input(0) for n in need_scale})
+        axes: dict[str, int | None] = {}
+        for node in need_scale:  # channel means along the axis the layer contracts (None: mixed)
+            axis = input_channel_axis(node)
+            axes[node.input(0)] = axis if axes.get(node.input(0), axis) == axis else None
         result = calibrate(
             graph,
             tensors,
@@ -151,12 +158,12 @@ def plan_precisions(
             calibrator=calibrator,
             cache=calibration_cache,
             limit=calibration_limit,
+            channel_axes=axes,
         )
-        for node in need_scale:
-            set_activation_quant(node, ActivationQuant.from_amax(result.amax[node.input(0)]))
+        corrected = _apply_calibration(graph, need_scale, result)
         plan.calibration = {
             "calibrator": result.calibrator, "samples": result.samples, "tensors": len(tensors),
-            "from_cache": result.from_cache,
+            "from_cache": result.from_cache, "bias_corrected_layers": corrected,
         }  # fmt: skip
     elif need_scale and any(decisions[n.name].pinned for n in need_scale):
         pinned = [n.name for n in need_scale if decisions[n.name].pinned][:5]
@@ -172,3 +179,20 @@ def plan_precisions(
             )
     plan.decisions = decisions
     return plan
+
+
+def _apply_calibration(graph: Graph, layers: Sequence[Any], result: CalibrationResult) -> int:
+    """Write each layer's input quantization (and bias correction) from ``result``; returns
+    the number of bias-corrected layers."""
+    spec = result.spec
+    corrected = 0
+    for node in layers:
+        lo, hi = result.range_of(node.input(0))
+        set_activation_quant(node, ActivationQuant.from_range(lo, hi, spec.symmetric))
+        mean = result.mean_of(node.input(0)) if spec.bias_correction else None
+        w = graph.const(node.input(1))
+        correction = bias_correction(node, w, mean) if mean is not None and w is not None else None
+        if correction is not None:
+            set_bias_correction(node, correction)
+            corrected += 1
+    return corrected

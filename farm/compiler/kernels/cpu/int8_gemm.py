@@ -5,7 +5,8 @@ node's INT8 attributes, see ``farm.compiler.precision.quantize``), multiplied by
 (symmetric per output column, packed [N, K] so both operands run along K) with int32
 accumulation in numba, and dequantized in the epilogue:
 ``y = (acc - zp * colsum(w_q)) * s_x * s_w[n] + bias[n]``, then activation and residual in the
-same pass over the output row.
+same pass over the output row. The input type is int8 or uint8 (calibrated activations are uint8,
+with zero point 0 for non-negative tensors); a calibrated bias correction is folded into ``bias``.
 
 On this CPU class (AVX2, no VNNI) an int8 dot product is widened to int16/int32 lanes, so it does
 not beat OpenBLAS's FP32 GEMM; the tactic exists for the engine size (weights 4x smaller) and for
@@ -24,7 +25,12 @@ from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
-from farm.compiler.precision.quantize import activation_quant, is_quantizable, layer_weight_quant
+from farm.compiler.precision.quantize import (
+    activation_quant,
+    is_quantizable,
+    layer_bias_correction,
+    layer_weight_quant,
+)
 
 _ROW_BLOCK = 4
 
@@ -96,6 +102,12 @@ def int8_gemm(a_q, w, wsum, zero_point, col_scale, bias, has_bias, residual, res
         finish_row(row, np.float32(0.0), bias, 0, res, res_mode, act, alpha, beta)
 
 
+def _output_channels(node: Node, graph: Graph) -> int:
+    w = graph.const(node.input(1))
+    assert w is not None
+    return int(w.shape[0] if node.op_type == "FusedGemm" and int(node.attr("transB", 0)) else w.shape[1])
+
+
 def pack_int8_weight(node: Node, graph: Graph) -> Prepared:
     """Quantize a layer's constant weight: int8 [N, K] (K contiguous), its int32 column sums,
     and ``col_scale = s_x * s_w`` per output channel (conv weights are flattened to [M, C*kh*kw])."""
@@ -124,8 +136,10 @@ def pack_int8_weight(node: Node, graph: Graph) -> Prepared:
             "weight_shape": [int(d) for d in w.shape],
         },
     )
-    bias_index = 2
-    b = graph.const(node.input(bias_index)) if node.op_type != "MatMul" else None
+    b = graph.const(node.input(2)) if node.op_type != "MatMul" else None
+    correction = layer_bias_correction(node)
+    if correction is not None:  # bias correction (calibration): part of the bias
+        b = correction if b is None else np.asarray(b, np.float32).reshape(-1) + correction
     if b is not None:
         prepared.tensors["bias"] = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     prepared.replaces = frozenset(i for i, k in ((1, "weight"), (2, "bias")) if k in prepared.tensors)
@@ -179,7 +193,9 @@ class Int8Gemm(Tactic):
             return False
         out = graph.values.get(node.outputs[0])
         bias = graph.values.get(node.input(2)) if node.op_type == "FusedGemm" and node.input(2) else None
-        return (out is None or out.dtype in (None, "float32")) and (bias is None or bias.is_const)
+        if bias is not None and (bias.const is None or bias.const.size != _output_channels(node, graph)):
+            return False  # a per-row or full-matrix C is not a per-column bias
+        return out is None or out.dtype in (None, "float32")
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return pack_int8_weight(node, graph)
