@@ -304,7 +304,11 @@ class CalibratorSpec:
         return CalibratorSpec(name, "symmetric" in options, "no-bias-correction" not in options)
 
     def __str__(self) -> str:
-        options = [o for o, on in (("symmetric", self.symmetric), ("no-bias-correction", not self.bias_correction)) if on]
+        options = [
+            o
+            for o, on in (("symmetric", self.symmetric), ("no-bias-correction", not self.bias_correction))
+            if on
+        ]
         return self.name + (":" + ",".join(options) if options else "")
 
 

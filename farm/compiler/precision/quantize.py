@@ -175,7 +175,7 @@ def bias_correction(node: Node, w: np.ndarray, channel_mean: np.ndarray) -> np.n
     expected output equal the FP32 layer's on the calibration distribution. None when the
     channel count does not fit the weight."""
     w = np.asarray(w, dtype=np.float32)
-    delta = (w.astype(np.float64) - fake_quantize_weight(node, w).astype(np.float64))
+    delta = w.astype(np.float64) - fake_quantize_weight(node, w).astype(np.float64)
     mean = np.asarray(channel_mean, dtype=np.float64).reshape(-1)
     if node.op_type in ("FusedConv", "Conv"):
         groups = int(node.attr("group", 1))
