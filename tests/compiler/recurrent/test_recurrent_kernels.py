@@ -98,6 +98,11 @@ CASES = [
     ("RNN", {"activations": ["Affine", "ThresholdedRelu"], "activation_alpha": [0.8, 0.1],
              "activation_beta": [0.2, 0.0], "direction": "bidirectional"}),
     ("RNN", {"activations": ["Softplus"], "const_weights": False, "initial": True}),
+    # hidden 21 = two 8-row blocks of R^T plus a 5-row tail in the hidden projection
+    ("LSTM", {"hidden": 21, "batch": 5, "direction": "bidirectional", "lengths": True, "peepholes": True}),
+    ("GRU", {"hidden": 21, "batch": 5, "lengths": True, "initial": True}),
+    ("GRU", {"hidden": 21, "batch": 5, "linear_before_reset": 1, "direction": "reverse"}),
+    ("RNN", {"hidden": 16, "batch": 4, "initial": True}),
 ]  # fmt: skip
 
 
