@@ -2,14 +2,22 @@
 
 For each model: an FP32 engine, FP16 and BF16 engines (permission: the tuner picks per layer),
 an INT8 engine (``--strict``: every layer with an INT8 tactic runs INT8; entropy calibration on
-``--calib`` samples of the model's input distribution) and, with ``--int8-permission``, the plain
-``--precision int8`` engine (the tuner keeps FP32 where it is faster). Accuracy is measured
+``--calib`` samples of the model's input distribution; uint8 activations with bias correction),
+the same with TensorRT's scheme (``int8 strict trt``: symmetric int8 activations, no bias
+correction; the calibrator option ``:symmetric,no-bias-correction``) and, with
+``--int8-permission``, the plain ``--precision int8`` engine (the tuner keeps FP32 where it is
+faster). ``--ort`` adds ONNX Runtime's own static INT8 quantization of the model (QDQ,
+per-channel int8 weights, uint8 activations, the same calibration samples) run by ONNX Runtime:
+the yardstick for the INT8 rows. ``--precisions`` picks rows (fp32 always runs: it is the
+reference for size and latency). For classifiers, the FP32 top1-top2 margin (in units of the
+logits' standard deviation) is printed with the margins of the samples each row flips. Accuracy is measured
 against FP32 ONNX Runtime on ``--val`` *other* samples (different seed): relative L2 and cosine of
 every output, top-1 agreement for classifiers. Latency: median of interleaved runs at ``--batch``.
 Size: the whole engine file.
 
     .venv/bin/python -m benchmarks.precision                  # all models, the sizes in SIZES
     .venv/bin/python -m benchmarks.precision --models resnet --val 1000 --calib 256
+    .venv/bin/python -m benchmarks.precision --models mobilenet --precisions int8,int8-trt --ort
 
 Model sizes are reduced (SIZES) so the study runs in minutes on a 2-core machine; the INT8
 kernels are numba int8 GEMMs without VNNI and the calibration runs the numpy reference.
@@ -41,12 +49,53 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 DIMS: dict[str, dict[str, int]] = {"bert": {"seq": 64}}
 CHUNK = 50
+ROWS = ("fp32", "fp16", "bf16", "int8", "int8-trt", "budget", "permission")
 
 
 def _run_chunked(engine: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     total = len(next(iter(feeds.values())))
     parts = [engine.run({k: v[i : i + CHUNK] for k, v in feeds.items()}) for i in range(0, total, CHUNK)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _ort_qdq(model: bytes, calib: Mapping[str, np.ndarray], method: str) -> bytes:
+    """ONNX Runtime's static INT8 quantization of ``model``: QDQ, per-channel int8 weights, uint8
+    activations, ``method`` calibration (MinMax, Entropy, Percentile) on ``calib``."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    count = len(next(iter(calib.values())))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{k: v[i : i + 1] for k, v in calib.items()} for i in range(count)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
+        src.write_bytes(model)
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+        )  # fmt: skip
+        return dst.read_bytes()
+
+
+def _margins(want: np.ndarray) -> np.ndarray:
+    """FP32 top1 - top2 logit margin per sample, in units of the sample's logit std."""
+    top = np.sort(want, axis=1)
+    return (top[:, -1] - top[:, -2]) / np.maximum(want.std(axis=1), 1e-12)
 
 
 def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -57,16 +106,28 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     calib = zoo.sample_inputs(name, args.calib, seed=101, options=options, **dims)
     val = zoo.sample_inputs(name, args.val, seed=202, options=options, **dims)
     want = onnxruntime_outputs(model, val, threads=args.threads)
+    wanted = set(args.precisions.split(",")) | {"fp32"}
+    if args.budget:
+        wanted.add("budget")
+    if args.int8_permission:
+        wanted.add("permission")
     cache = MemoryTimingCache()
     configs: dict[str, BuilderConfig] = {}
     shapes = {k: [args.batch, *v.shape[1:]] for k, v in val.items()}  # fixes symbolic dims such as seq
     common = {"batch_range": (1, args.batch, CHUNK), "tuning_level": args.tuning_level, "timing_cache": cache,
               "input_shapes": shapes}  # fmt: skip
     configs["fp32"] = BuilderConfig(**common)  # type: ignore[arg-type]
-    configs["fp16"] = BuilderConfig(precision="fp16", **common)  # type: ignore[arg-type]
-    configs["bf16"] = BuilderConfig(precision="bf16", **common)  # type: ignore[arg-type]
-    configs["int8 strict"] = BuilderConfig(precision="int8", strict=True, calibration=calib,  # type: ignore[arg-type]
-                                           calibrator=args.calibrator, **common)  # fmt: skip
+    for precision in ("fp16", "bf16"):
+        if precision in wanted:
+            configs[precision] = BuilderConfig(precision=precision, **common)  # type: ignore[arg-type]
+    if "int8" in wanted:
+        configs["int8 strict"] = BuilderConfig(precision="int8", strict=True, calibration=calib,  # type: ignore[arg-type]
+                                               calibrator=args.calibrator, **common)  # fmt: skip
+    if "int8-trt" in wanted:
+        configs["int8 strict trt"] = BuilderConfig(  # type: ignore[arg-type]
+            precision="int8", strict=True, calibration=calib,
+            calibrator=f"{args.calibrator}:symmetric,no-bias-correction", **common,
+        )  # fmt: skip
     classifier = all(v.ndim == 2 and v.shape[1] > 2 for v in want.values())
     if args.budget and (classifier or not args.budget.startswith("top")):
         budget_val = {k: v[: args.budget_val] for k, v in zoo.sample_inputs(name, args.budget_val, seed=303,
@@ -79,8 +140,9 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         configs["int8"] = BuilderConfig(
             precision="int8", calibration=calib, calibrator=args.calibrator, **common
         )  # type: ignore[arg-type]
-    rows = []
+    rows: list[dict[str, Any]] = []
     engines = {}
+    flipped: dict[str, np.ndarray] = {}
     for label, config in configs.items():
         started = time.perf_counter()
         engine = build(model, "cpu", config)
@@ -96,6 +158,9 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "size_bytes": len(engine_to_bytes(engine)), "layers": counts,
             "outputs": {m.name: {"rel_l2": m.rel_l2, "cosine": m.cosine, "top1": m.top1} for m in metrics},
         })  # fmt: skip
+        if classifier:
+            out = next(iter(want))
+            flipped[label] = got[out].argmax(axis=1) != want[out].argmax(axis=1)
     batch_feeds = {k: v[: args.batch] for k, v in val.items()}
     runners = {label: (lambda e=e: e.run(batch_feeds)) for label, e in engines.items()}
     stats = measure_interleaved(runners, batch=args.batch, duration_s=args.duration, iterations=10)
@@ -103,6 +168,31 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows:
         row["median_ms"] = stats[row["precision"]].median_ms
         row["size_vs_fp32"] = row["size_bytes"] / fp32_size
+    if args.ort:
+        started = time.perf_counter()
+        qdq = _ort_qdq(model, calib, args.ort)
+        got = onnxruntime_outputs(qdq, val, threads=args.threads)
+        metrics = compare_outputs(got, want)
+        label = f"ORT quantize_static QDQ per-channel u8/s8 ({args.ort})"
+        rows.append({
+            "model": name, "options": options, "precision": label, "build_s": round(time.perf_counter() - started, 1),
+            "size_bytes": len(qdq), "size_vs_fp32": None, "layers": {}, "median_ms": None,
+            "outputs": {m.name: {"rel_l2": m.rel_l2, "cosine": m.cosine, "top1": m.top1} for m in metrics},
+        })  # fmt: skip
+        if classifier:
+            out = next(iter(want))
+            flipped[label] = got[out].argmax(axis=1) != want[out].argmax(axis=1)
+    if classifier:
+        margins = _margins(want[next(iter(want))])
+        qs = (0.01, 0.05, 0.1, 0.5)
+        line = ", ".join(f"q{int(q * 100)} {np.quantile(margins, q):.4f}" for q in qs)
+        print(f"# {name}: FP32 top1-top2 margin / logit std over {len(margins)} samples: {line}")
+        for label, mask in flipped.items():
+            if mask.any():
+                print(f"#   {label}: {int(mask.sum())} flips, their margins: median "
+                      f"{np.median(margins[mask]):.4f}, max {margins[mask].max():.4f}")  # fmt: skip
+        for row in rows:
+            row["margin_quantiles"] = {str(q): float(np.quantile(margins, q)) for q in qs}
     return rows
 
 
@@ -120,9 +210,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if "kept fp32 by budget" in r["layers"]:
             layers += f" ({r['layers']['kept fp32 by budget']} kept FP32 by the budget)"
         top1 = f"{m['top1'] * 100:.1f} %" if m["top1"] is not None else "-"
+        ms = f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-"
+        ratio = f"{r['size_vs_fp32']:.2f}" if r["size_vs_fp32"] is not None else "-"
         lines.append(
-            f"| {r['model']} ({out_name}) | {r['precision']} | {layers} | {r['median_ms']:.2f} | "
-            f"{r['size_bytes'] / 1e6:.2f} MB | {r['size_vs_fp32']:.2f} | {m['rel_l2']:.2e} | {m['cosine']:.6f} | {top1} |"
+            f"| {r['model']} ({out_name}) | {r['precision']} | {layers or '-'} | {ms} | "
+            f"{r['size_bytes'] / 1e6:.2f} MB | {ratio} | {m['rel_l2']:.2e} | {m['cosine']:.6f} | {top1} |"
         )
     return "\n".join(lines)
 
@@ -141,6 +233,14 @@ def main() -> None:
     parser.add_argument("--tuning-level", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--int8-permission", action="store_true", help="also build plain --precision int8")
+    parser.add_argument(
+        "--precisions", default="fp32,fp16,bf16,int8,int8-trt",
+        help="rows to build: fp32, fp16, bf16, int8 (strict, default scheme), int8-trt (strict, TensorRT's scheme)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ort", nargs="?", const="MinMax", default=None,
+        help="also ONNX Runtime's quantize_static (QDQ, per-channel) with this calibration method (MinMax)",
+    )  # fmt: skip
     parser.add_argument(
         "--budget", help='also an INT8 engine built with this accuracy budget, e.g. "top1>=0.99"'
     )
