@@ -83,6 +83,15 @@ class _BoundShapes:
     steps: list[_Step]
 
 
+def _read_only(array: Any) -> Any:
+    """``array`` itself when it is a read-only ndarray (or no ndarray), else a read-only view."""
+    if not isinstance(array, np.ndarray) or not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _tuple_shape(shape: Sequence[Any] | None) -> Shape | None:
     if shape is None or not all(isinstance(d, int | np.integer) for d in shape):
         return None
@@ -322,8 +331,15 @@ class Engine:
         self.input_names = [b.name for b in inputs]
         self.output_names = [b.name for b in outputs]
         self.view_node_names = frozenset(plan.view_nodes)
+        # Weights are read-only in every engine, built or loaded (a loaded one's are views of the
+        # file): the kernels see the same array types either way, so numba compiles (and caches)
+        # one specialization per kernel, not a writable one at build and a read-only one at load.
+        for k in kernels:
+            k.prepared.tensors = {name: _read_only(a) for name, a in k.prepared.tensors.items()}
         self.constants = {
-            k: v.const for k, v in graph.values.items() if v.const is not None and k not in graph.inputs
+            k: _read_only(v.const)
+            for k, v in graph.values.items()
+            if v.const is not None and k not in graph.inputs
         }
         self._slice_parent: dict[str, Node] = {}
         nodes = {k.node.name: k.node for k in kernels}
