@@ -150,3 +150,17 @@ def test_elementwise_declines_other_dtypes() -> None:
     one = OneNode("Add").feed("a", np.arange(6, dtype=np.int64)).feed("b", np.arange(6, dtype=np.int64))
     one.build((6,), "int64")
     assert not get_tactic("cpu.elementwise.binary").supports(one.node, one.graph)
+
+
+def test_softmax_masked_entries_are_zero_not_subnormal(rng: np.random.Generator) -> None:
+    """Scores 10000 below the row max (a padding mask) give exactly 0, as exp does in float64;
+    the clamped exp used to leave ~1e-39 subnormals, which slow down whatever reads them."""
+    x = (rng.standard_normal((5, 3, 40)) * 3).astype(np.float32)
+    x[..., 30:] -= 10000.0
+    one = OneNode("Softmax", {"axis": -1}).feed("x", x)
+    one.build(x.shape)
+    got = one.run_tactic("cpu.norm.softmax")
+    assert_close(got, one.expected(lambda *_: _softmax(x, -1)))
+    tiny = np.finfo(np.float32).tiny
+    assert not np.any((got != 0) & (np.abs(got) < tiny))
+    assert np.all(got[..., 30:] == 0)
