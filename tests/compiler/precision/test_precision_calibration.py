@@ -244,3 +244,30 @@ def test_version_1_caches_read_as_the_symmetric_scheme(tmp_path: Path) -> None:
     result = read_cache(cache)
     assert result is not None and result.calibrator == "entropy:symmetric,no-bias-correction"
     assert result.range_of("t") == (-2.0, 2.0) and result.mean_of("t") is None
+
+
+def test_int8_gemm_int32_sums_are_exact_at_the_largest_codes_and_long_rows_are_declined() -> None:
+    from farm.compiler.kernels.cpu.int8_gemm import MAX_K
+
+    rng = np.random.default_rng(9)
+    k = 8192  # 255 * 127 * 8192 ~ 2.7e8: large int32 sums, no overflow
+    g = Graph("long")
+    g.add_input("x", "float32", (3, k))
+    g.add_const(
+        "w", (np.sign(rng.standard_normal((k, 4))) * rng.uniform(0.9, 1.0, (k, 4))).astype(np.float32)
+    )
+    node = g.add_node("MatMul", ["x", "w"], ["y"], {}, name="layer")
+    g.add_value("y", "float32", (3, 4))
+    g.outputs = ["y"]
+    set_activation_quant(node, ActivationQuant(1.0 / 255, 0, "uint8"))
+    x = rng.uniform(0.97, 1.2, (3, k)).astype(np.float32)  # mostly saturating at code 255
+    x[0] = np.abs(x[0])
+    tactic = get_tactic("cpu.int8.gemm")
+    assert tactic.supports(node, g)
+    got = np.full((3, 4), np.nan, np.float32)
+    tactic.run(node, [x, None], [got], tactic.prepare(node, g))
+    want = reference.run(fake_quantized_graph(g), {"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    g.values["w"].const = rng.standard_normal((MAX_K + 1, 4)).astype(np.float32)
+    g.values["x"].shape = (3, MAX_K + 1)
+    assert not tactic.supports(node, g)

@@ -28,7 +28,7 @@ from farm.compiler.kernels.cpu._epilogue import (
 )
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _conv_node_ok, _out_4d
-from farm.compiler.kernels.cpu.int8_gemm import int8_gemm, int8_operands, pack_int8_weight
+from farm.compiler.kernels.cpu.int8_gemm import MAX_K, int8_gemm, int8_operands, pack_int8_weight
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 from farm.compiler.precision.quantize import activation_quant, is_quantizable
 
@@ -78,6 +78,9 @@ class Int8Im2colConv(Tactic):
             return False
         if int(node.attr("group", 1)) != 1:
             return False
+        w = graph.const(node.input(1))
+        if w is None or int(np.prod(w.shape[1:])) > MAX_K:
+            return False  # the int32 sums could overflow
         bias = graph.values.get(node.input(2)) if node.input(2) else None
         return bias is None or bias.is_const
 
