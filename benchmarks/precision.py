@@ -58,9 +58,12 @@ def _run_chunked(engine: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _ort_qdq(model: bytes, calib: Mapping[str, np.ndarray], method: str) -> bytes:
+def _ort_qdq(model: bytes, calib: Mapping[str, np.ndarray], method: str, preprocess: bool = False) -> bytes:
     """ONNX Runtime's static INT8 quantization of ``model``: QDQ, per-channel int8 weights, uint8
-    activations, ``method`` calibration (MinMax, Entropy, Percentile) on ``calib``."""
+    activations, ``method`` calibration (MinMax, Entropy, Percentile) on ``calib``. Without
+    ``preprocess`` the model goes in as exported (BatchNormalization unfolded: ORT quantizes it
+    too); with it, ``quant_pre_process`` (ORT's recommended step: shape inference and graph
+    optimization, which folds BN into the convs as our compiler does) runs first."""
     import tempfile
     from pathlib import Path
 
@@ -84,6 +87,12 @@ def _ort_qdq(model: bytes, calib: Mapping[str, np.ndarray], method: str) -> byte
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
         src.write_bytes(model)
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(src), str(pre))
+            src = pre
         quantize_static(
             str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -170,10 +179,11 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         row["size_vs_fp32"] = row["size_bytes"] / fp32_size
     if args.ort:
         started = time.perf_counter()
-        qdq = _ort_qdq(model, calib, args.ort)
+        qdq = _ort_qdq(model, calib, args.ort, args.ort_preprocess)
         got = onnxruntime_outputs(qdq, val, threads=args.threads)
         metrics = compare_outputs(got, want)
-        label = f"ORT quantize_static QDQ per-channel u8/s8 ({args.ort})"
+        pre = ", pre-processed" if args.ort_preprocess else ""
+        label = f"ORT quantize_static QDQ per-channel u8/s8 ({args.ort}{pre})"
         rows.append({
             "model": name, "options": options, "precision": label, "build_s": round(time.perf_counter() - started, 1),
             "size_bytes": len(qdq), "size_vs_fp32": None, "layers": {}, "median_ms": None,
@@ -246,6 +256,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--budget-val", type=int, default=200, help="validation samples for the budget search"
+    )
+    parser.add_argument(
+        "--ort-preprocess", action="store_true", help="run ORT's quant_pre_process (folds BN) before --ort"
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
