@@ -23,13 +23,12 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._operands import float32_io, workspace
 from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_shift_sum_row, row_max
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 # numba caches the kernels below by this file's *content* (a hash of it), not by the
 # helpers they inline: after changing a _vecmath row function, change this file too (or clear
 # __pycache__), or the cached kernels keep the old helper (seen with exp_shift_sum_row).
-from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_shift_sum_row, row_max
-from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
-
 _NO_MASK = np.zeros((1, 1, 1, 1), np.float32)
 # Reassociation lets the row sums vectorize; the rounding change is far below FP32 tolerance.
 _SUM_FLAGS = {"reassoc", "contract"}
