@@ -278,6 +278,44 @@ def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _at4_store(plane, zs, th, tw, ho, wo):
+    """F(4, 3)'s second A^T pass fused with the store: for output row o of every tile,
+    ``y[p] = sum_j A^T[p, j] z[o*6 + j]`` goes straight to plane[(ty*4 + o)*wo + tx*4 + p]
+    (``zs`` is z flattened). Saves writing and re-reading y (one pass over the plane)."""
+    tpi = uint64(th * tw)
+    two, four, eight = np.float32(2.0), np.float32(4.0), np.float32(8.0)
+    full = min(tw, wo // 4)
+    for ty in range(th):
+        for o in range(min(4, ho - ty * 4)):
+            dst = uint64((ty * 4 + o) * wo)
+            src = uint64(o * 6) * tpi + uint64(ty * tw)
+            for tx in range(tw):
+                t = src + uint64(tx)
+                m0, m1, m2 = zs[t], zs[t + tpi], zs[t + uint64(2) * tpi]
+                m3, m4, m5 = zs[t + uint64(3) * tpi], zs[t + uint64(4) * tpi], zs[t + uint64(5) * tpi]
+                s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+                y0 = m0 + s12 + s34
+                y1 = d12 + two * d34
+                y2 = s12 + four * s34
+                y3 = d12 + eight * d34 + m5
+                q = dst + uint64(tx) * uint64(4)
+                if tx < full:
+                    plane[q] = y0
+                    plane[q + uint64(1)] = y1
+                    plane[q + uint64(2)] = y2
+                    plane[q + uint64(3)] = y3
+                else:  # the tile that overhangs the right edge
+                    left = wo - tx * 4
+                    plane[q] = y0
+                    if left > 1:
+                        plane[q + uint64(1)] = y1
+                    if left > 2:
+                        plane[q + uint64(2)] = y2
+                    if left > 3:
+                        plane[q + uint64(3)] = y3
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _store_tiles(plane, ys, m, th, tw, ho, wo):
     """plane[(ty*m + o)*wo + tx*m + p] = ys[(o*m + p)*th*tw + ty*tw + tx]: the m x m output
     tiles into one flattened output plane, clipped at ``ho`` x ``wo``. Unsigned flat indices
@@ -353,20 +391,6 @@ def winograd_output(
                 for j in range(6):
                     _at4(z[j], z[6 + j], z[12 + j], z[18 + j], mm[j, k, t0:t1], mm[6 + j, k, t0:t1], mm[12 + j, k, t0:t1],
                          mm[18 + j, k, t0:t1], mm[24 + j, k, t0:t1], mm[30 + j, k, t0:t1])  # fmt: skip
-                for o in range(4):
-                    q = o * 6
-                    _at4(
-                        y[o * 4],
-                        y[o * 4 + 1],
-                        y[o * 4 + 2],
-                        y[o * 4 + 3],
-                        z[q],
-                        z[q + 1],
-                        z[q + 2],
-                        z[q + 3],
-                        z[q + 4],
-                        z[q + 5],
-                    )
             else:
                 for j in range(4):
                     _at2(
@@ -382,7 +406,10 @@ def winograd_output(
                     _at2(y[o * 2], y[o * 2 + 1], z[q], z[q + 1], z[q + 2], z[q + 3])
             row = (n0 + img) * k_count + k
             plane = out[row]
-            _store_tiles(plane, y.reshape(-1), m, th, tw, ho, wo)
+            if m == 4:
+                _at4_store(plane, z.reshape(-1), th, tw, ho, wo)
+            else:
+                _store_tiles(plane, y.reshape(-1), m, th, tw, ho, wo)
             b = bias[k] if has_bias else np.float32(0.0)
             res = residual[row] if res_mode != 0 else residual[0]
             finish_row(plane, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
