@@ -68,7 +68,10 @@ def shapes_to_json(engine: Engine) -> list[dict[str, Any]]:
         if key in seen or not all(type(d) is int for s in signature.values() for d in s):
             continue
         seen.add(key)
-        shapes = engine.infer_shapes(signature)
+        try:
+            shapes = engine.infer_shapes(signature)
+        except Exception:  # optional data: never fail a save; the runtime infers (and reports) later
+            continue
         entries.append(
             {
                 "inputs": {k: list(v) for k, v in signature.items()},
