@@ -266,6 +266,9 @@ LAYERS: list[Layer] = [
     conv_layer(128, 256, 28, 1, 2, act="none"),  # downsample
     conv_layer(32, 32, 112, 3, 1, group=32, act="Clip"),  # MobileNetV2 depthwise
     conv_layer(144, 144, 56, 3, 2, group=144, act="Clip"),
+    conv_layer(96, 96, 56, 5, 2, group=96, act="Clip"),  # MobileNetV3 5x5 depthwise (zoo mobilenet)
+    conv_layer(240, 240, 28, 5, 1, group=240, act="Clip"),
+    conv_layer(576, 576, 14, 5, 1, group=576, act="Clip"),
     conv_layer(16, 96, 112, 1, 1, act="Clip"),  # expansion 1x1
     conv_layer(96, 24, 56, 1, 1, act="none"),  # projection 1x1
     gemm_layer(128, 256, 768),  # BERT fused QKV
@@ -273,6 +276,7 @@ LAYERS: list[Layer] = [
     gemm_layer(128, 1024, 256, residual=True),  # BERT FFN down
     gemm_layer(197, 192, 576),  # ViT QKV
     gemm_layer(1, 512, 1000),  # classifier head
+    gemm_layer(1, 512, 512),  # zoo MLP hidden layer (batch rows)
     attention_layer(128, 4, 64),  # BERT
     attention_layer(197, 3, 64),  # ViT
     layernorm_layer(128, 256),
