@@ -134,3 +134,22 @@ def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> N
     one, expected = _fused_gemm(rng, (rows, k), 300, activation="Relu", residual="post")
     for tactic in ("cpu.gemm.small_rows", "cpu.gemm.small_rows_1t"):
         assert_close(one.run_tactic(tactic), expected)
+
+
+@pytest.mark.parametrize("tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t"])
+def test_small_rows_runtime_bias_is_read_every_run(rng: np.random.Generator, tactic: str) -> None:
+    """The epilogue operands are cached per node only when the bias is constant."""
+    a = rng.standard_normal((4, 24)).astype(np.float32)
+    w = rng.standard_normal((24, 40)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    one = (
+        OneNode("FusedGemm", {"activation": "Relu"}).feed("a", a).feed("w", w, const=True).feed("bias", bias)
+    )
+    node = one.build((4, 40))
+    t = get_tactic(tactic)
+    prepared = t.prepare(node, one.graph)
+    for _ in range(2):
+        bias = rng.standard_normal(40).astype(np.float32)
+        out = np.empty((4, 40), np.float32)
+        t.run(node, [a, None if 1 in prepared.replaces else w, bias], [out], prepared)
+        assert_close(out, np.maximum(a.astype(np.float64) @ w + bias, 0))
