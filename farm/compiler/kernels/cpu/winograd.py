@@ -11,17 +11,20 @@ F(m x m, 3 x 3) computes each m x m output tile from an (m+2) x (m+2) input tile
 
 Tiles are numbered image by image, row by row; the last tile row and column may overhang the
 output (their extra input is read as zero padding and their extra outputs are dropped). Both
-transforms work on whole channels with the tile index innermost, so every arithmetic loop is a
-long unit-stride loop: the input transform applies B^T down the padded rows first (vectors as
-wide as the row), gathers the m-strided tile columns once into ``slots``, then applies B along
-them; the output transform applies A^T twice over vectors of all tiles of the channel, then
-scatters the m x m tiles into the NCHW output rows and runs the fused epilogue on each row while
-it is in L1.
+transforms work on a whole channel with the tile index innermost, so the arithmetic runs as long
+unit-stride loops: the input transform gathers every padded input row once into the a tile-column
+*slots* of its tiles, then applies B along them and B^T down them (a row shift of the flattened
+tile index); the output transform applies A^T twice and writes the m x m tiles into the flattened
+output plane, which then gets the fused epilogue. B^T and A^T are hard-coded (small integers);
+G is solved from them.
 
-Two tactics, so the tuner picks per layer: ``cpu.conv.winograd`` is F(4x4, 3x3) (points 0, +-1,
-+-2, infinity), ``cpu.conv.winograd_f2`` is F(2x2, 3x3) (points 0, +-1, infinity; more accurate,
-fewer wasted pixels on small planes). Pools: numba (input transform), then BLAS (the stacked GEMM),
-then numba (output transform + epilogue), one after the other, as the im2col tactics.
+Two tile sizes, so the tuner picks per layer: ``cpu.conv.winograd`` is F(4x4, 3x3) (points 0,
++-1, +-2, infinity), ``cpu.conv.winograd_f2`` is F(2x2, 3x3) (points 0, +-1, infinity; as accurate
+as im2col, less overhang and a smaller U on small planes; the heuristic default at tuning level 0,
+because it is never much slower than im2col, while F(4x4) is 2x slower on 7x7 planes at batch 1).
+Pools: numba (input transform), then the GEMMs split between threads with BLAS held to one
+thread each (:func:`gemm_stack`), then numba (output transform + epilogue), one after the other.
+The ``_1t`` forms run every GEMM on the calling thread.
 """
 
 from __future__ import annotations
@@ -373,7 +376,8 @@ def winograd_output(
     Per (image, output channel): ``z[o*a + j] = sum_i A^T[o, i] M[i*a + j]`` and
     ``y[o*m + p] = sum_j A^T[p, j] z[o*a + j]`` over all tiles at once (unit-stride loops), then
     the m x m tiles go into the output plane, which gets the epilogue while it is in L2.
-    ``z_ws`` [workers, m*a, th*tw] and ``y_ws`` [workers, m*m, th*tw] are per-worker workspaces;
+    ``z_ws`` [workers, m*a, th*tw] and ``y_ws`` [workers, m*m, th*tw] (m = 2 only: F(4x4) fuses
+    its second pass into the store) are per-worker workspaces;
     ``residual`` is [N*K, Ho*Wo] (or the dummy).
     """
     tpi = th * tw
@@ -468,7 +472,7 @@ class WinogradConv(Tactic):
 
     name = "cpu.conv.winograd"
     op_types = CONV_OPS
-    priority = 25
+    priority = 22
     tile = 4
     split_gemm = True  # False: every GEMM on the calling thread
 
@@ -530,7 +534,7 @@ class WinogradConv(Tactic):
             with threads_for(k_count * count * tpi * m * m):
                 workers = numba.get_num_threads()
                 z_ws = workspace(prepared, "z", (workers, m * a, tpi))
-                y_ws = workspace(prepared, "y", (workers, m * m, tpi))
+                y_ws = workspace(prepared, "y", (workers, m * m, tpi) if m == 2 else (workers, 1, 1))
                 winograd_output(
                     mv, n0, count, m, th, tw, planes, k_count, ho, wo, bias, has_bias, residual, mode, act, alpha, beta,
                     z_ws, y_ws,
@@ -543,10 +547,10 @@ register_tactic(WinogradConv)
 @register_tactic
 class WinogradF2Conv(WinogradConv):
     """F(2x2, 3x3): 2.25x fewer multiplies than direct, smaller tiles (less overhang on 7x7 and
-    14x14 planes), about 2x more accurate than F(4x4, 3x3)."""
+    14x14 planes, U 1.8x the weight instead of 4x), ~6x more accurate than F(4x4, 3x3)."""
 
     name = "cpu.conv.winograd_f2"
-    priority = 22
+    priority = 25
     tile = 2
 
 
