@@ -250,6 +250,9 @@ def fake_quantized_graph(graph: Graph, nodes: set[str] | None = None) -> Graph:
         correction = layer_bias_correction(node)
         if correction is not None:
             new_nodes.extend(_add_bias(out, node, correction))
+            # now in the bias: an engine built from the copy (which takes the Q/DQ pair for an
+            # explicit INT8 layer, keeping the node's attributes) must not add it a second time
+            node.attrs.pop(ATTR_BIAS_CORRECTION)
     out.nodes = new_nodes
     return out
 

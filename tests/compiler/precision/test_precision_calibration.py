@@ -271,3 +271,27 @@ def test_int8_gemm_int32_sums_are_exact_at_the_largest_codes_and_long_rows_are_d
     g.values["w"].const = rng.standard_normal((MAX_K + 1, 4)).astype(np.float32)
     g.values["x"].shape = (3, MAX_K + 1)
     assert not tactic.supports(node, g)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "FusedConv"])
+def test_the_emulation_built_as_an_engine_counts_the_bias_correction_once(op: str) -> None:
+    # the budget's sensitivity analysis runs fake_quantized_graph through an engine, whose Q/DQ
+    # extraction turns the layer back into an explicit INT8 layer: the correction must not double
+    from farm.compiler.precision.observe import GraphRunner
+
+    rng = np.random.default_rng(17)
+    g, node, feeds = _bias_correction_graph(rng, op)
+    set_activation_quant(node, ActivationQuant(4.0 / 255, 0, "uint8"))
+    axis = 1 if op == "FusedConv" else -1
+    mean = np.moveaxis(feeds["x"], axis, 0).reshape(feeds["x"].shape[axis], -1).mean(axis=1)
+    correction = bias_correction(node, g.const("w"), mean)
+    assert correction is not None
+    set_bias_correction(node, correction)
+    emulated = fake_quantized_graph(g)
+    assert layer_bias_correction(node) is not None  # the original keeps it
+    want = reference.run(emulated, feeds)["y"]
+    x = feeds["x"]
+    got = GraphRunner(emulated, ["y"], max_batch=x.shape[0], example=feeds).run(feeds)["y"]
+    step = 4.0 / 255 * float(np.max(np.abs(g.const("w"))))
+    assert np.max(np.abs(got - want)) < 4 * step
+    assert np.max(np.abs(got - want)) < 0.5 * np.max(np.abs(correction))
