@@ -320,10 +320,18 @@ def tensor_range(
     if spec.symmetric:
         amax = float(calibrator_function(spec.name, percentile)(stats.magnitude))
         return -amax, amax
-    one_sided = stats.negative.amax == 0.0
-    rule = calibrator_function(spec.name, percentile, 2 * QUANT_LEVELS if one_sided else QUANT_LEVELS)
-    hi = float(rule(stats.positive)) if stats.positive.amax > 0 else 0.0
-    lo = -float(rule(stats.negative)) if not one_sided else 0.0
+    # The 256 uint8 codes are shared by the two sides in proportion to their ranges (a HardSwish
+    # output, [-0.375, 10], gives almost all of them to its positive side): the level-based
+    # calibrators (entropy, MSE) judge each side with the resolution it will really get.
+    total = stats.positive.amax + stats.negative.amax
+    levels = 2 * QUANT_LEVELS
+    hi = lo = 0.0
+    if stats.positive.amax > 0:
+        share = max(2, round(levels * stats.positive.amax / total))
+        hi = float(calibrator_function(spec.name, percentile, share)(stats.positive))
+    if stats.negative.amax > 0:
+        share = max(2, round(levels * stats.negative.amax / total))
+        lo = -float(calibrator_function(spec.name, percentile, share)(stats.negative))
     return lo, hi
 
 

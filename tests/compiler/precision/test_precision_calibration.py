@@ -295,3 +295,28 @@ def test_the_emulation_built_as_an_engine_counts_the_bias_correction_once(op: st
     step = 4.0 / 255 * float(np.max(np.abs(g.const("w"))))
     assert np.max(np.abs(got - want)) < 4 * step
     assert np.max(np.abs(got - want)) < 0.5 * np.max(np.abs(correction))
+
+
+def test_each_side_is_calibrated_with_its_share_of_the_256_codes() -> None:
+    from farm.compiler.precision.calibration import RangeStatistics, amax_entropy, amax_mse, tensor_range
+
+    rng = np.random.default_rng(23)
+    skewed = np.concatenate([-0.4 * rng.uniform(size=4000), rng.exponential(1.5, size=40000)]).astype(
+        np.float32
+    )
+    one_sided = np.abs(skewed)
+    for data in (skewed, one_sided):
+        stats = RangeStatistics()
+        for part in np.array_split(data, 4):
+            stats.update(part)
+        total = stats.positive.amax + stats.negative.amax
+        pos_levels = max(2, round(256 * stats.positive.amax / total))
+        lo, hi = tensor_range(stats, CalibratorSpec("entropy"))
+        assert hi == pytest.approx(amax_entropy(stats.positive, pos_levels))
+        _, hi_mse = tensor_range(stats, CalibratorSpec("mse"))
+        assert hi_mse == pytest.approx(amax_mse(stats.positive, levels=pos_levels))
+        if data is one_sided:
+            assert lo == 0.0 and pos_levels == 256
+        else:
+            neg_levels = max(2, round(256 * stats.negative.amax / total))
+            assert 2 <= neg_levels < 64 and lo == pytest.approx(-amax_entropy(stats.negative, neg_levels))
