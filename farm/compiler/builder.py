@@ -456,7 +456,8 @@ def _choose_threads(
     context = engine.create_context()
 
     def run_with(blas: int, numba: int) -> None:
-        engine.threads, engine.numba_threads = blas, numba
+        # a context applies its own setting before every run (fixed when it was created)
+        context.threads = (blas, numba)
         context.run(feeds)
 
     (blas, numba), timings_ms = choose_thread_counts(

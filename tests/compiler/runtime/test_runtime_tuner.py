@@ -176,3 +176,24 @@ def test_choose_thread_counts_keeps_the_fastest_whole_schedule(monkeypatch: pyte
     assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in cost_ms.items()}
     assert thread_tuner.parse_thread_label("blas=4,numba=1") == (4, 1)
     assert thread_tuner.thread_candidates(1) == [(1, 1)]
+
+
+def test_the_builders_thread_choice_runs_each_setting_it_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-schedule thread choice must apply every (BLAS, numba) setting it times (it once
+    ran all four on the context's setting fixed at creation, so the choice was noise)."""
+    from farm.compiler import builder as builder_module
+    from farm.compiler.engine import runtime as runtime_module
+
+    applied: list[tuple[int | None, int | None]] = []
+    real = runtime_module.configure_threads
+
+    def spy(threads: int | None = None, numba_threads: int | None = None) -> int:
+        applied.append((threads, numba_threads))
+        return real(threads, numba_threads)
+
+    monkeypatch.setattr(runtime_module, "configure_threads", spy)
+    monkeypatch.setattr(builder_module, "available_cores", lambda: 2)
+    engine = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False))
+    assert engine.report["threads"]["source"] == "timed"
+    assert {(2, 2), (1, 1), (2, 1), (1, 2)} <= set(applied)
+    assert (engine.threads, engine.numba_threads) in {(2, 2), (1, 1), (2, 1), (1, 2)}
