@@ -19,7 +19,7 @@ from typing import Any
 import click
 import numpy as np
 
-from benchmarks.zoo_vs_ort import ModelResult, build_zoo_engine, compare_model
+from benchmarks.zoo_vs_ort import CROSS_RUNTIME_BLOCK_MS, ModelResult, build_zoo_engine, compare_model
 from farm.compiler.accuracy import compare_arrays, onnxruntime_session
 from farm.compiler.engine.benchmark import measure_interleaved
 from farm.compiler.engine.streaming import StreamingSession
@@ -71,7 +71,9 @@ def compare_models(
 ) -> list[ModelResult]:
     """crnn and gru_stream at each batch: ours vs ORT (see ``benchmarks/zoo_vs_ort.py``)."""
     return [
-        compare_model(name, batch, cache, tuning_level=tuning_level, duration_s=duration_s, iterations=iterations)
+        compare_model(
+            name, batch, cache, tuning_level=tuning_level, duration_s=duration_s, iterations=iterations
+        )
         for name in MODELS
         for batch in batches
     ]
@@ -98,6 +100,7 @@ def compare_streaming(
     stats = measure_interleaved(
         {"ours": lambda: stream.step({"chunk": chunk}), "ort": ort_step},
         batch=batch, warmup_ms=200, duration_s=duration_s, iterations=iterations,
+        block_ms=CROSS_RUNTIME_BLOCK_MS,
     )  # fmt: skip
     return StreamingResult(
         "gru_stream", batch, int(chunk.shape[1]), stats["ours"].median_ms, stats["ort"].median_ms,
@@ -114,9 +117,7 @@ def _layer_inputs(engine: Any, node: Any, feeds: dict[str, np.ndarray]) -> list[
     return [values[n] if n else None for n in node.inputs]
 
 
-def fusion_factors(
-    *, batch: int = 1, duration_s: float, iterations: int
-) -> list[FusionResult]:
+def fusion_factors(*, batch: int = 1, duration_s: float, iterations: int) -> list[FusionResult]:
     """Every LSTM/GRU layer of crnn and gru_stream: fused tactic(s) vs step by step, interleaved."""
     results = []
     for name in MODELS:
@@ -136,7 +137,9 @@ def fusion_factors(
                     continue
                 prepared = tactic.prepare(node, shaped)
                 ins = [None if i in prepared.replaces else x for i, x in enumerate(inputs)]
-                runners[tactic_name] = lambda t=tactic, i=ins, p=prepared, n=node, o=outputs: t.run(n, i, o, p)
+                runners[tactic_name] = lambda t=tactic, i=ins, p=prepared, n=node, o=outputs: t.run(
+                    n, i, o, p
+                )
             stats = measure_interleaved(runners, batch=batch, warmup_ms=200, duration_s=duration_s,
                                         iterations=iterations)  # fmt: skip
             fused = min((t for t in FUSED if t in stats), key=lambda t: stats[t].median_ms)
@@ -145,8 +148,13 @@ def fusion_factors(
             direction = str(node.attr("direction", "forward"))
             results.append(
                 FusionResult(
-                    name, node.name, node.op_type, f"{'x'.join(map(str, x_shape))} -> {hidden} ({direction})",
-                    fused, stats[fused].median_ms, stats[STEPWISE].median_ms,
+                    name,
+                    node.name,
+                    node.op_type,
+                    f"{'x'.join(map(str, x_shape))} -> {hidden} ({direction})",
+                    fused,
+                    stats[fused].median_ms,
+                    stats[STEPWISE].median_ms,
                 )  # fmt: skip
             )
     return results
@@ -190,7 +198,15 @@ def run_all(
                f"{stream.ratio:.3f}", f"{stream.rel_l2:.1e}")  # fmt: skip
     fusion = fusion_factors(duration_s=duration_s / 2, iterations=iterations)
     t3 = Table(title="Temporal fusion: fused recurrent tactic vs step by step (batch 1, median, interleaved)")
-    for col in ("model", "layer", "X shape -> hidden", "fused tactic", "fused ms", "step-by-step ms", "factor"):
+    for col in (
+        "model",
+        "layer",
+        "X shape -> hidden",
+        "fused tactic",
+        "fused ms",
+        "step-by-step ms",
+        "factor",
+    ):
         t3.add_column(col, justify="left" if col in ("model", "layer", "fused tactic") else "right")
     for f in fusion:
         t3.add_row(f.model, f.layer, f.shape, f.fused_tactic, f"{f.fused_ms:.3f}", f"{f.stepwise_ms:.3f}",

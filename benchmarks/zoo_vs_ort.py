@@ -45,6 +45,11 @@ class ModelResult:
         return dict(self.__dict__, ratio=self.ratio)
 
 
+# Ours and ONNX Runtime take turns of this long (the first run of each turn dropped): each
+# runtime's threads spin for a while after a call and would otherwise tax the other's next run.
+CROSS_RUNTIME_BLOCK_MS = 250.0
+
+
 def build_zoo_engine(
     name: str, batch: int, cache: TimingCache, tuning_level: int
 ) -> tuple[Engine, bytes, dict]:
@@ -79,6 +84,7 @@ def compare_model(
         warmup_ms=300,
         duration_s=duration_s,
         iterations=iterations,
+        block_ms=CROSS_RUNTIME_BLOCK_MS,
     )
     return ModelResult(
         model=name,

@@ -92,9 +92,16 @@ def measure_interleaved(
     warmup_ms: float = 200.0,
     duration_s: float = 3.0,
     iterations: int = 10,
+    block_ms: float = 0.0,
 ) -> dict[str, LatencyStats]:
-    """Like :func:`measure` for several runners, alternating them run by run so they share the
-    same machine conditions. The duration and count apply to each runner."""
+    """Like :func:`measure` for several runners, alternating them so they share the same machine
+    conditions. The duration and count apply to each runner.
+
+    With ``block_ms`` 0 the runners alternate run by run. With ``block_ms`` > 0 each turn runs one
+    runner back to back for about ``block_ms`` and drops the turn's first run: runtimes whose idle
+    threads keep spinning for a while after a call (ONNX Runtime's intra-op pool, OpenBLAS) then
+    do not slow each other down, while slow drifts of the machine still reach every runner alike.
+    Use blocks when comparing different runtimes; run-by-run suits engines of one runtime."""
     for run in runners.values():
         run()
     warm_end = time.perf_counter() + warmup_ms / 1e3
@@ -104,14 +111,23 @@ def measure_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in runners}
     started = time.perf_counter()
     rounds = 0
-    while rounds < iterations or time.perf_counter() - started < duration_s * len(runners):
+    while min(
+        len(s) for s in samples.values()
+    ) < iterations or time.perf_counter() - started < duration_s * len(runners):
         order = list(runners.items())
         if rounds % 2:
             order.reverse()  # neither runner always goes first (caches, turbo)
         for name, run in order:
-            t = time.perf_counter()
-            run()
-            samples[name].append((time.perf_counter() - t) * 1e3)
+            if block_ms > 0:
+                run()  # the turn's first run pays for the previous runner's threads
+            turn_end = time.perf_counter() + block_ms / 1e3
+            while True:
+                t = time.perf_counter()
+                run()
+                now = time.perf_counter()
+                samples[name].append((now - t) * 1e3)
+                if now >= turn_end:
+                    break
         rounds += 1
     return {name: latency_stats(s, batch) for name, s in samples.items()}
 
