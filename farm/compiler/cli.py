@@ -123,6 +123,18 @@ def _memory_table(summary: dict[str, Any]) -> Table:
 
 
 # ---------------------------------------------------------------------------- build
+
+
+def _calibrator_spec(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Check a ``--calibrator`` value (NAME[:OPTION,...]) now, with the calibration module's message."""
+    from farm.compiler.precision.calibration import CalibrationError, CalibratorSpec
+
+    try:
+        return str(CalibratorSpec.parse(value))
+    except CalibrationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @click.command("build")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--profile", default="cpu", show_default=True, help="Hardware profile to build for.")
@@ -141,8 +153,10 @@ def _memory_table(summary: dict[str, Any]) -> Table:
 )
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="INT8 calibration samples (.npz, one array per input, samples on axis 0).")  # fmt: skip
-@click.option("--calibrator", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="entropy",
-              show_default=True, help="INT8 calibration method.")  # fmt: skip
+@click.option("--calibrator", default="entropy", show_default=True, callback=_calibrator_spec,
+              help="INT8 calibration: minmax|percentile|entropy|mse, optionally with :symmetric "
+                   "(TensorRT's int8 scheme instead of asymmetric uint8) and/or :no-bias-correction, "
+                   "comma-separated (e.g. entropy:symmetric,no-bias-correction).")  # fmt: skip
 @click.option("--calibration-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="Calibration cache file (read when it matches, else written).")  # fmt: skip
 @click.option(

@@ -64,7 +64,9 @@ def test_reduced_float_engine_is_smaller_and_close_to_onnxruntime(resnet, precis
 
 def test_strict_int8_engine_equals_the_fake_quant_emulation_of_the_whole_chain(resnet) -> None:  # type: ignore[no-untyped-def]
     model, calib, val = resnet
-    engine = build(model, "cpu", _config(precision="int8", strict=True, calibration=calib, calibrator="minmax"))
+    engine = build(
+        model, "cpu", _config(precision="int8", strict=True, calibration=calib, calibrator="minmax")
+    )
     layers = _layer_precisions(engine)
     int8 = [n for n in engine.graph.nodes if layers[n.name] == "int8"]
     assert {n.op_type for n in int8} >= {"FusedConv", "FusedGemm"}
@@ -95,7 +97,9 @@ def test_permission_lets_the_tuner_keep_fp32_and_says_why(resnet) -> None:  # ty
 
 def test_layer_precision_globs_pin_layers(resnet) -> None:  # type: ignore[no-untyped-def]
     model, calib, _ = resnet
-    config = _config(precision="int8", strict=True, calibration=calib, layer_precision=["/layer1/*=fp32", "/fc*=fp16"])
+    config = _config(
+        precision="int8", strict=True, calibration=calib, layer_precision=["/layer1/*=fp32", "/fc*=fp16"]
+    )
     engine = build(model, "cpu", config)
     for entry in engine.report["precision_layers"]["layers"]:
         if entry["node"].startswith("/layer1/") and entry["op_type"] in ("FusedConv", "Conv"):
@@ -126,8 +130,17 @@ def test_every_calibrator_and_reader_form_builds_and_caches(tmp_path: Path, cali
     cache = tmp_path / "calib.json"
     iterator = ({k: v[i : i + 16] for k, v in samples.items()} for i in range(0, 64, 16))
     engines = [
-        build(model, "cpu", _config(precision="int8", strict=True, calibration=source, calibrator=calibrator,
-                                    calibration_cache=cache_path))  # fmt: skip
+        build(
+            model,
+            "cpu",
+            _config(
+                precision="int8",
+                strict=True,
+                calibration=source,
+                calibrator=calibrator,
+                calibration_cache=cache_path,
+            ),
+        )  # fmt: skip
         for source, cache_path in ((npz, cache), (iterator, None), (None, cache))
     ]
     from_npz, from_iterator, from_cache = (e.report["precision_layers"]["calibration"] for e in engines)
@@ -160,7 +173,10 @@ def test_farm_build_cli_precision_flags_and_inspect(tmp_path: Path, resnet) -> N
             "--layer-precision", "/conv1/*=fp32", "-o", str(out)]  # fmt: skip
     result = runner.invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "Layer precisions" in result.output and "INT8 calibration: percentile over 32 samples" in result.output
+    assert (
+        "Layer precisions" in result.output
+        and "INT8 calibration: percentile over 32 samples" in result.output
+    )
     inspected = runner.invoke(main, ["inspect", str(out)], catch_exceptions=False)
     assert inspected.exit_code == 0, inspected.output
     assert "strict int8" in inspected.output and "--layer-precision" in inspected.output
@@ -195,9 +211,36 @@ def test_int8_bert_with_a_symbolic_sequence_length() -> None:
     layers = {e["node"]: e for e in engine.report["precision_layers"]["layers"]}
     gemms = [e for e in layers.values() if e["op_type"] == "FusedGemm"]
     assert gemms and all(e["precision"] == "int8" for e in gemms)
-    assert all(e["precision"] == "fp32" for e in layers.values() if e["op_type"] in ("Attention", "LayerNorm"))
+    assert all(
+        e["precision"] == "fp32" for e in layers.values() if e["op_type"] in ("Attention", "LayerNorm")
+    )
     # embedding tables: weight-only INT8 (per-row scales)
-    gathers = [k for k in engine.kernels if k.node.op_type == "Gather" and k.tactic.name == "cpu.int8w.gather"]
+    gathers = [
+        k for k in engine.kernels if k.node.op_type == "Gather" and k.tactic.name == "cpu.int8w.gather"
+    ]
     assert len(gathers) >= 2 and all(k.prepared.tensors["table"].dtype == np.int8 for k in gathers)
     accuracy = {a.name: a for a in compare_outputs(engine.run(val), onnxruntime_outputs(model, val))}
     assert accuracy["pooler_output"].cosine > 0.99
+
+
+def test_farm_build_cli_takes_calibrator_options(tmp_path: Path) -> None:
+    """``--calibrator NAME:OPTIONS`` reaches the calibration (the report names the scheme); an
+    unknown option is a usage error naming the valid ones, before anything is built."""
+    from farm.cli import main
+
+    model = zoo.build_model("mlp", **MLP).SerializeToString()
+    onnx_path = tmp_path / "mlp.onnx"
+    onnx_path.write_bytes(model)
+    np.savez(tmp_path / "calib.npz", **zoo.sample_inputs("mlp", 16, seed=5, options=MLP))
+    runner = CliRunner(env={"COLUMNS": "250"})
+    base = ["build", str(onnx_path), "--tuning-level", "0", "--precision", "int8", "--strict",
+            "--calib", str(tmp_path / "calib.npz")]  # fmt: skip
+    bad = runner.invoke(main, [*base, "--calibrator", "entropy:lopsided", "-o", str(tmp_path / "x.engine")])
+    assert bad.exit_code == 2 and "lopsided" in bad.output and "symmetric" in bad.output, bad.output
+    assert not (tmp_path / "x.engine").exists()
+    out = tmp_path / "mlp-int8.engine"
+    good = runner.invoke(
+        main, [*base, "--calibrator", "MinMax:symmetric", "-o", str(out)], catch_exceptions=False
+    )
+    assert good.exit_code == 0, good.output
+    assert "minmax:symmetric" in good.output and out.exists()
