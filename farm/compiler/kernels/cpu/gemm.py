@@ -34,6 +34,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_or_dummy,
 )
 from farm.compiler.kernels.cpu._operands import float32_io
+from farm.compiler.kernels.cpu._rowgemm import add_row_products
 from farm.compiler.kernels.cpu._threads import SingleThreadBlas, blas_threads_for, threads_for
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -190,43 +191,19 @@ def small_rows_gemm(a, w, out, bias, has_bias, residual, res_mode, act, alpha, b
     """``out = epilogue(a @ w)`` for a few rows: a [M, K], w [K, N], out [M, N].
 
     Threads split the columns in blocks of 256; each block of weight rows is read once and
-    serves every row, whose partial sums stay in L1. Four weight rows go into each pass over a
-    row's partial sums, so the sums are loaded and stored once per four multiply-adds (the
-    store port, not the FMA units, bounded the one-row-at-a-time loop).
+    serves every row, whose partial sums stay in L1 (:func:`add_row_products`: eight weight rows
+    per pass over a row's partial sums).
     """
-    m, k_count = a.shape
+    m = a.shape[0]
     n = w.shape[1]
     blocks = (n + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
-    k4 = k_count - k_count % 8
+    every_row = np.ones(m, np.bool_)
     for blk in prange(blocks):
         j0 = blk * _COLUMN_BLOCK
         j1 = min(n, j0 + _COLUMN_BLOCK)
         width = j1 - j0
         acc = np.zeros((m, width), np.float32)  # the block of every row: stays in L1
-        for k in range(0, k4, 8):
-            w0 = w[k, j0:j1]
-            w1 = w[k + 1, j0:j1]
-            w2 = w[k + 2, j0:j1]
-            w3 = w[k + 3, j0:j1]
-            w4 = w[k + 4, j0:j1]
-            w5 = w[k + 5, j0:j1]
-            w6 = w[k + 6, j0:j1]
-            w7 = w[k + 7, j0:j1]
-            for i in range(m):
-                a0, a1, a2, a3 = a[i, k], a[i, k + 1], a[i, k + 2], a[i, k + 3]
-                a4, a5, a6, a7 = a[i, k + 4], a[i, k + 5], a[i, k + 6], a[i, k + 7]
-                arow = acc[i]
-                for j in range(width):
-                    arow[j] += (a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]) + (
-                        a4 * w4[j] + a5 * w5[j] + a6 * w6[j] + a7 * w7[j]
-                    )
-        for k in range(k4, k_count):
-            wrow = w[k, j0:j1]
-            for i in range(m):
-                av = a[i, k]
-                arow = acc[i]
-                for j in range(width):
-                    arow[j] += av * wrow[j]
+        add_row_products(acc, a, w, every_row, j0, j1, j0)
         for i in range(m):
             row = out[i, j0:j1]
             src = acc[i]

@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._rowgemm import add_row_products
 from farm.compiler.kernels.cpu._vecmath import exp_row
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -232,56 +233,6 @@ def _clip(x, limit):
     return min(max(x, -limit), limit)
 
 
-@njit(cache=True, nogil=True)
-def _hidden_projection(acc, h, r_t, active, col0, col1, shift):
-    """acc[b, col0-shift:col1-shift] += h[b] @ r_t[:, col0:col1] for the active rows b.
-
-    Eight rows of R^T at a time: each pass over a batch row's accumulator (one load and one store
-    per element) adds eight products, so the loop is bound by the FMAs rather than by the
-    accumulator's loads and stores (1.2-3.6x the one-row-per-pass form at batch 1-8, hidden 64-256);
-    the rows stay in L1 while every batch row uses them."""
-    batch, hidden = h.shape
-    width = col1 - col0
-    k8 = hidden - hidden % 8
-    for k in range(0, k8, 8):
-        r0 = r_t[k, col0:col1]
-        r1 = r_t[k + 1, col0:col1]
-        r2 = r_t[k + 2, col0:col1]
-        r3 = r_t[k + 3, col0:col1]
-        r4 = r_t[k + 4, col0:col1]
-        r5 = r_t[k + 5, col0:col1]
-        r6 = r_t[k + 6, col0:col1]
-        r7 = r_t[k + 7, col0:col1]
-        for b in range(batch):
-            if not active[b]:
-                continue
-            hb = h[b]
-            h0, h1, h2, h3, h4, h5, h6, h7 = (
-                hb[k],
-                hb[k + 1],
-                hb[k + 2],
-                hb[k + 3],
-                hb[k + 4],
-                hb[k + 5],
-                hb[k + 6],
-                hb[k + 7],
-            )
-            dst = acc[b, col0 - shift : col1 - shift]
-            for j in range(width):  # indices from 0 so that the loop vectorizes
-                dst[j] += ((h0 * r0[j] + h1 * r1[j]) + (h2 * r2[j] + h3 * r3[j])) + (
-                    (h4 * r4[j] + h5 * r5[j]) + (h6 * r6[j] + h7 * r7[j])
-                )
-    for k in range(k8, hidden):
-        row = r_t[k, col0:col1]
-        for b in range(batch):
-            if not active[b]:
-                continue
-            hk = h[b, k]
-            dst = acc[b, col0 - shift : col1 - shift]
-            for j in range(width):
-                dst[j] += hk * row[j]
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
 def _sigmoid_vec(x, out):
     """out = 1 / (1 + exp(-x)) with the vectorizable exp (``out`` may be ``x``)."""
@@ -408,7 +359,7 @@ def _run_direction(
             acc[b, :] = proj[t, b, off : off + gh]
         if kind == 1 and not linear_before_reset:
             # GRU (default): z and r first; the candidate needs (r * h) @ R_h^T.
-            _hidden_projection(acc, h, r_t[d], active, 0, 2 * hidden, 0)
+            add_row_products(acc, h, r_t[d], active, 0, 2 * hidden, 0)
             for b in range(batch):
                 if active[b] and fast:
                     _fast_reset_row(acc[b], h[b], clip, g1, extra[b])
@@ -416,7 +367,7 @@ def _run_direction(
                     for j in range(hidden):
                         r = _activate(f_code, _clip(acc[b, hidden + j], clip), fa, fb)
                         extra[b, j] = r * h[b, j]
-            _hidden_projection(acc, extra, r_t[d], active, 2 * hidden, 3 * hidden, 0)
+            add_row_products(acc, extra, r_t[d], active, 2 * hidden, 3 * hidden, 0)
             for b in range(batch):
                 if active[b] and fast:
                     _fast_gates_row(kind, False, input_forget, f_code, d, acc[b], extra[b], h[b], c[b], peep, clip,
@@ -430,8 +381,8 @@ def _run_direction(
             # GRU linear_before_reset: candidate = g(x W_h + Wb_h + r * (h R_h^T + Rb_h)).
             for b in range(batch):
                 extra[b, :] = candidate_bias[d]
-            _hidden_projection(acc, h, r_t[d], active, 0, 2 * hidden, 0)
-            _hidden_projection(extra, h, r_t[d], active, 2 * hidden, 3 * hidden, 2 * hidden)
+            add_row_products(acc, h, r_t[d], active, 0, 2 * hidden, 0)
+            add_row_products(extra, h, r_t[d], active, 2 * hidden, 3 * hidden, 2 * hidden)
             for b in range(batch):
                 if active[b] and fast:
                     _fast_gates_row(kind, True, input_forget, f_code, d, acc[b], extra[b], h[b], c[b], peep, clip,
@@ -444,7 +395,7 @@ def _run_direction(
                         cand = _activate(g_code, _clip(pre, clip), ga, gb)
                         h[b, j] = (np.float32(1.0) - z) * cand + z * h[b, j]
         elif kind == 2:
-            _hidden_projection(acc, h, r_t[d], active, 0, gh, 0)
+            add_row_products(acc, h, r_t[d], active, 0, gh, 0)
             for b in range(batch):
                 if active[b] and fast:
                     _fast_gates_row(kind, False, input_forget, f_code, d, acc[b], extra[b], h[b], c[b], peep, clip,
@@ -465,7 +416,7 @@ def _run_direction(
                         c[b, j] = c_new
                         h[b, j] = o_gate * _activate(h_code, c_new, ha, hb)
         else:
-            _hidden_projection(acc, h, r_t[d], active, 0, gh, 0)
+            add_row_products(acc, h, r_t[d], active, 0, gh, 0)
             for b in range(batch):
                 if active[b] and fast:
                     _fast_gates_row(kind, False, input_forget, f_code, d, acc[b], extra[b], h[b], c[b], peep, clip,
