@@ -173,9 +173,7 @@ def resolve_bindings(graph: Graph, config: BuilderConfig) -> list[Binding]:
         if declared is not None and len(base) != len(declared):
             raise BuildError(f"--shapes gives {name!r} rank {len(base)}, the model declares {declared}")
         declared_shapes[name], bases[name] = declared, base
-    batch_symbols = {
-        str(d[0]) for d in declared_shapes.values() if d and not isinstance(d[0], int) and d[0] is not None
-    }
+    batch_symbols = {d[0] for d in declared_shapes.values() if d and isinstance(d[0], str)}
     bound: dict[str, tuple[int, int, int]] = {}
     if config.batch_range is not None:
         bound.update(dict.fromkeys(batch_symbols, config.batch_range))
