@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from kernels_harness import OneNode, assert_close, epilogue_oracle
 
+from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
 
 CONST_WEIGHT_TACTICS = [
@@ -107,7 +108,7 @@ def test_matmul_constant_weight_small_rows(rng: np.random.Generator) -> None:
     one = OneNode("MatMul").feed("a", a).feed("w", w, const=True)
     one.build((1, 3, 129))
     expected = one.expected(lambda *_: a.astype(np.float64) @ w)
-    for tactic in CONST_WEIGHT_TACTICS:
+    for tactic in [*CONST_WEIGHT_TACTICS, "cpu.gemm.dot_rows"]:
         assert_close(one.run_tactic(tactic), expected)
 
 
@@ -122,7 +123,7 @@ def test_fused_gemm_default_epilogue_attributes(rng: np.random.Generator) -> Non
     )
     one.build(z.shape)
     expected = one.expected(lambda *_: np.maximum(z + r, 0))
-    for tactic in CONST_WEIGHT_TACTICS:
+    for tactic in [*CONST_WEIGHT_TACTICS, "cpu.gemm.dot_rows"]:
         assert_close(one.run_tactic(tactic), expected)
 
 
@@ -136,7 +137,7 @@ def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> N
         assert_close(one.run_tactic(tactic), expected)
 
 
-@pytest.mark.parametrize("tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t"])
+@pytest.mark.parametrize("tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", "cpu.gemm.dot_rows"])
 def test_small_rows_runtime_bias_is_read_every_run(rng: np.random.Generator, tactic: str) -> None:
     """The epilogue operands are cached per node only when the bias is constant."""
     a = rng.standard_normal((4, 24)).astype(np.float32)
@@ -153,3 +154,124 @@ def test_small_rows_runtime_bias_is_read_every_run(rng: np.random.Generator, tac
         out = np.empty((4, 40), np.float32)
         t.run(node, [a, None if 1 in prepared.replaces else w, bias], [out], prepared)
         assert_close(out, np.maximum(a.astype(np.float64) @ w + bias, 0))
+
+
+# --------------------------------------------------------------------------- cpu.gemm.dot_rows
+ACTIVATION_PARAMS = {"LeakyRelu": (0.1, 0.0), "Clip": (-0.5, 0.7), "HardSigmoid": (0.2, 0.5)}
+
+
+def _dot_rows_case(
+    rng: np.random.Generator,
+    rows: int,
+    k: int,
+    n: int,
+    *,
+    trans_b: int,
+    activation: str,
+    residual: str | None,
+    bias_shape: tuple[int, ...] | None,
+) -> tuple[OneNode, np.ndarray]:
+    a = rng.standard_normal((rows, k)).astype(np.float32)
+    w = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    z = a.astype(np.float64) @ (w.T if trans_b else w).astype(np.float64)
+    alpha, beta = ACTIVATION_PARAMS.get(activation, (0.0, 0.0))
+    attrs: dict = {"transB": trans_b, "activation": activation, "alpha": alpha, "beta": beta}
+    one = OneNode("FusedGemm", attrs).feed("a", a).feed("w", w, const=True)
+    if bias_shape is not None:
+        bias = rng.standard_normal(bias_shape).astype(np.float32)
+        z = z + bias
+        one.feed("bias", bias, const=True)
+    r = rng.standard_normal(z.shape).astype(np.float32) if residual else None
+    if r is not None:
+        attrs["residual"] = residual
+        if bias_shape is None:
+            one.skip()
+        one.feed("r", r)
+    node = one.build(z.shape)
+    return one, epilogue_oracle(z, node, r)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 16])
+@pytest.mark.parametrize(
+    ("k", "n", "trans_b", "bias_shape"),
+    [(256, 512, 1, "n"), (37, 19, 0, "1n"), (1, 3, 1, "scalar"), (300, 129, 0, None), (9, 1, 1, "n")],
+)
+def test_dot_rows_matches_float64(
+    rng: np.random.Generator, rows: int, k: int, n: int, trans_b: int, bias_shape: str | None
+) -> None:
+    """Row blocks of four and their tails, odd N (the column-pair tail), K not a multiple of
+    the vector width, every bias form; the oracle is float64 numpy."""
+    shape = {"n": (n,), "1n": (1, n), "scalar": (), None: None}[bias_shape]
+    one, expected = _dot_rows_case(
+        rng, rows, k, n, trans_b=trans_b, activation="Relu", residual=None, bias_shape=shape
+    )
+    assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("residual", [None, "pre", "post"])
+def test_dot_rows_every_epilogue(rng: np.random.Generator, activation: str, residual: str | None) -> None:
+    one, expected = _dot_rows_case(
+        rng, 6, 70, 33, trans_b=1, activation=activation, residual=residual, bias_shape=(33,)
+    )
+    assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
+    assert_close(one.run_tactic("cpu.gemm.dot_rows"), one.expected(lambda *_: expected))
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c_shape", [(11,), (1, 11), (), (5, 11), (5, 1), "runtime", None])
+def test_dot_rows_onnx_gemm(
+    rng: np.random.Generator, trans_a: int, trans_b: int, c_shape: tuple[int, ...] | str | None
+) -> None:
+    """ONNX Gemm as it reaches the tactics when the passes do not run: transA, transB, alpha
+    folded into the weight, beta into C, C per column (a bias) or per row/element (added like a
+    residual), constant or a runtime input."""
+    m, k, n, alpha, beta = 5, 23, 11, 0.7, -1.3
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    z = alpha * ((a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64))
+    one = OneNode("Gemm", {"transA": trans_a, "transB": trans_b, "alpha": alpha, "beta": beta})
+    one.feed("a", a).feed("b", b, const=True)
+    if c_shape is not None:
+        c = rng.standard_normal((m, n) if c_shape == "runtime" else c_shape).astype(np.float32)
+        z = z + beta * c.astype(np.float64)
+        one.feed("c", c, const=c_shape != "runtime")
+    one.build((m, n))
+    expected = one.expected(lambda *_: z)
+    assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
+
+
+def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(rng: np.random.Generator) -> None:
+    """Tuned at a small batch, run at 40 rows: the same operands through BLAS, same results."""
+    k, n = 48, 20
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    one = OneNode("FusedGemm", {"transB": 1, "activation": "Tanh"})
+    one.graph.add_input("a", "float32", ("batch", k))
+    one.input_names.append("a")
+    one.feed("w", w, const=True).feed("bias", bias, const=True)
+    node = one.build(("batch", n))
+    tactic = get_tactic("cpu.gemm.dot_rows")
+    assert tactic.supports(node, one.graph)
+    prepared = tactic.prepare(node, one.graph)
+    for rows in (40, 2, 17):
+        a = rng.standard_normal((rows, k)).astype(np.float32)
+        out = np.full((rows, n), np.nan, np.float32)
+        tactic.run(node, [a, None, None], [out], prepared)
+        assert_close(out, np.tanh(a.astype(np.float64) @ w.T.astype(np.float64) + bias))
+
+
+def test_dot_rows_declines_many_static_rows(rng: np.random.Generator) -> None:
+    one, _ = _fused_gemm(rng, (2, 9, 30), 16, activation="Relu", residual=None)
+    assert not get_tactic("cpu.gemm.dot_rows").supports(one.node, one.graph)
+    one, _ = _fused_gemm(rng, (2, 8, 30), 16, activation="Relu", residual=None)
+    assert get_tactic("cpu.gemm.dot_rows").supports(one.node, one.graph)
+
+
+def test_blas_epilogue_serial_and_parallel_paths_agree(rng: np.random.Generator) -> None:
+    """cpu.gemm.blas applies a small output's epilogue on the calling thread and a large one's
+    with numba's pool: both match the oracle."""
+    for rows in (2, 200):
+        one, expected = _fused_gemm(rng, (rows, 64), 300, activation="Silu", residual="pre")
+        assert_close(one.run_tactic("cpu.gemm.blas"), expected)
