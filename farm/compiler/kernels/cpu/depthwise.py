@@ -1,0 +1,385 @@
+"""Depthwise convolution tactics (groups == input channels), one output plane at a time.
+
+``cpu.conv.depthwise_plane`` computes each (image, output channel) plane on the *wide grid* of
+its phase planes (see ``_windows``): the input plane is copied once into zero-padded phase
+planes (stride s splits it into sh*sw planes, so every tap of every stride and dilation reads a
+contiguous run), and each tap is then one long multiply-add over a block of whole output rows,
+``cols = Wo + (kw-1)*dw // sw`` floats per row (the extra columns are computed and dropped).
+What makes it fast where ``cpu.conv.depthwise_direct`` (same idea) was not:
+
+* a kernel row's taps go in one pass (3, 5 or 7 windows per multiply-add loop, FMA-contracted,
+  unsigned indices so LLVM vectorizes without wrap-around checks): the accumulator is loaded and
+  stored once per kernel row, not once per tap;
+* no allocation in the parallel loop: each thread owns a slice of workspaces kept in
+  ``prepared.scratch``, zeroed once; a plane's copy writes only the image's pixels, so the
+  padding stays zero from one plane (and one run) to the next;
+* the output rows are processed in blocks of about :data:`BLOCK_FLOATS` floats that stay in L1
+  while the bias (folded into the first tap pass), residual and activation are applied
+  (``_epilogue.finish_row`` over the block's contiguous output rows);
+* stride-2 columns are split into their two phases by one de-interleaving loop.
+
+``cpu.conv.depthwise_plane_1t`` is the same on the calling thread only: a small layer does not
+pay for waking numba's second thread (the tuner times both).
+
+Pool: numba's (``prange`` over one contiguous run of planes per thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+from numba import njit, prange, uint64
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import epilogue_params, finish_row, residual_rows
+from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._windows import valid_columns
+from farm.compiler.kernels.cpu.conv import (
+    CONV_OPS,
+    ConvGeometry,
+    _as_4d,
+    _conv_node_ok,
+    _out_4d,
+    _weight_4d,
+    _weight_shape,
+)
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+# Floats of one block of wide output rows (8 KiB): the accumulator of a block stays in L1.
+BLOCK_FLOATS = 2048
+# The tap loops run over a multiple of this many floats (LLVM's vectorized body: 4 x 8 lanes),
+# so no pass ends in a scalar remainder loop; the workspaces carry this much slack at the end.
+RUN = 32
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _fill_phases(xf, x0, h, wi, ph, sh, sw, pt, pl, rows, cols):
+    """Copy the [h, wi] plane at flat offset ``x0`` of ``xf`` into its flattened phase planes
+    ``ph``: ``ph[(a*sw + b)*rows*cols + r*cols + q] = plane[r*sh + a - pt, q*sw + b - pl]``,
+    writing only the positions inside the image (the rest is padding, zero from allocation).
+    Flat unsigned indices throughout: no per-row slice objects, no wrap-around checks."""
+    size = rows * cols
+    for a in range(sh):
+        r_lo = max(0, (pt - a + sh - 1) // sh)
+        r_hi = min(rows, (h - 1 + pt - a) // sh + 1) if h - 1 + pt - a >= 0 else 0
+        if sw == 2:
+            lo0, hi0 = valid_columns(-pl, 2, wi, cols)
+            lo1, hi1 = valid_columns(1 - pl, 2, wi, cols)
+            q_lo = max(lo0, lo1)
+            q_hi = max(q_lo, min(hi0, hi1))
+            count = q_hi - q_lo
+            for r in range(r_lo, r_hi):
+                row = x0 + (r * sh + a - pt) * wi
+                d0 = (2 * a) * size + r * cols
+                d1 = d0 + size
+                src = uint64(row + 2 * q_lo - pl)
+                u0 = uint64(d0 + q_lo)
+                u1 = uint64(d1 + q_lo)
+                for t in range(count):  # one de-interleaving loop for both column phases
+                    ut = uint64(t)
+                    ph[u0 + ut] = xf[src + uint64(2) * ut]
+                    ph[u1 + ut] = xf[src + uint64(2) * ut + uint64(1)]
+                for q in range(lo0, q_lo):
+                    ph[d0 + q] = xf[row + 2 * q - pl]
+                for q in range(q_hi, hi0):
+                    ph[d0 + q] = xf[row + 2 * q - pl]
+                for q in range(lo1, q_lo):
+                    ph[d1 + q] = xf[row + 2 * q + 1 - pl]
+                for q in range(q_hi, hi1):
+                    ph[d1 + q] = xf[row + 2 * q + 1 - pl]
+            continue
+        for b in range(sw):
+            lo, hi = valid_columns(b - pl, sw, wi, cols)
+            step = uint64(sw)
+            for r in range(r_lo, r_hi):
+                src = uint64(x0 + (r * sh + a - pt) * wi + lo * sw + b - pl)
+                dst = uint64((a * sw + b) * size + r * cols + lo)
+                if sw == 1:
+                    for q in range(hi - lo):
+                        uq = uint64(q)
+                        ph[dst + uq] = xf[src + uq]
+                else:
+                    for q in range(hi - lo):
+                        uq = uint64(q)
+                        ph[dst + uq] = xf[src + uq * step]
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _taps1(acc, n, ph, s0, w0, init, bias):
+    """acc[:n] (= bias if init else +=) w0 * ph[s0:]."""
+    u0 = uint64(s0)
+    if init:
+        for q in range(n):
+            uq = uint64(q)
+            acc[uq] = bias + w0 * ph[u0 + uq]
+    else:
+        for q in range(n):
+            uq = uint64(q)
+            acc[uq] += w0 * ph[u0 + uq]
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _taps3(acc, n, ph, s0, s1, s2, w0, w1, w2, init, bias):
+    """Three taps (one kernel row of a 3-wide kernel) in one pass over acc[:n]."""
+    u0, u1, u2 = uint64(s0), uint64(s1), uint64(s2)
+    if init:
+        for q in range(n):
+            uq = uint64(q)
+            acc[uq] = bias + w0 * ph[u0 + uq] + w1 * ph[u1 + uq] + w2 * ph[u2 + uq]
+    else:
+        for q in range(n):
+            uq = uint64(q)
+            acc[uq] += w0 * ph[u0 + uq] + w1 * ph[u1 + uq] + w2 * ph[u2 + uq]
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _taps5(acc, n, ph, s0, s1, s2, s3, s4, w0, w1, w2, w3, w4, init, bias):
+    """Five taps (one kernel row of a 5-wide kernel) in one pass over acc[:n]."""
+    u0, u1, u2, u3, u4 = uint64(s0), uint64(s1), uint64(s2), uint64(s3), uint64(s4)
+    if init:
+        for q in range(n):
+            uq = uint64(q)
+            acc[uq] = (
+                bias + w0 * ph[u0 + uq] + w1 * ph[u1 + uq] + w2 * ph[u2 + uq]
+                + w3 * ph[u3 + uq] + w4 * ph[u4 + uq]
+            )  # fmt: skip
+    else:
+        for q in range(n):
+            uq = uint64(q)
+            acc[uq] += (
+                w0 * ph[u0 + uq] + w1 * ph[u1 + uq] + w2 * ph[u2 + uq]
+                + w3 * ph[u3 + uq] + w4 * ph[u4 + uq]
+            )  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _tap_start(i, j, sh, sw, dh, dw, rows, cols, oy0):
+    """Flat offset in the phase planes of tap (i, j)'s window for output rows from ``oy0``."""
+    phase = ((i * dh) % sh) * sw + (j * dw) % sw
+    return phase * rows * cols + ((i * dh) // sh + oy0) * cols + (j * dw) // sw
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _accumulate(acc, ph, wm, bias, oy0, nr, sh, sw, dh, dw, rows, cols):
+    """acc[:nr*cols] = bias + the conv of output rows oy0 .. oy0+nr on the wide grid; ``wm`` is
+    the channel's [kh, kw] kernel."""
+    kh, kw = wm.shape
+    n = (nr * cols + RUN - 1) // RUN * RUN  # the extra floats are junk columns, never read
+    for i in range(kh):
+        init = i == 0
+        if kw == 3:
+            _taps3(
+                acc, n, ph,
+                _tap_start(i, 0, sh, sw, dh, dw, rows, cols, oy0),
+                _tap_start(i, 1, sh, sw, dh, dw, rows, cols, oy0),
+                _tap_start(i, 2, sh, sw, dh, dw, rows, cols, oy0),
+                wm[i, 0], wm[i, 1], wm[i, 2], init, bias,
+            )  # fmt: skip
+        elif kw == 5:
+            _taps5(
+                acc, n, ph,
+                _tap_start(i, 0, sh, sw, dh, dw, rows, cols, oy0),
+                _tap_start(i, 1, sh, sw, dh, dw, rows, cols, oy0),
+                _tap_start(i, 2, sh, sw, dh, dw, rows, cols, oy0),
+                _tap_start(i, 3, sh, sw, dh, dw, rows, cols, oy0),
+                _tap_start(i, 4, sh, sw, dh, dw, rows, cols, oy0),
+                wm[i, 0], wm[i, 1], wm[i, 2], wm[i, 3], wm[i, 4], init, bias,
+            )  # fmt: skip
+        else:
+            j = 0
+            while j + 3 <= kw:
+                _taps3(
+                    acc, n, ph,
+                    _tap_start(i, j, sh, sw, dh, dw, rows, cols, oy0),
+                    _tap_start(i, j + 1, sh, sw, dh, dw, rows, cols, oy0),
+                    _tap_start(i, j + 2, sh, sw, dh, dw, rows, cols, oy0),
+                    wm[i, j], wm[i, j + 1], wm[i, j + 2], init and j == 0, bias,
+                )  # fmt: skip
+                j += 3
+            while j < kw:
+                _taps1(
+                    acc,
+                    n,
+                    ph,
+                    _tap_start(i, j, sh, sw, dh, dw, rows, cols, oy0),
+                    wm[i, j],
+                    init and j == 0,
+                    bias,
+                )
+                j += 1
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def depthwise_planes(
+    x, w, bias, residual, res_mode, act, alpha, beta, out, mult, sh, sw, pt, pl, dh, dw, ph, acc
+):
+    """Depthwise conv of ``x`` [N*C, H, W] into ``out`` [N*M, Ho, Wo] (plane t = n*M + m reads
+    input plane n*C + m // mult).
+
+    ``w`` [M, kh, kw] and ``bias`` [M] float32; ``residual`` [N*M, Ho*Wo] or a dummy.
+    ``ph`` [T, sh*sw*rows*cols] (zero where no pixel is ever written) and ``acc`` [T, block] are
+    the workspaces of the T threads; plane range k*P//T .. (k+1)*P//T goes to thread k.
+    """
+    planes, ho, wo = out.shape
+    h, wi = x.shape[1], x.shape[2]
+    xf = x.reshape(-1)
+    m_count = w.shape[0]
+    c_count = m_count // mult
+    kh, kw = w.shape[1], w.shape[2]
+    chunks = ph.shape[0]
+    rows = ho + ((kh - 1) * dh) // sh + 1
+    cols = wo + ((kw - 1) * dw) // sw
+    rb = max(1, min(ho, (acc.shape[1] - RUN) // cols))
+    for k in prange(chunks):
+        buf = ph[k]
+        ac = acc[k]
+        last = -1
+        for t in range(k * planes // chunks, (k + 1) * planes // chunks):
+            n = t // m_count
+            m = t % m_count
+            src = n * c_count + m // mult
+            if src != last:
+                _fill_phases(xf, src * h * wi, h, wi, buf, sh, sw, pt, pl, rows, cols)
+                last = src
+            oplane = out[t]
+            res = residual[t] if res_mode != 0 else residual[0]
+            for oy0 in range(0, ho, rb):
+                nr = min(rb, ho - oy0)
+                _accumulate(ac, buf, w[m], bias[m], oy0, nr, sh, sw, dh, dw, rows, cols)
+                for r in range(nr):
+                    srow = ac[r * cols : r * cols + wo]
+                    drow = oplane[oy0 + r]
+                    for q in range(wo):
+                        drow[q] = srow[q]
+                block = oplane[oy0 : oy0 + nr].reshape(-1)
+                rblock = res[oy0 * wo : (oy0 + nr) * wo] if res_mode != 0 else res
+                finish_row(block, np.float32(0.0), bias, 0, rblock, res_mode, act, alpha, beta)
+
+
+def _depthwise_node(node: Node, graph: Graph) -> bool:
+    """A Conv/FusedConv with group == input channels and one input channel per group."""
+    if not _conv_node_ok(node, graph):
+        return False
+    w = graph.values[node.input(1)]
+    x = graph.values[node.input(0)]
+    if w.shape is None or x.shape is None or not isinstance(x.shape[1], int):
+        return False
+    group = int(node.attr("group", 1))
+    return group > 1 and group == x.shape[1] and w.shape[1] == 1
+
+
+def _kernel_3d(w: np.ndarray) -> np.ndarray:
+    """[M, 1, (kh,) kw] -> C-contiguous float32 [M, kh, kw]."""
+    w4 = _weight_4d(w)
+    return np.ascontiguousarray(w4.reshape(w4.shape[0], w4.shape[2], w4.shape[3]), np.float32)
+
+
+@register_tactic
+class DepthwisePlaneConv(Tactic):
+    """Depthwise conv per output plane on phase planes, kernel rows in one vectorized pass,
+    thread-owned workspaces, epilogue per block of rows (see the module docstring)."""
+
+    name = "cpu.conv.depthwise_plane"
+    op_types = CONV_OPS
+    priority = 34
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return _depthwise_node(node, graph)
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        prepared = Prepared(params={"weight_shape": _weight_shape(node, graph)})
+        w = graph.const(node.input(1))
+        if w is not None:
+            prepared.tensors["weight"] = _kernel_3d(w)
+        b = graph.const(node.input(2)) if node.input(2) else None
+        if b is not None:
+            prepared.tensors["bias"] = np.ascontiguousarray(b, np.float32).reshape(-1)
+        prepared.replaces = frozenset(
+            i for i, k in ((1, "weight"), (2, "bias")) if k in prepared.tensors and node.input(i)
+        )
+        return prepared
+
+    def _operands(
+        self, node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepared, m: int
+    ) -> tuple[ConvGeometry, np.ndarray, np.ndarray, tuple[int, float, float, int]]:
+        """(geometry, weight [M, kh, kw], bias [M], epilogue params); cached when constant."""
+        cached = prepared.scratch.get("operands")
+        if cached is not None:
+            return cached
+        geo = ConvGeometry.of(node, prepared.params["weight_shape"])
+        w = prepared.tensors.get("weight")
+        w = _kernel_3d(inputs[1]) if w is None else np.ascontiguousarray(w, np.float32)  # type: ignore[arg-type]
+        b = prepared.tensors.get("bias")
+        if b is None:
+            raw_b = inputs[2] if len(inputs) > 2 else None
+            b = np.zeros(m, np.float32) if raw_b is None else raw_b
+        b = np.ascontiguousarray(b, np.float32).reshape(-1)
+        result = (geo, w, b, epilogue_params(node))
+        if "weight" in prepared.tensors and (not node.input(2) or "bias" in prepared.tensors):
+            prepared.scratch["operands"] = result
+        return result
+
+    def threads(self) -> int:
+        """numba threads this tactic's loop is split over."""
+        return int(numba.get_num_threads())
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        out4 = _out_4d(outputs[0])
+        n, m, ho, wo = out4.shape
+        geo, w, bias, (act, alpha, beta, mode) = self._operands(node, inputs, prepared, m)
+        x4 = _as_4d(inputs[0])  # type: ignore[arg-type]
+        c, h, wi = x4.shape[1], x4.shape[2], x4.shape[3]
+        x = np.ascontiguousarray(x4, np.float32).reshape(n * c, h, wi)
+        out = out4.reshape(n * m, ho, wo)
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
+        with threads_for(self._elements(out.size, geo)):
+            chunks = max(1, min(self.threads(), n * m))
+            ph, acc = self._workspaces(prepared, geo, x.shape, ho, wo, chunks)
+            depthwise_planes(
+                x, w, bias, residual, mode, act, alpha, beta, out, m // c,
+                geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ph, acc,
+            )  # fmt: skip
+
+    def _elements(self, out_size: int, geo: ConvGeometry) -> int:
+        return out_size * geo.kh * geo.kw
+
+    @staticmethod
+    def _workspaces(
+        prepared: Prepared, geo: ConvGeometry, x_shape: tuple[int, ...], ho: int, wo: int, chunks: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread phase planes (zeroed once: only image pixels are ever written there, the
+        same ones for every plane of this input shape) and accumulators."""
+        key: Any = (tuple(x_shape), ho, wo, chunks)
+        cached = prepared.scratch.get("workspaces")
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        rows = ho + ((geo.kh - 1) * geo.dh) // geo.sh + 1
+        cols = wo + ((geo.kw - 1) * geo.dw) // geo.sw
+        ph = np.zeros((chunks, geo.sh * geo.sw * rows * cols + RUN), np.float32)
+        block = max(1, min(ho, BLOCK_FLOATS // cols)) * cols
+        acc = np.zeros((chunks, block + RUN), np.float32)
+        prepared.scratch["workspaces"] = (key, ph, acc)
+        return ph, acc
+
+
+@register_tactic
+class SingleThreadDepthwisePlaneConv(DepthwisePlaneConv):
+    """``cpu.conv.depthwise_plane`` on the calling thread only (small layers, busy hosts)."""
+
+    name = "cpu.conv.depthwise_plane_1t"
+    priority = 33
+
+    def threads(self) -> int:
+        return 1
+
+    def _elements(self, out_size: int, geo: ConvGeometry) -> int:
+        return 0  # threads_for(0): numba's loops run on the calling thread
