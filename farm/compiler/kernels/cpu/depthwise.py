@@ -34,7 +34,17 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._epilogue import epilogue_params, finish_row, residual_rows
+from farm.compiler.kernels.cpu._epilogue import (
+    ACT_CLIP,
+    ACT_NONE,
+    ACT_RELU,
+    RES_NONE,
+    RES_POST,
+    RES_PRE,
+    epilogue_params,
+    finish_row,
+    residual_rows,
+)
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu._windows import valid_columns
 from farm.compiler.kernels.cpu.conv import (
@@ -107,6 +117,13 @@ def _fill_phases(xf, x0, h, wi, ph, sh, sw, pt, pl, rows, cols):
                         ph[dst + uq] = xf[src + uq * step]
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _tap_start(i, j, sh, sw, dh, dw, rows, cols, oy0):
+    """Flat offset in the phase planes of tap (i, j)'s window for output rows from ``oy0``."""
+    phase = ((i * dh) % sh) * sw + (j * dw) % sw
+    return phase * rows * cols + ((i * dh) // sh + oy0) * cols + (j * dw) // sw
+
+
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _taps1(acc, n, ph, s0, w0, init, bias):
     """acc[:n] (= bias if init else +=) w0 * ph[s0:]."""
@@ -136,6 +153,31 @@ def _taps3(acc, n, ph, s0, s1, s2, w0, w1, w2, init, bias):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _taps9(acc, n, ph, wm, bias, sh, sw, dh, dw, rows, cols, oy0):
+    """acc[:n] = bias + a whole 3x3 kernel in one pass: each accumulator element is stored once
+    instead of once per kernel row."""
+    u0 = uint64(_tap_start(0, 0, sh, sw, dh, dw, rows, cols, oy0))
+    u1 = uint64(_tap_start(0, 1, sh, sw, dh, dw, rows, cols, oy0))
+    u2 = uint64(_tap_start(0, 2, sh, sw, dh, dw, rows, cols, oy0))
+    u3 = uint64(_tap_start(1, 0, sh, sw, dh, dw, rows, cols, oy0))
+    u4 = uint64(_tap_start(1, 1, sh, sw, dh, dw, rows, cols, oy0))
+    u5 = uint64(_tap_start(1, 2, sh, sw, dh, dw, rows, cols, oy0))
+    u6 = uint64(_tap_start(2, 0, sh, sw, dh, dw, rows, cols, oy0))
+    u7 = uint64(_tap_start(2, 1, sh, sw, dh, dw, rows, cols, oy0))
+    u8 = uint64(_tap_start(2, 2, sh, sw, dh, dw, rows, cols, oy0))
+    w0, w1, w2 = wm[0, 0], wm[0, 1], wm[0, 2]
+    w3, w4, w5 = wm[1, 0], wm[1, 1], wm[1, 2]
+    w6, w7, w8 = wm[2, 0], wm[2, 1], wm[2, 2]
+    for q in range(n):
+        uq = uint64(q)
+        acc[uq] = (
+            bias + w0 * ph[u0 + uq] + w1 * ph[u1 + uq] + w2 * ph[u2 + uq]
+            + w3 * ph[u3 + uq] + w4 * ph[u4 + uq] + w5 * ph[u5 + uq]
+            + w6 * ph[u6 + uq] + w7 * ph[u7 + uq] + w8 * ph[u8 + uq]
+        )  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _taps5(acc, n, ph, s0, s1, s2, s3, s4, w0, w1, w2, w3, w4, init, bias):
     """Five taps (one kernel row of a 5-wide kernel) in one pass over acc[:n]."""
     u0, u1, u2, u3, u4 = uint64(s0), uint64(s1), uint64(s2), uint64(s3), uint64(s4)
@@ -155,19 +197,15 @@ def _taps5(acc, n, ph, s0, s1, s2, s3, s4, w0, w1, w2, w3, w4, init, bias):
             )  # fmt: skip
 
 
-@njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _tap_start(i, j, sh, sw, dh, dw, rows, cols, oy0):
-    """Flat offset in the phase planes of tap (i, j)'s window for output rows from ``oy0``."""
-    phase = ((i * dh) % sh) * sw + (j * dw) % sw
-    return phase * rows * cols + ((i * dh) // sh + oy0) * cols + (j * dw) // sw
-
-
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _accumulate(acc, ph, wm, bias, oy0, nr, sh, sw, dh, dw, rows, cols):
     """acc[:nr*cols] = bias + the conv of output rows oy0 .. oy0+nr on the wide grid; ``wm`` is
     the channel's [kh, kw] kernel."""
     kh, kw = wm.shape
     n = (nr * cols + RUN - 1) // RUN * RUN  # the extra floats are junk columns, never read
+    if kh == 3 and kw == 3:
+        _taps9(acc, n, ph, wm, bias, sh, sw, dh, dw, rows, cols, oy0)
+        return
     for i in range(kh):
         init = i == 0
         if kw == 3:
@@ -212,24 +250,54 @@ def _accumulate(acc, ph, wm, bias, oy0, nr, sh, sw, dh, dw, rows, cols):
                 j += 1
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _store_clamped(acc, block, nr, wo, cols, lo, hi, res, res_mode):
+    """block[r*wo + q] = the wide accumulator's acc[r*cols + q] clamped to [lo, hi], with the
+    residual added before (``pre``) or after (``post``) the clamp: the copy out of the wide grid
+    and a Relu/Clip epilogue in one pass."""
+    for r in range(nr):
+        src = uint64(r * cols)
+        dst = uint64(r * wo)
+        if res_mode == RES_PRE:
+            for q in range(wo):
+                uq = uint64(q)
+                block[dst + uq] = min(max(acc[src + uq] + res[dst + uq], lo), hi)
+        elif res_mode == RES_POST:
+            for q in range(wo):
+                uq = uint64(q)
+                block[dst + uq] = min(max(acc[src + uq], lo), hi) + res[dst + uq]
+        else:
+            for q in range(wo):
+                uq = uint64(q)
+                block[dst + uq] = min(max(acc[src + uq], lo), hi)
+
+
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def depthwise_planes(
-    x, w, bias, residual, res_mode, act, alpha, beta, out, mult, sh, sw, pt, pl, dh, dw, ph, acc
+    x, w, bias, residual, res_mode, act, alpha, beta, out, ho, wo, mult, sh, sw, pt, pl, dh, dw, ph, acc
 ):
-    """Depthwise conv of ``x`` [N*C, H, W] into ``out`` [N*M, Ho, Wo] (plane t = n*M + m reads
+    """Depthwise conv of ``x`` [N*C, H, W] into ``out`` [N*M, Ho*Wo] (plane t = n*M + m reads
     input plane n*C + m // mult).
 
     ``w`` [M, kh, kw] and ``bias`` [M] float32; ``residual`` [N*M, Ho*Wo] or a dummy.
     ``ph`` [T, sh*sw*rows*cols] (zero where no pixel is ever written) and ``acc`` [T, block] are
     the workspaces of the T threads; plane range k*P//T .. (k+1)*P//T goes to thread k.
     """
-    planes, ho, wo = out.shape
+    planes = out.shape[0]
     h, wi = x.shape[1], x.shape[2]
     xf = x.reshape(-1)
     m_count = w.shape[0]
     c_count = m_count // mult
     kh, kw = w.shape[1], w.shape[2]
     chunks = ph.shape[0]
+    # identity, Relu and Clip are a clamp to [lo, hi], fused into the copy out of the accumulator
+    clamps = act in (ACT_NONE, ACT_RELU, ACT_CLIP)
+    lo = (
+        np.float32(alpha)
+        if act == ACT_CLIP
+        else (np.float32(0.0) if act == ACT_RELU else -np.float32(np.inf))
+    )
+    hi = np.float32(beta) if act == ACT_CLIP else np.float32(np.inf)
     rows = ho + ((kh - 1) * dh) // sh + 1
     cols = wo + ((kw - 1) * dw) // sw
     rb = max(1, min(ho, (acc.shape[1] - RUN) // cols))
@@ -244,19 +312,18 @@ def depthwise_planes(
             if src != last:
                 _fill_phases(xf, src * h * wi, h, wi, buf, sh, sw, pt, pl, rows, cols)
                 last = src
-            oplane = out[t]
+            oplane = out[t]  # [Ho*Wo]
             res = residual[t] if res_mode != 0 else residual[0]
             for oy0 in range(0, ho, rb):
                 nr = min(rb, ho - oy0)
                 _accumulate(ac, buf, w[m], bias[m], oy0, nr, sh, sw, dh, dw, rows, cols)
-                for r in range(nr):
-                    srow = ac[r * cols : r * cols + wo]
-                    drow = oplane[oy0 + r]
-                    for q in range(wo):
-                        drow[q] = srow[q]
-                block = oplane[oy0 : oy0 + nr].reshape(-1)
-                rblock = res[oy0 * wo : (oy0 + nr) * wo] if res_mode != 0 else res
-                finish_row(block, np.float32(0.0), bias, 0, rblock, res_mode, act, alpha, beta)
+                block = oplane[oy0 * wo : (oy0 + nr) * wo]
+                rblock = res[oy0 * wo : (oy0 + nr) * wo] if res_mode != RES_NONE else res
+                if clamps:
+                    _store_clamped(ac, block, nr, wo, cols, lo, hi, rblock, res_mode)
+                else:
+                    _store_clamped(ac, block, nr, wo, cols, lo, hi, rblock, RES_NONE)
+                    finish_row(block, np.float32(0.0), bias, 0, rblock, res_mode, act, alpha, beta)
 
 
 def _depthwise_node(node: Node, graph: Graph) -> bool:
@@ -339,13 +406,13 @@ class DepthwisePlaneConv(Tactic):
         x4 = _as_4d(inputs[0])  # type: ignore[arg-type]
         c, h, wi = x4.shape[1], x4.shape[2], x4.shape[3]
         x = np.ascontiguousarray(x4, np.float32).reshape(n * c, h, wi)
-        out = out4.reshape(n * m, ho, wo)
+        out = out4.reshape(n * m, ho * wo)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
         with threads_for(self._elements(out.size, geo)):
             chunks = max(1, min(self.threads(), n * m))
             ph, acc = self._workspaces(prepared, geo, x.shape, ho, wo, chunks)
             depthwise_planes(
-                x, w, bias, residual, mode, act, alpha, beta, out, m // c,
+                x, w, bias, residual, mode, act, alpha, beta, out, ho, wo, m // c,
                 geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ph, acc,
             )  # fmt: skip
 
