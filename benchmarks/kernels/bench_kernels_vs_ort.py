@@ -271,6 +271,14 @@ LAYERS: list[Layer] = [
     conv_layer(576, 576, 14, 5, 1, group=576, act="Clip"),
     conv_layer(16, 96, 112, 1, 1, act="Clip"),  # expansion 1x1
     conv_layer(96, 24, 56, 1, 1, act="none"),  # projection 1x1
+    conv_layer(24, 144, 56, 1, 1, act="Clip"),  # MobileNetV2 1x1 shapes
+    conv_layer(144, 24, 56, 1, 1, act="none", residual=True),
+    conv_layer(240, 40, 28, 1, 1, act="none"),
+    conv_layer(576, 96, 14, 1, 1, act="none"),
+    conv_layer(96, 576, 14, 1, 1, act="Clip"),
+    conv_layer(960, 160, 7, 1, 1, act="none"),
+    conv_layer(576, 144, 1, 1, 1, act="Relu"),  # squeeze-excite FCs (1x1 convs on 1x1 maps)
+    conv_layer(144, 576, 1, 1, 1, act="Clip"),
     gemm_layer(128, 256, 768),  # BERT fused QKV
     gemm_layer(128, 256, 1024, act="Gelu"),  # BERT FFN up
     gemm_layer(128, 1024, 256, residual=True),  # BERT FFN down

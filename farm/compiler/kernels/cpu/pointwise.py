@@ -1,0 +1,529 @@
+"""Direct 1x1 (pointwise) convolutions: register-blocked numba kernels with the epilogue fused.
+
+``out[n, co, p] = sum_ci W[co, ci] * x[n, ci, p]`` over NCHW tensors is a GEMM whose inner
+dimension (the input channels, 16-960 in MobileNets) is small: BLAS spends much of its time packing,
+and the bias/activation/residual pass that follows re-reads the whole output. These tactics do
+it in one pass:
+
+* ``cpu.conv.pointwise_direct``: the weight is packed once into groups of :data:`ROWS` output
+  channels, ``[ceil(M/6), C, 6]`` (zeros past M), with the bias as ``[ceil(M/6), 6]``. The
+  micro-kernel holds a tile of 6 output channels x 16 pixels in twelve AVX registers (eight-lane
+  float32 vectors, see ``float32x8`` below) and runs the input channels through it: per channel two
+  loads of ``x``, six weight broadcasts and twelve FMAs. The tile starts from the bias and is
+  stored once; the activation and residual are then applied to the tile's rows over a pixel block
+  while they are still in L1 (``_epilogue.finish_row``). Pixels past the last multiple of 16 use
+  an 8-pixel kernel, the last < 8 go through a zero-padded copy; output channels past the last
+  multiple of 6 are computed on zero weights and not stored. Work is split into (image, pixel
+  block, channel chunk) tasks over numba's pool; a late layer with few pixels splits its output
+  channels instead. Strides > 1 subsample the input first (a 1x1 conv only reads those pixels).
+* 1x1 maps (the squeeze-excite FCs, ``H*W == 1``): a GEMV across the batch with the weight
+  packed transposed, ``[C, M]`` (``_rowgemm.add_row_products``), then the epilogue per image.
+* ``cpu.conv.pointwise_direct_1t``: the same on the calling thread only (small layers, busy hosts).
+
+Pool: numba's only (no BLAS call), so nothing alternates between the two pools.
+
+The eight-lane vector type is a small numba extension (``float32x8`` with ``vload``/``vstore``/
+``vbroadcast``/``vfma`` intrinsics emitting LLVM vector IR): numba runs LLVM without its SLP
+vectorizer and cannot keep an accumulator array in registers, so a plain-loop micro-kernel
+reloads and stores its partial sums every step and reaches a third of the FMA rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import (
+    RES_NONE,
+    epilogue_params,
+    finish_row,
+    residual_rows,
+)
+from farm.compiler.kernels.cpu._rowgemm import add_row_products
+from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS
+from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+ROWS = 6  # output channels per micro-tile
+PIXELS = 16  # pixels per micro-tile (two vectors)
+LANES = 8
+
+# ---------------------------------------------------------------------------------------------
+# float32x8: an eight-lane float32 vector value (one AVX register) for numba code.
+
+_F32 = ir.FloatType()
+_V8 = ir.VectorType(_F32, LANES)
+
+
+class Float32x8(types.Type):
+    """numba type of an LLVM ``<8 x float>`` value."""
+
+    def __init__(self) -> None:
+        super().__init__(name="float32x8")
+
+
+float32x8 = Float32x8()
+
+
+@register_model(Float32x8)
+class _Float32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm: Any, fe_type: Any) -> None:
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _is_f32_array(a: Any) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C"
+
+
+def _vector_pointer(context: Any, builder: Any, arrty: Any, arr: Any, index: Any, indexty: Any) -> Any:
+    ary = context.make_array(arrty)(context, builder, arr)
+    idx = context.cast(builder, index, indexty, types.intp)
+    return builder.bitcast(builder.gep(ary.data, [idx]), _V8.as_pointer())
+
+
+def _vload(typingctx: Any, arr: Any, index: Any) -> Any:
+    """The 8 float32 of C-contiguous ``arr`` from flat element ``index`` on (not bounds-checked)."""
+    if not _is_f32_array(arr) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.load(
+            _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), align=4
+        )
+
+    return float32x8(arr, index), codegen
+
+
+vload: Any = intrinsic(_vload)
+
+
+def _vstore(typingctx: Any, arr: Any, index: Any, value: Any) -> Any:
+    """Store ``value`` into ``arr``'s flat elements ``index .. index+7`` (not bounds-checked)."""
+    if not _is_f32_array(arr) or not isinstance(index, types.Integer) or value != float32x8:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        builder.store(
+            args[2], _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), align=4
+        )
+        return context.get_dummy_value()
+
+    return types.none(arr, index, value), codegen
+
+
+vstore: Any = intrinsic(_vstore)
+
+
+def _vbroadcast(typingctx: Any, arr: Any, index: Any) -> Any:
+    """A vector of 8 copies of ``arr``'s flat element ``index`` (not bounds-checked, no
+    negative-index wraparound: a plain ``w[k]`` costs five scalar instructions per broadcast)."""
+    if not _is_f32_array(arr) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        v = builder.load(builder.gep(ary.data, [idx]), align=4)
+        first = builder.insert_element(ir.Constant(_V8, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        return builder.shuffle_vector(first, ir.Constant(_V8, ir.Undefined), zeros)
+
+    return float32x8(arr, index), codegen
+
+
+vbroadcast: Any = intrinsic(_vbroadcast)
+
+
+def _vfma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """``a * b + c`` lane by lane with one rounding (``llvm.fma``: a vfmadd with FMA3)."""
+    if not (a == float32x8 and b == float32x8 and c == float32x8):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        fnty = ir.FunctionType(_V8, [_V8, _V8, _V8])
+        return builder.call(
+            cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32"), list(args)
+        )
+
+    return float32x8(a, b, c), codegen
+
+
+vfma: Any = intrinsic(_vfma)
+
+
+# ---------------------------------------------------------------------------------------------
+# Micro-kernels. ``x`` is flat with pixel p of input channel ci at ``xo + ci*xs + p``; ``w`` is
+# flat with the 6 weights of input channel ci at ``wo + 6*ci``; ``b`` the 6 biases from ``bo``;
+# output row r (r < rows) is stored at ``oo + r*os``.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def tile_6x16(x, xo, xs, w, wo, cin, b, bo, out, oo, os, rows):
+    """A 6-channel x 16-pixel output tile: 12 accumulators in registers across all input channels."""
+    a00 = vbroadcast(b, bo)
+    a10 = vbroadcast(b, bo + 1)
+    a20 = vbroadcast(b, bo + 2)
+    a30 = vbroadcast(b, bo + 3)
+    a40 = vbroadcast(b, bo + 4)
+    a50 = vbroadcast(b, bo + 5)
+    a01, a11, a21, a31, a41, a51 = a00, a10, a20, a30, a40, a50
+    for ci in range(cin):
+        xa = xo + ci * xs
+        x0 = vload(x, xa)
+        x1 = vload(x, xa + LANES)
+        k = wo + ci * ROWS
+        v = vbroadcast(w, k)
+        a00 = vfma(v, x0, a00)
+        a01 = vfma(v, x1, a01)
+        v = vbroadcast(w, k + 1)
+        a10 = vfma(v, x0, a10)
+        a11 = vfma(v, x1, a11)
+        v = vbroadcast(w, k + 2)
+        a20 = vfma(v, x0, a20)
+        a21 = vfma(v, x1, a21)
+        v = vbroadcast(w, k + 3)
+        a30 = vfma(v, x0, a30)
+        a31 = vfma(v, x1, a31)
+        v = vbroadcast(w, k + 4)
+        a40 = vfma(v, x0, a40)
+        a41 = vfma(v, x1, a41)
+        v = vbroadcast(w, k + 5)
+        a50 = vfma(v, x0, a50)
+        a51 = vfma(v, x1, a51)
+    vstore(out, oo, a00)
+    vstore(out, oo + LANES, a01)
+    if rows > 1:
+        vstore(out, oo + os, a10)
+        vstore(out, oo + os + LANES, a11)
+    if rows > 2:
+        vstore(out, oo + 2 * os, a20)
+        vstore(out, oo + 2 * os + LANES, a21)
+    if rows > 3:
+        vstore(out, oo + 3 * os, a30)
+        vstore(out, oo + 3 * os + LANES, a31)
+    if rows > 4:
+        vstore(out, oo + 4 * os, a40)
+        vstore(out, oo + 4 * os + LANES, a41)
+    if rows > 5:
+        vstore(out, oo + 5 * os, a50)
+        vstore(out, oo + 5 * os + LANES, a51)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def tile_6x8(x, xo, xs, w, wo, cin, b, bo, out, oo, os, rows):
+    """A 6-channel x 8-pixel output tile (the pixels past the last multiple of 16)."""
+    a0 = vbroadcast(b, bo)
+    a1 = vbroadcast(b, bo + 1)
+    a2 = vbroadcast(b, bo + 2)
+    a3 = vbroadcast(b, bo + 3)
+    a4 = vbroadcast(b, bo + 4)
+    a5 = vbroadcast(b, bo + 5)
+    for ci in range(cin):
+        x0 = vload(x, xo + ci * xs)
+        k = wo + ci * ROWS
+        a0 = vfma(vbroadcast(w, k), x0, a0)
+        a1 = vfma(vbroadcast(w, k + 1), x0, a1)
+        a2 = vfma(vbroadcast(w, k + 2), x0, a2)
+        a3 = vfma(vbroadcast(w, k + 3), x0, a3)
+        a4 = vfma(vbroadcast(w, k + 4), x0, a4)
+        a5 = vfma(vbroadcast(w, k + 5), x0, a5)
+    vstore(out, oo, a0)
+    if rows > 1:
+        vstore(out, oo + os, a1)
+    if rows > 2:
+        vstore(out, oo + 2 * os, a2)
+    if rows > 3:
+        vstore(out, oo + 3 * os, a3)
+    if rows > 4:
+        vstore(out, oo + 4 * os, a4)
+    if rows > 5:
+        vstore(out, oo + 5 * os, a5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _block(xf, xbase, cin, npix, w, b, g, out, obase, cout, p0, p1, xt, ot):
+    """Output channels 6g .. 6g+5 (those < cout) over pixels p0 .. p1 of one image.
+
+    ``xt`` [cin*8] holds the image's pixels past the last multiple of 8 below p1, zero-padded
+    (filled by the caller when there are any); ``ot`` [6*8] receives their tile."""
+    co = g * ROWS
+    rows = min(ROWS, cout - co)
+    wo = g * cin * ROWS
+    bo = g * ROWS
+    oo = obase + co * npix
+    p8 = p1 - (p1 - p0) % LANES
+    p = p0
+    while p + PIXELS <= p8:
+        tile_6x16(xf, xbase + p, npix, w, wo, cin, b, bo, out, oo + p, npix, rows)
+        p += PIXELS
+    if p < p8:
+        tile_6x8(xf, xbase + p, npix, w, wo, cin, b, bo, out, oo + p, npix, rows)
+        p += LANES
+    if p < p1:
+        tile_6x8(xt, 0, LANES, w, wo, cin, b, bo, ot, 0, LANES, rows)
+        for r in range(rows):
+            for q in range(p1 - p):
+                out[oo + r * npix + p + q] = ot[r * LANES + q]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _finish_block(out, n, co, rows, p0, p1, residual, res_mode, act, alpha, beta, bias_dummy):
+    """Residual and activation over rows co .. co+rows-1 of image n, pixels p0 .. p1 (in L1)."""
+    cout = out.shape[1]
+    for r in range(rows):
+        row = out[n, co + r, p0:p1]
+        res = residual[n * cout + co + r, p0:p1] if res_mode != RES_NONE else residual[0]
+        finish_row(row, np.float32(0.0), bias_dummy, 0, res, res_mode, act, alpha, beta)
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def pointwise_conv(x, wp, bp, out, residual, res_mode, act, alpha, beta, pblock, chunks):
+    """1x1 conv of x [N, C, P] into out [N, M, P] with the packed weight ``wp`` [ceil(M/6), C, 6]
+    and bias ``bp`` [ceil(M/6), 6]; ``residual`` [N*M, P] (or a dummy for ``res_mode`` 0).
+
+    Tasks: (image, block of ``pblock`` pixels, one of ``chunks`` runs of channel groups). Within
+    a task, per channel group: every micro-tile of the pixel block, then the group's epilogue."""
+    n_img, cin, npix = x.shape
+    cout = out.shape[1]
+    groups = wp.shape[0]
+    blocks = (npix + pblock - 1) // pblock
+    per_chunk = (groups + chunks - 1) // chunks
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    wf = wp.reshape(-1)
+    bf = bp.reshape(-1)
+    need_epilogue = act != 0 or res_mode != RES_NONE
+    for t in prange(n_img * blocks * chunks):
+        n = t // (blocks * chunks)
+        blk = (t // chunks) % blocks
+        chunk = t % chunks
+        p0 = blk * pblock
+        p1 = min(npix, p0 + pblock)
+        g0 = chunk * per_chunk
+        g1 = min(groups, g0 + per_chunk)
+        xbase = n * cin * npix
+        xt = np.zeros(cin * LANES, np.float32)
+        ot = np.empty(ROWS * LANES, np.float32)
+        tail = p1 - (p1 - p0) % LANES
+        if tail < p1:
+            for ci in range(cin):
+                for q in range(p1 - tail):
+                    xt[ci * LANES + q] = xf[xbase + ci * npix + tail + q]
+        for g in range(g0, g1):
+            _block(xf, xbase, cin, npix, wf, bf, g, of, n * cout * npix, cout, p0, p1, xt, ot)
+            if need_epilogue:
+                co = g * ROWS
+                _finish_block(
+                    out, n, co, min(ROWS, cout - co), p0, p1, residual, res_mode, act, alpha, beta, bf
+                )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def pointwise_gemv(x2, wt, bias, out2, residual, res_mode, act, alpha, beta):
+    """1x1 conv on 1x1 maps: out2 [N, M] = x2 [N, C] @ wt [C, M] + bias [M], then the epilogue
+    per image (``residual`` [N, M] or a dummy)."""
+    n_img, m = out2.shape
+    for i in range(n_img):
+        for j in range(m):
+            out2[i, j] = bias[j]
+    active = np.ones(n_img, np.bool_)
+    add_row_products(out2, x2, wt, active, 0, m, 0)
+    if act != 0 or res_mode != RES_NONE:
+        for i in range(n_img):
+            res = residual[i] if res_mode != RES_NONE else residual[0]
+            finish_row(out2[i], np.float32(0.0), bias, 0, res, res_mode, act, alpha, beta)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """[M, C, 1, 1] (or [M, C, 1]) -> [ceil(M/6), C, 6] float32, zeros past M."""
+    m = w.shape[0]
+    w2 = np.asarray(w, np.float32).reshape(m, -1)
+    groups = -(-m // ROWS)
+    padded = np.zeros((groups * ROWS, w2.shape[1]), np.float32)
+    padded[:m] = w2
+    return np.ascontiguousarray(padded.reshape(groups, ROWS, -1).transpose(0, 2, 1))
+
+
+def pack_bias(b: np.ndarray | None, m: int) -> np.ndarray:
+    """[M] -> [ceil(M/6), 6] float32, zeros past M (and everywhere without a bias)."""
+    groups = -(-m // ROWS)
+    padded = np.zeros(groups * ROWS, np.float32)
+    if b is not None:
+        padded[:m] = np.asarray(b, np.float32).reshape(-1)
+    return padded.reshape(groups, ROWS)
+
+
+def _pixel_block(cin: int, npix: int) -> int:
+    """Pixels per task: the input block (cin x pblock floats) about 64 KiB, so it stays in L2
+    while every channel group sweeps it; a multiple of 16, at least 64."""
+    block = max(64, (16384 // max(cin, 1)) // PIXELS * PIXELS)
+    return min(block, -(-npix // PIXELS) * PIXELS)
+
+
+def _plan(n: int, cin: int, npix: int, groups: int, threads: int) -> tuple[int, int]:
+    """(pixel block, channel chunks): enough tasks for the threads, splitting channels when an
+    image has few pixel blocks."""
+    pblock = _pixel_block(cin, npix)
+    tasks = n * -(-npix // pblock)
+    chunks = 1
+    if threads > 1 and tasks < 4 * threads:
+        chunks = min(groups, -(-4 * threads // tasks))
+    return pblock, chunks
+
+
+def _spatial(node: Node, graph: Graph) -> int | None:
+    """H*W of the output when the graph knows it (1-D convs: W)."""
+    value = graph.values.get(node.outputs[0])
+    shape = value.shape if value is not None else None
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    return math.prod(int(d) for d in shape[2:])
+
+
+@register_tactic
+class PointwiseDirectConv(Tactic):
+    """1x1 conv (any stride, no pads, group 1) as register-blocked numba tiles, epilogue fused."""
+
+    name = "cpu.conv.pointwise_direct"
+    op_types = CONV_OPS
+    priority = 22
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        if not _conv_node_ok(node, graph):
+            return False
+        w = graph.values[node.input(1)]
+        x = graph.values[node.input(0)]
+        if w.shape is None or x.shape is None or not all(isinstance(d, int) for d in w.shape):
+            return False
+        geo = ConvGeometry.of(node, [int(d) for d in w.shape])
+        return (
+            (geo.kh, geo.kw) == (1, 1)
+            and geo.group == 1
+            and not any((geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right))
+        )
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        w_value = graph.values[node.input(1)]
+        prepared = Prepared(params={"weight_shape": [int(d) for d in (w_value.shape or ())]})
+        w = graph.const(node.input(1))
+        b = graph.const(node.input(2)) if node.input(2) else None
+        gemv = _spatial(node, graph) == 1
+        prepared.params["gemv"] = gemv
+        if w is not None:
+            m = w.shape[0]
+            if gemv:
+                prepared.tensors["weight"] = np.ascontiguousarray(np.asarray(w, np.float32).reshape(m, -1).T)
+                if b is not None or not node.input(2):
+                    prepared.tensors["bias"] = (
+                        np.zeros(m, np.float32) if b is None else np.asarray(b, np.float32).reshape(-1).copy()
+                    )
+            else:
+                prepared.tensors["weight"] = pack_weight(w)
+                if b is not None or not node.input(2):
+                    prepared.tensors["bias"] = pack_bias(b, m)
+        prepared.replaces = frozenset(
+            i for i, k in ((1, "weight"), (2, "bias")) if k in prepared.tensors and node.input(i)
+        )
+        return prepared
+
+    def _operands(
+        self, inputs: Sequence[np.ndarray | None], prepared: Prepared, gemv: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(packed weight, packed bias) for this run; cached when both were packed at build time."""
+        key = "operands_gemv" if gemv else "operands"
+        cached = prepared.scratch.get(key)
+        if cached is not None:
+            return cached
+        built = prepared.params.get("gemv") == gemv
+        w = prepared.tensors.get("weight") if built else None
+        b = prepared.tensors.get("bias") if built else None
+        raw_b = inputs[2] if len(inputs) > 2 else None
+        if w is None:
+            raw_w = inputs[1]
+            assert raw_w is not None, "the weight was neither packed nor fed"
+            m = raw_w.shape[0]
+            w = np.ascontiguousarray(raw_w.reshape(m, -1).T, np.float32) if gemv else pack_weight(raw_w)
+        else:
+            w = np.ascontiguousarray(w, np.float32)
+        m = int(prepared.params["weight_shape"][0])
+        if b is None:
+            if gemv:
+                b = np.zeros(m, np.float32) if raw_b is None else np.asarray(raw_b, np.float32).reshape(-1)
+            else:
+                b = pack_bias(raw_b, m)
+        else:
+            b = np.ascontiguousarray(b, np.float32)
+        if built and "weight" in prepared.tensors and "bias" in prepared.tensors:
+            prepared.scratch[key] = (w, b)
+        return w, b
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        x = inputs[0]
+        assert x is not None
+        out = outputs[0]
+        geo = ConvGeometry.of(node, prepared.params["weight_shape"])
+        if x.ndim == 3:
+            x = x[:, :, :: geo.sw] if geo.sw != 1 else x
+        elif geo.sh != 1 or geo.sw != 1:
+            x = x[:, :, :: geo.sh, :: geo.sw]
+        n, cin = x.shape[0], x.shape[1]
+        m = out.shape[1]
+        npix = out.size // (n * m) if n * m else 0
+        if npix == 0:
+            return
+        x3 = np.ascontiguousarray(x, np.float32).reshape(n, cin, npix)
+        act, alpha, beta, mode = epilogue_params(node)
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n * m)
+        gemv = npix == 1
+        w, b = self._operands(inputs, prepared, gemv)
+        if gemv:
+            if mode != RES_NONE:
+                residual = residual.reshape(n, m)
+            pointwise_gemv(x3.reshape(n, cin), w, b, out.reshape(n, m), residual, mode, act, alpha, beta)
+            return
+        threads = self.threads(out.size * cin)
+        pblock, chunks = _plan(n, cin, npix, w.shape[0], threads)
+        out3 = out.reshape(n, m, npix)
+        if threads == numba.get_num_threads():
+            pointwise_conv(x3, w, b, out3, residual, mode, act, alpha, beta, pblock, chunks)
+            return
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            pointwise_conv(x3, w, b, out3, residual, mode, act, alpha, beta, pblock, chunks)
+        finally:
+            numba.set_num_threads(previous)
+
+    def threads(self, work: int) -> int:
+        """numba threads for a layer of ``work`` multiply-adds: one below ~1 MFLOP (waking the
+        pool costs more than it saves), else the pool's."""
+        return 1 if work < 32 * PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
+
+
+@register_tactic
+class SingleThreadPointwiseDirectConv(PointwiseDirectConv):
+    """``cpu.conv.pointwise_direct`` on the calling thread only (small layers, busy hosts)."""
+
+    name = "cpu.conv.pointwise_direct_1t"
+    priority = 21
+
+    def threads(self, work: int) -> int:
+        return 1
