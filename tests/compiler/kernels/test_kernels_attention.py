@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from kernels_harness import OneNode, assert_close
 
-TACTICS = ["cpu.attention.fused", "cpu.attention.blas"]
+TACTICS = ["cpu.attention.fused", "cpu.attention.tiles", "cpu.attention.blas"]
 
 
 def attention_oracle(
@@ -42,6 +42,8 @@ MASK_SHAPES = [None, "b11k", "bhqk", "1qk", "k"]
         (1, 16, 16, 1, 32, "1qk"),
         (3, 4, 13, 2, 4, "k"),
         (2, 64, 64, 4, 32, "b11k"),  # large enough for the parallel path
+        (1, 197, 197, 3, 24, "bhqk"),  # several query blocks and a short last one
+        (2, 130, 70, 1, 40, "1qk"),  # one head: the blocks shrink so both threads get work
     ],
 )
 def test_attention_matches_oracle(
@@ -98,3 +100,12 @@ def attention_softmax_oracle(scores: np.ndarray, mask: np.ndarray, scale: float)
     z = scores.astype(np.float64) * scale + mask
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_attention_block_gives_every_thread_work() -> None:
+    from farm.compiler.kernels.cpu.attention import attention_block
+
+    assert attention_block(1, 12, 128, 2) == 64  # 24 tasks already
+    assert attention_block(1, 1, 128, 2) == 32  # 4 tasks for 2 threads
+    assert attention_block(1, 1, 20, 4) == 8  # never below 8 rows
+    assert attention_block(1, 1, 5, 1) == 5  # a block never exceeds the sequence

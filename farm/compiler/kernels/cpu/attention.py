@@ -7,6 +7,11 @@ and an additive mask broadcastable to [B, H, Sq, Sk] (fused.py).
   soft-maxed and multiplied by V while they sit in L1; the [B, H, Sq, Sk] score tensor is never
   written to memory. K is first transposed per head to [D, Sk] so that both products are
   unit-stride loops that vectorize, each K/V load feeding four rows. Pool: numba's.
+* ``cpu.attention.tiles``: per (batch, head, block of query rows), in numba's pool: the block's
+  scores with one single-threaded BLAS GEMM on the strided Q and K head views (``_blas``, called
+  from numba), scale + mask + softmax on the rows while they are in L1/L2, then P @ V with a
+  second GEMM straight into the block's slice of the merged-heads output. BLAS's micro-kernels
+  for both products, one thread pool, and the scores never leave the cache.
 * ``cpu.attention.blas``: two batched BLAS GEMMs on strided views of Q, K, V (no head copies)
   with a numba scale + mask + softmax pass between them, the second GEMM writing straight into
   the merged-heads output. Pool: BLAS's, then numba's, then BLAS's.
@@ -18,11 +23,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._operands import float32_io, workspace
-from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._threads import blas_single_thread, threads_for
 from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_shift_sum_row, row_max
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -166,6 +172,52 @@ def scale_mask_softmax(scores, mask, has_mask, scale):
                 s[j] *= inv
 
 
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
+def tiled_attention(q, k, v, mask, has_mask, scale, out, heads, block):
+    """Attention of C-contiguous q [B, Sq, H*D], k/v [B, Sk, H*D] into out [B, Sq, H*D], one
+    task per (batch, head, ``block`` query rows): S = scale * Q_blk K_h^T (BLAS), softmax(S +
+    mask) row by row, out_blk,h = S V_h (BLAS). BLAS must be held to one thread."""
+    batch, sq, hidden = q.shape
+    sk = k.shape[1]
+    d_count = hidden // heads
+    blocks = (sq + block - 1) // block
+    for t in prange(batch * heads * blocks):
+        b = t // (heads * blocks)
+        h = (t // blocks) % heads
+        first = (t % blocks) * block
+        rows = min(block, sq - first)
+        scores = np.empty((rows, sk), np.float32)
+        q_off = (b * sq + first) * hidden + h * d_count
+        kv_off = b * sk * hidden + h * d_count
+        _blas.sgemm_at(
+            True, rows, sk, d_count, scale, q, q_off, hidden, k, kv_off, hidden, 0.0, scores, 0, sk
+        )
+        poly = np.empty(sk, np.float32)
+        bits = np.empty(sk, np.int32)
+        lanes = np.empty(ROW_MAX_LANES, np.float32)
+        for r in range(rows):
+            srow = scores[r]
+            if has_mask:
+                mrow = mask[b, h, first + r]
+                for j in range(sk):
+                    srow[j] += mrow[j]
+            inv = np.float32(1.0) / exp_shift_sum_row(srow, srow, row_max(srow, lanes), poly, bits)
+            for j in range(sk):
+                srow[j] *= inv
+        _blas.sgemm_at(
+            False, rows, d_count, sk, 1.0, scores, 0, sk, v, kv_off, hidden, 0.0, out, q_off, hidden
+        )
+
+
+def attention_block(batch: int, heads: int, sq: int, threads: int) -> int:
+    """Query rows per task: 64 (a [64, Sk] score tile stays in L2), halved down to 8 until every
+    thread has at least two tasks."""
+    block = 64
+    while block > 8 and batch * heads * -(-sq // block) < 2 * threads:
+        block //= 2
+    return min(block, max(sq, 1))
+
+
 def _operands(
     node: Node, inputs: Sequence[np.ndarray | None]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int, float]:
@@ -204,6 +256,39 @@ class FusedAttention(Tactic):
         with threads_for(batch * heads * sq * sk * d_count // 8):
             transpose_heads(k, heads, kt)
             fused_attention(q, kt, v, mask4, has_mask, scale, scores, outputs[0])
+
+
+@register_tactic
+class TiledAttention(Tactic):
+    """numba tasks of (batch, head, query block): BLAS scores, softmax in cache, BLAS P @ V."""
+
+    name = "cpu.attention.tiles"
+    op_types = ("Attention",)
+    priority = 25
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return _blas.AVAILABLE and _supports(node, graph)
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        q, k, v, mask, heads, scale = _operands(node, inputs)
+        batch, sq, hidden = q.shape
+        sk = k.shape[1]
+        mask4, has_mask = _mask_4d(mask, (batch, heads, sq, sk))
+        out = outputs[0]
+        target = (
+            out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
+        )
+        block = attention_block(batch, heads, sq, get_num_threads())
+        with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():
+            tiled_attention(q, k, v, mask4, has_mask, scale, target, heads, block)
+        if target is not out:
+            out[...] = target
 
 
 @register_tactic
