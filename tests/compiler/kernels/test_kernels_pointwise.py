@@ -63,8 +63,9 @@ def _case(
     return one, expected
 
 
-# (N, C, H, W, M): channel tails off 6 (1, 3, 7, 17), pixel tails off 16 and 8 (7x7, 13x13,
-# 3x5), 1x1 maps, a full MobileNet-size plane, and one layer split over channel chunks.
+# (N, C, H, W, M): channel tails off 6 (1, 3, 7, 17, 100), last tiles of 1, 4, 8, 9 and 15
+# pixels (7x7, 14x14, 4x2, 13x13, 3x5), 1x1 maps, a MobileNet-size plane (several pixel blocks),
+# and one layer split over channel chunks.
 SHAPES = [
     (1, 1, 7, 7, 1),
     (3, 3, 13, 13, 7),
@@ -76,6 +77,7 @@ SHAPES = [
     (1, 576, 1, 1, 144),
     (3, 17, 1, 1, 7),
     (1, 40, 4, 2, 12),
+    (1, 96, 14, 14, 100),  # parallel over channel chunks (one pixel block, 17 channel groups)
 ]
 
 
