@@ -50,11 +50,10 @@ from farm.compiler.kernels.cpu._windows import valid_columns
 from farm.compiler.kernels.cpu.conv import (
     CONV_OPS,
     ConvGeometry,
+    DepthwiseDirectConv,
     _as_4d,
-    _conv_node_ok,
     _out_4d,
     _weight_4d,
-    _weight_shape,
 )
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -326,16 +325,7 @@ def depthwise_planes(
                     finish_row(block, np.float32(0.0), bias, 0, rblock, res_mode, act, alpha, beta)
 
 
-def _depthwise_node(node: Node, graph: Graph) -> bool:
-    """A Conv/FusedConv with group == input channels and one input channel per group."""
-    if not _conv_node_ok(node, graph):
-        return False
-    w = graph.values[node.input(1)]
-    x = graph.values[node.input(0)]
-    if w.shape is None or x.shape is None or not isinstance(x.shape[1], int):
-        return False
-    group = int(node.attr("group", 1))
-    return group > 1 and group == x.shape[1] and w.shape[1] == 1
+_DIRECT = DepthwiseDirectConv()
 
 
 def _kernel_3d(w: np.ndarray) -> np.ndarray:
@@ -354,19 +344,15 @@ class DepthwisePlaneConv(Tactic):
     priority = 34
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        return _depthwise_node(node, graph)
+        return _DIRECT.supports(node, graph)  # the same guard: group == C_in, one channel per group
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
-        prepared = Prepared(params={"weight_shape": _weight_shape(node, graph)})
-        w = graph.const(node.input(1))
-        if w is not None:
-            prepared.tensors["weight"] = _kernel_3d(w)
+        """``depthwise_direct``'s packing (weight [M, kh, kw] float32) plus a constant bias."""
+        prepared = _DIRECT.prepare(node, graph)
         b = graph.const(node.input(2)) if node.input(2) else None
         if b is not None:
             prepared.tensors["bias"] = np.ascontiguousarray(b, np.float32).reshape(-1)
-        prepared.replaces = frozenset(
-            i for i, k in ((1, "weight"), (2, "bias")) if k in prepared.tensors and node.input(i)
-        )
+            prepared.replaces = prepared.replaces | {2}
         return prepared
 
     def _operands(
