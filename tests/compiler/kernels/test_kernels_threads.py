@@ -36,6 +36,23 @@ def test_threads_for_small_work_runs_numba_on_one_thread() -> None:
         assert numba.get_num_threads() == before
 
 
+def test_threads_for_restores_a_count_set_through_the_public_api() -> None:
+    """The C-level switch and numba's public API act on the same per-thread setting."""
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        with threads_for(0):
+            assert numba.get_num_threads() == 1
+        assert numba.get_num_threads() == 2
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_threads_for_through_the_public_api_when_no_raw_switch(monkeypatch) -> None:
+    monkeypatch.setattr(_threads, "_numba_switches", (numba.get_num_threads, numba.set_num_threads))
+    test_threads_for_small_work_runs_numba_on_one_thread()
+
+
 def test_blas_single_thread_through_threadpoolctl_when_no_raw_switch(monkeypatch) -> None:
     """The public threadpoolctl path (used when its internals are not as expected) also works."""
     monkeypatch.setattr(_threads, "_blas_switches", [])

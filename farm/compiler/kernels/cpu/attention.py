@@ -23,12 +23,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._operands import float32_io, workspace
-from farm.compiler.kernels.cpu._threads import blas_single_thread, threads_for
+from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_shift_sum_row, row_max
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -284,7 +284,7 @@ class TiledAttention(Tactic):
         target = (
             out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
         )
-        block = attention_block(batch, heads, sq, get_num_threads())
+        block = attention_block(batch, heads, sq, numba_thread_count())
         with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():
             tiled_attention(q, k, v, mask4, has_mask, scale, target, heads, block)
         if target is not out:

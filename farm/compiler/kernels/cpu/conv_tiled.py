@@ -23,12 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
-from farm.compiler.kernels.cpu._threads import blas_single_thread
+from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _GemmConvBase, _out_4d
 from farm.compiler.kernels.registry import Prepared, register_tactic
@@ -154,7 +154,7 @@ class TiledGemmConv(_GemmConvBase):
         p = ho * wo
         w2 = weight.reshape(m, -1)
         k = w2.shape[1]
-        tile_p, tile_m = tile_shape(n, m, k, p, get_num_threads())
+        tile_p, tile_m = tile_shape(n, m, k, p, numba_thread_count())
         direct = (geo.kh, geo.kw, geo.sh, geo.sw) == (1, 1, 1, 1) and not any(
             (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         )

@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
 from farm.compiler.kernels.cpu._operands import float32_io
-from farm.compiler.kernels.cpu._threads import blas_single_thread
+from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count
 from farm.compiler.kernels.cpu.gemm import GEMM_OPS, _bias, _cached_weight, _const_2d_weight, _prepare_weight
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -119,7 +119,7 @@ class TiledGemm(Tactic):
         bias, has_bias = _bias(node, inputs, prepared, n) if fused else (np.zeros(1, np.float32), False)
         act, alpha, beta, mode = epilogue_params(node) if fused else (0, 0.0, 0.0, RES_NONE)
         residual = residual_rows(inputs[3] if fused and len(inputs) > 3 else None, out.shape, m)
-        tile_m, tile_n = tile_shape(m, n, k, get_num_threads())
+        tile_m, tile_n = tile_shape(m, n, k, numba_thread_count())
         with blas_single_thread():
             gemm_tiles(
                 a2, w, target.reshape(m, n), bias, has_bias, residual, mode, act, alpha, beta, tile_m, tile_n
