@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_kernels_conv as conv_tests
 from kernels_harness import OneNode, assert_close
 from test_kernels_conv import _conv_case, conv_oracle
 
@@ -122,14 +123,15 @@ def test_depthwise_new_input_shape_reuses_nothing_stale(rng: np.random.Generator
 
 @pytest.mark.parametrize("tactic", TACTICS)
 def test_depthwise_conv_1d(rng: np.random.Generator, tactic: str) -> None:
-    x = rng.standard_normal((3, 9, 29)).astype(np.float32)
-    w = rng.standard_normal((9, 1, 5)).astype(np.float32)
-    b = rng.standard_normal(9).astype(np.float32)
-    attrs = {"kernel_shape": [5], "strides": [2], "pads": [2, 1], "dilations": [2], "group": 9}
-    z = conv_oracle(x[:, :, None, :], w[:, :, None, :], b, (1, 2), (0, 2, 0, 1), (1, 2), 9)[:, :, 0, :]
-    one = OneNode("Conv", attrs).feed("x", x).feed("w", w, const=True).feed("b", b, const=True)
-    one.build(z.shape)
-    assert_close(one.run_tactic(tactic), one.expected(lambda *_: z))
+    """test_kernels_conv's 1-D depthwise case (stride 2, dilation 2, asymmetric pads) on these tactics."""
+    conv_tests.test_depthwise_conv_1d(rng, tactic)
+
+
+@pytest.mark.parametrize("tactic", TACTICS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_depthwise_runtime_weights_strided(rng: np.random.Generator, tactic: str, with_bias: bool) -> None:
+    """test_kernels_conv's runtime-weights case (plain Conv, stride 2, asymmetric pads, batch 2)."""
+    conv_tests.test_depthwise_conv_with_runtime_weights(rng, tactic, with_bias)
 
 
 def test_depthwise_declines_dense_and_grouped(rng: np.random.Generator) -> None:
