@@ -12,6 +12,7 @@ from farm.compiler import reference
 from farm.compiler.builder import BuilderConfig, build
 from farm.compiler.engine import DeviceMismatchError, Engine, EngineFormatError, FeedError
 from farm.compiler.engine import format as engine_format
+from farm.compiler.ir import Graph
 from farm.compiler.kernels import get_tactic
 from farm.compiler.memory import check_no_overlap, plan_memory
 
@@ -199,3 +200,85 @@ def test_unresolved_symbolic_dims_and_bad_ranges_are_clear_build_errors() -> Non
     with pytest.raises(BuildError, match="min <= opt <= max"):
         build(graph, config=BuilderConfig(tuning_level=0, optimize=False, batch_range=(4, 2, 8),
                                           input_shapes={"ids": [1, 16]}))  # fmt: skip
+
+
+def test_wrong_feeds_after_valid_runs_are_still_clear_errors(conv_engine: Engine) -> None:
+    """The short check for feeds seen before must not let a bad feed through."""
+    context = conv_engine.create_context()
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = context.run({"x": x})["y"]
+    for _ in range(2):
+        np.testing.assert_array_equal(context.run({"x": x})["y"], want)
+    bad = [
+        ({"x": x.astype(np.float64)}, "dtype float64"),
+        ({"x": x[:1]}, None),  # batch 1 is outside the range this engine was built for (2..2)
+        ({"x": x, "extra": x}, "unknown input"),
+        ({"y": x}, "missing input"),
+        ({"x": x.reshape(2, 3, 64)}, "rank 3"),
+    ]
+    for feeds, message in bad:
+        with pytest.raises(FeedError, match=message or "outside the engine's range"):
+            context.run(feeds)
+    # a non-contiguous feed goes through the full check and gives the same result
+    fortran = np.asfortranarray(x)
+    np.testing.assert_array_equal(context.run({"x": fortran})["y"], want)
+    np.testing.assert_array_equal(context.run({"x": x})["y"], want)
+
+
+def test_context_thread_counts_are_resolved_when_set(
+    conv_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from farm.compiler.engine import runtime
+    from farm.compiler.kernels.threads import available_cores
+
+    applied: list[tuple] = []
+    real = runtime.configure_threads
+    monkeypatch.setattr(runtime, "configure_threads", lambda *args: applied.append(args) or real(*args))
+    context = conv_engine.create_context(threads=(None, 1))
+    x = np.ones((2, 3, 8, 8), np.float32)
+    want = conv_engine.create_context(threads=(1, 1)).run({"x": x})["y"]
+    np.testing.assert_allclose(context.run({"x": x})["y"], want, rtol=1e-6)
+    assert applied[-1] == (available_cores(), 1)
+    context.threads = (1, None)  # as the builder's whole-schedule thread choice does
+    assert context.threads == (1, None)
+    np.testing.assert_allclose(context.run({"x": x})["y"], want, rtol=1e-6)
+    assert applied[-1] == (1, None)
+
+
+def _mlp_graph(seed: int = 0) -> Graph:
+    """x [batch, 64] -> Gemm(transB) -> Relu -> MatMul -> Tanh -> Gemm (plain) -> y [batch, 5]."""
+    from farm.compiler.frontend import infer_shapes
+
+    rng = np.random.default_rng(seed)
+    g = Graph("mlp")
+    g.add_input("x", "float32", ("batch", 64))
+    g.add_const("w1", rng.standard_normal((96, 64)).astype(np.float32) / 8)
+    g.add_const("b1", rng.standard_normal(96).astype(np.float32))
+    g.add_node("Gemm", ["x", "w1", "b1"], ["h1"], {"transB": 1})
+    g.add_node("Relu", ["h1"], ["r1"])
+    g.add_const("w2", rng.standard_normal((96, 33)).astype(np.float32) / 10)
+    g.add_node("MatMul", ["r1", "w2"], ["h2"])
+    g.add_node("Tanh", ["h2"], ["t2"])
+    g.add_const("w3", rng.standard_normal((33, 5)).astype(np.float32))
+    g.add_const("b3", rng.standard_normal((1, 5)).astype(np.float32))
+    g.add_node("Gemm", ["t2", "w3", "b3"], ["y"], {"alpha": 0.5, "beta": 2.0})
+    g.outputs = ["y"]
+    infer_shapes(g, {"x": ("batch", 64)})
+    return g
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_small_batch_mlp_runs_dot_rows_at_every_batch(optimize: bool) -> None:
+    """Built for batch 1..32 at tuning level 0, the GEMMs get ``cpu.gemm.dot_rows``, which serves
+    batches up to 16 itself and larger ones through BLAS: every batch matches the reference."""
+    graph = _mlp_graph()
+    engine = build(graph, config=BuilderConfig(tuning_level=0, optimize=optimize, batch_range=(1, 1, 32)))
+    gemms = [k.tactic.name for k in engine.kernels if k.node.op_type in ("Gemm", "FusedGemm", "MatMul")]
+    assert gemms and set(gemms) == {"cpu.gemm.dot_rows"}
+    context = engine.create_context()
+    for batch in (1, 3, 8, 16, 20, 32, 1):
+        x = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)
+        got = context.run({"x": x})["y"]
+        want = reference.run(graph, {"x": x})["y"]
+        assert got.shape == (batch, 5)
+        assert _rel_l2(got, want) <= 1e-5

@@ -31,12 +31,14 @@ thread); ``small_rows`` uses numba's only; ``dot_rows`` none.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
+    NO_MATRIX,
     RES_NONE,
     RES_PRE,
     epilogue_params,
@@ -499,6 +501,25 @@ class DotRowsGemm(Tactic):
             return bias, has_bias, residual_rows(None, out.shape, rows), RES_NONE, 0, 0.0, 0.0
         return bias, has_bias, residual_rows(c, out.shape, rows), RES_PRE, 0, 0.0, 0.0
 
+    def _fixed_operands(
+        self, node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepared
+    ) -> tuple[np.ndarray, tuple[Any, ...]] | tuple[()]:
+        """(weight, the kernel's epilogue arguments) when nothing but A changes from run to run
+        (no residual, no runtime bias or C, no transposed A), else ``()``."""
+        if node.op_type == "Gemm":
+            runtime_c = bool(node.input(2)) and "bias" not in prepared.tensors and "c" not in prepared.tensors
+            if int(node.attr("transA", 0)) or "c" in prepared.tensors or runtime_c:
+                return ()
+            bias, has_bias = vector_or_dummy(prepared.tensors.get("bias"))
+            return prepared.tensors["weight"], (bias, has_bias, NO_MATRIX, RES_NONE, 0, 0.0, 0.0)
+        if node.op_type == "FusedGemm" and (
+            node.input(3) or (node.input(2) and "bias" not in prepared.tensors)
+        ):
+            return ()
+        w = prepared.tensors["weight"]
+        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, w.shape[0])
+        return w, (bias, has_bias, NO_MATRIX, mode, act, alpha, beta)
+
     def run(
         self,
         node: Node,
@@ -508,6 +529,14 @@ class DotRowsGemm(Tactic):
     ) -> None:
         a, out = inputs[0], outputs[0]
         assert a is not None
+        fixed = prepared.scratch.get("fixed")
+        if fixed is None:
+            fixed = prepared.scratch["fixed"] = self._fixed_operands(node, inputs, prepared)
+        # The serving case: 2-D contiguous rows, every operand fixed. ~1 us of Python instead of
+        # ~7 (at batch 1 the 256x10 classifier's product is ~1 us).
+        if fixed and a.ndim == 2 and a.shape[0] <= DOT_ROWS_MAX and a.flags.c_contiguous:
+            dot_rows_gemm(a, fixed[0], out, *fixed[1])
+            return
         if node.op_type == "Gemm" and int(node.attr("transA", 0)):
             a = a.T
         w = prepared.tensors["weight"]
