@@ -275,3 +275,13 @@ def test_blas_epilogue_serial_and_parallel_paths_agree(rng: np.random.Generator)
     for rows in (2, 200):
         one, expected = _fused_gemm(rng, (rows, 64), 300, activation="Silu", residual="pre")
         assert_close(one.run_tactic("cpu.gemm.blas"), expected)
+
+
+def test_dot_rows_declines_a_symbolic_batch_of_long_sequences() -> None:
+    """[batch, 128, 64]: at least 128 rows whatever the batch."""
+    one = OneNode("MatMul")
+    one.graph.add_input("a", "float32", ("batch", 128, 64))
+    one.input_names.append("a")
+    one.feed("w", np.ones((64, 8), np.float32), const=True)
+    one.build(("batch", 128, 8))
+    assert not get_tactic("cpu.gemm.dot_rows").supports(one.node, one.graph)

@@ -418,18 +418,16 @@ def dot_rows_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, alpha, 
     finish_rows(out, bias, has_bias, residual, res_mode, act, alpha, beta)
 
 
-def _rows_bound(node: Node, graph: Graph) -> int | None:
-    """The number of rows of A (all dims but the last; the last two of a transposed Gemm A, the
-    columns), or None when a dim is symbolic."""
+def _rows_at_least(node: Node, graph: Graph) -> int:
+    """The product of A's known row dims (all dims but the last; the last for a transposed Gemm
+    A): a symbolic dim is at least 1, so this is a lower bound on the rows."""
     a = graph.values.get(node.input(0))
-    if a is None or not a.shape:
-        return None
-    dims = a.shape[-1:] if node.op_type == "Gemm" and int(node.attr("transA", 0)) else a.shape[:-1]
+    shape = a.shape if a is not None and a.shape else ()
+    dims = shape[-1:] if node.op_type == "Gemm" and int(node.attr("transA", 0)) else shape[:-1]
     rows = 1
     for d in dims:
-        if not isinstance(d, int):
-            return None
-        rows *= d
+        if isinstance(d, int):
+            rows *= d
     return rows
 
 
@@ -448,10 +446,9 @@ class DotRowsGemm(Tactic):
             return False
         if node.op_type == "Gemm" and len(a.shape) != 2:
             return False
-        rows = _rows_bound(node, graph)
-        # A symbolic batch: the tuner times it at the real shape; more rows than planned for
-        # at run time go to BLAS (see ``run``).
-        return rows is None or rows <= DOT_ROWS_MAX
+        # With a symbolic batch the tuner times it at the real shape, and more rows than 16 at
+        # run time go to BLAS (see ``run``); a sequence of 128 tokens declines at any batch.
+        return _rows_at_least(node, graph) <= DOT_ROWS_MAX
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         w = _const_2d_weight(node, graph)
