@@ -163,3 +163,21 @@ def test_declines_runtime_weights_1d_and_float64(rng: np.random.Generator) -> No
     for one in (runtime, one_d, double):
         for tactic in TACTICS:
             assert not get_tactic(tactic).supports(one.node, one.graph), (tactic, one.node)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("numba_pool", [True, False])
+def test_gemm_stack_splits_match_matmul(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, numba_pool: bool
+) -> None:
+    """Every split of the Winograd GEMM stack (numba's pool calling BLAS, or Python threads when
+    no BLAS is callable from numba) gives each slice's product."""
+    from farm.compiler.kernels.cpu import _blas, winograd
+
+    if not numba_pool:
+        monkeypatch.setattr(_blas, "AVAILABLE", False)
+    u = rng.standard_normal((16, 24, 19)).astype(np.float32)
+    v = rng.standard_normal((16, 19, 37)).astype(np.float32)
+    out = np.full((16, 24, 37), np.nan, np.float32)
+    winograd.gemm_stack(u, v, out, threads)
+    np.testing.assert_allclose(out, np.matmul(u.astype(np.float64), v), rtol=1e-4, atol=1e-4)

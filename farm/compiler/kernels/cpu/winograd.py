@@ -33,11 +33,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-import numba
 import numpy as np
 from numba import njit, prange, uint64
 
 from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._epilogue import (
     epilogue_params,
     finish_row,
@@ -45,7 +45,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_or_dummy,
 )
 from farm.compiler.kernels.cpu._operands import workspace
-from farm.compiler.kernels.cpu._threads import blas_single_thread, threads_for
+from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -436,22 +436,36 @@ def winograd_geometry_ok(node: Node, graph: Graph) -> bool:
 _gemm_pool: dict[int, ThreadPoolExecutor] = {}  # by worker count, created on first use
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def gemm_stack_pool(u, v, out):
+    """out[xi] = u[xi] @ v[xi] for C-contiguous float32 stacks, the slices split over numba's
+    threads, each slice one single-threaded BLAS call made from numba (``_blas``)."""
+    count, m, c = u.shape
+    t = v.shape[2]
+    for xi in prange(count):
+        _blas.sgemm_at(False, m, t, c, 1.0, u, xi * m * c, c, v, xi * c * t, t, 0.0, out, xi * m * t, t)
+
+
 def gemm_stack(u: np.ndarray, v: np.ndarray, out: np.ndarray, threads: int) -> None:
     """out[xi] = u[xi] @ v[xi] for the whole stack, with BLAS held to one thread per caller.
 
-    With ``threads`` > 1 the stack is split into ``threads`` contiguous parts, each multiplied by
-    its own thread (numpy releases the GIL in BLAS): the GEMMs are independent, so no thread ever
-    waits for another inside a GEMM. OpenBLAS's own threads spin-wait for each other in every
-    call, and on a loaded 2-core host one call of these sizes took 30 ms instead of 1 ms; a
-    stack of 16-36 such calls made the whole conv 100x slower.
+    With ``threads`` > 1 the stack is split over numba's threads (:func:`gemm_stack_pool`), the
+    pool the transforms before and after already run in: the GEMMs are independent, so no thread
+    ever waits for another inside a GEMM. OpenBLAS's own threads spin-wait for each other in every
+    call, and on a loaded 2-core host one call of these sizes took 30 ms instead of 1 ms; a stack
+    of 16-36 such calls made the whole conv 100x slower. Without a BLAS callable from numba the
+    parts go to a pool of Python threads (numpy releases the GIL in BLAS).
     """
     count = u.shape[0]
     parts = max(1, min(threads, count))
-    bounds = [count * i // parts for i in range(parts + 1)]
     with blas_single_thread():
         if parts == 1:
             np.matmul(u, v, out=out)
             return
+        if _blas.AVAILABLE and all(a.flags.c_contiguous and a.dtype == np.float32 for a in (u, v, out)):
+            gemm_stack_pool(u, v, out)
+            return
+        bounds = [count * i // parts for i in range(parts + 1)]
         pool = _gemm_pool.get(parts - 1)
         if pool is None:
             pool = _gemm_pool[parts - 1] = ThreadPoolExecutor(
@@ -523,16 +537,16 @@ class WinogradConv(Tactic):
             vv = v[: a * a * c_count * count * tpi].reshape(a * a, c_count, count * tpi)
             mv = mm[: a * a * k_count * count * tpi].reshape(a * a, k_count, count * tpi)
             with threads_for(c_count * count * tpi * a * a):
-                workers = numba.get_num_threads()
+                workers = numba_thread_count()
                 row_ws = workspace(prepared, "row", (workers, tw * m + 2))
                 slot_ws = workspace(prepared, "slot", (workers, m * a, (th + 1) * tw))
                 col_ws = workspace(prepared, "col", (workers, a * m, (th + 1) * tw))
                 winograd_input(
                     x, n0, count, m, geo.pad_top, geo.pad_left, th, tw, vv, row_ws, slot_ws, col_ws
                 )
-            gemm_stack(u, vv, mv, numba.get_num_threads() if self.split_gemm else 1)
+            gemm_stack(u, vv, mv, numba_thread_count() if self.split_gemm else 1)
             with threads_for(k_count * count * tpi * m * m):
-                workers = numba.get_num_threads()
+                workers = numba_thread_count()
                 z_ws = workspace(prepared, "z", (workers, m * a, tpi))
                 y_ws = workspace(prepared, "y", (workers, m * m, tpi) if m == 2 else (workers, 1, 1))
                 winograd_output(
