@@ -62,6 +62,9 @@ BLOCK_FLOATS = 2048
 # The tap loops run over a multiple of this many floats (LLVM's vectorized body: 4 x 8 lanes),
 # so no pass ends in a scalar remainder loop; the workspaces carry this much slack at the end.
 RUN = 32
+# Images whose rows give fewer floats than this per column phase are copied into their phase
+# planes by a precomputed gather (``_fill_gathered``) instead of row by row.
+GATHER_BELOW = 12
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
@@ -114,6 +117,31 @@ def _fill_phases(xf, x0, h, wi, ph, sh, sw, pt, pl, rows, cols):
                     for q in range(hi - lo):
                         uq = uint64(q)
                         ph[dst + uq] = xf[src + uq * step]
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _fill_gathered(xf, x0, ph, gather):
+    """ph[gather[0, k]] = xf[x0 + gather[1, k]]: the phase planes of a narrow image in one flat
+    loop over its pixels (a row copy of a few floats costs more in loop set-up than in copying)."""
+    dst = gather[0]
+    src = gather[1]
+    base = uint64(x0)
+    for k in range(dst.shape[0]):
+        ph[uint64(dst[k])] = xf[base + uint64(src[k])]
+
+
+def _gather_map(geo: ConvGeometry, h: int, wi: int, rows: int, cols: int) -> np.ndarray:
+    """[2, K] int32: (flat phase-plane position, flat offset in the image) of every image pixel
+    that ``_fill_phases`` would copy, in phase-plane order."""
+    a, b, r, q = np.meshgrid(
+        np.arange(geo.sh), np.arange(geo.sw), np.arange(rows), np.arange(cols), indexing="ij"
+    )
+    iy = r * geo.sh + a - geo.pad_top
+    ix = q * geo.sw + b - geo.pad_left
+    dst = ((a * geo.sw + b) * rows + r) * cols + q
+    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wi)
+    order = np.argsort(dst[inside], kind="stable")
+    return np.ascontiguousarray(np.stack([dst[inside][order], (iy * wi + ix)[inside][order]]), np.int32)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
@@ -273,7 +301,27 @@ def _store_clamped(acc, block, nr, wo, cols, lo, hi, res, res_mode):
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def depthwise_planes(
-    x, w, bias, residual, res_mode, act, alpha, beta, out, ho, wo, mult, sh, sw, pt, pl, dh, dw, ph, acc
+    x,
+    w,
+    bias,
+    residual,
+    res_mode,
+    act,
+    alpha,
+    beta,
+    out,
+    ho,
+    wo,
+    mult,
+    sh,
+    sw,
+    pt,
+    pl,
+    dh,
+    dw,
+    ph,
+    acc,
+    gather,
 ):
     """Depthwise conv of ``x`` [N*C, H, W] into ``out`` [N*M, Ho*Wo] (plane t = n*M + m reads
     input plane n*C + m // mult).
@@ -281,6 +329,8 @@ def depthwise_planes(
     ``w`` [M, kh, kw] and ``bias`` [M] float32; ``residual`` [N*M, Ho*Wo] or a dummy.
     ``ph`` [T, sh*sw*rows*cols] (zero where no pixel is ever written) and ``acc`` [T, block] are
     the workspaces of the T threads; plane range k*P//T .. (k+1)*P//T goes to thread k.
+    ``gather`` [2, K] (see ``_gather_map``) fills the phase planes of narrow images; [2, 0]
+    selects the row copies of ``_fill_phases``.
     """
     planes = out.shape[0]
     h, wi = x.shape[1], x.shape[2]
@@ -309,7 +359,10 @@ def depthwise_planes(
             m = t % m_count
             src = n * c_count + m // mult
             if src != last:
-                _fill_phases(xf, src * h * wi, h, wi, buf, sh, sw, pt, pl, rows, cols)
+                if gather.shape[1] > 0:
+                    _fill_gathered(xf, src * h * wi, buf, gather)
+                else:
+                    _fill_phases(xf, src * h * wi, h, wi, buf, sh, sw, pt, pl, rows, cols)
                 last = src
             oplane = out[t]  # [Ho*Wo]
             res = residual[t] if res_mode != 0 else residual[0]
@@ -396,10 +449,10 @@ class DepthwisePlaneConv(Tactic):
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
         with threads_for(self._elements(out.size, geo)):
             chunks = max(1, min(self.threads(), n * m))
-            ph, acc = self._workspaces(prepared, geo, x.shape, ho, wo, chunks)
+            ph, acc, gather = self._workspaces(prepared, geo, x.shape, ho, wo, chunks)
             depthwise_planes(
                 x, w, bias, residual, mode, act, alpha, beta, out, ho, wo, m // c,
-                geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ph, acc,
+                geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ph, acc, gather,
             )  # fmt: skip
 
     def _elements(self, out_size: int, geo: ConvGeometry) -> int:
@@ -408,20 +461,26 @@ class DepthwisePlaneConv(Tactic):
     @staticmethod
     def _workspaces(
         prepared: Prepared, geo: ConvGeometry, x_shape: tuple[int, ...], ho: int, wo: int, chunks: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-thread phase planes (zeroed once: only image pixels are ever written there, the
-        same ones for every plane of this input shape) and accumulators."""
+        same ones for every plane of this input shape), accumulators, and the gather map of a
+        narrow image (rows of fewer than :data:`GATHER_BELOW` floats per column phase)."""
         key: Any = (tuple(x_shape), ho, wo, chunks)
         cached = prepared.scratch.get("workspaces")
         if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         rows = ho + ((geo.kh - 1) * geo.dh) // geo.sh + 1
         cols = wo + ((geo.kw - 1) * geo.dw) // geo.sw
         ph = np.zeros((chunks, geo.sh * geo.sw * rows * cols + RUN), np.float32)
         block = max(1, min(ho, BLOCK_FLOATS // cols)) * cols
         acc = np.zeros((chunks, block + RUN), np.float32)
-        prepared.scratch["workspaces"] = (key, ph, acc)
-        return ph, acc
+        h, wi = x_shape[1], x_shape[2]
+        if wi // geo.sw < GATHER_BELOW:
+            gather = _gather_map(geo, h, wi, rows, cols)
+        else:
+            gather = np.zeros((2, 0), np.int32)
+        prepared.scratch["workspaces"] = (key, ph, acc, gather)
+        return ph, acc, gather
 
 
 @register_tactic
