@@ -137,7 +137,9 @@ def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> N
         assert_close(one.run_tactic(tactic), expected)
 
 
-@pytest.mark.parametrize("tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", "cpu.gemm.dot_rows"])
+@pytest.mark.parametrize(
+    "tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", "cpu.gemm.dot_rows", "cpu.gemm.blas"]
+)
 def test_small_rows_runtime_bias_is_read_every_run(rng: np.random.Generator, tactic: str) -> None:
     """The epilogue operands are cached per node only when the bias is constant."""
     a = rng.standard_normal((4, 24)).astype(np.float32)

@@ -113,8 +113,7 @@ def _epilogue(node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepare
     if node.op_type != "FusedGemm":
         return
     n = out.shape[-1]
-    bias, has_bias = _bias(node, inputs, prepared, n)
-    act, alpha, beta, mode = epilogue_params(node)
+    bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
     if not has_bias and act == 0 and mode == RES_NONE:
         return
     rows = out.reshape(-1, n)
