@@ -15,10 +15,11 @@ it in one pass:
   the bias and is stored once; the activation and residual are then applied to the group's rows
   over the pixel block while they are still in L1 (``_epilogue.finish_row``). A last tile of 8
   pixels uses an 8-pixel kernel, other partial tiles go through a scratch tile; output channels
-  past the last multiple of 6 are computed on zero weights and not stored. Work is split into
-  (image, pixel block, channel chunk) tasks over numba's pool; a late layer with few pixels splits
-  its output channels instead. Strides > 1 subsample the input first (a 1x1 conv reads no other
-  pixel).
+  past the last multiple of 6 are computed on zero weights and not stored. The pixels of the
+  whole batch form one range (a 7x7 map at batch 8 is 392 pixels, 25 tiles, not 8 x 4 tiles with
+  a 1-pixel tail each), split into (pixel block, channel chunk) tasks over numba's pool; a late
+  layer with few pixels splits its output channels instead. Strides > 1 subsample the input
+  first (a 1x1 conv reads no other pixel).
 * 1x1 maps (the squeeze-excite FCs, ``H*W == 1``): a GEMV across the batch with the weight
   packed transposed, ``[C, M]`` (``_rowgemm.add_row_products``), then the epilogue per image.
 * ``cpu.conv.pointwise_direct_1t``: the same on the calling thread only (small layers, busy hosts).
@@ -253,66 +254,91 @@ def tile_6x8(x, xo, xs, w, wo, cin, b, bo, out, oo, os, rows):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def pack_pixels(xf, xbase, cin, npix, p0, p1, xp):
-    """Pixels p0 .. p1 of one image into panels: ``xp[t, ci, :]`` holds the 16 pixels from
-    p0 + 16t of input channel ci (zeros past p1), so a micro-tile reads its inputs in one
-    sequential run instead of one cache line per channel ``npix`` floats apart."""
-    nt = (p1 - p0 + PIXELS - 1) // PIXELS
+def pack_pixels(xf, cin, npix, v0, v1, xp):
+    """Pixels v0 .. v1 of the batch (pixel v is pixel v % npix of image v // npix) into panels:
+    ``xp[t, ci, :]`` holds the 16 pixels from v0 + 16t of input channel ci (zeros past v1), so a
+    micro-tile reads its inputs in one sequential run instead of one cache line per channel
+    ``npix`` floats apart, and late layers with few pixels fill whole tiles across images."""
+    nt = (v1 - v0 + PIXELS - 1) // PIXELS
     for tt in range(nt):
-        p = p0 + tt * PIXELS
-        valid = min(PIXELS, p1 - p)
+        v = v0 + tt * PIXELS
+        valid = min(PIXELS, v1 - v)
         base = tt * cin * PIXELS
-        if valid == PIXELS:
+        n = v // npix
+        p = v % npix
+        if valid == PIXELS and p + PIXELS <= npix:
+            src = n * cin * npix + p
             for ci in range(cin):
-                src = xbase + ci * npix + p
                 vstore(xp, base + ci * PIXELS, vload(xf, src))
                 vstore(xp, base + ci * PIXELS + LANES, vload(xf, src + LANES))
-        else:
-            for ci in range(cin):
-                src = xbase + ci * npix + p
-                d = base + ci * PIXELS
-                for q in range(valid):
-                    xp[d + q] = xf[src + q]
-                for q in range(valid, PIXELS):
-                    xp[d + q] = 0.0
+                src += npix
+            continue
+        for q in range(PIXELS):
+            if q < valid:
+                src = n * cin * npix + p
+                for ci in range(cin):
+                    xp[base + ci * PIXELS + q] = xf[src + ci * npix]
+                p += 1
+                if p == npix:
+                    p = 0
+                    n += 1
+            else:
+                for ci in range(cin):
+                    xp[base + ci * PIXELS + q] = 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _block(xp, cin, npix, w, b, g, out, obase, cout, p0, p1, ot):
-    """Output channels 6g .. 6g+5 (those < cout) over pixels p0 .. p1 of one image, from the
-    panels ``xp``; a last tile of < 16 pixels other than 8 goes through the scratch ``ot`` [6*16]."""
+def _block(xp, cin, npix, w, b, g, out, cout, v0, v1, ot):
+    """Output channels 6g .. 6g+5 (those < cout) over batch pixels v0 .. v1, from the panels
+    ``xp``. A tile of 16 (or a last 8) pixels of one image is stored in place; any other tile
+    (partial, or across two images) goes through the scratch ``ot`` [6*16]."""
     co = g * ROWS
     rows = min(ROWS, cout - co)
     wo = g * cin * ROWS
     bo = g * ROWS
-    oo = obase + co * npix
-    nt = (p1 - p0 + PIXELS - 1) // PIXELS
+    nt = (v1 - v0 + PIXELS - 1) // PIXELS
     for tt in range(nt):
-        p = p0 + tt * PIXELS
-        valid = min(PIXELS, p1 - p)
+        v = v0 + tt * PIXELS
+        valid = min(PIXELS, v1 - v)
+        n = v // npix
+        p = v % npix
         xo = tt * cin * PIXELS
-        if valid == PIXELS:
-            tile_6x16(xp, xo, PIXELS, w, wo, cin, b, bo, out, oo + p, npix, rows)
-        elif valid == LANES:
-            tile_6x8(xp, xo, PIXELS, w, wo, cin, b, bo, out, oo + p, npix, rows)
+        oo = (n * cout + co) * npix + p
+        if valid == PIXELS and p + PIXELS <= npix:
+            tile_6x16(xp, xo, PIXELS, w, wo, cin, b, bo, out, oo, npix, rows)
+            continue
+        if valid == LANES and p + LANES <= npix:
+            tile_6x8(xp, xo, PIXELS, w, wo, cin, b, bo, out, oo, npix, rows)
+            continue
+        if valid > LANES:
+            tile_6x16(xp, xo, PIXELS, w, wo, cin, b, bo, ot, 0, PIXELS, rows)
         else:
-            if valid > LANES:
-                tile_6x16(xp, xo, PIXELS, w, wo, cin, b, bo, ot, 0, PIXELS, rows)
-            else:
-                tile_6x8(xp, xo, PIXELS, w, wo, cin, b, bo, ot, 0, PIXELS, rows)
+            tile_6x8(xp, xo, PIXELS, w, wo, cin, b, bo, ot, 0, PIXELS, rows)
+        for q in range(valid):
+            dst = (n * cout + co) * npix + p
             for r in range(rows):
-                for q in range(valid):
-                    out[oo + r * npix + p + q] = ot[r * PIXELS + q]
+                out[dst + r * npix] = ot[r * PIXELS + q]
+            p += 1
+            if p == npix:
+                p = 0
+                n += 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _finish_block(out, n, co, rows, p0, p1, residual, res_mode, act, alpha, beta, bias_dummy):
-    """Residual and activation over rows co .. co+rows-1 of image n, pixels p0 .. p1 (in L1)."""
-    cout = out.shape[1]
-    for r in range(rows):
-        row = out[n, co + r, p0:p1]
-        res = residual[n * cout + co + r, p0:p1] if res_mode != RES_NONE else residual[0]
-        finish_row(row, np.float32(0.0), bias_dummy, 0, res, res_mode, act, alpha, beta)
+def _finish_block(out, co, rows, v0, v1, residual, res_mode, act, alpha, beta, bias_dummy):
+    """Residual and activation over output channels co .. co+rows-1 at batch pixels v0 .. v1
+    (just computed, in L1), one run of pixels per image."""
+    cout, npix = out.shape[1], out.shape[2]
+    v = v0
+    while v < v1:
+        n = v // npix
+        p = v % npix
+        e = min(v1 - v, npix - p)
+        for r in range(rows):
+            row = out[n, co + r, p : p + e]
+            res = residual[n * cout + co + r, p : p + e] if res_mode != RES_NONE else residual[0]
+            finish_row(row, np.float32(0.0), bias_dummy, 0, res, res_mode, act, alpha, beta)
+        v += e
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -320,37 +346,35 @@ def pointwise_conv(x, wp, bp, out, residual, res_mode, act, alpha, beta, pblock,
     """1x1 conv of x [N, C, P] into out [N, M, P] with the packed weight ``wp`` [ceil(M/6), C, 6]
     and bias ``bp`` [ceil(M/6), 6]; ``residual`` [N*M, P] (or a dummy for ``res_mode`` 0).
 
-    Tasks: (image, block of ``pblock`` pixels, one of ``chunks`` runs of channel groups). A task
-    packs its pixels into panels, then per channel group runs every micro-tile of the block and
-    the group's epilogue."""
+    The batch's N*P pixels form one range; tasks are (block of ``pblock`` pixels, one of
+    ``chunks`` runs of channel groups). A task packs its pixels into panels, then per channel
+    group runs every micro-tile of the block and the group's epilogue."""
     n_img, cin, npix = x.shape
     cout = out.shape[1]
     groups = wp.shape[0]
-    blocks = (npix + pblock - 1) // pblock
+    total = n_img * npix
+    blocks = (total + pblock - 1) // pblock
     per_chunk = (groups + chunks - 1) // chunks
     xf = x.reshape(-1)
     of = out.reshape(-1)
     wf = wp.reshape(-1)
     bf = bp.reshape(-1)
     need_epilogue = act != 0 or res_mode != RES_NONE
-    for t in prange(n_img * blocks * chunks):
-        n = t // (blocks * chunks)
-        blk = (t // chunks) % blocks
+    for t in prange(blocks * chunks):
+        blk = t // chunks
         chunk = t % chunks
-        p0 = blk * pblock
-        p1 = min(npix, p0 + pblock)
+        v0 = blk * pblock
+        v1 = min(total, v0 + pblock)
         g0 = chunk * per_chunk
         g1 = min(groups, g0 + per_chunk)
-        xp = np.empty(((p1 - p0 + PIXELS - 1) // PIXELS) * cin * PIXELS, np.float32)
+        xp = np.empty(((v1 - v0 + PIXELS - 1) // PIXELS) * cin * PIXELS, np.float32)
         ot = np.empty(ROWS * PIXELS, np.float32)
-        pack_pixels(xf, n * cin * npix, cin, npix, p0, p1, xp)
+        pack_pixels(xf, cin, npix, v0, v1, xp)
         for g in range(g0, g1):
-            _block(xp, cin, npix, wf, bf, g, of, n * cout * npix, cout, p0, p1, ot)
+            _block(xp, cin, npix, wf, bf, g, of, cout, v0, v1, ot)
             if need_epilogue:
                 co = g * ROWS
-                _finish_block(
-                    out, n, co, min(ROWS, cout - co), p0, p1, residual, res_mode, act, alpha, beta, bf
-                )
+                _finish_block(out, co, min(ROWS, cout - co), v0, v1, residual, res_mode, act, alpha, beta, bf)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -400,10 +424,10 @@ def _pixel_block(cin: int, npix: int) -> int:
 
 
 def _plan(n: int, cin: int, npix: int, groups: int, threads: int) -> tuple[int, int]:
-    """(pixel block, channel chunks): enough tasks for the threads, splitting channels when an
-    image has few pixel blocks."""
-    pblock = _pixel_block(cin, npix)
-    tasks = n * -(-npix // pblock)
+    """(pixel block, channel chunks): enough tasks for the threads, splitting channels when the
+    batch has few pixel blocks."""
+    pblock = _pixel_block(cin, n * npix)
+    tasks = -(-n * npix // pblock)
     chunks = 1
     if threads > 1 and tasks < 4 * threads:
         chunks = min(groups, -(-4 * threads // tasks))
