@@ -148,14 +148,15 @@ vbroadcast: Any = intrinsic(_vbroadcast)
 
 
 def _vfma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
-    """``a * b + c`` lane by lane with one rounding (``llvm.fma``: a vfmadd with FMA3)."""
+    """``a * b + c`` lane by lane (``llvm.fmuladd``: one vfmadd where the CPU has FMA3, a multiply
+    and an add where it does not, never a libm call)."""
     if not (a == float32x8 and b == float32x8 and c == float32x8):
         return None
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         fnty = ir.FunctionType(_V8, [_V8, _V8, _V8])
         return builder.call(
-            cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32"), list(args)
+            cgutils.get_or_insert_function(builder.module, fnty, "llvm.fmuladd.v8f32"), list(args)
         )
 
     return float32x8(a, b, c), codegen
