@@ -4,7 +4,8 @@ For each model: an FP32 engine, FP16 and BF16 engines (permission: the tuner pic
 an INT8 engine (``--strict``: every layer with an INT8 tactic runs INT8; entropy calibration on
 ``--calib`` samples of the model's input distribution; uint8 activations with bias correction),
 the same with TensorRT's scheme (``int8 strict trt``: symmetric int8 activations, no bias
-correction; the calibrator option ``:symmetric,no-bias-correction``) and, with
+correction; the calibrator option ``:symmetric,no-bias-correction``), the same with GPTQ weight
+rounding (``int8 strict gptq``: the calibrator option ``:gptq``) and, with
 ``--int8-permission``, the plain ``--precision int8`` engine (the tuner keeps FP32 where it is
 faster). ``--ort`` adds ONNX Runtime's own static INT8 quantization of the model (QDQ,
 per-channel int8 weights, uint8 activations, the same calibration samples) run by ONNX Runtime:
@@ -49,7 +50,12 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 DIMS: dict[str, dict[str, int]] = {"bert": {"seq": 64}}
 CHUNK = 50
-ROWS = ("fp32", "fp16", "bf16", "int8", "int8-trt", "budget", "permission")
+ROWS = ("fp32", "fp16", "bf16", "int8", "int8-gptq", "int8-trt", "budget", "permission")
+
+
+def _with_option(spec: str, option: str) -> str:
+    """The calibrator spec ``spec`` with ``option`` added (``entropy`` -> ``entropy:gptq``)."""
+    return spec + ("," if ":" in spec else ":") + option
 
 
 def _run_chunked(engine: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,10 +138,15 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     if "int8" in wanted:
         configs["int8 strict"] = BuilderConfig(precision="int8", strict=True, calibration=calib,  # type: ignore[arg-type]
                                                calibrator=args.calibrator, **common)  # fmt: skip
+    if "int8-gptq" in wanted:
+        configs["int8 strict gptq"] = BuilderConfig(  # type: ignore[arg-type]
+            precision="int8", strict=True, calibration=calib, calibrator=_with_option(args.calibrator, "gptq"),
+            **common,
+        )  # fmt: skip
     if "int8-trt" in wanted:
         configs["int8 strict trt"] = BuilderConfig(  # type: ignore[arg-type]
             precision="int8", strict=True, calibration=calib,
-            calibrator=f"{args.calibrator}:symmetric,no-bias-correction", **common,
+            calibrator=_with_option(args.calibrator, "symmetric,no-bias-correction"), **common,
         )  # fmt: skip
     classifier = all(v.ndim == 2 and v.shape[1] > 2 for v in want.values())
     if args.budget and (classifier or not args.budget.startswith("top")):
@@ -245,7 +256,8 @@ def main() -> None:
     parser.add_argument("--int8-permission", action="store_true", help="also build plain --precision int8")
     parser.add_argument(
         "--precisions", default="fp32,fp16,bf16,int8,int8-trt",
-        help="rows to build: fp32, fp16, bf16, int8 (strict, default scheme), int8-trt (strict, TensorRT's scheme)",
+        help="rows to build: fp32, fp16, bf16, int8 (strict, default scheme), int8-gptq (strict, the default "
+        "scheme with GPTQ weight rounding), int8-trt (strict, TensorRT's scheme)",
     )  # fmt: skip
     parser.add_argument(
         "--ort", nargs="?", const="MinMax", default=None,

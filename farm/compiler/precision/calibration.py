@@ -31,14 +31,20 @@ Activation schemes (the calibrator spec ``NAME[:OPTION,...]``, e.g. ``"entropy"`
   every calibrated tensor is kept, and each INT8 layer's bias absorbs the expected error of its
   quantized weight, ``(W - W_q) . E[x]`` per output channel (Nagel et al. 2019, empirical bias
   correction, weight term).
+* **GPTQ** weight rounding (``gptq``; off by default, ``no-gptq`` names the default): the layers
+  pinned to INT8 round their weights on the same int8 grid with activation-aware GPTQ, and
+  their bias correction becomes the exact mean error of the quantized layer (see :mod:`gptq`).
 
-A calibration cache (JSON) stores, per tensor, the amax, the range and the channel means with the
-calibrator spec and a signature of the layers; a rebuild that finds a matching cache does not
-calibrate again.
+A calibration cache (JSON, version 3) stores, per tensor, the amax, the range and the channel
+means with the calibrator spec and a signature of the layers, and with GPTQ each layer's rounded
+int8 weight (zlib + base64), scales, bias correction and a digest of the FP32 weight it rounds; a
+rebuild that finds a matching cache does not calibrate again. Version 2 caches read as
+``no-gptq``, version 1 caches as ``symmetric,no-bias-correction,no-gptq``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -53,14 +59,15 @@ import numpy as np
 from farm.compiler.ir import Graph
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
-CALIBRATOR_OPTIONS = ("symmetric", "no-bias-correction")
+CALIBRATOR_OPTIONS = ("symmetric", "no-bias-correction", "gptq", "no-gptq")
 DEFAULT_CALIBRATOR = "entropy"
 DEFAULT_PERCENTILE = 99.99
 HISTOGRAM_BINS = 2048
 QUANT_LEVELS = 128  # positive half of int8, as TensorRT's entropy calibrator
 DEFAULT_BATCH = 32
 CACHE_FORMAT = "farm-calibration"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+DEFAULT_GPTQ = False  # measured: no better than round-to-nearest + bias correction on the zoo
 
 CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
 
@@ -288,6 +295,7 @@ class CalibratorSpec:
     name: str = DEFAULT_CALIBRATOR
     symmetric: bool = False
     bias_correction: bool = True
+    gptq: bool = DEFAULT_GPTQ
 
     @staticmethod
     def parse(text: str) -> CalibratorSpec:
@@ -301,12 +309,21 @@ class CalibratorSpec:
             raise CalibrationError(
                 f"unknown calibrator option(s) {unknown}; choose from {', '.join(CALIBRATOR_OPTIONS)}"
             )
-        return CalibratorSpec(name, "symmetric" in options, "no-bias-correction" not in options)
+        if "gptq" in options and "no-gptq" in options:
+            raise CalibrationError("calibrator options 'gptq' and 'no-gptq' contradict each other")
+        gptq = "gptq" in options or (DEFAULT_GPTQ and "no-gptq" not in options)
+        return CalibratorSpec(name, "symmetric" in options, "no-bias-correction" not in options, gptq)
 
     def __str__(self) -> str:
+        """The canonical spec: only the options that differ from the defaults."""
+        gptq_option = "no-gptq" if DEFAULT_GPTQ else "gptq"
         options = [
             o
-            for o, on in (("symmetric", self.symmetric), ("no-bias-correction", not self.bias_correction))
+            for o, on in (
+                ("symmetric", self.symmetric),
+                ("no-bias-correction", not self.bias_correction),
+                (gptq_option, self.gptq != DEFAULT_GPTQ),
+            )
             if on
         ]
         return self.name + (":" + ",".join(options) if options else "")
@@ -382,6 +399,7 @@ class CalibrationResult:
     from_cache: bool = False
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     means: dict[str, list[float]] = field(default_factory=dict)
+    rounding: dict[str, dict[str, Any]] = field(default_factory=dict)  # GPTQ, per layer (see gptq)
 
     @property
     def spec(self) -> CalibratorSpec:
@@ -408,6 +426,7 @@ class CalibrationResult:
             "amax": self.amax,
             "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()},
             "means": self.means,
+            "gptq": self.rounding,
         }
 
 
@@ -418,16 +437,19 @@ def read_cache(path: str | os.PathLike[str]) -> CalibrationResult | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != CACHE_FORMAT or data.get("version") not in (1, CACHE_VERSION):
+        if data.get("format") != CACHE_FORMAT or data.get("version") not in (1, 2, CACHE_VERSION):
             raise CalibrationError(f"{path} is not a calibration cache of version {CACHE_VERSION}")
         calibrator = data["calibrator"]
         if data["version"] == 1:  # amax only: the symmetric scheme without bias correction
-            calibrator = str(CalibratorSpec(calibrator, symmetric=True, bias_correction=False))
+            calibrator = str(CalibratorSpec(calibrator, symmetric=True, bias_correction=False, gptq=False))
+        elif data["version"] == 2:  # before GPTQ: round-to-nearest weights
+            calibrator = str(dataclasses.replace(CalibratorSpec.parse(calibrator), gptq=False))
         return CalibrationResult(
             calibrator, {k: float(v) for k, v in data["amax"].items()}, int(data["samples"]),
             data["signature"], from_cache=True,
             ranges={k: (float(v[0]), float(v[1])) for k, v in data.get("ranges", {}).items()},
             means={k: [float(x) for x in v] for k, v in data.get("means", {}).items()},
+            rounding={str(k): dict(v) for k, v in data.get("gptq", {}).items()},
         )  # fmt: skip
     except (ValueError, KeyError, TypeError) as exc:
         raise CalibrationError(f"calibration cache {path} is unreadable: {exc}") from exc

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.compiler.ir import Graph
-from farm.compiler.precision.calibration import DEFAULT_CALIBRATOR, CalibrationResult, calibrate
+from farm.compiler.precision.calibration import (
+    DEFAULT_BATCH,
+    DEFAULT_CALIBRATOR,
+    CalibrationResult,
+    CalibratorSpec,
+    calibrate,
+    calibration_batches,
+)
+from farm.compiler.precision.gptq import apply_gptq
 from farm.compiler.precision.policy import LayerDecision, PrecisionPolicy
 from farm.compiler.precision.qdq import ExplicitQuantization, annotate_explicit
 from farm.compiler.precision.quantize import (
@@ -146,6 +154,11 @@ def plan_precisions(
         if "int8" in decisions[n.name].allowed and n.name not in explicit_layers and is_quantizable(n, graph)
     ]  # fmt: skip
     if need_scale and (calibration is not None or calibration_cache is not None):
+        spec = CalibratorSpec.parse(calibrator)
+        if spec.gptq and calibration is not None:  # GPTQ reads the samples again
+            calibration = list(
+                calibration_batches(calibration, graph.inputs, DEFAULT_BATCH, calibration_limit)
+            )
         tensors = sorted({n.input(0) for n in need_scale})
         axes: dict[str, int | None] = {}
         for node in need_scale:  # channel means along the axis the layer contracts (None: mixed)
@@ -165,6 +178,20 @@ def plan_precisions(
             "calibrator": result.calibrator, "samples": result.samples, "tensors": len(tensors),
             "from_cache": result.from_cache, "bias_corrected_layers": corrected,
         }  # fmt: skip
+        if spec.gptq:
+            # only layers that will run INT8: the tuner may still give a permitted layer FP32,
+            # which must then have its FP32 weight
+            int8_only = [
+                n for n in need_scale if decisions[n.name].pinned and decisions[n.name].allowed[0] == "int8"
+            ]
+            plan.calibration["gptq_layers"] = apply_gptq(
+                graph,
+                int8_only,
+                result,
+                calibration,
+                cache=calibration_cache,
+                bias_correction=spec.bias_correction,
+            )
     elif need_scale and any(decisions[n.name].pinned for n in need_scale):
         pinned = [n.name for n in need_scale if decisions[n.name].pinned][:5]
         raise ValueError(

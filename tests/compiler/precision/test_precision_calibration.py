@@ -217,7 +217,7 @@ def test_calibrator_options_round_trip_through_the_cache(tmp_path: Path) -> None
 
     first = build(model, "cpu", config("percentile:symmetric", calib))
     stored = json.loads(cache.read_text())
-    assert stored["version"] == 2 and stored["calibrator"] == "percentile:symmetric"
+    assert stored["version"] == 3 and stored["calibrator"] == "percentile:symmetric"
     assert all(lo == -hi for lo, hi in stored["ranges"].values()) and stored["means"]
     again = build(model, "cpu", config("percentile:symmetric", None))  # from the cache alone
     info = again.report["precision_layers"]["calibration"]
