@@ -67,7 +67,7 @@ DEPTHWISE_CASES = [
     (1, 24, 7, 7, 24, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 24),  # kernel as large as the plane
     (3, 9, 6, 33, 9, (1, 3), (1, 2), (0, 1, 0, 1), (1, 3), 9),  # one-row kernel, wide plane
 ]
-DEPTHWISE_TACTICS = ["cpu.conv.depthwise_direct", "cpu.conv.depthwise_c8"]
+DEPTHWISE_TACTICS = ["cpu.conv.depthwise_plane"]  # depthwise.py; its own tests cover the _1t form too
 
 
 def _conv_case(

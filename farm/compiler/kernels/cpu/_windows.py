@@ -1,4 +1,4 @@
-"""Sliding-window helpers shared by the depthwise conv and the pooling kernels.
+"""Sliding-window helpers shared by the wide im2col conv and the pooling kernels.
 
 *Phase planes* turn a strided, padded 2-D window operation into long unit-stride loops. With
 stride s, the padded input plane is split into s*s planes,
@@ -97,36 +97,6 @@ def windows_3x3(phases, stride, dh, dw, cols, length):
         tap_window(phases, 2, 1, stride, dh, dw, cols, length),
         tap_window(phases, 2, 2, stride, dh, dw, cols, length),
     )
-
-
-@njit(error_model="numpy", cache=True, nogil=True)
-def weighted_taps(phases, weights, stride, dh, dw, cols, length):
-    """sum over taps (i, j) of weights[i, j] * tap_window(i, j): the conv of one output plane.
-
-    3x3 kernels (nearly every depthwise conv) take one pass with all nine windows, so each
-    output element is stored once instead of nine times.
-    """
-    kh, kw = weights.shape
-    acc = np.zeros(length, np.float32)
-    if kh == 3 and kw == 3:
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = windows_3x3(phases, stride, dh, dw, cols, length)
-        w0, w1, w2 = weights[0, 0], weights[0, 1], weights[0, 2]
-        w3, w4, w5 = weights[1, 0], weights[1, 1], weights[1, 2]
-        w6, w7, w8 = weights[2, 0], weights[2, 1], weights[2, 2]
-        for q in range(length):
-            acc[q] = (
-                w0 * x0[q] + w1 * x1[q] + w2 * x2[q]
-                + w3 * x3[q] + w4 * x4[q] + w5 * x5[q]
-                + w6 * x6[q] + w7 * x7[q] + w8 * x8[q]
-            )  # fmt: skip
-        return acc
-    for i in range(kh):
-        for j in range(kw):
-            window = tap_window(phases, i, j, stride, dh, dw, cols, length)
-            wv = weights[i, j]
-            for q in range(length):
-                acc[q] += wv * window[q]
-    return acc
 
 
 @njit(error_model="numpy", cache=True, nogil=True)

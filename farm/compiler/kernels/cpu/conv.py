@@ -1,6 +1,8 @@
 """Convolution tactics (FusedConv and plain Conv, 1-D and 2-D, FP32).
 
-Four implementations the tuner chooses between per layer:
+The GEMM-based implementations the tuner chooses between per layer (depthwise convs:
+``depthwise.py``; 1x1 register-blocked: ``pointwise.py``; output tiles in one pool:
+``conv_tiled.py``; Winograd: ``winograd.py``):
 
 * ``cpu.conv.im2col_gemm``: numba im2col of one image, then one BLAS GEMM per group (a stacked
   ``matmul`` [G, M/G, K] x [G, K, P]) straight into the NCHW output, then the fused epilogue.
@@ -12,17 +14,10 @@ Four implementations the tuner chooses between per layer:
   matrix, so the conv is a plain (grouped) GEMM with no copy.
 * ``cpu.conv.im2col_gemm_1t`` / ``cpu.conv.pointwise_gemm_1t``: the same with BLAS held to the
   calling thread (small layers; hosts where BLAS's second thread waits for a core).
-* ``cpu.conv.depthwise_direct``: groups == input channels (any channel multiplier): a direct
-  numba loop per output plane with the epilogue applied to each output row while it is in L1.
-* ``cpu.conv.depthwise_c8``: the same op vectorized across 8 channels instead of along a row:
-  per group of 8 channels the input planes are interleaved (lane = channel) into a zero-padded,
-  column-phase-split buffer, so every kernel tap of every stride/dilation is one contiguous
-  multiply-add over a whole output row; small planes (14x14, 28x28) no longer waste the vector
-  on a short row.
 
 Weights are repacked once in ``prepare`` ([G, M/G, K] float32 for the GEMM tactics) and replace
 the raw weight in the engine. Pools: the GEMM tactics use numba's pool for im2col and the
-epilogue and BLAS's pool for the GEMM, one after the other; the depthwise tactic uses numba's only.
+epilogue and BLAS's pool for the GEMM, one after the other.
 """
 
 from __future__ import annotations
@@ -31,13 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
-    RES_NONE,
-    RES_PRE,
-    activate_row,
     epilogue_channel_rows,
     epilogue_params,
     epilogue_transpose,
@@ -53,7 +45,6 @@ from farm.compiler.kernels.cpu._windows import (
     phase_planes,
     tap_window,
     valid_columns,
-    weighted_taps,
 )
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -449,293 +440,6 @@ class SingleThreadIm2colGemmConv(SingleThreadBlas, Im2colGemmConv):
 
     name = "cpu.conv.im2col_gemm_1t"
     priority = 8
-
-
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def depthwise_conv(x, w, bias, has_bias, residual, res_mode, act, alpha, beta, out, sh, sw, pt, pl, dh, dw):
-    """Direct conv with groups == input channels; output channel m reads input channel m // mult.
-
-    ``w`` is [M, kh, kw]; ``residual`` is [N*M*Ho, Wo] (or a dummy); the epilogue is applied to
-    each output row as soon as it is complete.
-    """
-    n_count, c_count, h, wi = x.shape
-    m_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    kh, kw = w.shape[1], w.shape[2]
-    mult = m_count // c_count
-    for t in prange(n_count * m_count):
-        n = t // m_count
-        m = t % m_count
-        plane = x[n, m // mult]
-        b = bias[m] if has_bias else np.float32(0.0)
-        for oy in range(ho):
-            orow = out[n, m, oy]
-            for ox in range(wo):
-                orow[ox] = 0.0
-            for i in range(kh):
-                iy = oy * sh - pt + i * dh
-                if iy < 0 or iy >= h:
-                    continue
-                src = plane[iy]
-                for j in range(kw):
-                    off = j * dw - pl
-                    lo, hi = valid_columns(off, sw, wi, wo)
-                    axpy_window(orow[lo:hi], w[m, i, j], src, lo * sw + off, sw)
-            res = residual[t * ho + oy] if res_mode != 0 else residual[0]
-            finish_row(orow, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
-
-
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def depthwise_conv_phased(
-    x, w, bias, has_bias, residual, res_mode, act, alpha, beta, out, stride, pt, pl, dh, dw
-):
-    """Depthwise conv with equal strides on phase planes (see ``_windows``): per output plane,
-    one long vectorized multiply-add per kernel tap, then the rows get the epilogue."""
-    n_count, c_count = x.shape[0], x.shape[1]
-    m_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    kh, kw = w.shape[1], w.shape[2]
-    mult = m_count // c_count
-    rows, cols = phase_geometry(ho, wo, kh, kw, stride, dh, dw)
-    length = ho * cols
-    for t in prange(n_count * m_count):
-        n = t // m_count
-        m = t % m_count
-        phases = phase_planes(x[n, m // mult], stride, pt, pl, rows, cols, np.float32(0.0))
-        acc = weighted_taps(phases, w[m], stride, dh, dw, cols, length)
-        b = bias[m] if has_bias else np.float32(0.0)
-        for oy in range(ho):
-            orow = out[n, m, oy]
-            src = acc[oy * cols : oy * cols + wo]
-            for q in range(wo):
-                orow[q] = src[q]
-            res = residual[t * ho + oy] if res_mode != 0 else residual[0]
-            finish_row(orow, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
-
-
-@register_tactic
-class DepthwiseDirectConv(Tactic):
-    """Direct depthwise conv in numba (groups == input channels), epilogue fused per output row."""
-
-    name = "cpu.conv.depthwise_direct"
-    op_types = CONV_OPS
-    priority = 30
-
-    def supports(self, node: Node, graph: Graph) -> bool:
-        if not _conv_node_ok(node, graph):
-            return False
-        w = graph.values[node.input(1)]
-        x = graph.values[node.input(0)]
-        if w.shape is None or x.shape is None or not isinstance(x.shape[1], int):
-            return False
-        group = int(node.attr("group", 1))
-        return group > 1 and group == x.shape[1] and w.shape[1] == 1
-
-    def prepare(self, node: Node, graph: Graph) -> Prepared:
-        prepared = Prepared()
-        w = graph.const(node.input(1))
-        if w is not None:
-            w4 = _weight_4d(w)
-            prepared.tensors["weight"] = np.ascontiguousarray(
-                w4.reshape(w4.shape[0], w4.shape[2], w4.shape[3]), np.float32
-            )
-            prepared.replaces = frozenset({1})
-        prepared.params["weight_shape"] = _weight_shape(node, graph)
-        return prepared
-
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        if "weight" in prepared.tensors:
-            w = prepared.scratch.get("weight")
-            if w is None:
-                w = prepared.scratch["weight"] = np.ascontiguousarray(prepared.tensors["weight"], np.float32)
-        else:
-            raw = _weight_4d(inputs[1])  # type: ignore[arg-type]
-            w = np.ascontiguousarray(raw.reshape(raw.shape[0], raw.shape[2], raw.shape[3]), np.float32)
-        geo = ConvGeometry.of(node, prepared.params.get("weight_shape") or inputs[1].shape)  # type: ignore[union-attr]
-        x = np.ascontiguousarray(_as_4d(inputs[0]))  # type: ignore[arg-type]
-        out = _out_4d(outputs[0])
-        bias, has_bias = vector_or_dummy(inputs[2] if len(inputs) > 2 else None)
-        act, alpha, beta, mode = epilogue_params(node)
-        n, m, ho, wo = out.shape
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m * ho)
-        with threads_for(out.size * w.shape[1] * w.shape[2]):
-            if geo.sh == geo.sw:
-                depthwise_conv_phased(
-                    x, w, bias, has_bias, residual, mode, act, alpha, beta, out,
-                    geo.sh, geo.pad_top, geo.pad_left, geo.dh, geo.dw,
-                )  # fmt: skip
-            else:
-                depthwise_conv(
-                    x, w, bias, has_bias, residual, mode, act, alpha, beta, out,
-                    geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw,
-                )  # fmt: skip
-
-
-LANES = 8  # channels per vector in ``depthwise_lanes``
-PIXEL_BLOCK = 8  # output rows are padded to a multiple of this many pixels (64 floats)
-
-
-@njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _interleave_rows(x, n, m0, lanes, mult, pt, pl, sw, buf):
-    """buf[r, b, q*LANES + l] = x[n, (m0 + l) // mult, r - pt, q*sw + b - pl], 0 outside the image
-    and for lanes >= ``lanes``: the padded input rows of 8 channels, each split into ``sw``
-    column phases so that a strided tap reads a contiguous run."""
-    h, wi = x.shape[2], x.shape[3]
-    hp, wq = buf.shape[0], buf.shape[2] // LANES
-    step = uint64(sw)
-    for r in range(hp):
-        iy = r - pt
-        for b in range(sw):
-            dst = buf[r, b]
-            if iy < 0 or iy >= h:
-                for q in range(wq * LANES):
-                    dst[q] = 0.0
-                continue
-            lo, hi = valid_columns(b - pl, sw, wi, wq)
-            for q in range(lo * LANES):
-                dst[q] = 0.0
-            for q in range(hi * LANES, wq * LANES):
-                dst[q] = 0.0
-            first = uint64(lo * sw + b - pl)
-            for lane in range(LANES):
-                column = dst[lo * LANES + lane : hi * LANES]
-                if lane < lanes:
-                    src = x[n, (m0 + lane) // mult, iy]
-                    for q in range(hi - lo):
-                        column[uint64(q) * uint64(LANES)] = src[first + uint64(q) * step]
-                else:
-                    for q in range(hi - lo):
-                        column[uint64(q) * uint64(LANES)] = 0.0
-
-
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def depthwise_lanes(x, w8, b8, residual, res_mode, act, alpha, beta, out, sh, sw, pt, pl, dh, dw):
-    """Depthwise conv of x [N, C, H, W] into out [N, M, Ho, Wo], 8 output channels per vector.
-
-    ``w8`` [ceil(M/8), kh, kw, 8] and ``b8`` [ceil(M/8), 8] hold the weights and bias of each
-    group of 8 channels lane by lane (zeros past M); ``residual`` is [N*M, Ho*Wo] or a dummy.
-    Per (image, group): interleave the input (``_interleave_rows``), then for each output row
-    and tap one contiguous multiply-add of Wo*8 floats (the tap's weights pre-expanded to the row
-    length), the activation on the interleaved row (8 channels in one call), then de-interleave
-    the row into the 8 output planes; a residual is added per plane (before the activation for
-    ``pre``, which then runs per plane).
-    """
-    n_count, c_count = x.shape[0], x.shape[1]
-    m_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    groups, kh, kw = w8.shape[0], w8.shape[1], w8.shape[2]
-    mult = m_count // c_count
-    wo_pad = (wo + PIXEL_BLOCK - 1) // PIXEL_BLOCK * PIXEL_BLOCK
-    row_floats = wo_pad * LANES  # a multiple of 64: the vectorized loop has no scalar tail
-    hp = (ho - 1) * sh + (kh - 1) * dh + 1
-    wq = wo_pad + ((kw - 1) * dw) // sw
-    taps = kh * kw
-    for t in prange(n_count * groups):
-        n = t // groups
-        g = t % groups
-        m0 = g * LANES
-        lanes = min(LANES, m_count - m0)
-        buf = np.empty((hp, sw, wq * LANES), np.float32)
-        _interleave_rows(x, n, m0, lanes, mult, pt, pl, sw, buf)
-        wexp = np.empty((taps, row_floats), np.float32)
-        for tap in range(taps):
-            wv = w8[g, tap // kw, tap % kw]
-            for q in range(wo_pad):
-                for lane in range(LANES):
-                    wexp[tap, q * LANES + lane] = wv[lane]
-        orow8 = np.empty(row_floats, np.float32)
-        for oy in range(ho):
-            for q in range(wo_pad):
-                for lane in range(LANES):
-                    orow8[q * LANES + lane] = b8[g, lane]
-            for i in range(kh):
-                padded = buf[oy * sh + i * dh]
-                for j in range(kw):
-                    phase = padded[(j * dw) % sw]
-                    shift = uint64(((j * dw) // sw) * LANES)
-                    wt = wexp[i * kw + j]
-                    for q in range(row_floats):
-                        uq = uint64(q)
-                        orow8[uq] += wt[uq] * phase[shift + uq]
-            if res_mode != RES_PRE:
-                # the activation while the row is interleaved: one call for 8 channels
-                activate_row(orow8[: wo * LANES], act, alpha, beta)
-            for lane in range(lanes):
-                orow = out[n, m0 + lane, oy]
-                for ox in range(wo):
-                    orow[ox] = orow8[uint64(ox) * uint64(LANES) + uint64(lane)]
-        for lane in range(lanes if res_mode != RES_NONE else 0):
-            plane = out[n, m0 + lane].reshape(-1)
-            res = residual[n * m_count + m0 + lane]
-            if res_mode == RES_PRE:
-                finish_row(plane, np.float32(0.0), b8[g], 0, res, res_mode, act, alpha, beta)
-            else:  # act(z) + R: the activation is done
-                for q in range(plane.shape[0]):
-                    plane[q] += res[q]
-
-
-def _lanes_of(v: np.ndarray, m: int) -> np.ndarray:
-    """[M, ...] -> [ceil(M/8), ..., 8] float32, zeros past M (the lane layout of ``depthwise_lanes``)."""
-    groups = -(-m // LANES)
-    padded = np.zeros((groups * LANES, *v.shape[1:]), np.float32)
-    padded[:m] = v
-    moved = padded.reshape(groups, LANES, *v.shape[1:])
-    return np.ascontiguousarray(np.moveaxis(moved, 1, -1))
-
-
-@register_tactic
-class DepthwiseLanesConv(DepthwiseDirectConv):
-    """Depthwise conv vectorized across 8 channels (``depthwise_lanes``), epilogue per plane."""
-
-    name = "cpu.conv.depthwise_c8"
-    priority = 32
-
-    def prepare(self, node: Node, graph: Graph) -> Prepared:
-        prepared = Prepared(params={"weight_shape": _weight_shape(node, graph)})
-        w = graph.const(node.input(1))
-        if w is not None:
-            w4 = _weight_4d(w)
-            prepared.tensors["weight"] = _lanes_of(w4[:, 0], w4.shape[0])
-        b = (
-            graph.const(node.input(2))
-            if node.input(2)
-            else np.zeros(_weight_shape(node, graph)[0], np.float32)
-        )
-        if b is not None:
-            prepared.tensors["bias"] = _lanes_of(np.asarray(b, np.float32).reshape(-1), b.size)
-        prepared.replaces = frozenset(
-            i for i, k in ((1, "weight"), (2, "bias")) if k in prepared.tensors and node.input(i)
-        )
-        return prepared
-
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        geo = ConvGeometry.of(node, prepared.params["weight_shape"])
-        out = _out_4d(outputs[0])
-        n, m, ho, wo = out.shape
-        w8 = prepared.tensors.get("weight")
-        if w8 is None:
-            w8 = _lanes_of(_weight_4d(inputs[1])[:, 0], m)  # type: ignore[arg-type]
-        b8 = prepared.tensors.get("bias")
-        if b8 is None:
-            raw_b = inputs[2] if len(inputs) > 2 else None
-            b8 = _lanes_of(np.zeros(m, np.float32) if raw_b is None else raw_b.reshape(-1), m)
-        x = np.ascontiguousarray(_as_4d(inputs[0]), dtype=np.float32)  # type: ignore[arg-type]
-        act, alpha, beta, mode = epilogue_params(node)
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
-        with threads_for(out.size * geo.kh * geo.kw):
-            depthwise_lanes(
-                x, w8, b8, residual, mode, act, alpha, beta, out,
-                geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw,
-            )  # fmt: skip
 
 
 def _run_epilogue(

@@ -5,7 +5,7 @@ its phase planes (see ``_windows``): the input plane is copied once into zero-pa
 planes (stride s splits it into sh*sw planes, so every tap of every stride and dilation reads a
 contiguous run), and each tap is then one long multiply-add over a block of whole output rows,
 ``cols = Wo + (kw-1)*dw // sw`` floats per row (the extra columns are computed and dropped).
-What makes it fast where ``cpu.conv.depthwise_direct`` (same idea) was not:
+What made it fast where the earlier ``cpu.conv.depthwise_direct`` (same idea, since removed) was not:
 
 * taps go several to a pass (a whole 3x3 kernel in one 9-window multiply-add loop, a 5-wide
   kernel row per loop, other widths 3 + 1 + ... taps per loop; FMA-contracted, unsigned indices
@@ -58,10 +58,11 @@ from farm.compiler.kernels.cpu._windows import valid_columns
 from farm.compiler.kernels.cpu.conv import (
     CONV_OPS,
     ConvGeometry,
-    DepthwiseDirectConv,
     _as_4d,
+    _conv_node_ok,
     _out_4d,
     _weight_4d,
+    _weight_shape,
 )
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -386,9 +387,6 @@ def depthwise_planes(
                     finish_row(block, np.float32(0.0), bias, 0, rblock, res_mode, act, alpha, beta)
 
 
-_DIRECT = DepthwiseDirectConv()
-
-
 def _kernel_3d(w: np.ndarray) -> np.ndarray:
     """[M, 1, (kh,) kw] -> C-contiguous float32 [M, kh, kw]."""
     w4 = _weight_4d(w)
@@ -405,11 +403,23 @@ class DepthwisePlaneConv(Tactic):
     priority = 34
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        return _DIRECT.supports(node, graph)  # the same guard: group == C_in, one channel per group
+        """FP32 1-D/2-D conv with group == C_in (one input channel per group, any multiplier)."""
+        if not _conv_node_ok(node, graph):
+            return False
+        w = graph.values[node.input(1)]
+        x = graph.values[node.input(0)]
+        if w.shape is None or x.shape is None or not isinstance(x.shape[1], int):
+            return False
+        group = int(node.attr("group", 1))
+        return group > 1 and group == x.shape[1] and w.shape[1] == 1
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
-        """``depthwise_direct``'s packing (weight [M, kh, kw] float32) plus a constant bias."""
-        prepared = _DIRECT.prepare(node, graph)
+        """A constant weight packed as [M, kh, kw] float32, and a constant bias."""
+        prepared = Prepared(params={"weight_shape": _weight_shape(node, graph)})
+        w = graph.const(node.input(1))
+        if w is not None:
+            prepared.tensors["weight"] = _kernel_3d(w)
+            prepared.replaces = frozenset({1})
         b = graph.const(node.input(2)) if node.input(2) else None
         if b is not None:
             prepared.tensors["bias"] = np.ascontiguousarray(b, np.float32).reshape(-1)
