@@ -25,13 +25,18 @@ from typing import ClassVar
 import numpy as np
 
 from farm.compiler.ir import Graph, Node, Value
-from farm.compiler.kernels.cpu import conv, gemm, generic
+from farm.compiler.kernels.cpu import conv, conv_tiled, depthwise, gemm, gemm_tiled, generic, pointwise
 from farm.compiler.kernels.registry import Prepared, Tactic, all_tactics, register_tactic
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
 # Smaller tensors (biases, scales) stay FP32: they cost nothing and keep the epilogue exact.
 MIN_REDUCED_ELEMENTS = 64
-_WRAPPED_MODULES = (conv.__name__, gemm.__name__, generic.__name__)
+# Modules whose tactics store the weight itself (repacked, not transformed): storing those tensors
+# rounded is computing with the rounded weights. Winograd's transformed filters are not, so its
+# tactics get no twins (a layer where Winograd is fastest keeps FP32, and the report says so).
+_WRAPPED_MODULES = tuple(
+    m.__name__ for m in (conv, conv_tiled, depthwise, gemm, gemm_tiled, generic, pointwise)
+)
 WEIGHT_OPS = frozenset({"FusedConv", "Conv", "FusedGemm", "MatMul", "Gemm"})
 # The reference-backed generic tactics (priority -100) are never fast; no twins for them.
 _MIN_BASE_PRIORITY = -50
