@@ -178,6 +178,28 @@ def test_choose_thread_counts_keeps_the_fastest_whole_schedule(monkeypatch: pyte
     assert thread_tuner.thread_candidates(1) == [(1, 1)]
 
 
+def test_choose_thread_counts_ignores_the_first_run_after_a_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-threaded setting's first run after a switch pays for waking its pool; serving runs
+    one setting run after run, so only the runs after it count (round-robin run by run picked the
+    single-threaded setting on the 2-core host where (2, 1) was 26 % faster)."""
+    from farm.compiler.tuner import threads as thread_tuner
+
+    clock = {"now": 0.0}
+    steady_ms = {(2, 2): 9.0, (1, 1): 5.0, (2, 1): 4.0, (1, 2): 7.0}
+    wake_ms = {(2, 2): 3.0, (1, 1): 0.0, (2, 1): 3.0, (1, 2): 3.0}  # extra, first run after a switch
+    last = {"setting": None}
+    monkeypatch.setattr(thread_tuner.time, "perf_counter", lambda: clock["now"])
+
+    def run(blas: int, numba: int) -> None:
+        setting = (blas, numba)
+        clock["now"] += (steady_ms[setting] + (wake_ms[setting] if last["setting"] != setting else 0.0)) / 1e3
+        last["setting"] = setting
+
+    best, medians = thread_tuner.choose_thread_counts(run, 2, rounds=3)
+    assert best == (2, 1)
+    assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in steady_ms.items()}
+
+
 def test_the_builders_thread_choice_runs_each_setting_it_times(monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole-schedule thread choice must apply every (BLAS, numba) setting it times (it once
     ran all four on the context's setting fixed at creation, so the choice was noise)."""
