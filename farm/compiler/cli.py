@@ -155,8 +155,8 @@ def _calibrator_spec(ctx: click.Context, param: click.Parameter, value: str) -> 
               help="INT8 calibration samples (.npz, one array per input, samples on axis 0).")  # fmt: skip
 @click.option("--calibrator", default="entropy", show_default=True, callback=_calibrator_spec,
               help="INT8 calibration: minmax|percentile|entropy|mse, optionally with :symmetric "
-                   "(TensorRT's int8 scheme instead of asymmetric uint8) and/or :no-bias-correction, "
-                   "comma-separated (e.g. entropy:symmetric,no-bias-correction).")  # fmt: skip
+                   "(TensorRT's int8 scheme instead of asymmetric uint8), :no-bias-correction and/or :gptq "
+                   "(error-compensating weight rounding), comma-separated (e.g. entropy:symmetric,no-bias-correction).")  # fmt: skip
 @click.option("--calibration-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="Calibration cache file (read when it matches, else written).")  # fmt: skip
 @click.option(
