@@ -280,15 +280,9 @@ class TiledAttention(Tactic):
         batch, sq, hidden = q.shape
         sk = k.shape[1]
         mask4, has_mask = _mask_4d(mask, (batch, heads, sq, sk))
-        out = outputs[0]
-        target = (
-            out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
-        )
         block = attention_block(batch, heads, sq, numba_thread_count())
         with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():
-            tiled_attention(q, k, v, mask4, has_mask, scale, target, heads, block)
-        if target is not out:
-            out[...] = target
+            tiled_attention(q, k, v, mask4, has_mask, scale, outputs[0], heads, block)
 
 
 @register_tactic

@@ -160,12 +160,9 @@ class TiledGemmConv(_GemmConvBase):
         )
         act, alpha, beta, mode = epilogue_params(node)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
-        target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
         with blas_single_thread():
             conv_tiles(
-                x, w2, bias, has_bias, residual, mode, act, alpha, beta, target.reshape(n * m, p),
+                x, w2, bias, has_bias, residual, mode, act, alpha, beta, out.reshape(n * m, p),
                 geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, wo,
                 tile_p, tile_m, direct,
             )  # fmt: skip
-        if target is not out:
-            out[...] = target

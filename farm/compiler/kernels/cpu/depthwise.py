@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -53,7 +52,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     finish_row,
     residual_rows,
 )
-from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
 from farm.compiler.kernels.cpu._windows import valid_columns
 from farm.compiler.kernels.cpu.conv import (
     CONV_OPS,
@@ -446,10 +445,6 @@ class DepthwisePlaneConv(Tactic):
             prepared.scratch["operands"] = result
         return result
 
-    def threads(self) -> int:
-        """numba threads this tactic's loop is split over."""
-        return int(numba.get_num_threads())
-
     def run(
         self,
         node: Node,
@@ -466,7 +461,7 @@ class DepthwisePlaneConv(Tactic):
         out = out4.reshape(n * m, ho * wo)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
         with threads_for(self._elements(out.size, geo)):
-            chunks = max(1, min(self.threads(), n * m))
+            chunks = max(1, min(numba_thread_count(), n * m))  # 1 inside a single-threaded region
             ph, acc, gather = self._workspaces(prepared, geo, x.shape, ho, wo, chunks)
             depthwise_planes(
                 x, w, bias, residual, mode, act, alpha, beta, out, ho, wo, m // c,
@@ -507,9 +502,6 @@ class SingleThreadDepthwisePlaneConv(DepthwisePlaneConv):
 
     name = "cpu.conv.depthwise_plane_1t"
     priority = 33
-
-    def threads(self) -> int:
-        return 1
 
     def _elements(self, out_size: int, geo: ConvGeometry) -> int:
         return 0  # threads_for(0): numba's loops run on the calling thread

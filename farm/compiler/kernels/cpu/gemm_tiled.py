@@ -21,10 +21,16 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
-from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
+from farm.compiler.kernels.cpu._epilogue import RES_NONE, finish_row, residual_rows
 from farm.compiler.kernels.cpu._operands import float32_io
 from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count
-from farm.compiler.kernels.cpu.gemm import GEMM_OPS, _bias, _cached_weight, _const_2d_weight, _prepare_weight
+from farm.compiler.kernels.cpu.gemm import (
+    GEMM_OPS,
+    _cached_weight,
+    _const_2d_weight,
+    _epilogue_operands,
+    _prepare_weight,
+)
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 # The weight columns of one task are kept under this many bytes (half of a 512 KiB-1 MiB L2).
@@ -114,15 +120,10 @@ class TiledGemm(Tactic):
         k, n = w.shape
         a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, k)
         m = a2.shape[0]
-        target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
-        fused = node.op_type == "FusedGemm"
-        bias, has_bias = _bias(node, inputs, prepared, n) if fused else (np.zeros(1, np.float32), False)
-        act, alpha, beta, mode = epilogue_params(node) if fused else (0, 0.0, 0.0, RES_NONE)
-        residual = residual_rows(inputs[3] if fused and len(inputs) > 3 else None, out.shape, m)
+        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
+        residual = residual_rows(inputs[3] if mode != RES_NONE else None, out.shape, m)
         tile_m, tile_n = tile_shape(m, n, k, numba_thread_count())
         with blas_single_thread():
             gemm_tiles(
-                a2, w, target.reshape(m, n), bias, has_bias, residual, mode, act, alpha, beta, tile_m, tile_n
+                a2, w, out.reshape(m, n), bias, has_bias, residual, mode, act, alpha, beta, tile_m, tile_n
             )
-        if target is not out:
-            out[...] = target

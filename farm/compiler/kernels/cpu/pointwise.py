@@ -38,7 +38,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -53,7 +52,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     residual_rows,
 )
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
-from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS
+from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -562,23 +561,15 @@ class PointwiseDirectConv(Tactic):
                 residual = residual.reshape(n, m)
             pointwise_gemv(x3.reshape(n, cin), w, b, out.reshape(n, m), residual, mode, act, alpha, beta)
             return
-        threads = self.threads(out.size * cin)
-        pblock, chunks = _plan(n, cin, npix, w.shape[0], threads)
-        out3 = out.reshape(n, m, npix)
-        if threads == numba.get_num_threads():
-            pointwise_conv(x3, w, b, out3, residual, mode, act, alpha, beta, pblock, chunks)
-            return
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            pointwise_conv(x3, w, b, out3, residual, mode, act, alpha, beta, pblock, chunks)
-        finally:
-            numba.set_num_threads(previous)
+        parallel = self.parallel(out.size * cin)
+        pblock, chunks = _plan(n, cin, npix, w.shape[0], numba_thread_count() if parallel else 1)
+        with threads_for(PARALLEL_MIN_ELEMENTS if parallel else 0):
+            pointwise_conv(x3, w, b, out.reshape(n, m, npix), residual, mode, act, alpha, beta, pblock, chunks)
 
-    def threads(self, work: int) -> int:
-        """numba threads for a layer of ``work`` multiply-adds: one below ~1 MFLOP (waking the
-        pool costs more than it saves), else the pool's."""
-        return 1 if work < 32 * PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
+    def parallel(self, work: int) -> bool:
+        """Whether a layer of ``work`` multiply-adds runs on numba's pool: not below ~1 MFLOP
+        (waking the pool costs more than it saves)."""
+        return work >= 32 * PARALLEL_MIN_ELEMENTS
 
 
 @register_tactic
@@ -588,5 +579,5 @@ class SingleThreadPointwiseDirectConv(PointwiseDirectConv):
     name = "cpu.conv.pointwise_direct_1t"
     priority = 21
 
-    def threads(self, work: int) -> int:
-        return 1
+    def parallel(self, work: int) -> bool:
+        return False
