@@ -76,7 +76,7 @@ def main(models: str, batches: str, duration_s: float, iterations: int, tuning_l
         rows = []
         table = Table(title="Zoo models: ours vs ONNX Runtime (median latency, interleaved)")
         for col in ("model", "batch", "ours ms", "ORT ms", "ratio", "CV ours/ORT", "runs", "rel L2",
-                    "build s", "arena", "naive", "lower bound", "arena/bound"):  # fmt: skip
+                    "build s", "arena", "naive", "lower bound", "arena/bound", "threads"):  # fmt: skip
             table.add_column(col, justify="left" if col == "model" else "right")
         for name in names:
             for batch in (int(b) for b in batches.split(",")):
@@ -87,7 +87,8 @@ def main(models: str, batches: str, duration_s: float, iterations: int, tuning_l
                 table.add_row(r.model, str(r.batch), f"{r.ours_ms:.3f}", f"{r.ort_ms:.3f}", f"{r.ratio:.3f}",
                               f"{r.ours_cv:.0%}/{r.ort_cv:.0%}", str(r.runs), f"{r.rel_l2:.1e}", f"{r.build_s:.1f}",
                               f"{mem['arena_bytes'] / 2**20:.2f} MiB", f"{mem['naive_bytes'] / 2**20:.2f} MiB",
-                              f"{mem['lower_bound_bytes'] / 2**20:.2f} MiB", f"{mem['arena_over_lower_bound']:.3f}")  # fmt: skip
+                              f"{mem['lower_bound_bytes'] / 2**20:.2f} MiB", f"{mem['arena_over_lower_bound']:.3f}",
+                              r.threads)  # fmt: skip
                 console.print(f"  {r.model} b{r.batch}: ratio {r.ratio:.3f}")
         console.print(table)
         gm = geometric_mean([r.ratio for r in rows])

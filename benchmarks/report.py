@@ -24,15 +24,16 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if "zoo" in results:
         lines += [
-            "| model | batch | ours ms | ORT ms | ours / ORT | CV ours / ORT | runs | rel L2 vs ORT | arena MiB | naive MiB | lower bound MiB | arena / bound |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| model | batch | ours ms | ORT ms | ours / ORT | CV ours / ORT | runs | rel L2 vs ORT | arena MiB | naive MiB | lower bound MiB | arena / bound | threads |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in results["zoo"]["rows"]:
             m = r["memory"]
             lines.append(
                 f"| {r['model']} | {r['batch']} | {r['ours_ms']:.3f} | {r['ort_ms']:.3f} | {r['ratio']:.3f} | "
                 f"{r['ours_cv']:.0%} / {r['ort_cv']:.0%} | {r['runs']} | {r['rel_l2']:.1e} | {_mib(m['arena_bytes'])} | "
-                f"{_mib(m['naive_bytes'])} | {_mib(m['lower_bound_bytes'])} | {m['arena_over_lower_bound']:.3f} |"
+                f"{_mib(m['naive_bytes'])} | {_mib(m['lower_bound_bytes'])} | {m['arena_over_lower_bound']:.3f} | "
+                f"{r.get('threads', '')} |"
             )
         lines += ["", f"Geometric mean of ours / ORT: **{results['zoo']['geomean_ratio']:.3f}**", ""]
     if "gemm" in results:

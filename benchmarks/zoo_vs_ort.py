@@ -36,6 +36,8 @@ class ModelResult:
     rel_l2: float
     build_s: float
     memory: dict[str, Any]
+    # the engine's (BLAS, numba) thread setting, "blas=B,numba=N" (chosen by the builder)
+    threads: str = ""
 
     @property
     def ratio(self) -> float:
@@ -97,6 +99,7 @@ def compare_model(
         rel_l2=rel_l2,
         build_s=build_s,
         memory=engine.report["memory"],
+        threads=f"blas={engine.threads or 1},numba={engine.numba_threads or 'all'}",
     )
 
 

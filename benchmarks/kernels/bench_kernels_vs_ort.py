@@ -393,7 +393,7 @@ def main() -> None:
         global CLOCK
         CLOCK = time.thread_time
         args.threads = 1
-    threads = configure_threads(args.threads)
+    threads = configure_threads(1, args.threads)
     print(
         f"threads={threads} numba layer={threading_layer()} GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}"
     )

@@ -15,7 +15,7 @@ import sys
 import time
 
 CONFIGS = {
-    "omp, GOMP_SPINCOUNT=1000 (ours)": {"NUMBA_THREADING_LAYER": "omp", "GOMP_SPINCOUNT": "1000"},
+    "omp, GOMP_SPINCOUNT=1000 (ours until compiler 0.2)": {"NUMBA_THREADING_LAYER": "omp", "GOMP_SPINCOUNT": "1000"},
     "omp, libgomp default spin": {"NUMBA_THREADING_LAYER": "omp"},
     "omp, OMP_WAIT_POLICY=passive": {"NUMBA_THREADING_LAYER": "omp", "OMP_WAIT_POLICY": "passive"},
     "workqueue": {"NUMBA_THREADING_LAYER": "workqueue"},

@@ -136,7 +136,7 @@ def main() -> None:
         global CLOCK
         CLOCK = time.thread_time
         args.threads = 1
-    threads = configure_threads(args.threads)
+    threads = configure_threads(1, args.threads)
     print(
         f"threads={threads} numba layer={threading_layer()} clock={'cpu' if args.cpu_time else 'wall'} "
         f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"

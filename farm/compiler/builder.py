@@ -61,8 +61,9 @@ class BuilderConfig:
     ``batch_range``: (min, opt, max) for the models' symbolic batch dimension; tuned at opt,
     memory planned for max. ``input_shapes``: fixed shapes per input name (like ``--shapes``);
     a symbolic batch dim still follows ``batch_range`` when one is given.
-    ``disabled_passes``: optimization passes to skip, by name. ``threads``: cores for BLAS and
-    numba (default all available).
+    ``disabled_passes``: optimization passes to skip, by name. ``threads``: cores the engine
+    runs on, in numba's pool with BLAS on the calling thread (default: every available core, and
+    the builder times one pool against BLAS's own pool and one thread and keeps the fastest).
 
     Precision (see ``farm.compiler.precision`` and docs/PRECISION.md): ``precision`` allows that
     precision (TensorRT's meaning: the tuner picks the fastest allowed tactic per layer);
@@ -323,7 +324,7 @@ def build(
     fingerprint = device_fingerprint(backend)
     from farm.compiler.kernels.threads import configure_threads
 
-    configure_threads(config.threads)
+    configure_threads(1, config.threads)
     cache = config.cache()
     settings = TunerSettings(
         level=config.tuning_level,
@@ -358,7 +359,7 @@ def build(
     def make_engine(kernels: list[Kernel], plan: MemoryPlan, report: dict[str, Any]) -> Engine:
         return Engine(graph=graph, kernels=kernels, plan=plan, inputs=inputs, outputs=outputs,
                       fingerprint=fingerprint, profile=profile, precision=config.precision, report=report,
-                      threads=config.threads)  # fmt: skip
+                      threads=1, numba_threads=config.threads)  # fmt: skip
 
     # Thread counts first, on the heuristic schedule, so that the tactics are then timed the way
     # they will run (a tactic's rank under two contended threads says little about one thread).
@@ -432,7 +433,7 @@ def _choose_threads(
     (cached like tactic timings: a warm rebuild neither builds nor runs it)."""
     cores = available_cores()
     if config.threads is not None or config.tuning_level <= 0 or cores <= 1:
-        return {"blas": config.threads, "numba": config.threads, "source": "config"}
+        return {"blas": 1, "numba": config.threads, "source": "config"}
     nodes = {n.name: n for n in tune_graph.nodes}
     signature = {
         "schedule": [

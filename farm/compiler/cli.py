@@ -255,7 +255,7 @@ def _print_build_report(report: dict[str, Any]) -> None:
     if threads:
         timed = ", ".join(f"{k}: {v:.3f} ms" for k, v in threads.get("timings_ms", {}).items())
         console.print(
-            f"threads: BLAS {threads['blas'] or 'all'}, numba {threads['numba'] or 'same'} ({threads['source']})"
+            f"threads: BLAS {threads['blas'] or 1}, numba {threads['numba'] or 'all'} ({threads['source']})"
             + (f"; whole-schedule medians {timed}" if timed else "")
         )
 

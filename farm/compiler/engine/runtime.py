@@ -105,7 +105,7 @@ class ExecutionContext:
 
     def __init__(self, engine: Engine, *, threads: tuple[int | None, int | None] | None = None) -> None:
         self.engine = engine
-        self._thread_args: tuple[int, int | None] = (1, None)
+        self._thread_args: tuple[int, int] = (1, 1)
         # (BLAS threads, numba threads) applied before each run: the engine's own tuned choice,
         # unless the caller pins one (e.g. to compare two engines under the same setting).
         self.threads = threads if threads is not None else (engine.threads, engine.numba_threads)
@@ -129,9 +129,9 @@ class ExecutionContext:
     @threads.setter
     def threads(self, value: tuple[int | None, int | None]) -> None:
         self._threads = value
-        # A None BLAS count means every available core: resolved here, once, instead of one
-        # affinity system call per run (~3 us at batch 1).
-        self._thread_args = (value[0] or available_cores(), value[1])
+        # None means the default (BLAS on the calling thread, numba on every available core):
+        # resolved here, once, instead of one affinity system call per run (~3 us at batch 1).
+        self._thread_args = (value[0] or 1, value[1] or available_cores())
 
     # ------------------------------------------------------------------ binding
     def _dtype(self, name: str) -> np.dtype:
@@ -349,7 +349,7 @@ class Engine:
         self.profile = profile
         self.precision = precision
         self.report = report
-        # BLAS and numba thread counts (None: every available core; numba defaults to BLAS's).
+        # BLAS and numba thread counts (None: BLAS on the calling thread, numba on every core).
         self.threads = threads
         self.numba_threads = numba_threads
         self.input_names = [b.name for b in inputs]

@@ -1,15 +1,18 @@
 """Thread pools of the CPU backend: BLAS (through threadpoolctl) and numba.
 
-Two pools that each keep their own threads fight on a small machine (FACTS.md: a conv layer went
-from 2.5 ms to 8.6 ms when numba and OpenBLAS alternated). The runtime and the tuner therefore
-give both pools the same thread count once, before running anything, and the kernels keep at
-most one pool busy at a time (``cpu/_threads.py``).
+One pool does the parallel work: numba's. BLAS runs on the calling thread by default, and the
+GEMMs that need every core run inside numba's pool (``cpu/_blas.py``: the ``tiled`` tactics call
+BLAS on tiles from numba's workers). Two pools that each keep their own threads fight on a small
+machine (FACTS.md: a conv layer went from 2.5 ms to 8.6 ms when numba and OpenBLAS alternated), and
+keeping both cheap to hand over meant letting numba's workers sleep after every kernel, which cost
+a 40-200 us wake-up per parallel kernel on the VMs we measured (docs/KERNELS.md). With one pool
+numba's workers spin between kernels (libgomp's default ``GOMP_SPINCOUNT=300000``, set by
+``cpu/_threads.py``) and a parallel kernel starts in 2-5 us.
 
-numba's threading layer is chosen deliberately: ``omp`` with ``GOMP_SPINCOUNT=1000`` (set by
-``cpu/_threads.py`` before libgomp loads). Measured by the kernels engineer on one 64x576x3136
-conv layer (numba im2col -> BLAS GEMM -> numba epilogue): omp + short spin 2.3 ms, omp default
-spin 52 ms, omp passive 13.7 ms, workqueue 2.9-24 ms. Override with
-``FARM_NUMBA_THREADING_LAYER``. The layer is part of the device fingerprint.
+The builder may still pick BLAS threads with numba single-threaded, or everything on one thread,
+when timing the whole schedule says so (``farm.compiler.tuner.threads``); it never runs both pools
+with several threads. numba's threading layer is ``omp``; override with
+``FARM_NUMBA_THREADING_LAYER``. The layer and its spin count are part of the device fingerprint.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ def threading_layer() -> str:
     return os.environ.get("FARM_NUMBA_THREADING_LAYER", DEFAULT_THREADING_LAYER)
 
 
+def threading_description() -> str:
+    """The threading layer with what decides its kernels' start-up cost: ``"omp spin=300000"``
+    (libgomp's spin count; numba's other layers have no such setting)."""
+    layer = threading_layer()
+    if layer != "omp":
+        return layer
+    importlib.import_module("farm.compiler.kernels.cpu._threads")
+    return f"omp spin={os.environ.get('GOMP_SPINCOUNT', '')}"
+
+
 def available_cores() -> int:
     """Cores this process may run on (the affinity mask, not the machine's total)."""
     try:
@@ -37,15 +50,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(threads: int | None = None, numba_threads: int | None = None) -> int:
-    """Give BLAS ``threads`` threads (default: every available core) and numba ``numba_threads``
-    (default: the same), and select numba's threading layer. Cheap when nothing changes, so the
-    runtime calls it before every run. Returns the BLAS thread count applied."""
+def configure_threads(blas: int | None = None, numba_threads: int | None = None) -> int:
+    """Give BLAS ``blas`` threads (default 1: one pool) and numba ``numba_threads`` (default every
+    available core), and select numba's threading layer. Cheap when nothing changes, so the
+    runtime calls it before every run. Returns the number of cores in use (the larger count)."""
     global _requested, _applied
-    blas = max(1, threads or available_cores())
-    wanted = (blas, max(1, numba_threads or blas))
+    wanted = (max(1, blas or 1), max(1, numba_threads or available_cores()))
     if _requested == wanted:
-        return _applied[0]
+        return max(_applied)
     # The CPU backend's thread module sets GOMP_SPINCOUNT; it must run before libgomp loads.
     importlib.import_module("farm.compiler.kernels.cpu._threads")
     import numba
@@ -56,7 +68,7 @@ def configure_threads(threads: int | None = None, numba_threads: int | None = No
     numba.set_num_threads(numba_count)
     threadpool_limits(limits=wanted[0], user_api="blas")
     _requested, _applied = wanted, (wanted[0], numba_count)
-    return wanted[0]
+    return max(_applied)
 
 
 def threading_info() -> dict[str, Any]:
@@ -68,7 +80,7 @@ def threading_info() -> dict[str, Any]:
     numpys = [pool for pool in pools if _is_numpys(str(pool.get("filepath", "")))]
     return {
         "numba_version": numba.__version__,
-        "numba_threading_layer": threading_layer(),
+        "numba_threading_layer": threading_description(),
         "blas": [
             {"library": str(pool.get("internal_api", "")), "version": str(pool.get("version", ""))}
             for pool in (numpys or pools)

@@ -238,11 +238,14 @@ def test_context_thread_counts_are_resolved_when_set(
     x = np.ones((2, 3, 8, 8), np.float32)
     want = conv_engine.create_context(threads=(1, 1)).run({"x": x})["y"]
     np.testing.assert_allclose(context.run({"x": x})["y"], want, rtol=1e-6)
-    assert applied[-1] == (available_cores(), 1)
-    context.threads = (1, None)  # as the builder's whole-schedule thread choice does
+    assert applied[-1] == (1, 1)  # None BLAS threads: one pool, BLAS on the calling thread
+    context.threads = (1, None)  # None numba threads: every available core
     assert context.threads == (1, None)
     np.testing.assert_allclose(context.run({"x": x})["y"], want, rtol=1e-6)
-    assert applied[-1] == (1, None)
+    assert applied[-1] == (1, available_cores())
+    context.threads = (2, 1)  # as the builder's whole-schedule thread choice does
+    np.testing.assert_allclose(context.run({"x": x})["y"], want, rtol=1e-6)
+    assert applied[-1] == (2, 1)
 
 
 def _mlp_graph(seed: int = 0) -> Graph:

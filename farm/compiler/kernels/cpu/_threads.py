@@ -7,13 +7,19 @@ this module holds what the kernels themselves must do so that the two pools neve
 * Every tactic runs on the caller's thread and returns before the next one starts, so at most one
   pool has work at any moment. A GEMM tactic runs BLAS (BLAS's pool), then its epilogue
   (numba's pool); each tactic's docstring names the pool it uses.
-* libgomp (numba's ``omp`` layer) spins ~300k iterations after each parallel loop by default,
-  which took the cores away from the next BLAS call (bench_thread_pools.py: 52 ms instead of
-  2.3 ms for one conv layer). ``GOMP_SPINCOUNT=1000`` keeps the wake-up cheap and hands the cores
-  back at once. It must be in the environment before libgomp loads, hence at import of this
-  module, which every numba tactic module imports first; a value the user set wins.
-* Waking a sleeping pool costs 3-60 us on a loaded 2-core VM, more than a small kernel's work, so
-  kernels run single-threaded below :data:`PARALLEL_MIN_ELEMENTS` (:func:`threads_for`).
+* Parallel work runs in numba's pool; BLAS runs on the calling thread unless the builder chose
+  BLAS threads with numba single-threaded (``farm.compiler.kernels.threads``). numba's workers
+  therefore spin between kernels: ``GOMP_SPINCOUNT=300000`` (libgomp's own default, made explicit
+  because libgomp takes it over ``OMP_WAIT_POLICY``). A sleeping worker took
+  40-200 us to wake on the VMs measured (bench_pool_wakeup.py), a spinning one 2-5 us. The spin
+  count must be in the environment before libgomp loads, hence at import of this module, which
+  every numba tactic module imports first; a value the user set wins. (Until compiler 0.2 the
+  count was 1000, so that a spinning numba pool would not take the cores from OpenBLAS's threads
+  between kernels: bench_thread_pools.py measured 52 ms instead of 2.3 ms for one conv layer with
+  both pools at two threads. One pool avoids that fight instead.)
+* Starting a parallel loop costs a few microseconds even with spinning workers, and much more
+  when the workers were descheduled on a loaded VM, more than a small kernel's work, so kernels
+  run single-threaded below :data:`PARALLEL_MIN_ELEMENTS` (:func:`threads_for`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+os.environ.setdefault("GOMP_SPINCOUNT", "300000")
 
 import numba  # noqa: E402
 from threadpoolctl import ThreadpoolController  # noqa: E402
