@@ -173,6 +173,18 @@ def resolve_bindings(graph: Graph, config: BuilderConfig) -> list[Binding]:
         base: list[int | str] = list(given) if given is not None else list(declared or [])
         if declared is not None and len(base) != len(declared):
             raise BuildError(f"--shapes gives {name!r} rank {len(base)}, the model declares {declared}")
+        if declared is not None and given is not None:
+            clashes = [
+                f"axis {axis} is {decl}, not {dim}"
+                for axis, (dim, decl) in enumerate(zip(base, declared, strict=True))
+                if isinstance(dim, int) and dim >= 0 and isinstance(decl, int) and decl >= 0 and dim != decl
+            ]
+            if clashes:
+                shown = "x".join(str(d) for d in base)
+                raise BuildError(
+                    f"--shapes gives {name!r} the shape {shown}, but the model fixes {name!r} to "
+                    f"{declared}: {'; '.join(clashes)}. Only its symbolic axes can be chosen."
+                )
         declared_shapes[name], bases[name] = declared, base
     batch_symbols = {d[0] for d in declared_shapes.values() if d and isinstance(d[0], str)}
     bound: dict[str, tuple[int, int, int]] = {}

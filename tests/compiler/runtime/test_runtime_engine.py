@@ -202,6 +202,17 @@ def test_unresolved_symbolic_dims_and_bad_ranges_are_clear_build_errors() -> Non
                                           input_shapes={"ids": [1, 16]}))  # fmt: skip
 
 
+def test_shapes_that_contradict_the_models_fixed_dims_are_clear_build_errors() -> None:
+    """--shapes may choose symbolic axes only; a fixed axis given another size is the user's
+    mistake, named as such (it surfaced as numpy's gufunc error from deep in the tuner)."""
+    from farm.compiler.builder import BuildError
+
+    with pytest.raises(BuildError, match=r"'x' the shape 1x3x9x8.*axis 2 is 8, not 9"):
+        build(conv_mlp_graph(), config=BuilderConfig(tuning_level=0, input_shapes={"x": [1, 3, 9, 8]}))
+    engine = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=0, input_shapes={"x": [2, 3, 8, 8]}))
+    assert engine.inputs[0].opt_shape[0] == 2
+
+
 def test_wrong_feeds_after_valid_runs_are_still_clear_errors(conv_engine: Engine) -> None:
     """The short check for feeds seen before must not let a bad feed through."""
     context = conv_engine.create_context()
