@@ -244,6 +244,52 @@ def test_dot_rows_onnx_gemm(
     assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16])
+@pytest.mark.parametrize(("k", "n"), [(256, 512), (37, 129), (9, 300)])
+@pytest.mark.parametrize(("activation", "residual"), [("Relu", None), ("Clip", "pre"), ("Tanh", "post")])
+def test_dot_rows_split_matches_float64(
+    rng: np.random.Generator, rows: int, k: int, n: int, activation: str, residual: str | None
+) -> None:
+    """The column-split form: blocks with odd widths (the column-pair tail inside a block), row
+    blocks of four and their tails, the epilogue per block (bias and residual sliced to it), on
+    every thread count numba allows here and on one thread (the serial fallback)."""
+    import numba
+
+    one, expected = _dot_rows_case(
+        rng, rows, k, n, trans_b=1, activation=activation, residual=residual, bias_shape=(n,)
+    )
+    assert_close(one.run_tactic("cpu.gemm.dot_rows_split"), expected)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert_close(one.run_tactic("cpu.gemm.dot_rows_split"), expected)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def test_dot_rows_split_parts_cover_every_column(rng: np.random.Generator) -> None:
+    """Called directly with more parts than this host has threads: the blocks still tile the
+    columns exactly (none skipped, none written twice with a different value)."""
+    from farm.compiler.kernels.cpu._epilogue import NO_MATRIX, RES_NONE, vector_or_dummy
+    from farm.compiler.kernels.cpu.gemm import dot_rows_split_gemm
+
+    a = rng.standard_normal((3, 40)).astype(np.float32)
+    w = rng.standard_normal((257, 40)).astype(np.float32)
+    bias, has_bias = vector_or_dummy(rng.standard_normal(257).astype(np.float32))
+    for parts in (1, 2, 3, 7):
+        out = np.full((3, 257), np.nan, np.float32)
+        dot_rows_split_gemm(a, w, out, bias, has_bias, NO_MATRIX, RES_NONE, 0, 0.0, 0.0, parts)
+        assert_close(out, a.astype(np.float64) @ w.T.astype(np.float64) + bias)
+
+
+def test_dot_rows_split_declines_narrow_outputs(rng: np.random.Generator) -> None:
+    one, _ = _fused_gemm(rng, (1, 64), 127, activation="Relu", residual=None)
+    assert not get_tactic("cpu.gemm.dot_rows_split").supports(one.node, one.graph)
+    assert get_tactic("cpu.gemm.dot_rows").supports(one.node, one.graph)
+    one, _ = _fused_gemm(rng, (1, 64), 128, activation="Relu", residual=None)
+    assert get_tactic("cpu.gemm.dot_rows_split").supports(one.node, one.graph)
+
+
 def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(rng: np.random.Generator) -> None:
     """Tuned at a small batch, run at 40 rows: the same operands through BLAS, same results."""
     k, n = 48, 20

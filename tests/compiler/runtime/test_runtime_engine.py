@@ -259,18 +259,18 @@ def test_context_thread_counts_are_resolved_when_set(
     assert applied[-1] == (2, 1)
 
 
-def _mlp_graph(seed: int = 0) -> Graph:
+def _mlp_graph(seed: int = 0, hidden: int = 96) -> Graph:
     """x [batch, 64] -> Gemm(transB) -> Relu -> MatMul -> Tanh -> Gemm (plain) -> y [batch, 5]."""
     from farm.compiler.frontend import infer_shapes
 
     rng = np.random.default_rng(seed)
     g = Graph("mlp")
     g.add_input("x", "float32", ("batch", 64))
-    g.add_const("w1", rng.standard_normal((96, 64)).astype(np.float32) / 8)
-    g.add_const("b1", rng.standard_normal(96).astype(np.float32))
+    g.add_const("w1", rng.standard_normal((hidden, 64)).astype(np.float32) / 8)
+    g.add_const("b1", rng.standard_normal(hidden).astype(np.float32))
     g.add_node("Gemm", ["x", "w1", "b1"], ["h1"], {"transB": 1})
     g.add_node("Relu", ["h1"], ["r1"])
-    g.add_const("w2", rng.standard_normal((96, 33)).astype(np.float32) / 10)
+    g.add_const("w2", rng.standard_normal((hidden, 33)).astype(np.float32) / 10)
     g.add_node("MatMul", ["r1", "w2"], ["h2"])
     g.add_node("Tanh", ["h2"], ["t2"])
     g.add_const("w3", rng.standard_normal((33, 5)).astype(np.float32))
@@ -281,14 +281,16 @@ def _mlp_graph(seed: int = 0) -> Graph:
     return g
 
 
-@pytest.mark.parametrize("optimize", [True, False])
-def test_small_batch_mlp_runs_dot_rows_at_every_batch(optimize: bool) -> None:
-    """Built for batch 1..32 at tuning level 0, the GEMMs get ``cpu.gemm.dot_rows``, which serves
-    batches up to 16 itself and larger ones through BLAS: every batch matches the reference."""
-    graph = _mlp_graph()
+@pytest.mark.parametrize(("optimize", "hidden"), [(True, 96), (False, 96), (True, 300)])
+def test_small_batch_mlp_runs_dot_rows_at_every_batch(optimize: bool, hidden: int) -> None:
+    """Built for batch 1..32 at tuning level 0, the GEMMs get ``cpu.gemm.dot_rows`` (its column-split
+    form where the output is wide enough), which serves batches up to 16 itself and larger ones
+    through BLAS: every batch matches the reference."""
+    graph = _mlp_graph(hidden=hidden)
     engine = build(graph, config=BuilderConfig(tuning_level=0, optimize=optimize, batch_range=(1, 1, 32)))
     gemms = [k.tactic.name for k in engine.kernels if k.node.op_type in ("Gemm", "FusedGemm", "MatMul")]
-    assert gemms and set(gemms) == {"cpu.gemm.dot_rows"}
+    wide = {"cpu.gemm.dot_rows_split"} if hidden >= 128 else set()  # 300 columns: split in two
+    assert gemms and set(gemms) == {"cpu.gemm.dot_rows"} | wide
     context = engine.create_context()
     for batch in (1, 3, 8, 16, 20, 32, 1):
         x = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)

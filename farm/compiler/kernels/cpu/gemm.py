@@ -22,10 +22,15 @@
   batch 1 46 us for the four layers vs 53 us for OpenBLAS's GEMV and 107-114 us for the axpy
   form (:func:`add_row_products`) on [N/32, K, 32] panels; at batch 8 149-183 us vs 211 us for
   OpenBLAS and 284 us for the panels.
+* ``cpu.gemm.dot_rows_split``: ``dot_rows`` with the output columns in one block per numba
+  thread. With numba's workers spinning between kernels (one pool, ``kernels/threads.py``) the
+  launch costs a few microseconds, and each core then streams only its own slice of the weight,
+  which stays in its cache from run to run: the zoo MLP's 2.1 MB of weights do not fit one core's
+  2 MB L2, half of them do.
 
 Pools: the BLAS tactics use BLAS's pool for the product and numba's for the epilogue, one after
 the other (an output smaller than ``PARALLEL_MIN_ELEMENTS`` gets a serial epilogue on the calling
-thread); ``small_rows`` uses numba's only; ``dot_rows`` none.
+thread); ``small_rows`` and ``dot_rows_split`` use numba's only; ``dot_rows`` none.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from farm.compiler.kernels.cpu._threads import (
     PARALLEL_MIN_ELEMENTS,
     SingleThreadBlas,
     blas_threads_for,
+    numba_thread_count,
     threads_for,
 )
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -351,22 +357,19 @@ class SingleThreadSmallRowsGemm(SmallRowsGemm):
 DOT_ROWS_MAX = 16
 
 
-@njit(error_model="numpy", cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def dot_rows_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, alpha, beta):
-    """``out = epilogue(a @ w_nk.T)`` for a few rows: a [M, K], w_nk [N, K], out [M, N].
+@njit(error_model="numpy", cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")
+def _dot_columns(a, w_nk, out, col0, col1):
+    """out[:, col0:col1] = a @ w_nk[col0:col1].T: a [M, K], w_nk [N, K], out [M, N].
 
     Every output is a dot product of two contiguous rows, vectorized over K (``reassoc`` lets
     LLVM keep vector partial sums; NaN and Inf still propagate). The weight is one sequential
-    stream, read once: at batch 1 the layer is bound by that stream (1 MB for 512x512), and a
-    weight row stays in L1 while it serves every row of ``a``. From four rows on, two weight rows
-    and four rows of ``a`` go together (eight sums; 0.75 loads per multiply-add). Then the
-    epilogue, row by row, on the output still in L1. Serial: no thread pool is woken.
-    """
+    stream, read once, and a weight row stays in L1 while it serves every row of ``a``. From four
+    rows on, two weight rows and four rows of ``a`` go together (eight sums; 0.75 loads per
+    multiply-add)."""
     m, depth = a.shape
-    n = w_nk.shape[0]
     m4 = m - m % 4 if m >= 4 else 0
-    n2 = n - n % 2 if m >= 4 else 0
-    for j in range(0, n2, 2):
+    n2 = col0 + ((col1 - col0) - (col1 - col0) % 2 if m >= 4 else 0)
+    for j in range(col0, n2, 2):
         r = w_nk[j]
         q = w_nk[j + 1]
         for i in range(0, m4, 4):
@@ -406,7 +409,7 @@ def dot_rows_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, alpha, 
                 t0 += x0[k] * q[k]
             out[i, j] = s0
             out[i, j + 1] = t0
-    for j in range(n2, n):  # every column when fewer than four rows
+    for j in range(n2, col1):  # every column when fewer than four rows
         r = w_nk[j]
         for i in range(m):
             x0 = a[i]
@@ -414,7 +417,40 @@ def dot_rows_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, alpha, 
             for k in range(depth):
                 s0 += x0[k] * r[k]
             out[i, j] = s0
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def dot_rows_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, alpha, beta):
+    """``out = epilogue(a @ w_nk.T)`` for a few rows: a [M, K], w_nk [N, K], out [M, N].
+
+    The products (``_dot_columns``), then the epilogue, row by row, on the output still in L1.
+    Serial: at batch 1 the layer is bound by the weight stream (1 MB for 512x512), which one core
+    reads from its own cache when the weight fits there; no thread pool is involved.
+    """
+    _dot_columns(a, w_nk, out, 0, w_nk.shape[0])
     finish_rows(out, bias, has_bias, residual, res_mode, act, alpha, beta)
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def dot_rows_split_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, alpha, beta, parts):
+    """:func:`dot_rows_gemm` with the output columns in ``parts`` contiguous blocks over numba's
+    pool, each block's epilogue done by the thread that computed it.
+
+    One block per thread, and numba's static schedule gives block ``t`` to thread ``t`` on every
+    run: each core streams its own slice of the weight, which stays in that core's cache from run
+    to run (the zoo MLP's 2.1 MB of weights exceed one core's 2 MB L2, half of them do not).
+    """
+    m = a.shape[0]
+    n = w_nk.shape[0]
+    for part in prange(parts):
+        col0 = part * n // parts
+        col1 = (part + 1) * n // parts
+        _dot_columns(a, w_nk, out, col0, col1)
+        for i in range(m):
+            res = residual[i, col0:col1] if res_mode != RES_NONE else residual[0]
+            row_bias = bias[col0:col1] if has_bias else bias
+            finish_row(out[i, col0:col1], np.float32(0.0), row_bias, 2 if has_bias else 0, res, res_mode,
+                       act, alpha, beta)  # fmt: skip
 
 
 def _rows_at_least(node: Node, graph: Graph) -> int:
@@ -531,7 +567,7 @@ class DotRowsGemm(Tactic):
         # The serving case: 2-D contiguous rows, every operand fixed. ~1 us of Python instead of
         # ~7 (at batch 1 the 256x10 classifier's product is ~1 us).
         if fixed and a.ndim == 2 and a.shape[0] <= DOT_ROWS_MAX and a.flags.c_contiguous:
-            dot_rows_gemm(a, fixed[0], out, *fixed[1])
+            self._dot(a, fixed[0], out, fixed[1])
             return
         if node.op_type == "Gemm" and int(node.attr("transA", 0)):
             a = a.T
@@ -541,8 +577,45 @@ class DotRowsGemm(Tactic):
         rows = out2.shape[0]
         bias, has_bias, residual, mode, act, alpha, beta = self._operands(node, inputs, prepared, out, rows)
         if rows <= DOT_ROWS_MAX:
-            dot_rows_gemm(a2, w, out2, bias, has_bias, residual, mode, act, alpha, beta)
+            self._dot(a2, w, out2, (bias, has_bias, residual, mode, act, alpha, beta))
             return
         with blas_threads_for(2 * out2.size * a2.shape[1]):  # a batch past what it was tuned for
             np.matmul(a2, w.T, out=out2)
         _epilogue_rows(out2, bias, has_bias, residual, mode, act, alpha, beta)
+
+    def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
+        """The product and epilogue into ``out`` (2-D), on the calling thread."""
+        dot_rows_gemm(a, w, out, *epilogue)
+
+
+# Fewest output columns per thread for the split form: below this a block's work (~a few us at
+# K=256) is not worth the parallel launch.
+DOT_ROWS_SPLIT_MIN_COLUMNS = 64
+
+
+@register_tactic
+class DotRowsSplitGemm(DotRowsGemm):
+    """``dot_rows`` with the output columns split in one contiguous block per numba thread (see
+    :func:`dot_rows_split_gemm`): each core keeps its slice of the weight in its own cache, which
+    the serial form cannot once the weight outgrows one core's L2. Pool: numba's."""
+
+    name = "cpu.gemm.dot_rows_split"
+    # Above dot_rows: the builder chooses thread counts on the heuristic schedule before it times
+    # tactics, and only this form shows what numba's second thread is worth to a few-rows GEMM
+    # (on one thread it is dot_rows itself).
+    priority = 26
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        if not super().supports(node, graph):
+            return False
+        w = _const_2d_weight(node, graph)
+        transposed = node.op_type != "MatMul" and int(node.attr("transB", 0))
+        columns = w.shape[0] if transposed else w.shape[1]  # type: ignore[union-attr]
+        return columns >= 2 * DOT_ROWS_SPLIT_MIN_COLUMNS
+
+    def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
+        parts = min(numba_thread_count(), w.shape[0] // DOT_ROWS_SPLIT_MIN_COLUMNS)
+        if parts <= 1:
+            dot_rows_gemm(a, w, out, *epilogue)
+        else:
+            dot_rows_split_gemm(a, w, out, *epilogue, parts)  # type: ignore[call-arg]

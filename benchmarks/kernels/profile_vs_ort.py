@@ -1,0 +1,103 @@
+"""Where a zoo model's time goes, ours against ONNX Runtime's, per op type and per layer.
+
+Builds the zoo model for one batch (as ``make bench`` does), then runs our engine with per-layer
+profiling and ONNX Runtime with its own profiler (``SessionOptions.enable_profiling``), each for
+``--runs`` runs after a warm-up, and prints:
+
+* per op type: our total median ms and ORT's (ORT's fused nodes are counted under their own op
+  type, e.g. ``FusedConv``; a Conv it fused with its activation shows as ``FusedConv`` there too);
+* our slowest layers, each with ORT's time for the node of the same name when ORT kept one.
+
+Both profilers add a little per layer; read the two columns against each other, not against
+``make bench``.
+
+    .venv/bin/python benchmarks/kernels/profile_vs_ort.py mobilenet --batch 1 [--runs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+
+# the repository root, for ``benchmarks.zoo_vs_ort`` (this file runs as a script)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _ort_layer_times(onnx_bytes: bytes, feeds: dict, runs: int, threads: int) -> dict[str, tuple[str, float]]:
+    """{node name: (op type, median ms)} from ORT's profiler over ``runs`` runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    warmup = 20
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = os.path.join(folder, "ort")
+        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        for _ in range(warmup + runs):
+            session.run(names, feeds)
+        with open(session.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+    samples: dict[str, list[float]] = defaultdict(list)
+    ops: dict[str, str] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        name = event["name"][: -len("_kernel_time")]
+        samples[name].append(event["dur"] / 1e3)
+        ops[name] = event.get("args", {}).get("op_name", "?")
+    # each node's first ``warmup`` events are the warm-up runs
+    return {name: (ops[name], statistics.median(v[warmup:] or v)) for name, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--tuning-level", type=int, default=2)
+    args = parser.parse_args()
+
+    from benchmarks.zoo_vs_ort import build_zoo_engine
+    from farm.compiler.kernels.threads import available_cores
+    from farm.compiler.tuner import MemoryTimingCache
+
+    engine, onnx_bytes, feeds = build_zoo_engine(args.model, args.batch, MemoryTimingCache(), args.tuning_level)
+    context = engine.create_context()
+    for _ in range(20):
+        context.run(feeds)
+    context.layer_times_ms.clear()
+    for _ in range(args.runs):
+        context.run(feeds, profile=True)
+    ours = {name: statistics.median(v) for name, v in context.layer_times_ms.items()}
+    kernels = {k.node.name: k for k in engine.kernels}
+    theirs = _ort_layer_times(onnx_bytes, feeds, args.runs, available_cores())
+
+    by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for name, ms in ours.items():
+        by_op[kernels[name].node.op_type][0] += ms
+    for op, ms in theirs.values():
+        by_op[op][1] += ms
+    print(f"{args.model} batch {args.batch}: threads blas={engine.threads}, numba={engine.numba_threads}")
+    print(f"{'op type':24s} {'ours ms':>9s} {'ORT ms':>9s}")
+    for op, (a, b) in sorted(by_op.items(), key=lambda item: -max(item[1])):
+        print(f"{op:24s} {a:9.3f} {b:9.3f}")
+    total_ours, total_ort = sum(ours.values()), sum(ms for _, ms in theirs.values())
+    print(f"{'total (sum of medians)':24s} {total_ours:9.3f} {total_ort:9.3f}\n")
+    print(f"{'our slowest layers':70s} {'tactic':30s} {'ours ms':>8s} {'ORT ms':>8s}")
+    for name, ms in sorted(ours.items(), key=lambda item: -item[1])[: args.top]:
+        same = theirs.get(name)
+        shape = engine.graph.values[kernels[name].node.outputs[0]].shape
+        label = f"{name[-45:]} {shape}"
+        print(f"{label:70s} {kernels[name].tactic.name:30s} {ms:8.3f} {same[1] if same else float('nan'):8.3f}")
+
+
+if __name__ == "__main__":
+    main()
