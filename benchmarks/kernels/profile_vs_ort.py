@@ -6,7 +6,8 @@ profiling and ONNX Runtime with its own profiler (``SessionOptions.enable_profil
 
 * per op type: our total median ms and ORT's (ORT's fused nodes are counted under their own op
   type, e.g. ``FusedConv``; a Conv it fused with its activation shows as ``FusedConv`` there too);
-* our slowest layers, each with ORT's time for the node of the same name when ORT kept one.
+* our slowest layers, each with ORT's time for the node of the same name when ORT kept one (our
+  fused nodes carry the source node's name with ``_<n>`` suffixes, which are ignored).
 
 Both profilers add a little per layer; read the two columns against each other, not against
 ``make bench``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -93,7 +95,7 @@ def main() -> None:
     print(f"{'total (sum of medians)':24s} {total_ours:9.3f} {total_ort:9.3f}\n")
     print(f"{'our slowest layers':70s} {'tactic':30s} {'ours ms':>8s} {'ORT ms':>8s}")
     for name, ms in sorted(ours.items(), key=lambda item: -item[1])[: args.top]:
-        same = theirs.get(name)
+        same = theirs.get(name) or theirs.get(re.sub(r"(_\d+)+$", "", name))
         shape = engine.graph.values[kernels[name].node.outputs[0]].shape
         label = f"{name[-45:]} {shape}"
         print(f"{label:70s} {kernels[name].tactic.name:30s} {ms:8.3f} {same[1] if same else float('nan'):8.3f}")

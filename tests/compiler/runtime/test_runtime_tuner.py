@@ -232,3 +232,30 @@ def test_the_builders_thread_choice_runs_each_setting_it_times(monkeypatch: pyte
     assert {(1, 1), (2, 1), (1, 2)} <= set(applied)
     assert (2, 2) not in applied
     assert (engine.threads, engine.numba_threads) in {(1, 1), (2, 1), (1, 2)}
+
+
+def test_tactics_are_timed_on_contiguous_inputs_as_in_the_engine() -> None:
+    """Every tensor in an engine's arena is C-contiguous, so the tuner must time tactics on
+    C-contiguous inputs too, whatever layout the reference returns (a depthwise conv timed on the
+    reference Conv's strided output took 15x its engine time, and the tuner picked im2col)."""
+    from farm.compiler.tuner.autotune import _LazyValues, default_oracle
+
+    graph = conv_mlp_graph()
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+
+    def strided_oracle(node: Node, inputs: list, graph_: object) -> list[np.ndarray]:
+        return [np.asfortranarray(out) for out in default_oracle(node, inputs, graph_)]
+
+    values = _LazyValues(graph, feeds, strided_oracle)
+    plain = _LazyValues(graph, feeds, default_oracle)
+    for node in graph.nodes:
+        for name in node.outputs:
+            value = values.get(name)
+            assert value.flags.c_contiguous, name
+            assert value.shape == plain.get(name).shape  # a 0-d value stays 0-d
+            np.testing.assert_array_equal(value, plain.get(name))
+
+    def scalar_oracle(node: Node, inputs: list, graph_: object) -> list[np.ndarray]:
+        return [np.asarray(np.float32(1.5)) for _ in node.outputs]
+
+    assert _LazyValues(graph, feeds, scalar_oracle).get(graph.nodes[0].outputs[0]).shape == ()
