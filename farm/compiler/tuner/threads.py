@@ -2,10 +2,15 @@
 
 Kernels timed alone do not show how the two thread pools (BLAS and numba) interact; the whole
 schedule does (FACTS.md: a conv layer took 2.5 ms step by step and 8.6 ms in sequence). On a
-loaded machine a multi-threaded BLAS call can be 100x slower than a single-threaded one. So before
-timing tactics, the builder runs the complete engine of the heuristic (highest-priority) tactics
-with each candidate setting (BLAS threads, numba threads), in turns, keeps the fastest median,
-and then times the tactics under that setting, the way they will run.
+loaded machine a multi-threaded BLAS call can be 100x slower than a single-threaded one. So the
+builder times the tactics under the default setting (one pool, :func:`thread_candidates`' first),
+then runs the complete tuned engine with each candidate setting (BLAS threads, numba threads), in
+turns, and keeps the fastest median.
+
+(Until compiler 0.2 the setting was chosen first, on the engine of the heuristic tactics, and
+the tactics were then timed under it. The heuristic tactics are mostly BLAS GEMMs, so that picked
+BLAS's pool for MobileNet at batch 1, whose tactics tuned under it ran 5.9 ms against 3.8 ms
+for the tactics tuned under one pool.)
 """
 
 from __future__ import annotations
@@ -28,14 +33,26 @@ def thread_candidates(cores: int) -> list[tuple[int, int]]:
     return [(1, cores), (cores, 1), (1, 1)]
 
 
+# After a setting with BLAS threads, the next setting runs untimed for this long first:
+# OpenBLAS's idle workers keep spinning for ~2^28 cycles (its THREAD_TIMEOUT, ~0.1 s) and take a
+# core from numba's workers meanwhile (one MobileNet run at one pool took 65-87 ms instead of 4).
+BLAS_POOL_SETTLE_MS = 150.0
+
+
 def choose_thread_counts(
-    run: Callable[[int, int], Any], cores: int, *, rounds: int = 5, runs_per_turn: int = 1
+    run: Callable[[int, int], Any],
+    cores: int,
+    *,
+    rounds: int = 5,
+    runs_per_turn: int = 1,
+    settle_ms: float = BLAS_POOL_SETTLE_MS,
 ) -> tuple[tuple[int, int], dict[str, float]]:
     """Time ``run(blas_threads, numba_threads)`` (one inference with that setting) for each
     candidate setting and return the setting with the lowest median and every setting's median in
     ms (keyed ``"blas=B,numba=N"``).
 
-    The settings take turns over ``rounds`` rounds; a turn is one untimed run, then
+    The settings take turns over ``rounds`` rounds; a turn is one untimed run (or untimed runs for
+    ``settle_ms`` when the previous turn ran BLAS threads, see ``BLAS_POOL_SETTLE_MS``), then
     ``runs_per_turn`` timed runs. The first run after a switch pays for the switch (the pools a
     setting uses were idle or sized for the previous setting, and a sleeping worker on a VM took
     100-200 us to wake, measured on the 2-core EPYC); a serving engine runs one setting run after
@@ -44,10 +61,16 @@ def choose_thread_counts(
     """
     settings = thread_candidates(cores)
     samples: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    previous_blas = 1
     for round_index in range(rounds):
         shift = round_index % len(settings)
         for blas, numba in settings[shift:] + settings[:shift]:
+            switched = time.perf_counter()
             run(blas, numba)  # the switch
+            if previous_blas > 1:
+                while (time.perf_counter() - switched) * 1e3 < settle_ms:
+                    run(blas, numba)
+            previous_blas = blas
             for _ in range(runs_per_turn):
                 start = time.perf_counter()
                 run(blas, numba)

@@ -259,3 +259,55 @@ def test_tactics_are_timed_on_contiguous_inputs_as_in_the_engine() -> None:
         return [np.asarray(np.float32(1.5)) for _ in node.outputs]
 
     assert _LazyValues(graph, feeds, scalar_oracle).get(graph.nodes[0].outputs[0]).shape == ()
+
+
+def test_threads_are_chosen_on_the_tuned_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tactics are tuned once, under one pool (BLAS 1 thread, numba every core), and the thread
+    setting is then chosen by timing that tuned schedule (choosing it first, on the heuristic
+    schedule, picked BLAS's pool for MobileNet, whose tuned tactics then ran 1.5x slower)."""
+    from farm.compiler.engine import runtime as runtime_module
+    from farm.compiler.kernels import threads as thread_module
+
+    events: list[str] = []
+    real_tune, real_choose = builder.tune, builder.choose_thread_counts
+
+    def tune_spy(graph, feeds, settings, **kwargs):  # type: ignore[no-untyped-def]
+        events.append(f"tune level {settings.level} under {thread_module._requested}")
+        return real_tune(graph, feeds, settings, **kwargs)
+
+    def choose_spy(run, cores, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("choose threads")
+        return real_choose(run, cores, **kwargs)
+
+    monkeypatch.setattr(builder, "tune", tune_spy)
+    monkeypatch.setattr(builder, "choose_thread_counts", choose_spy)
+    monkeypatch.setattr(builder, "available_cores", lambda: 2)
+    monkeypatch.setattr(runtime_module, "available_cores", lambda: 2)
+    engine = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False))
+    cores = thread_module.available_cores()
+    assert events == [f"tune level 1 under {(1, cores)}", "choose threads"]
+    assert engine.report["threads"]["source"] == "timed"
+
+
+def test_choose_thread_counts_waits_out_blas_spinning_after_a_blas_pool_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenBLAS's idle workers spin for ~0.1 s after a setting with BLAS threads and slow down
+    whatever runs next on their cores; the turn after such a setting settles before it times."""
+    from farm.compiler.tuner import threads as thread_tuner
+
+    clock = {"now": 0.0, "blas_until": -1.0}
+    steady_ms = {(1, 2): 4.0, (2, 1): 6.5, (1, 1): 6.2}
+    monkeypatch.setattr(thread_tuner.time, "perf_counter", lambda: clock["now"])
+
+    def run(blas: int, numba: int) -> None:
+        cost = steady_ms[(blas, numba)]
+        if blas == 1 and clock["now"] < clock["blas_until"]:
+            cost += 60.0  # a core shared with OpenBLAS's spinning worker
+        clock["now"] += cost / 1e3
+        if blas > 1:
+            clock["blas_until"] = clock["now"] + 0.1
+
+    best, medians = thread_tuner.choose_thread_counts(run, 2, rounds=3)
+    assert best == (1, 2)
+    assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in steady_ms.items()}
