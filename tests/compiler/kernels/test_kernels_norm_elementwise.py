@@ -18,9 +18,11 @@ from farm.compiler.kernels import get_tactic
         ((4, 160, 96), -1, True, "LayerNorm"),
     ],
 )
+@pytest.mark.parametrize("const_params", [True, False])
 def test_layernorm_matches_oracle(
-    rng: np.random.Generator, shape: tuple, axis: int, with_bias: bool, op_type: str
+    rng: np.random.Generator, shape: tuple, axis: int, with_bias: bool, op_type: str, const_params: bool
 ) -> None:
+    """Constant scale and bias are broadcast once in ``prepare``; runtime ones on every run."""
     x = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)
     normalized = shape[axis % len(shape) :]
     scale = rng.standard_normal(normalized).astype(np.float32)
@@ -30,10 +32,28 @@ def test_layernorm_matches_oracle(
     mean = x64.mean(axis=axes, keepdims=True)
     var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
     expected = (x64 - mean) / np.sqrt(var + 1e-5) * scale + (0 if bias is None else bias)
-    one = OneNode(op_type, {"axis": axis, "epsilon": 1e-5}).feed("x", x).feed("scale", scale, const=True)
+    one = OneNode(op_type, {"axis": axis, "epsilon": 1e-5}).feed("x", x).feed("scale", scale, const=const_params)
     if bias is not None:
-        one.feed("bias", bias, const=True)
+        one.feed("bias", bias, const=const_params)
     one.build(shape)
+    assert_close(one.run_tactic("cpu.norm.layernorm"), one.expected(lambda *_: expected))
+    prepared = get_tactic("cpu.norm.layernorm").prepare(one.node, one.graph)
+    assert ("scale" in prepared.tensors) == const_params
+
+
+def test_layernorm_broadcast_constant_scale(rng: np.random.Generator) -> None:
+    """A scale and bias of a lower rank than the normalized axes broadcast to them (ONNX
+    LayerNormalization allows it), also when prepared once."""
+    x = rng.standard_normal((3, 4, 10)).astype(np.float32)
+    scale = rng.standard_normal((10,)).astype(np.float32)
+    bias = rng.standard_normal((1, 10)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(1, 2), keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=(1, 2), keepdims=True)
+    expected = (x64 - mean) / np.sqrt(var + 1e-5) * scale + bias
+    one = OneNode("LayerNormalization", {"axis": 1, "epsilon": 1e-5}).feed("x", x)
+    one.feed("scale", scale, const=True).feed("bias", bias, const=True)
+    one.build(x.shape)
     assert_close(one.run_tactic("cpu.norm.layernorm"), one.expected(lambda *_: expected))
 
 

@@ -73,6 +73,24 @@ class LayerNormRows(Tactic):
             and int(node.attr("stash_type", 1)) == 1
         )
 
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        """Constant scale and bias, broadcast to the normalized shape once (at run time that
+        took ~12 us of numpy per call, more than a 128x256 LayerNorm's 7 us of work)."""
+        x = graph.values.get(node.input(0))
+        scale = graph.const(node.input(1))
+        bias = graph.const(node.input(2)) if len(node.inputs) > 2 and node.input(2) else None
+        has_bias = len(node.inputs) > 2 and bool(node.input(2))
+        if x is None or x.shape is None or scale is None or (has_bias and bias is None):
+            return Prepared()
+        axis = int(node.attr("axis", -1)) % len(x.shape)
+        normalized = tuple(x.shape[axis:])
+        if not all(isinstance(d, int) for d in normalized):
+            return Prepared()
+        tensors = {"scale": np.ascontiguousarray(np.broadcast_to(scale, normalized), np.float32).reshape(-1)}
+        if bias is not None:
+            tensors["bias"] = np.ascontiguousarray(np.broadcast_to(bias, normalized), np.float32).reshape(-1)
+        return Prepared(tensors=tensors, replaces=frozenset({1, 2} if has_bias else {1}))
+
     def run(
         self,
         node: Node,
@@ -80,28 +98,32 @@ class LayerNormRows(Tactic):
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
     ) -> None:
-        x = np.ascontiguousarray(inputs[0], dtype=np.float32)
-        axis = int(node.attr("axis", -1)) % x.ndim
-        normalized = x.shape[axis:]
-        length = int(np.prod(normalized))
-        scale = np.ascontiguousarray(np.broadcast_to(inputs[1], normalized), np.float32).reshape(-1)  # type: ignore[arg-type]
-        b = inputs[2] if len(inputs) > 2 else None
-        has_bias = b is not None
-        bias = (
-            scale
-            if b is None
-            else np.ascontiguousarray(np.broadcast_to(b, normalized), np.float32).reshape(-1)
-        )
-        rows = x.reshape(-1, length)
-        with threads_for(x.size):
-            layer_norm_rows(
-                rows,
-                scale,
-                bias,
-                has_bias,
-                np.float32(node.attr("epsilon", 1e-5)),
-                outputs[0].reshape(-1, length),
+        x = inputs[0]
+        assert x is not None
+        if "scale" in prepared.tensors:
+            scale = prepared.tensors["scale"]
+            bias = prepared.tensors.get("bias", scale)
+            has_bias = "bias" in prepared.tensors
+            length = scale.shape[0]
+        else:
+            axis = int(node.attr("axis", -1)) % x.ndim
+            normalized = x.shape[axis:]
+            length = int(np.prod(normalized))
+            scale = np.ascontiguousarray(np.broadcast_to(inputs[1], normalized), np.float32).reshape(-1)  # type: ignore[arg-type]
+            b = inputs[2] if len(inputs) > 2 else None
+            has_bias = b is not None
+            bias = (
+                scale
+                if b is None
+                else np.ascontiguousarray(np.broadcast_to(b, normalized), np.float32).reshape(-1)
             )
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        epsilon = prepared.scratch.get("epsilon")
+        if epsilon is None:
+            epsilon = prepared.scratch["epsilon"] = np.float32(node.attr("epsilon", 1e-5))
+        with threads_for(x.size):
+            layer_norm_rows(x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length))
 
 
 _ROWS_PER_TASK = 8
