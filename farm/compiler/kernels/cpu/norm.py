@@ -83,9 +83,9 @@ class LayerNormRows(Tactic):
         if x is None or x.shape is None or scale is None or (has_bias and bias is None):
             return Prepared()
         axis = int(node.attr("axis", -1)) % len(x.shape)
-        normalized = tuple(x.shape[axis:])
-        if not all(isinstance(d, int) for d in normalized):
+        if not all(isinstance(d, int) for d in x.shape[axis:]):
             return Prepared()
+        normalized = tuple(int(d) for d in x.shape[axis:])
         tensors = {"scale": np.ascontiguousarray(np.broadcast_to(scale, normalized), np.float32).reshape(-1)}
         if bias is not None:
             tensors["bias"] = np.ascontiguousarray(np.broadcast_to(bias, normalized), np.float32).reshape(-1)
