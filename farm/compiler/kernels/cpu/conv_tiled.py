@@ -28,7 +28,7 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
-from farm.compiler.kernels.cpu._operands import workspace
+from farm.compiler.kernels.cpu._operands import memo, workspace
 from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _GemmConvBase, _out_4d, im2col
@@ -155,11 +155,12 @@ class TiledGemmConv(_GemmConvBase):
         p = ho * wo
         w2 = weight.reshape(m, -1)
         k = w2.shape[1]
-        tile_p, tile_m = tile_shape(n, m, k, p, numba_thread_count())
+        threads = numba_thread_count()
+        tile_p, tile_m = memo(prepared, ("tiles", n, p, threads), lambda: tile_shape(n, m, k, p, threads))
         direct = (geo.kh, geo.kw, geo.sh, geo.sw) == (1, 1, 1, 1) and not any(
             (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         )
-        act, alpha, beta, mode = epilogue_params(node)
+        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
         with blas_single_thread():
             conv_tiles(
@@ -215,9 +216,10 @@ class Im2colTilesConv(TiledGemmConv):
         p = ho * wo
         w2 = weight.reshape(m, -1)
         k = w2.shape[1]
-        tile_p, tile_m = pool_tile_shape(m, p, numba_thread_count())
+        threads = numba_thread_count()
+        tile_p, tile_m = memo(prepared, ("tiles", p, threads), lambda: pool_tile_shape(m, p, threads))
         cols = workspace(prepared, "cols", (k, p))
-        act, alpha, beta, mode = epilogue_params(node)
+        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
         rows = out.reshape(n * m, p)
         with blas_single_thread():

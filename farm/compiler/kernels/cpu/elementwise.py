@@ -31,7 +31,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     ACT_TANH,
     activate_row,
 )
-from farm.compiler.kernels.cpu._operands import float32_io
+from farm.compiler.kernels.cpu._operands import float32_io, memo
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -226,7 +226,9 @@ class BinaryTactic(Tactic):
         if a.shape != out.shape:  # the big operand goes first
             a, b, reverse = b, a, True
         plan = (
-            _broadcast_plan(out.shape, b.shape) if a.shape == out.shape and out.flags.c_contiguous else None
+            memo(prepared, ("plan", out.shape, b.shape), lambda: _broadcast_plan(out.shape, b.shape))
+            if a.shape == out.shape and out.flags.c_contiguous
+            else None
         )
         if plan is None:
             assert inputs[0] is not None and inputs[1] is not None

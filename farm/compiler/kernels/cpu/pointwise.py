@@ -51,6 +51,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     finish_row,
     residual_rows,
 )
+from farm.compiler.kernels.cpu._operands import memo
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
 from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
@@ -541,7 +542,9 @@ class PointwiseDirectConv(Tactic):
         x = inputs[0]
         assert x is not None
         out = outputs[0]
-        geo = ConvGeometry.of(node, prepared.params["weight_shape"])
+        geo, (act, alpha, beta, mode) = memo(
+            prepared, "geometry", lambda: (ConvGeometry.of(node, prepared.params["weight_shape"]), epilogue_params(node))
+        )
         if x.ndim == 3:
             x = x[:, :, :: geo.sw] if geo.sw != 1 else x
         elif geo.sh != 1 or geo.sw != 1:
@@ -552,7 +555,6 @@ class PointwiseDirectConv(Tactic):
         if npix == 0:
             return
         x3 = np.ascontiguousarray(x, np.float32).reshape(n, cin, npix)
-        act, alpha, beta, mode = epilogue_params(node)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n * m)
         gemv = npix == 1
         w, b = self._operands(inputs, prepared, gemv)
