@@ -59,7 +59,7 @@ CASES = [
     (1, 2, 6, 23, (1, 3), (1, 3), (0, 2, 0, 2), (1, 3), False),  # one-row window, stride 3
     (1, 4, 5, 5, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), False),  # window as large as the plane
 ]
-TACTICS = ["cpu.pool.window"]
+TACTICS = ["cpu.pool.window", "cpu.pool.separable"]
 
 
 @pytest.mark.parametrize("case", CASES)
