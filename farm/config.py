@@ -190,9 +190,17 @@ def _require_scheme(url: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"scheme {scheme or '(none)'!r} is not one of {', '.join(allowed)}")
 
 
+# Variables the compiler reads itself, where it runs (``farm build`` or a worker): known here so
+# that setting one does not stop the API or a worker as an unknown setting.
+COMPILER_VARIABLES = (
+    "FARM_NUMBA_THREADING_LAYER",  # farm.compiler.kernels.threads
+    "FARM_PRELOAD_CYTHON_BLAS",  # farm.compiler.engine.numba_support
+)
+
+
 def known_variables() -> list[str]:
-    """Every ``FARM_*`` variable the farm reads."""
-    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    """Every ``FARM_*`` variable the farm reads (the compiler's own included)."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields] + list(COMPILER_VARIABLES)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -209,7 +217,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             f"unknown setting {', '.join(unknown)}; known settings are: {', '.join(sorted(known))}"
         )
     values: dict[str, Any] = {
-        key[len(ENV_PREFIX) :].lower(): value for key, value in env.items() if key in known
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key in known and key not in COMPILER_VARIABLES
     }
     values.update(overrides)
     try:

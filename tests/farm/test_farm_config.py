@@ -67,6 +67,13 @@ def test_client_variables_are_known() -> None:
     assert {"FARM_SERVER", "FARM_TOKEN", "FARM_PROFILE"} <= set(known_variables())
 
 
+def test_the_compilers_own_variables_do_not_stop_the_farm() -> None:
+    """The CPU backend reads FARM_NUMBA_THREADING_LAYER and FARM_PRELOAD_CYTHON_BLAS itself; a
+    worker started with one set must not fail on it as an unknown setting."""
+    settings = load_settings({"FARM_NUMBA_THREADING_LAYER": "omp", "FARM_PRELOAD_CYTHON_BLAS": "0"})
+    assert settings.log_level == load_settings({}).log_level
+
+
 def test_sqlite_path() -> None:
     assert str(sqlite_path("sqlite:///./farm-data/farm.db")) == "farm-data/farm.db"
     assert str(sqlite_path("sqla+sqlite:////abs/broker.db")) == "/abs/broker.db"
