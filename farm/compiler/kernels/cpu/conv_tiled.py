@@ -151,23 +151,32 @@ class TiledGemmConv(_GemmConvBase):
         geo, weight, bias, has_bias = self.operands(node, inputs, prepared)
         x = np.ascontiguousarray(_as_4d(inputs[0]), dtype=np.float32)  # type: ignore[arg-type]
         out = _out_4d(outputs[0])
+        n, m = out.shape[0], out.shape[1]
+        epilogue = memo(prepared, "epilogue", lambda: epilogue_params(node))
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
+        with blas_single_thread():
+            self._conv(prepared, geo, x, weight.reshape(m, -1), bias, has_bias, residual, epilogue, out)
+
+    def _conv(
+        self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
+        has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
+    ) -> None:  # fmt: skip
+        """The conv of x [N, C, H, W] into out [N, M, Ho, Wo] with the weight as [M, K]
+        (BLAS already held to one thread)."""
         n, m, ho, wo = out.shape
         p = ho * wo
-        w2 = weight.reshape(m, -1)
         k = w2.shape[1]
         threads = numba_thread_count()
         tile_p, tile_m = memo(prepared, ("tiles", n, p, threads), lambda: tile_shape(n, m, k, p, threads))
         direct = (geo.kh, geo.kw, geo.sh, geo.sw) == (1, 1, 1, 1) and not any(
             (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         )
-        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
-        with blas_single_thread():
-            conv_tiles(
-                x, w2, bias, has_bias, residual, mode, act, alpha, beta, out.reshape(n * m, p),
-                geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, wo,
-                tile_p, tile_m, direct,
-            )  # fmt: skip
+        act, alpha, beta, mode = epilogue
+        conv_tiles(
+            x, w2, bias, has_bias, residual, mode, act, alpha, beta, out.reshape(n * m, p),
+            geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, wo,
+            tile_p, tile_m, direct,
+        )  # fmt: skip
 
 
 # Channel tiles of the im2col-then-tiles form: at least this many output channels each.
@@ -202,32 +211,23 @@ class Im2colTilesConv(TiledGemmConv):
     name = "cpu.conv.im2col_tiles"
     priority = 11
 
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        geo, weight, bias, has_bias = self.operands(node, inputs, prepared)
-        x = np.ascontiguousarray(_as_4d(inputs[0]), dtype=np.float32)  # type: ignore[arg-type]
-        out = _out_4d(outputs[0])
+    def _conv(
+        self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
+        has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
+    ) -> None:  # fmt: skip
         n, m, ho, wo = out.shape
         p = ho * wo
-        w2 = weight.reshape(m, -1)
         k = w2.shape[1]
         threads = numba_thread_count()
         tile_p, tile_m = memo(prepared, ("tiles", p, threads), lambda: pool_tile_shape(m, p, threads))
         cols = workspace(prepared, "cols", (k, p))
-        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
+        act, alpha, beta, mode = epilogue
         rows = out.reshape(n * m, p)
-        with blas_single_thread():
-            for image in range(n):
-                im2col(x, cols, image, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left,
-                       geo.dh, geo.dw, ho, wo)  # fmt: skip
-                image_residual = residual[image * m : (image + 1) * m] if mode != RES_NONE else residual
-                conv_tiles(
-                    cols.reshape(1, k, 1, p), w2, bias, has_bias, image_residual, mode, act, alpha, beta,
-                    rows[image * m : (image + 1) * m], 1, 1, 1, 1, 0, 0, 1, 1, p, tile_p, tile_m, 1,
-                )  # fmt: skip
+        for image in range(n):
+            im2col(x, cols, image, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left,
+                   geo.dh, geo.dw, ho, wo)  # fmt: skip
+            image_residual = residual[image * m : (image + 1) * m] if mode != RES_NONE else residual
+            conv_tiles(
+                cols.reshape(1, k, 1, p), w2, bias, has_bias, image_residual, mode, act, alpha, beta,
+                rows[image * m : (image + 1) * m], 1, 1, 1, 1, 0, 0, 1, 1, p, tile_p, tile_m, 1,
+            )  # fmt: skip
