@@ -17,7 +17,7 @@ import numpy as np
 
 from farm.compiler.ir import Graph, Node, numpy_dtype, run_inputs
 from farm.compiler.kernels.registry import Prepared, Tactic
-from farm.compiler.kernels.threads import available_cores, configure_threads
+from farm.compiler.kernels.threads import configure_threads, resolve_threads
 from farm.compiler.memory.planner import ALIAS, ARENA, CONST, DYNAMIC, INPUT, OUTPUT, SLICE, MemoryPlan
 
 Shape = tuple[int, ...]
@@ -129,9 +129,9 @@ class ExecutionContext:
     @threads.setter
     def threads(self, value: tuple[int | None, int | None]) -> None:
         self._threads = value
-        # None means the default (BLAS on the calling thread, numba on every available core):
-        # resolved here, once, instead of one affinity system call per run (~3 us at batch 1).
-        self._thread_args = (value[0] or 1, value[1] or available_cores())
+        # None means the default: resolved here, once, instead of one affinity system call per
+        # run (~3 us at batch 1).
+        self._thread_args = resolve_threads(*value)
 
     # ------------------------------------------------------------------ binding
     def _dtype(self, name: str) -> np.dtype:

@@ -50,12 +50,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def resolve_threads(blas: int | None, numba_threads: int | None) -> tuple[int, int]:
+    """(BLAS, numba) thread counts with the defaults filled in: BLAS on the calling thread (one
+    pool), numba on every available core."""
+    return max(1, blas or 1), max(1, numba_threads or available_cores())
+
+
 def configure_threads(blas: int | None = None, numba_threads: int | None = None) -> int:
     """Give BLAS ``blas`` threads (default 1: one pool) and numba ``numba_threads`` (default every
     available core), and select numba's threading layer. Cheap when nothing changes, so the
     runtime calls it before every run. Returns the number of cores in use (the larger count)."""
     global _requested, _applied
-    wanted = (max(1, blas or 1), max(1, numba_threads or available_cores()))
+    wanted = resolve_threads(blas, numba_threads)
     if _requested == wanted:
         return max(_applied)
     # The CPU backend's thread module sets GOMP_SPINCOUNT; it must run before libgomp loads.

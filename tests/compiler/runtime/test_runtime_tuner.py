@@ -265,7 +265,6 @@ def test_threads_are_chosen_on_the_tuned_schedule(monkeypatch: pytest.MonkeyPatc
     """Tactics are tuned once, under one pool (BLAS 1 thread, numba every core), and the thread
     setting is then chosen by timing that tuned schedule (choosing it first, on the heuristic
     schedule, picked BLAS's pool for MobileNet, whose tuned tactics then ran 1.5x slower)."""
-    from farm.compiler.engine import runtime as runtime_module
     from farm.compiler.kernels import threads as thread_module
 
     events: list[str] = []
@@ -282,7 +281,7 @@ def test_threads_are_chosen_on_the_tuned_schedule(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(builder, "tune", tune_spy)
     monkeypatch.setattr(builder, "choose_thread_counts", choose_spy)
     monkeypatch.setattr(builder, "available_cores", lambda: 2)
-    monkeypatch.setattr(runtime_module, "available_cores", lambda: 2)
+    monkeypatch.setattr(thread_module, "available_cores", lambda: 2)
     engine = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False))
     cores = thread_module.available_cores()
     assert events == [f"tune level 1 under {(1, cores)}", "choose threads"]

@@ -600,9 +600,9 @@ class DotRowsSplitGemm(DotRowsGemm):
     the serial form cannot once the weight outgrows one core's L2. Pool: numba's."""
 
     name = "cpu.gemm.dot_rows_split"
-    # Above dot_rows: the builder chooses thread counts on the heuristic schedule before it times
-    # tactics, and only this form shows what numba's second thread is worth to a few-rows GEMM
-    # (on one thread it is dot_rows itself).
+    # Above dot_rows: the heuristic choice (tuning level 0) runs under one pool, numba at every
+    # core, where the split form ran the zoo MLP in half dot_rows' time; on one thread it is
+    # dot_rows itself.
     priority = 26
 
     def supports(self, node: Node, graph: Graph) -> bool:

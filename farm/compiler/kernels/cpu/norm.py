@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import float32_io
+from farm.compiler.kernels.cpu._operands import float32_io, memo
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_row, exp_shift_sum_row, row_max
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -78,17 +78,15 @@ class LayerNormRows(Tactic):
         took ~12 us of numpy per call, more than a 128x256 LayerNorm's 7 us of work)."""
         x = graph.values.get(node.input(0))
         scale = graph.const(node.input(1))
-        bias = graph.const(node.input(2)) if len(node.inputs) > 2 and node.input(2) else None
         has_bias = len(node.inputs) > 2 and bool(node.input(2))
+        bias = graph.const(node.input(2)) if has_bias else None
         if x is None or x.shape is None or scale is None or (has_bias and bias is None):
             return Prepared()
         axis = int(node.attr("axis", -1)) % len(x.shape)
         if not all(isinstance(d, int) for d in x.shape[axis:]):
             return Prepared()
-        normalized = tuple(int(d) for d in x.shape[axis:])
-        tensors = {"scale": np.ascontiguousarray(np.broadcast_to(scale, normalized), np.float32).reshape(-1)}
-        if bias is not None:
-            tensors["bias"] = np.ascontiguousarray(np.broadcast_to(bias, normalized), np.float32).reshape(-1)
+        flat_scale, flat_bias = _flat_params(scale, bias, tuple(int(d) for d in x.shape[axis:]))
+        tensors = {"scale": flat_scale} | ({"bias": flat_bias} if has_bias else {})
         return Prepared(tensors=tensors, replaces=frozenset({1, 2} if has_bias else {1}))
 
     def run(
@@ -103,27 +101,27 @@ class LayerNormRows(Tactic):
         if "scale" in prepared.tensors:
             scale = prepared.tensors["scale"]
             bias = prepared.tensors.get("bias", scale)
-            has_bias = "bias" in prepared.tensors
-            length = scale.shape[0]
-        else:
+        else:  # runtime scale or bias
             axis = int(node.attr("axis", -1)) % x.ndim
-            normalized = x.shape[axis:]
-            length = int(np.prod(normalized))
-            scale = np.ascontiguousarray(np.broadcast_to(inputs[1], normalized), np.float32).reshape(-1)  # type: ignore[arg-type]
-            b = inputs[2] if len(inputs) > 2 else None
-            has_bias = b is not None
-            bias = (
-                scale
-                if b is None
-                else np.ascontiguousarray(np.broadcast_to(b, normalized), np.float32).reshape(-1)
-            )
+            scale, bias = _flat_params(inputs[1], inputs[2] if len(inputs) > 2 else None, x.shape[axis:])  # type: ignore[arg-type]
+        has_bias = len(inputs) > 2 and bool(node.input(2))
         if x.dtype != np.float32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
-        epsilon = prepared.scratch.get("epsilon")
-        if epsilon is None:
-            epsilon = prepared.scratch["epsilon"] = np.float32(node.attr("epsilon", 1e-5))
+        epsilon = memo(prepared, "epsilon", lambda: np.float32(node.attr("epsilon", 1e-5)))
+        length = scale.shape[0]
         with threads_for(x.size):
             layer_norm_rows(x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length))
+
+
+def _flat_params(
+    scale: np.ndarray, bias: np.ndarray | None, normalized: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and bias broadcast to the normalized shape and flattened, float32 (the scale stands
+    in for a missing bias: the kernel ignores it then)."""
+    flat_scale = np.ascontiguousarray(np.broadcast_to(scale, normalized), np.float32).reshape(-1)
+    if bias is None:
+        return flat_scale, flat_scale
+    return flat_scale, np.ascontiguousarray(np.broadcast_to(bias, normalized), np.float32).reshape(-1)
 
 
 _ROWS_PER_TASK = 8

@@ -182,7 +182,7 @@ class WindowPool(Tactic):
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def pool_planes_separable(x, out, kh, kw, sh, sw, pt, pl, dh, dw, is_max, count_include_pad, pb, pr):
+def pool_planes_separable(x, out, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, is_max, count_include_pad):
     """Max or average pooling of x [N, C, H, W] into out [N, C, Ho, Wo], separably: per output
     row, the kh input rows reduce into one padded row (contiguous, vectorized), which is split
     into its sw column phases; each column tap then reads one phase contiguously. One pass over
@@ -255,8 +255,8 @@ class SeparableWindowPool(WindowPool):
         dilations: list[int], is_max: bool, include_pad: bool,
     ) -> None:  # fmt: skip
         pool_planes_separable(
-            x, out, kernel[0], kernel[1], strides[0], strides[1], pads[0], pads[1],
-            dilations[0], dilations[1], is_max, include_pad, pads[2], pads[3],
+            x, out, kernel[0], kernel[1], strides[0], strides[1],
+            pads[0], pads[1], pads[2], pads[3], dilations[0], dilations[1], is_max, include_pad,
         )  # fmt: skip
 
 
