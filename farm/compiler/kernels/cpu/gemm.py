@@ -73,6 +73,20 @@ def _const_2d_weight(node: Node, graph: Graph) -> np.ndarray | None:
     return w if w is not None and w.ndim == 2 else None
 
 
+def rows_at_least(node: Node, graph: Graph, minimum: int) -> bool:
+    """True when the left operand (2-D or more) has at least ``minimum`` rows (the product of its
+    leading axes), or a dynamic leading axis (rows known at run time only)."""
+    a = graph.values.get(node.input(0))
+    if a is None or a.shape is None or len(a.shape) < 2:
+        return False
+    rows = 1
+    for d in a.shape[:-1]:
+        if not isinstance(d, int):
+            return True
+        rows *= d
+    return rows >= minimum
+
+
 def _weight_kn(node: Node, w: np.ndarray) -> np.ndarray:
     """The weight as MatMul's right operand [K, N] (applies ``transB``)."""
     return w.T if node.op_type == "FusedGemm" and int(node.attr("transB", 0)) else w

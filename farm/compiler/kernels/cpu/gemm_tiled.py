@@ -30,6 +30,7 @@ from farm.compiler.kernels.cpu.gemm import (
     _const_2d_weight,
     _epilogue_operands,
     _prepare_weight,
+    rows_at_least,
 )
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -94,15 +95,7 @@ class TiledGemm(Tactic):
     def supports(self, node: Node, graph: Graph) -> bool:
         if not _blas.AVAILABLE or not float32_io(node, graph) or _const_2d_weight(node, graph) is None:
             return False
-        a = graph.values.get(node.input(0))
-        if a is None or a.shape is None or len(a.shape) < 2:
-            return False
-        rows = 1
-        for d in a.shape[:-1]:
-            if not isinstance(d, int):
-                return True  # a dynamic batch: rows known at run time only
-            rows *= d
-        return rows >= MIN_ROWS
+        return rows_at_least(node, graph, MIN_ROWS)
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return _prepare_weight(node, graph, "kn")

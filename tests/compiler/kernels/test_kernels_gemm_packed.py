@@ -1,0 +1,112 @@
+"""``cpu.gemm.packed16`` (our 12 x 32 AVX-512 micro-kernel on prepacked weight panels) against
+float64 numpy matmul with fused.py's epilogue: row and column tails, K blocks, every epilogue,
+MatMul, declines. The kernel is correct on any x86 CPU (LLVM splits the 16-lane vectors where
+there is no AVX-512), so these tests run everywhere with the AVX-512 gate opened."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernels_harness import OneNode, assert_close
+from test_kernels_gemm import _fused_gemm
+
+from farm.compiler.ir import ACTIVATIONS
+from farm.compiler.kernels import get_tactic
+from farm.compiler.kernels.cpu import _microgemm, gemm_packed
+
+TACTIC = "cpu.gemm.packed16"
+
+
+@pytest.fixture(autouse=True)
+def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gemm_packed, "AVX512", True)
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "n", "trans_b", "activation", "residual"),
+    [
+        ((4, 5, 64), 130, 1, "Relu", "pre"),  # 20 rows: one full and one partial row tile
+        ((30, 300), 200, 1, "Tanh", "post"),  # K = 300: a full and a partial K block
+        ((1, 128, 256), 768, 0, "Gelu", None),  # BERT's QKV projection
+        ((128, 1024), 256, 0, "", "post"),  # BERT's output projection: four K blocks
+        ((197, 192), 576, 1, "", "post"),  # ViT: 197 rows, 16 full row tiles and 5 rows
+        ((2, 9, 17), 1000, 0, "HardSwish", "pre"),  # K = 17, N = 1000 (a 8-column last panel)
+    ],
+)
+def test_packed_gemm_matches_oracle(
+    rng: np.random.Generator, a_shape: tuple, n: int, trans_b: int, activation: str, residual: str | None
+) -> None:
+    one, expected = _fused_gemm(rng, a_shape, n, trans_b=trans_b, activation=activation, residual=residual)
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_packed_gemm_every_activation_with_tails(rng: np.random.Generator, activation: str) -> None:
+    one, expected = _fused_gemm(rng, (25, 40), 45, activation=activation, residual="post")
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_packed_gemm_any_task_split(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """The task split only changes which core runs a tile: every split gives the same result."""
+    monkeypatch.setattr(gemm_packed, "numba_thread_count", lambda: threads)
+    one, expected = _fused_gemm(rng, (50, 260), 70, activation="Relu", residual="pre")
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+def test_packed_gemm_without_bias_and_plain_matmul(rng: np.random.Generator) -> None:
+    one, expected = _fused_gemm(rng, (40, 33), 70, activation="", residual=None, with_bias=False)
+    assert_close(one.run_tactic(TACTIC), expected)
+    a = rng.standard_normal((2, 20, 48)).astype(np.float32)
+    w = rng.standard_normal((48, 90)).astype(np.float32)
+    mm = OneNode("MatMul", {}).feed("a", a).feed("w", w, const=True)
+    mm.build((2, 20, 90))
+    assert_close(mm.run_tactic(TACTIC), mm.expected(lambda *_: a.astype(np.float64) @ w))
+
+
+def test_micro_kernel_accumulates_k_blocks(rng: np.random.Generator) -> None:
+    """tile_12x32 over two K blocks (the second with ``acc``) equals one pass over all of K, and
+    the packers lay panels out as documented (zeros past the edges)."""
+    a = rng.standard_normal((7, 40)).astype(np.float32)
+    w = rng.standard_normal((40, 20)).astype(np.float32)
+    ap = np.empty(40 * _microgemm.MR, np.float32)
+    _microgemm.pack_row_panel(a, 0, 7, ap, 0)
+    assert np.array_equal(ap.reshape(40, 12)[:, :7], a.T) and not ap.reshape(40, 12)[:, 7:].any()
+    wp = _microgemm.pack_cols(w)
+    assert np.array_equal(wp.reshape(40, 32)[:, :20], w) and not wp.reshape(40, 32)[:, 20:].any()
+    whole = np.full(12 * 32, np.nan, np.float32)
+    _microgemm.tile_12x32(ap, 0, wp, 0, 32, 40, whole, 0, 32, False)
+    split = np.full(12 * 32, np.nan, np.float32)
+    _microgemm.tile_12x32(ap, 0, wp, 0, 32, 25, split, 0, 32, False)
+    _microgemm.tile_12x32(ap, 25 * 12, wp, 25 * 32, 32, 15, split, 0, 32, True)
+    want = a.astype(np.float64) @ w
+    assert np.allclose(whole.reshape(12, 32)[:7, :20], want, rtol=1e-5, atol=1e-4)
+    assert np.allclose(split, whole, rtol=1e-5, atol=1e-5)
+    rows = _microgemm.pack_rows(a)
+    assert np.array_equal(rows, ap)
+
+
+def test_row_chunks_give_every_thread_work() -> None:
+    # BERT's output projection at batch 1 is 8 column panels: four tasks per thread on two
+    # cores, row panels split in two on four cores.
+    assert gemm_packed.row_chunks(128, 256, 2) == 1
+    assert gemm_packed.row_chunks(128, 256, 4) == 2
+    assert gemm_packed.row_chunks(128, 768, 2) == 1  # 24 panels are enough
+    assert gemm_packed.row_chunks(12, 32, 8) == 1  # never more chunks than row panels
+
+
+def test_packed_gemm_declines_few_rows_runtime_weights_and_no_avx512(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    few, _ = _fused_gemm(rng, (4, 64), 32)
+    assert not get_tactic(TACTIC).supports(few.node, few.graph)
+    a = rng.standard_normal((32, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 5)).astype(np.float32)
+    runtime = OneNode("MatMul", {}).feed("a", a).feed("w", w)
+    runtime.build((32, 5))
+    assert not get_tactic(TACTIC).supports(runtime.node, runtime.graph)
+    many, _ = _fused_gemm(rng, (64, 64), 32)
+    monkeypatch.setattr(gemm_packed, "AVX512", False)
+    assert not get_tactic(TACTIC).supports(many.node, many.graph)
