@@ -1,8 +1,8 @@
 """A 12 x 32 register-blocked float32 GEMM micro-kernel on packed panels (AVX-512).
 
 ``C[12, 32] = A_panel^T @ B_panel`` where the A panel holds 12 rows of A as ``[K, 12]`` (element
-``(k, r)`` at ``k*12 + r``) and the B panel 32 columns of B as ``[K, 32]`` rows ``bs`` floats
-apart. The 12 x 32 tile lives in 24 sixteen-lane accumulators; each step over K loads the two
+``(k, r)`` at ``k*12 + r``) and B's 32 columns as K rows of 32 floats, each where an offset
+table says (``[K, 32]`` panels, or rows read in place). The 12 x 32 tile lives in 24 sixteen-lane accumulators; each step over K loads the two
 vectors of B's row, broadcasts A's 12 values and issues 24 fused multiply-adds, so the FMA units,
 not memory, set the pace (measured 150-175 GFLOP/s on one Xeon core with the panels in L1 or L2,
 where numpy's OpenBLAS reached 100-140 on the same conv and transformer GEMM shapes). Both panel
@@ -25,10 +25,14 @@ NR = 32  # columns of a micro-tile (B panel width: two vectors)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def tile_12x32(ap, ao, bp, bo, bs, kc, c, co, ldc, acc):
-    """``c[co + r*ldc + q] (+)= sum_k ap[ao + 12k + r] * bp[bo + k*bs + q]`` for r < 12, q < 32
-    over ``kc`` steps (``ap``, ``bp`` and ``c`` flat float32); ``acc``: add to what ``c`` holds
-    (a later block of K) instead of overwriting it."""
+def tile_12x32(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
+    """``c[co + r*ldc + q] (+)= sum_k ap[ao + 12k + r] * bp[bo + offs[o0 + k] + q]`` for r < 12,
+    q < 32, k < ``kc`` (``ap``, ``bp``, ``c`` flat float32, ``offs`` int64); ``acc``: add to
+    what ``c`` holds (a later block of K) instead of overwriting it.
+
+    B's row k is wherever ``offs`` says: ``k * 32`` for a packed panel (:func:`panel_offsets`),
+    or an input row of an implicit-GEMM conv (``conv_packed``): one scalar load per step, next
+    to 24 FMAs."""
     z = vzero16()
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = z
     c60 = c61 = c70 = c71 = c80 = c81 = c90 = c91 = ca0 = ca1 = cb0 = cb1 = z
@@ -57,9 +61,10 @@ def tile_12x32(ap, ao, bp, bo, bs, kc, c, co, ldc, acc):
         ca0, ca1 = vload16(c, q), vload16(c, q + 16)
         q += ldc
         cb0, cb1 = vload16(c, q), vload16(c, q + 16)
-    for _ in range(kc):
-        b0 = vload16(bp, bo)
-        b1 = vload16(bp, bo + 16)
+    for kk in range(o0, o0 + kc):
+        bk = bo + offs[kk]
+        b0 = vload16(bp, bk)
+        b1 = vload16(bp, bk + 16)
         v = vbroadcast16(ap, ao)
         c00 = vfma16(v, b0, c00)
         c01 = vfma16(v, b1, c01)
@@ -97,7 +102,6 @@ def tile_12x32(ap, ao, bp, bo, bs, kc, c, co, ldc, acc):
         cb0 = vfma16(v, b0, cb0)
         cb1 = vfma16(v, b1, cb1)
         ao += MR
-        bo += bs
     vstore16(c, co, c00)
     vstore16(c, co + 16, c01)
     co += ldc
@@ -174,3 +178,8 @@ def pack_cols(w: np.ndarray) -> np.ndarray:
     padded = np.zeros((k, panels * NR), np.float32)
     padded[:, :n] = w
     return np.ascontiguousarray(padded.reshape(k, panels, NR).transpose(1, 0, 2)).reshape(-1)
+
+
+def panel_offsets(k: int) -> np.ndarray:
+    """Row offsets of a packed ``[K, 32]`` B panel: ``k * 32``."""
+    return np.arange(k, dtype=np.int64) * NR

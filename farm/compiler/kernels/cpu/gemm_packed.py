@@ -28,6 +28,7 @@ from farm.compiler.kernels.cpu._microgemm import (
     NR,
     pack_cols,
     pack_row_panel,
+    panel_offsets,
     store_tile_part,
     tile_12x32,
 )
@@ -56,9 +57,9 @@ def pack_row_panels(a, ap):
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def gemm_panels(ap, m, k, wp, n, out, bias, has_bias, residual, res_mode, act, alpha, beta, chunks):
+def gemm_panels(ap, m, k, wp, offs, n, out, bias, has_bias, residual, res_mode, act, alpha, beta, chunks):
     """``out = epilogue(A @ W)`` with A packed by :func:`pack_row_panels` (flat ``ap``), W by
-    ``pack_cols`` (flat ``wp``), out [M, N] C-contiguous; ``residual`` [M, N] or a dummy,
+    ``pack_cols`` (flat ``wp``, rows at ``offs``: ``panel_offsets(K)``), out [M, N] C-contiguous; ``residual`` [M, N] or a dummy,
     ``bias`` [N] or a dummy.
 
     A task is one 32-column weight panel x one of ``chunks`` runs of 12-row A panels. K goes in
@@ -87,7 +88,7 @@ def gemm_panels(ap, m, k, wp, n, out, bias, has_bias, residual, res_mode, act, a
             last = k0 + kk >= k
             for i in range(i0, full_end):
                 tile_12x32(
-                    ap, (i * k + k0) * MR, wp, (j * k + k0) * NR, NR, kk, flat, i * MR * n + j0, n, k0 > 0
+                    ap, (i * k + k0) * MR, wp, j * k * NR, offs, k0, kk, flat, i * MR * n + j0, n, k0 > 0
                 )
                 if last and epilogue:
                     _finish_tile(out, i * MR, MR, j0, cols, b, has_bias, residual, res_mode, act, alpha, beta)
@@ -95,7 +96,7 @@ def gemm_panels(ap, m, k, wp, n, out, bias, has_bias, residual, res_mode, act, a
             scratch = np.empty(MR * NR, np.float32)
             for i in range(full_end, i1):
                 rows = min(MR, m - i * MR)
-                tile_12x32(ap, i * k * MR, wp, j * k * NR, NR, k, scratch, 0, NR, False)
+                tile_12x32(ap, i * k * MR, wp, j * k * NR, offs, 0, k, scratch, 0, NR, False)
                 store_tile_part(scratch, flat, i * MR * n + j0, n, rows, cols)
                 if epilogue:
                     _finish_tile(
@@ -166,6 +167,21 @@ class PackedGemm(Tactic):
         )
         ap = workspace(prepared, "a_panels", (-(-m // MR) * k * MR,))
         pack_row_panels(a2, ap)
+        offs = memo(prepared, "offsets", lambda: panel_offsets(k))
         gemm_panels(
-            ap, m, k, panels, n, out.reshape(m, n), bias, has_bias, residual, mode, act, alpha, beta, chunks
+            ap,
+            m,
+            k,
+            panels,
+            offs,
+            n,
+            out.reshape(m, n),
+            bias,
+            has_bias,
+            residual,
+            mode,
+            act,
+            alpha,
+            beta,
+            chunks,
         )

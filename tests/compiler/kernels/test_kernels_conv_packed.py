@@ -1,0 +1,78 @@
+"""``cpu.conv.packed16`` (im2col into 32-pixel panels against prepacked 12-channel weight panels,
+our AVX-512 micro-kernel) against a direct float64 convolution: every dense geometry of the conv
+suite, pixel and channel tails, K blocks, the in-place 1x1 path, channel runs, epilogues. The
+kernel is correct on any x86 CPU (LLVM splits the 16-lane vectors where there is no AVX-512), so
+these tests run everywhere with the AVX-512 gate opened."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernels_harness import assert_close
+from test_kernels_conv import CASES, _conv_case
+
+from farm.compiler.kernels import get_tactic
+from farm.compiler.kernels.cpu import conv_packed
+
+TACTIC = "cpu.conv.packed16"
+DENSE = [c for c in CASES if c[-1] == 1]
+# (N, C, H, W, M, kernel, strides, pads, dilations, group)
+PANEL_CASES = [
+    (1, 8, 30, 29, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 870 pixels: a 6-pixel last panel
+    (3, 5, 23, 31, 37, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 1),  # 37 channels: a 1-channel last tile
+    (2, 12, 16, 16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 in place, 256 = 8 full panels
+    (2, 12, 17, 19, 33, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 in place, partial last panel
+    (1, 6, 40, 9, 18, (5, 3), (1, 2), (2, 1, 2, 1), (2, 1), 1),  # dilation, asymmetric pads
+    (1, 40, 9, 9, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K = 360: two K blocks
+]
+
+
+@pytest.fixture(autouse=True)
+def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conv_packed, "AVX512", True)
+
+
+@pytest.mark.parametrize("case", DENSE)
+def test_packed_conv_matches_oracle(rng: np.random.Generator, case: tuple) -> None:
+    one, expected = _conv_case(rng, case, activation="LeakyRelu", alpha=0.1, residual="pre")
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+@pytest.mark.parametrize("case", PANEL_CASES)
+@pytest.mark.parametrize("residual", [None, "pre", "post"])
+def test_packed_conv_panels_and_tails(rng: np.random.Generator, case: tuple, residual: str | None) -> None:
+    activation = "HardSwish" if residual else "Clip"
+    one, expected = _conv_case(rng, case, activation=activation, alpha=-1.0, beta=2.0, residual=residual)
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 8, 64])
+def test_packed_conv_any_channel_runs(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """More threads split a small map's panels and channels finer: the result never changes."""
+    monkeypatch.setattr(conv_packed, "numba_thread_count", lambda: threads)
+    case = (1, 16, 7, 7, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    one, expected = _conv_case(rng, case, activation="Relu", residual="post")
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+def test_task_split() -> None:
+    # A 7x7 map at batch 1 (7 x 9 wide pixels: two panels): one group, its weight in 8 runs.
+    assert conv_packed.task_split(1, 512, 7 * 9, 2) == (2, 8)
+    # A 56x56 map: groups of four panels give enough tasks on their own.
+    assert conv_packed.task_split(1, 64, 56 * 58, 2) == (4, 1)
+    # One panel, two weight panels, eight threads: runs stop at the weight panels.
+    assert conv_packed.task_split(1, 20, 16, 8) == (1, 2)
+
+
+def test_packed_conv_declines_groups_runtime_weights_and_no_avx512(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grouped = next(c for c in CASES if c[-1] > 1)
+    one, _ = _conv_case(rng, grouped)
+    assert not get_tactic(TACTIC).supports(one.node, one.graph)
+    dense, _ = _conv_case(rng, DENSE[0])
+    assert get_tactic(TACTIC).supports(dense.node, dense.graph)
+    monkeypatch.setattr(conv_packed, "AVX512", False)
+    assert not get_tactic(TACTIC).supports(dense.node, dense.graph)
