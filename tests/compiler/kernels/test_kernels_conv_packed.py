@@ -1,6 +1,6 @@
 """``cpu.conv.packed16`` (im2col into 32-pixel panels against prepacked 12-channel weight panels,
 our AVX-512 micro-kernel) against a direct float64 convolution: every dense geometry of the conv
-suite, pixel and channel tails, K blocks, the in-place 1x1 path, channel runs, epilogues. The
+suite, pixel and channel tails, K blocks, stride phases, task splits, epilogues. The
 kernel is correct on any x86 CPU (LLVM splits the 16-lane vectors where there is no AVX-512), so
 these tests run everywhere with the AVX-512 gate opened."""
 
@@ -20,8 +20,10 @@ DENSE = [c for c in CASES if c[-1] == 1]
 PANEL_CASES = [
     (1, 8, 30, 29, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 870 pixels: a 6-pixel last panel
     (3, 5, 23, 31, 37, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 1),  # 37 channels: a 1-channel last tile
-    (2, 12, 16, 16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 in place, 256 = 8 full panels
-    (2, 12, 17, 19, 33, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 in place, partial last panel
+    (2, 12, 16, 16, 24, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1),  # 16 x 18 wide pixels: 9 full panels
+    (2, 12, 17, 19, 33, (3, 1), (1, 1), (1, 0, 1, 0), (1, 1), 1),  # wq == wo: panels of whole rows
+    (1, 4, 20, 30, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),  # ResNet's stem: four phases
+    (1, 3, 9, 11, 12, (3, 3), (3, 2), (0, 2, 1, 0), (2, 3), 1),  # strides and dilations mixed
     (1, 6, 40, 9, 18, (5, 3), (1, 2), (2, 1, 2, 1), (2, 1), 1),  # dilation, asymmetric pads
     (1, 40, 9, 9, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K = 360: two K blocks
 ]
@@ -32,7 +34,7 @@ def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conv_packed, "AVX512", True)
 
 
-@pytest.mark.parametrize("case", DENSE)
+@pytest.mark.parametrize("case", [c for c in DENSE if c[5] != (1, 1)])
 def test_packed_conv_matches_oracle(rng: np.random.Generator, case: tuple) -> None:
     one, expected = _conv_case(rng, case, activation="LeakyRelu", alpha=0.1, residual="pre")
     assert_close(one.run_tactic(TACTIC), expected)
@@ -72,7 +74,10 @@ def test_packed_conv_declines_groups_runtime_weights_and_no_avx512(
     grouped = next(c for c in CASES if c[-1] > 1)
     one, _ = _conv_case(rng, grouped)
     assert not get_tactic(TACTIC).supports(one.node, one.graph)
-    dense, _ = _conv_case(rng, DENSE[0])
+    pointwise = next(c for c in DENSE if c[5] == (1, 1))
+    one, _ = _conv_case(rng, pointwise)
+    assert not get_tactic(TACTIC).supports(one.node, one.graph)
+    dense, _ = _conv_case(rng, next(c for c in DENSE if c[5] != (1, 1)))
     assert get_tactic(TACTIC).supports(dense.node, dense.graph)
     monkeypatch.setattr(conv_packed, "AVX512", False)
     assert not get_tactic(TACTIC).supports(dense.node, dense.graph)

@@ -16,14 +16,14 @@ image with the 12 x 32 micro-kernel of ``_microgemm``, without building ``cols``
    weight panels); K goes in blocks of :data:`KC`, each weight block loaded once for the
    group's panels, so a late layer (7 x 7 maps at batch 1: one group, its 9.4 MB weight split
    into runs) reads its weight once.
-3. Finished tiles go to their output pixels (the valid lanes of each panel) with bias,
-   residual and activation applied per row.
+3. Finished tiles go to their output pixels (each panel's lanes are a few runs of consecutive
+   pixels), then bias, residual and activation run once per output row over the group's pixels.
 
 Measured on a 2-core AVX-512 Xeon (``bench_kernels_vs_ort.py``, interleaved with ORT): ResNet's
 512-channel 3 x 3 convs at batch 1 1.30 x ORT where Winograd F(2,3) took 1.63 x, its stride-2
 128 -> 256 conv at batch 8 1.49 x where im2col + BLAS took 1.74 x; Winograd stays ahead on the
 early 3 x 3 layers. Pool: numba's only, no BLAS. Offered where the CPU has AVX-512
-(:data:`~._simd16.AVX512`) and the weight is a constant.
+(:data:`~._simd16.AVX512`), the weight is a constant and the kernel larger than 1 x 1.
 """
 
 from __future__ import annotations
@@ -121,46 +121,60 @@ def conv_panels(
                                ((i - i0) * panels + j - j0) * MR * NR, NR, k0 > 0)  # fmt: skip
         for j in range(j0, j1):
             _store_panel(tiles, (j - j0) * MR * NR, panels * MR * NR, i0, i1, j * NR, min(j * NR + NR, wide), wq,
-                         wo, m, n, bias, has_bias, residual, res_mode, act, alpha, beta, out)  # fmt: skip
+                         wo, m, n, out)  # fmt: skip
+        if has_bias or act != 0 or res_mode != RES_NONE:
+            c0 = _compact(j0 * NR, wq, wo)  # the group's output pixels, in order
+            c1 = _compact(min(j1 * NR, wide), wq, wo)
+            for mm in range(i0 * MR, min(m, i1 * MR)):
+                row = n * m + mm
+                res = residual[row, c0:c1] if res_mode != RES_NONE else residual[0]
+                b = bias[mm] if has_bias else np.float32(0.0)
+                finish_row(out[row, c0:c1], b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _compact(v, wq, wo):
+    """The index of the first output pixel at or after wide pixel ``v``."""
+    return (v // wq) * wo + min(v % wq, wo)
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
-def _store_panel(
-    tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, bias, has_bias, residual, res_mode, act, alpha, beta, out,
-):  # fmt: skip
+def _store_panel(tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out):
     """Weight tiles i0 .. i1-1 of one pixel panel (wide pixels v0 .. v1-1; tile i at
-    ``tiles[first + (i - i0)*stride]``) into their output pixels, then the epilogue on them."""
-    lanes = np.empty(NR, np.int64)  # (lane, output pixel) of the panel's real pixels
+    ``tiles[first + (i - i0)*stride]``) into their output pixels: the panel's lanes fall into
+    runs of consecutive output pixels (one run when ``wq == wo``, as for a 1 x 1 conv), each
+    copied as a block."""
+    starts = np.empty(NR, np.int64)  # run r: lanes starts[r] .. starts[r]+sizes[r]-1 -> pixels[r]..
+    sizes = np.empty(NR, np.int64)
     pixels = np.empty(NR, np.int64)
-    valid = 0
+    runs = 0
     oy = v0 // wq
     ox = v0 - oy * wq
-    for q in range(v1 - v0):
-        if ox < wo:
-            lanes[valid] = q
-            pixels[valid] = oy * wo + ox
-            valid += 1
-        ox += 1
-        if ox == wq:
-            ox = 0
+    q = 0
+    while q < v1 - v0:
+        if ox >= wo:  # the extra columns of a wide row
+            skip = min(wq - ox, v1 - v0 - q)
+            q += skip
             oy += 1
-    if valid == 0:
-        return
-    c0 = pixels[0]  # the real pixels are output pixels c0 .. c1-1, in order
-    c1 = pixels[valid - 1] + 1
-    epilogue = has_bias or act != 0 or res_mode != RES_NONE
+            ox = 0
+            continue
+        size = min(wo - ox, v1 - v0 - q)
+        starts[runs] = q
+        sizes[runs] = size
+        pixels[runs] = oy * wo + ox
+        runs += 1
+        q += size
+        ox += size
     for i in range(i0, i1):
         base = first + (i - i0) * stride
         for mm in range(i * MR, min(m, i * MR + MR)):
-            row = n * m + mm
-            dst = out[row]
+            dst = out[n * m + mm]
             src = base + (mm - i * MR) * NR
-            for e in range(valid):
-                dst[pixels[e]] = tiles[src + lanes[e]]
-            if epilogue:
-                res = residual[row, c0:c1] if res_mode != RES_NONE else residual[0]
-                b = bias[mm] if has_bias else np.float32(0.0)
-                finish_row(dst[c0:c1], b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+            for r in range(runs):
+                d = pixels[r]
+                s0 = src + starts[r]
+                for e in range(sizes[r]):
+                    dst[d + e] = tiles[s0 + e]
 
 
 class PhasePlan(NamedTuple):
@@ -226,7 +240,12 @@ class PackedConv(TiledGemmConv):
     priority = 13
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        return AVX512 and graph.const(node.input(1)) is not None and super().supports(node, graph)
+        w = graph.const(node.input(1))
+        if not AVX512 or w is None or not super().supports(node, graph):
+            return False
+        # A 1 x 1 kernel's K (its input channels) is too short for the phase copy and tile stores
+        # to pay off: 2-3 x ORT on MobileNet's, where pointwise_direct and tiled_gemm run ~1 x.
+        return int(np.prod(w.shape[2:])) > 1
 
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
