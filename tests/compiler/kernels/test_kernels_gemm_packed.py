@@ -92,10 +92,12 @@ def test_micro_kernel_accumulates_k_blocks(rng: np.random.Generator) -> None:
 def test_row_chunks_give_every_thread_work() -> None:
     # BERT's output projection at batch 1 is 8 column panels: four tasks per thread on two
     # cores, row panels split in two on four cores.
-    assert gemm_packed.row_chunks(128, 256, 2) == 1
-    assert gemm_packed.row_chunks(128, 256, 4) == 2
-    assert gemm_packed.row_chunks(128, 768, 2) == 1  # 24 panels are enough
-    assert gemm_packed.row_chunks(12, 32, 8) == 1  # never more chunks than row panels
+    assert gemm_packed.row_chunks(128, 256, 1024, 2) == 1
+    assert gemm_packed.row_chunks(128, 256, 1024, 4) == 2
+    assert gemm_packed.row_chunks(128, 768, 256, 2) == 1  # 24 panels are enough
+    assert gemm_packed.row_chunks(12, 32, 64, 8) == 1  # never more chunks than row panels
+    # Batch 8 (1,024 rows of 1,024): runs of A small enough to stay in L2.
+    assert gemm_packed.row_chunks(1024, 256, 1024, 2) == 8
 
 
 def test_packed_gemm_declines_few_rows_runtime_weights_and_no_avx512(

@@ -27,6 +27,10 @@ assert ACTIVATIONS[ACT_GELU_TANH] == "GeluTanh" and ACTIVATIONS[ACT_HARDSWISH] =
 
 RES_NONE, RES_PRE, RES_POST = 0, 1, 2
 
+# Activations computed through ``_vecmath`` rows: each ``activate_row`` call allocates temporaries,
+# so a kernel whose tiles are narrow (32 columns) applies these over whole rows instead.
+ROW_ACTIVATIONS = frozenset({ACT_SIGMOID, ACT_TANH, ACT_SILU, ACT_GELU, ACT_GELU_TANH})
+
 # Dummy arrays for absent optional operands: one fixed type per argument keeps one specialization.
 NO_VECTOR = np.zeros(1, np.float32)
 NO_MATRIX = np.zeros((1, 1), np.float32)

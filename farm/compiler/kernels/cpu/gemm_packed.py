@@ -6,7 +6,8 @@ is packed into 32-column panels (``_microgemm.pack_cols``). At run time A is pac
 panels (one ``prange``), then a second ``prange`` runs tasks of one weight panel x a run of row
 panels, GotoBLAS's loop order: K in blocks of :data:`KC`, the weight panel's block held in L1
 while the A panels stream past it through the 12 x 32 micro-kernel (``_microgemm.tile_12x32``);
-bias, residual and activation are applied to each tile as its last block of K completes it.
+bias, residual and activation are applied to each tile as its last block of K completes it
+(transcendental activations, whose row helpers allocate per call, to whole rows afterwards).
 
 Why: OpenBLAS packs the weight again on every call and, called per tile from numba's pool, ran
 BERT's 128-row projections at 100-140 GFLOP/s per core; the micro-kernel runs at 150-175 on the
@@ -22,7 +23,19 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._epilogue import RES_NONE, finish_row, residual_rows
+from farm.compiler.kernels.cpu._epilogue import (
+    ACT_CLIP,
+    ACT_HARDSIGMOID,
+    ACT_HARDSWISH,
+    ACT_LEAKY,
+    ACT_RELU,
+    RES_NONE,
+    RES_POST,
+    RES_PRE,
+    ROW_ACTIVATIONS,
+    epilogue_vector_rows,
+    residual_rows,
+)
 from farm.compiler.kernels.cpu._microgemm import (
     MR,
     NR,
@@ -45,6 +58,7 @@ from farm.compiler.kernels.cpu.gemm import (
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 KC = 256  # K per block: a 256 x 32 weight block is 32 KiB, in L1 while A streams past
+A_CHUNK_BYTES = 512 * 1024  # rows of A per run: a quarter to half of an L2
 MIN_ROWS = 12  # fewer rows would leave most of a 12-row micro-tile idle: the few-rows tactics
 
 
@@ -62,7 +76,7 @@ def gemm_panels(ap, m, k, wp, offs, n, out, bias, has_bias, residual, res_mode, 
     ``pack_cols`` (flat ``wp``, rows at ``offs``: ``panel_offsets(K)``), out [M, N] C-contiguous; ``residual`` [M, N] or a dummy,
     ``bias`` [N] or a dummy.
 
-    A task is one 32-column weight panel x one of ``chunks`` runs of 12-row A panels. K goes in
+    A task is one of ``chunks`` runs of 12-row A panels x one 32-column weight panel. K goes in
     blocks of :data:`KC` with the panel's block (KC x 32 floats) in L1 while the A panels stream
     past it; row or column tiles at the edge are computed over all of K into a scratch tile.
     The epilogue runs on each tile as its last block of K completes it."""
@@ -72,8 +86,8 @@ def gemm_panels(ap, m, k, wp, offs, n, out, bias, has_bias, residual, res_mode, 
     flat = out.reshape(-1)
     epilogue = has_bias or act != 0 or res_mode != RES_NONE
     for t in prange(col_tiles * chunks):
-        j = t // chunks
-        i0 = (t % chunks) * per_chunk
+        j = t % col_tiles  # run-major: a thread's consecutive tasks share their rows of A
+        i0 = (t // col_tiles) * per_chunk
         i1 = min(row_tiles, i0 + per_chunk)
         if i0 >= i1:
             continue
@@ -104,23 +118,52 @@ def gemm_panels(ap, m, k, wp, offs, n, out, bias, has_bias, residual, res_mode, 
                     )
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _activate(v, act, alpha, beta):
+    """One value through a piecewise-linear activation (``ROW_ACTIVATIONS`` never get here)."""
+    if act == ACT_RELU:
+        return max(v, np.float32(0.0))
+    if act == ACT_LEAKY:
+        return v if v >= np.float32(0.0) else alpha * v
+    if act == ACT_CLIP:
+        return min(max(v, alpha), beta)
+    if act == ACT_HARDSIGMOID:
+        return max(np.float32(0.0), min(np.float32(1.0), alpha * v + beta))
+    if act == ACT_HARDSWISH:
+        return v * max(np.float32(0.0), min(np.float32(1.0), v * np.float32(1.0 / 6.0) + np.float32(0.5)))
+    return v
+
+
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finish_tile(out, r0, rows, j0, cols, b, has_bias, residual, res_mode, act, alpha, beta):
-    """Bias, residual and activation on a finished tile (rows r0.., columns j0..), in L1."""
+    """Bias, residual and a piecewise-linear activation on a finished tile (rows r0.., columns
+    j0..) in one pass while it is in L1 (per-row ``finish_row`` calls cost more than the tile's
+    arithmetic at 32 columns)."""
+    a = np.float32(alpha)
+    c = np.float32(beta)
     for r in range(r0, r0 + rows):
+        row = out[r, j0 : j0 + cols]
         res = residual[r, j0 : j0 + cols] if res_mode != RES_NONE else residual[0]
-        finish_row(
-            out[r, j0 : j0 + cols], np.float32(0.0), b, 2 if has_bias else 0, res, res_mode, act, alpha, beta
-        )
+        for q in range(cols):
+            v = row[q]
+            if has_bias:
+                v += b[q]
+            if res_mode == RES_PRE:
+                v += res[q]
+            v = _activate(v, act, a, c)
+            if res_mode == RES_POST:
+                v += res[q]
+            row[q] = v
 
 
-def row_chunks(m: int, n: int, threads: int) -> int:
-    """Runs of row panels per column panel: one, unless the column panels alone give fewer than
-    four tasks per thread (BERT's 256-wide output projection is 8 panels), then as many as that
-    takes (at most one per row panel)."""
+def row_chunks(m: int, n: int, k: int, threads: int) -> int:
+    """Runs of row panels: enough that a run of A fits :data:`A_CHUNK_BYTES` (it stays in L2
+    while every weight panel passes), and more while the tasks (run x column panel) are fewer
+    than four per thread (BERT's 256-wide output projection is 8 panels); at most one per row
+    panel."""
     row_tiles = -(-m // MR)
     col_tiles = -(-n // NR)
-    chunks = 1
+    chunks = min(row_tiles, max(1, -(-m * k * 4 // A_CHUNK_BYTES)))
     while chunks < row_tiles and col_tiles * chunks < 4 * max(threads, 1):
         chunks += 1
     return chunks
@@ -161,27 +204,16 @@ class PackedGemm(Tactic):
         bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
         residual = residual_rows(inputs[3] if mode != RES_NONE else None, out.shape, m)
         threads = numba_thread_count()
-        chunks = memo(prepared, ("chunks", m, threads), lambda: row_chunks(m, n, threads))
+        chunks = memo(prepared, ("chunks", m, threads), lambda: row_chunks(m, n, k, threads))
         panels = memo(
             prepared, "panels", lambda: np.ascontiguousarray(prepared.tensors["panels"], np.float32)
         )
         ap = workspace(prepared, "a_panels", (-(-m // MR) * k * MR,))
         pack_row_panels(a2, ap)
         offs = memo(prepared, "offsets", lambda: panel_offsets(k))
-        gemm_panels(
-            ap,
-            m,
-            k,
-            panels,
-            offs,
-            n,
-            out.reshape(m, n),
-            bias,
-            has_bias,
-            residual,
-            mode,
-            act,
-            alpha,
-            beta,
-            chunks,
-        )
+        rows = out.reshape(m, n)
+        if act in ROW_ACTIVATIONS:  # the whole epilogue after the product, a row at a time
+            gemm_panels(ap, m, k, panels, offs, n, rows, bias, False, residual, RES_NONE, 0, 0.0, 0.0, chunks)
+            epilogue_vector_rows(rows, bias, has_bias, residual, mode, act, alpha, beta)
+            return
+        gemm_panels(ap, m, k, panels, offs, n, rows, bias, has_bias, residual, mode, act, alpha, beta, chunks)
