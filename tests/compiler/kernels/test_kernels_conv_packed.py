@@ -11,6 +11,7 @@ import pytest
 from kernels_harness import assert_close
 from test_kernels_conv import CASES, _conv_case
 
+from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
 from farm.compiler.kernels.cpu import conv_packed
 
@@ -45,6 +46,17 @@ def test_packed_conv_matches_oracle(rng: np.random.Generator, case: tuple) -> No
 def test_packed_conv_panels_and_tails(rng: np.random.Generator, case: tuple, residual: str | None) -> None:
     activation = "HardSwish" if residual else "Clip"
     one, expected = _conv_case(rng, case, activation=activation, alpha=-1.0, beta=2.0, residual=residual)
+    assert_close(one.run_tactic(TACTIC), expected)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("residual", [None, "pre", "post"])
+def test_packed_conv_every_activation(
+    rng: np.random.Generator, activation: str, residual: str | None
+) -> None:
+    """Piecewise-linear activations go into the tile stores, transcendental ones run per row."""
+    case = (2, 5, 9, 11, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    one, expected = _conv_case(rng, case, activation=activation, alpha=0.2, beta=0.7, residual=residual)
     assert_close(one.run_tactic(TACTIC), expected)
 
 

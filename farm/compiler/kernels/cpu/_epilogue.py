@@ -135,6 +135,23 @@ def activate_row(row, act, alpha, beta):
                 row[i] = row[i] / (_F1 + tmp[i])
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def activate_value(v, act, alpha, beta):
+    """One float32 value through a piecewise-linear activation (``alpha``/``beta`` float32), for
+    epilogues fused into a kernel's store loop; ``ROW_ACTIVATIONS`` are not handled (identity)."""
+    if act == ACT_RELU:
+        return max(v, np.float32(0.0))
+    if act == ACT_LEAKY:
+        return v if v >= np.float32(0.0) else alpha * v
+    if act == ACT_CLIP:
+        return min(max(v, alpha), beta)
+    if act == ACT_HARDSIGMOID:
+        return max(np.float32(0.0), min(np.float32(1.0), alpha * v + beta))
+    if act == ACT_HARDSWISH:
+        return v * max(np.float32(0.0), min(np.float32(1.0), v * np.float32(1.0 / 6.0) + np.float32(0.5)))
+    return v
+
+
 @njit(error_model="numpy", cache=True, nogil=True)
 def finish_row(row, bias_scalar, bias_row, bias_mode, res_row, res_mode, act, alpha, beta):
     """Bias, residual and activation on one output row, in place.

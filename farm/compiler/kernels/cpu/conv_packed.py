@@ -17,7 +17,8 @@ image with the 12 x 32 micro-kernel of ``_microgemm``, without building ``cols``
    group's panels, so a late layer (7 x 7 maps at batch 1: one group, its 9.4 MB weight split
    into runs) reads its weight once.
 3. Finished tiles go to their output pixels (each panel's lanes are a few runs of consecutive
-   pixels), then bias, residual and activation run once per output row over the group's pixels.
+   pixels) with bias, residual and a piecewise-linear activation applied on the way; a
+   transcendental activation runs once per output row over the group's pixels instead.
 
 Measured on a 2-core AVX-512 Xeon (``bench_kernels_vs_ort.py``, interleaved with ORT): ResNet's
 512-channel 3 x 3 convs at batch 1 1.30 x ORT where Winograd F(2,3) took 1.63 x, its stride-2
@@ -34,7 +35,15 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._epilogue import RES_NONE, finish_row
+from farm.compiler.kernels.cpu._epilogue import (
+    ACT_NONE,
+    RES_NONE,
+    RES_POST,
+    RES_PRE,
+    ROW_ACTIVATIONS,
+    activate_value,
+    finish_row,
+)
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
 from farm.compiler.kernels.cpu._simd16 import AVX512
@@ -81,12 +90,14 @@ def build_phases(x, buf, image_size, phase_a, phase_b, sh, sw, pt, pl, hq, wq):
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
 def conv_panels(
     buf, image_size, offs, wp, m, wq, wo, bias, has_bias, residual, res_mode, act, alpha, beta, out, group, runs,
+    fused,
 ):  # fmt: skip
     """The conv as an implicit GEMM over the phases in ``buf`` (:func:`build_phases`): output
     pixel (oy, ox) is wide pixel ``v = oy*wq + ox`` and kernel row k of it reads
     ``buf[image + offs[k] + v]``, so 32 consecutive wide pixels are 32 consecutive floats. out
     [N*M, Ho*Wo] (NCHW rows) gets the pixels with ``ox < wo``; ``residual`` is [N*M, Ho*Wo] or a
-    dummy; the weight is packed by ``pack_rows`` (flat ``wp``, M channels).
+    dummy; the weight is packed by ``pack_rows`` (flat ``wp``, M channels); ``fused``: the
+    activation is piecewise linear (not one of ``ROW_ACTIVATIONS``) and goes into the stores.
 
     A task is one image's ``group`` consecutive 32-pixel panels x one of ``runs`` runs of weight
     panels. K goes in blocks of :data:`KC`: each weight panel's block is loaded once for the
@@ -102,7 +113,6 @@ def conv_panels(
     row_tiles = (m + MR - 1) // MR
     per_run = (row_tiles + runs - 1) // runs
     per_image = groups * runs
-    scratch = np.empty((n_count * per_image, per_run * group * MR * NR), np.float32)
     for t in prange(n_count * per_image):
         n = t // per_image
         j0 = ((t % per_image) // runs) * group
@@ -112,7 +122,7 @@ def conv_panels(
         if i0 >= i1:
             continue
         panels = j1 - j0
-        tiles = scratch[t]
+        tiles = np.empty((i1 - i0) * panels * MR * NR, np.float32)  # tens of KiB: a thread arena's
         for k0 in range(0, k, KC):
             kk = min(KC, k - k0)
             for i in range(i0, i1):
@@ -121,9 +131,9 @@ def conv_panels(
                                ((i - i0) * panels + j - j0) * MR * NR, NR, k0 > 0)  # fmt: skip
         for j in range(j0, j1):
             _store_panel(tiles, (j - j0) * MR * NR, panels * MR * NR, i0, i1, j * NR, min(j * NR + NR, wide), wq,
-                         wo, m, n, out)  # fmt: skip
-        if has_bias or act != 0 or res_mode != RES_NONE:
-            c0 = _compact(j0 * NR, wq, wo)  # the group's output pixels, in order
+                         wo, m, n, out, fused, bias, has_bias, residual, res_mode, act, alpha, beta)  # fmt: skip
+        if not fused:  # transcendental: once per output row over the group's pixels
+            c0 = _compact(j0 * NR, wq, wo)
             c1 = _compact(min(j1 * NR, wide), wq, wo)
             for mm in range(i0 * MR, min(m, i1 * MR)):
                 row = n * m + mm
@@ -139,11 +149,14 @@ def _compact(v, wq, wo):
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
-def _store_panel(tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out):
+def _store_panel(
+    tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out, fused, bias, has_bias, residual, res_mode, act, alpha,
+    beta,
+):  # fmt: skip
     """Weight tiles i0 .. i1-1 of one pixel panel (wide pixels v0 .. v1-1; tile i at
     ``tiles[first + (i - i0)*stride]``) into their output pixels: the panel's lanes fall into
-    runs of consecutive output pixels (one run when ``wq == wo``, as for a 1 x 1 conv), each
-    copied as a block."""
+    runs of consecutive output pixels (one run when ``wq == wo``), each copied as a block, with
+    bias, residual and a piecewise-linear activation applied on the way when ``fused``."""
     starts = np.empty(NR, np.int64)  # run r: lanes starts[r] .. starts[r]+sizes[r]-1 -> pixels[r]..
     sizes = np.empty(NR, np.int64)
     pixels = np.empty(NR, np.int64)
@@ -153,8 +166,7 @@ def _store_panel(tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out):
     q = 0
     while q < v1 - v0:
         if ox >= wo:  # the extra columns of a wide row
-            skip = min(wq - ox, v1 - v0 - q)
-            q += skip
+            q += min(wq - ox, v1 - v0 - q)
             oy += 1
             ox = 0
             continue
@@ -165,16 +177,31 @@ def _store_panel(tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out):
         runs += 1
         q += size
         ox += size
+    a = np.float32(alpha)
+    c = np.float32(beta)
     for i in range(i0, i1):
         base = first + (i - i0) * stride
         for mm in range(i * MR, min(m, i * MR + MR)):
-            dst = out[n * m + mm]
+            row = n * m + mm
+            dst = out[row]
             src = base + (mm - i * MR) * NR
+            b = bias[mm] if (fused and has_bias) else np.float32(0.0)
             for r in range(runs):
                 d = pixels[r]
                 s0 = src + starts[r]
+                if not fused or (res_mode == RES_NONE and act == ACT_NONE):
+                    for e in range(sizes[r]):
+                        dst[d + e] = tiles[s0 + e] + b
+                    continue
+                res = residual[row] if res_mode != RES_NONE else residual[0]
                 for e in range(sizes[r]):
-                    dst[d + e] = tiles[s0 + e]
+                    v = tiles[s0 + e] + b
+                    if res_mode == RES_PRE:
+                        v += res[d + e]
+                    v = activate_value(v, act, a, c)
+                    if res_mode == RES_POST:
+                        v += res[d + e]
+                    dst[d + e] = v
 
 
 class PhasePlan(NamedTuple):
@@ -263,5 +290,5 @@ class PackedConv(TiledGemmConv):
         act, alpha, beta, mode = epilogue
         conv_panels(
             buf, plan.image_size, plan.offsets, panels, m, plan.wq, wo, bias, has_bias, residual, mode, act,
-            alpha, beta, out.reshape(n * m, ho * wo), group, runs,
+            alpha, beta, out.reshape(n * m, ho * wo), group, runs, act not in ROW_ACTIVATIONS,
         )  # fmt: skip

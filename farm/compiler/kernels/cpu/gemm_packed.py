@@ -24,15 +24,11 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
-    ACT_CLIP,
-    ACT_HARDSIGMOID,
-    ACT_HARDSWISH,
-    ACT_LEAKY,
-    ACT_RELU,
     RES_NONE,
     RES_POST,
     RES_PRE,
     ROW_ACTIVATIONS,
+    activate_value,
     epilogue_vector_rows,
     residual_rows,
 )
@@ -118,22 +114,6 @@ def gemm_panels(ap, m, k, wp, offs, n, out, bias, has_bias, residual, res_mode, 
                     )
 
 
-@njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _activate(v, act, alpha, beta):
-    """One value through a piecewise-linear activation (``ROW_ACTIVATIONS`` never get here)."""
-    if act == ACT_RELU:
-        return max(v, np.float32(0.0))
-    if act == ACT_LEAKY:
-        return v if v >= np.float32(0.0) else alpha * v
-    if act == ACT_CLIP:
-        return min(max(v, alpha), beta)
-    if act == ACT_HARDSIGMOID:
-        return max(np.float32(0.0), min(np.float32(1.0), alpha * v + beta))
-    if act == ACT_HARDSWISH:
-        return v * max(np.float32(0.0), min(np.float32(1.0), v * np.float32(1.0 / 6.0) + np.float32(0.5)))
-    return v
-
-
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finish_tile(out, r0, rows, j0, cols, b, has_bias, residual, res_mode, act, alpha, beta):
     """Bias, residual and a piecewise-linear activation on a finished tile (rows r0.., columns
@@ -150,7 +130,7 @@ def _finish_tile(out, r0, rows, j0, cols, b, has_bias, residual, res_mode, act, 
                 v += b[q]
             if res_mode == RES_PRE:
                 v += res[q]
-            v = _activate(v, act, a, c)
+            v = activate_value(v, act, a, c)
             if res_mode == RES_POST:
                 v += res[q]
             row[q] = v
