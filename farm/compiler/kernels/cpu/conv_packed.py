@@ -264,7 +264,7 @@ class PackedConv(TiledGemmConv):
     epilogue per tile (group 1, constant weight)."""
 
     name = "cpu.conv.packed16"
-    priority = 13
+    priority = 10  # below tiled_gemm and im2col_tiles: the tuner times it, level 0 keeps BLAS
 
     def supports(self, node: Node, graph: Graph) -> bool:
         w = graph.const(node.input(1))

@@ -155,7 +155,7 @@ class PackedGemm(Tactic):
 
     name = "cpu.gemm.packed16"
     op_types = GEMM_OPS
-    priority = 13
+    priority = 11  # below tiled (12): the tuner times it; the level-0 default stays BLAS-based
 
     def supports(self, node: Node, graph: Graph) -> bool:
         if not AVX512 or not float32_io(node, graph) or _const_2d_weight(node, graph) is None:

@@ -1,6 +1,7 @@
 """FP16 / BF16 weight tactics: weights stored in the reduced type, compute in FP32.
 
-Every FP32 conv and GEMM tactic of ``conv.py``, ``gemm.py`` and ``generic.py`` gets two twins,
+Every FP32 conv and GEMM tactic that stores its weight repacked (``conv*.py``, ``gemm*.py``,
+``depthwise.py``, ``pointwise.py``, ``generic.py``) gets two twins,
 ``cpu.fp16w.<name>`` and ``cpu.bf16w.<name>``. A twin rounds the layer's constant weight to
 FP16 (or BF16), lets the FP32 tactic prepare (repack) the rounded weight, and stores the packed
 tensors in the reduced type, so the engine file holds half the bytes. At run time the tensors are
@@ -25,7 +26,17 @@ from typing import ClassVar
 import numpy as np
 
 from farm.compiler.ir import Graph, Node, Value
-from farm.compiler.kernels.cpu import conv, conv_tiled, depthwise, gemm, gemm_tiled, generic, pointwise
+from farm.compiler.kernels.cpu import (
+    conv,
+    conv_packed,
+    conv_tiled,
+    depthwise,
+    gemm,
+    gemm_packed,
+    gemm_tiled,
+    generic,
+    pointwise,
+)
 from farm.compiler.kernels.registry import Prepared, Tactic, all_tactics, register_tactic
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
@@ -35,7 +46,7 @@ MIN_REDUCED_ELEMENTS = 64
 # rounded is computing with the rounded weights. Winograd's transformed filters are not, so its
 # tactics get no twins (a layer where Winograd is fastest keeps FP32, and the report says so).
 _WRAPPED_MODULES = tuple(
-    m.__name__ for m in (conv, conv_tiled, depthwise, gemm, gemm_tiled, generic, pointwise)
+    m.__name__ for m in (conv, conv_packed, conv_tiled, depthwise, gemm, gemm_packed, gemm_tiled, generic, pointwise)
 )
 WEIGHT_OPS = frozenset({"FusedConv", "Conv", "FusedGemm", "MatMul", "Gemm"})
 # The reference-backed generic tactics (priority -100) are never fast; no twins for them.
