@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from kernels_harness import assert_close
-from test_kernels_conv import CASES, _conv_case
+from test_kernels_conv import CASES, _conv_case, conv_oracle
 
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
@@ -93,3 +93,22 @@ def test_packed_conv_declines_groups_runtime_weights_and_no_avx512(
     assert get_tactic(TACTIC).supports(dense.node, dense.graph)
     monkeypatch.setattr(conv_packed, "AVX512", False)
     assert not get_tactic(TACTIC).supports(dense.node, dense.graph)
+
+
+def test_packed_conv_new_input_size_with_the_same_prepared(rng: np.random.Generator) -> None:
+    """A dynamic spatial size: the plan, task split and phase buffer follow the run's shape."""
+    case = (1, 6, 20, 24, 13, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 1)
+    one, expected = _conv_case(rng, case, activation="Relu")
+    tactic = get_tactic(TACTIC)
+    prepared = tactic.prepare(one.node, one.graph)
+    inputs = [None if i in prepared.replaces else a for i, a in enumerate(one.arrays())]
+    out = np.empty(expected.shape, np.float32)
+    tactic.run(one.node, inputs, [out], prepared)
+    assert_close(out, expected)
+    x = rng.standard_normal((2, 6, 11, 37)).astype(np.float32)
+    w = one.arrays()[1]
+    b = one.arrays()[2]
+    want = np.maximum(conv_oracle(x, w, b, (2, 1), (1, 1, 1, 1), (1, 1), 1), 0.0)
+    small = np.empty(want.shape, np.float32)
+    tactic.run(one.node, [x, *inputs[1:]], [small], prepared)
+    assert_close(small, want)

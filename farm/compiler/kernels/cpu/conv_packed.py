@@ -260,8 +260,8 @@ def task_split(n: int, m: int, wide: int, threads: int) -> tuple[int, int]:
 
 @register_tactic
 class PackedConv(TiledGemmConv):
-    """Own AVX-512 micro-kernel conv: im2col into 32-pixel panels, prepacked weight, fused
-    epilogue per tile (group 1, constant weight)."""
+    """Own AVX-512 micro-kernel conv: an implicit GEMM over the input's stride phases, weight
+    packed once, epilogue in the tile stores (group 1, constant weight, kernel > 1 x 1)."""
 
     name = "cpu.conv.packed16"
     priority = 10  # below tiled_gemm and im2col_tiles: the tuner times it, level 0 keeps BLAS
@@ -282,7 +282,9 @@ class PackedConv(TiledGemmConv):
         c = x.shape[1]
         plan = memo(prepared, ("phases", x.shape[1:], ho, wo), lambda: phase_plan(c, ho, wo, geo))
         threads = numba_thread_count()
-        group, runs = memo(prepared, ("split", n, threads), lambda: task_split(n, m, ho * plan.wq, threads))
+        group, runs = memo(
+            prepared, ("split", n, ho, plan.wq, threads), lambda: task_split(n, m, ho * plan.wq, threads)
+        )
         panels = memo(prepared, "weight_panels", lambda: pack_rows(w2))
         buf = workspace(prepared, "phases", (n * plan.image_size,))
         build_phases(x, buf, plan.image_size, plan.phase_a, plan.phase_b, geo.sh, geo.sw, geo.pad_top,
