@@ -152,6 +152,20 @@ def activate_value(v, act, alpha, beta):
     return v
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def finish_value(v, bias, res, res_mode, act, alpha, beta):
+    """One output value's epilogue (the scalar form of :func:`finish_row`): ``bias`` added, the
+    residual ``res`` before or after a piecewise-linear activation; for the store loops of
+    kernels with narrow tiles (``alpha``/``beta`` float32)."""
+    v += bias
+    if res_mode == RES_PRE:
+        v += res
+    v = activate_value(v, act, alpha, beta)
+    if res_mode == RES_POST:
+        v += res
+    return v
+
+
 @njit(error_model="numpy", cache=True, nogil=True)
 def finish_row(row, bias_scalar, bias_row, bias_mode, res_row, res_mode, act, alpha, beta):
     """Bias, residual and activation on one output row, in place.

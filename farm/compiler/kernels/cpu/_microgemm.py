@@ -2,9 +2,9 @@
 
 ``C[12, 32] = A_panel^T @ B_panel`` where the A panel holds 12 rows of A as ``[K, 12]`` (element
 ``(k, r)`` at ``k*12 + r``) and B's 32 columns as K rows of 32 floats, each where an offset
-table says (``[K, 32]`` panels, or rows read in place). The 12 x 32 tile lives in 24 sixteen-lane accumulators; each step over K loads the two
-vectors of B's row, broadcasts A's 12 values and issues 24 fused multiply-adds, so the FMA units,
-not memory, set the pace (measured 150-175 GFLOP/s on one Xeon core with the panels in L1 or L2,
+table says (``[K, 32]`` panels, or rows read in place). The 12 x 32 tile lives in 24
+sixteen-lane accumulators; each step over K loads the two vectors of B's row, broadcasts A's 12
+values and issues 24 fused multiply-adds, so the FMA units, not memory, set the pace (measured 150-175 GFLOP/s on one Xeon core with the panels in L1 or L2,
 where numpy's OpenBLAS reached 100-140 on the same conv and transformer GEMM shapes). Both panel
 layouts are the GotoBLAS ones; which operand is the constant weight is up to the caller
 (``conv_packed``: the weight is A and the im2col columns B; ``gemm_packed``: the weight is B).
@@ -16,7 +16,7 @@ lane or row only ever meets its own zeros) and stored through :func:`store_tile_
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from farm.compiler.kernels.cpu._simd16 import vbroadcast16, vfma16, vload16, vstore16, vzero16
 
@@ -162,13 +162,20 @@ def pack_row_panel(a, r0, rows, panel, po):
             panel[po + k * MR + r] = 0.0
 
 
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def pack_row_panels(a, ap):
+    """All of ``a`` [M, K] as A panels, flat ``[ceil(M/12), K, 12]`` in ``ap`` (zero rows past M)."""
+    m, k = a.shape
+    for i in prange((m + MR - 1) // MR):
+        pack_row_panel(a, i * MR, min(MR, m - i * MR), ap, i * k * MR)
+
+
 def pack_rows(w: np.ndarray) -> np.ndarray:
-    """A constant [M, K] as A panels, flat ``[ceil(M/12), K, 12]`` (zero rows past M)."""
+    """A constant [M, K] as a new array of A panels (:func:`pack_row_panels`)."""
     m, k = w.shape
-    panels = -(-m // MR)
-    padded = np.zeros((panels * MR, k), np.float32)
-    padded[:m] = w
-    return np.ascontiguousarray(padded.reshape(panels, MR, k).transpose(0, 2, 1)).reshape(-1)
+    panels = np.empty(-(-m // MR) * k * MR, np.float32)
+    pack_row_panels(np.ascontiguousarray(w, dtype=np.float32), panels)
+    return panels
 
 
 def pack_cols(w: np.ndarray) -> np.ndarray:

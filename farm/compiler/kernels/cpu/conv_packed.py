@@ -35,19 +35,12 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._epilogue import (
-    ACT_NONE,
-    RES_NONE,
-    RES_POST,
-    RES_PRE,
-    ROW_ACTIVATIONS,
-    activate_value,
-    finish_row,
-)
+from farm.compiler.kernels.cpu._epilogue import RES_NONE, ROW_ACTIVATIONS, finish_row, finish_value
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
 from farm.compiler.kernels.cpu._simd16 import AVX512
 from farm.compiler.kernels.cpu._threads import numba_thread_count
+from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry
 from farm.compiler.kernels.cpu.conv_tiled import TiledGemmConv
 from farm.compiler.kernels.registry import Prepared, register_tactic
@@ -72,16 +65,16 @@ def build_phases(x, buf, image_size, phase_a, phase_b, sh, sw, pt, pl, hq, wq):
         a = phase_a[ph]
         b = phase_b[ph]
         dst = n * image_size + (ph * c_count + c) * hq * wq
+        lo, hi = valid_columns(b - pl, sw, w, wq)
         for y in range(hq):
             iy = y * sh + a - pt
-            row = dst + y * wq
+            row = buf[dst + y * wq : dst + (y + 1) * wq]
             if iy < 0 or iy >= h:
-                for u in range(wq):
-                    buf[row + u] = 0.0
+                row[:] = 0.0
                 continue
-            for u in range(wq):
-                ix = u * sw + b - pl
-                buf[row + u] = x[n, c, iy, ix] if 0 <= ix < w else np.float32(0.0)
+            row[:lo] = 0.0
+            copy_window(row[lo:hi], x[n, c, iy], lo * sw + b - pl, sw)
+            row[hi:] = 0.0
         if ph == phases - 1 and c == c_count - 1:
             for u in range(n * image_size + phases * c_count * hq * wq, (n + 1) * image_size):
                 buf[u] = 0.0
@@ -179,29 +172,25 @@ def _store_panel(
         ox += size
     a = np.float32(alpha)
     c = np.float32(beta)
+    zero = np.float32(0.0)
     for i in range(i0, i1):
         base = first + (i - i0) * stride
         for mm in range(i * MR, min(m, i * MR + MR)):
             row = n * m + mm
             dst = out[row]
             src = base + (mm - i * MR) * NR
-            b = bias[mm] if (fused and has_bias) else np.float32(0.0)
+            res = residual[row] if res_mode != RES_NONE else residual[0]
+            b = bias[mm] if has_bias else zero
             for r in range(runs):
                 d = pixels[r]
                 s0 = src + starts[r]
-                if not fused or (res_mode == RES_NONE and act == ACT_NONE):
+                if not fused:  # the epilogue runs per row afterwards
                     for e in range(sizes[r]):
-                        dst[d + e] = tiles[s0 + e] + b
+                        dst[d + e] = tiles[s0 + e]
                     continue
-                res = residual[row] if res_mode != RES_NONE else residual[0]
                 for e in range(sizes[r]):
-                    v = tiles[s0 + e] + b
-                    if res_mode == RES_PRE:
-                        v += res[d + e]
-                    v = activate_value(v, act, a, c)
-                    if res_mode == RES_POST:
-                        v += res[d + e]
-                    dst[d + e] = v
+                    rv = res[d + e] if res_mode != RES_NONE else zero
+                    dst[d + e] = finish_value(tiles[s0 + e], b, rv, res_mode, act, a, c)
 
 
 class PhasePlan(NamedTuple):
@@ -264,6 +253,7 @@ class PackedConv(TiledGemmConv):
     packed once, epilogue in the tile stores (group 1, constant weight, kernel > 1 x 1)."""
 
     name = "cpu.conv.packed16"
+    needs_blas = False
     priority = 10  # below tiled_gemm and im2col_tiles: the tuner times it, level 0 keeps BLAS
 
     def supports(self, node: Node, graph: Graph) -> bool:

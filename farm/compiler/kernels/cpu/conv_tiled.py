@@ -21,6 +21,8 @@ Pool: numba's only (BLAS must be held to one thread: :func:`~._threads.blas_sing
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import ClassVar
 
 import numpy as np
 from numba import njit, prange
@@ -134,9 +136,10 @@ class TiledGemmConv(_GemmConvBase):
 
     name = "cpu.conv.tiled_gemm"
     priority = 12
+    needs_blas: ClassVar[bool] = True  # False for a subclass whose ``_conv`` makes no BLAS call
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        if not _blas.AVAILABLE or not super().supports(node, graph):
+        if (self.needs_blas and not _blas.AVAILABLE) or not super().supports(node, graph):
             return False
         w = graph.values[node.input(1)]
         return ConvGeometry.of(node, w.shape).group == 1  # type: ignore[arg-type]
@@ -154,7 +157,7 @@ class TiledGemmConv(_GemmConvBase):
         n, m = out.shape[0], out.shape[1]
         epilogue = memo(prepared, "epilogue", lambda: epilogue_params(node))
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
-        with blas_single_thread():
+        with blas_single_thread() if self.needs_blas else nullcontext():
             self._conv(prepared, geo, x, weight.reshape(m, -1), bias, has_bias, residual, epilogue, out)
 
     def _conv(

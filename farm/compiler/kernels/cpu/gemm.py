@@ -74,17 +74,12 @@ def _const_2d_weight(node: Node, graph: Graph) -> np.ndarray | None:
 
 
 def rows_at_least(node: Node, graph: Graph, minimum: int) -> bool:
-    """True when the left operand (2-D or more) has at least ``minimum`` rows (the product of its
-    leading axes), or a dynamic leading axis (rows known at run time only)."""
+    """True when the left operand (2-D or more) has at least ``minimum`` rows (:func:`_known_rows`),
+    or a symbolic row axis (rows known at run time only)."""
     a = graph.values.get(node.input(0))
     if a is None or a.shape is None or len(a.shape) < 2:
         return False
-    rows = 1
-    for d in a.shape[:-1]:
-        if not isinstance(d, int):
-            return True
-        rows *= d
-    return rows >= minimum
+    return any(not isinstance(d, int) for d in a.shape[:-1]) or _known_rows(node, graph) >= minimum
 
 
 def _weight_kn(node: Node, w: np.ndarray) -> np.ndarray:
@@ -467,7 +462,7 @@ def dot_rows_split_gemm(a, w_nk, out, bias, has_bias, residual, res_mode, act, a
                        act, alpha, beta)  # fmt: skip
 
 
-def _rows_at_least(node: Node, graph: Graph) -> int:
+def _known_rows(node: Node, graph: Graph) -> int:
     """The product of A's known row dims (all dims but the last; the last for a transposed Gemm
     A): a symbolic dim is at least 1, so this is a lower bound on the rows."""
     a = graph.values.get(node.input(0))
@@ -497,7 +492,7 @@ class DotRowsGemm(Tactic):
             return False
         # With a symbolic batch the tuner times it at the real shape, and more rows than 16 at
         # run time go to BLAS (see ``run``); a sequence of 128 tokens declines at any batch.
-        return _rows_at_least(node, graph) <= DOT_ROWS_MAX
+        return _known_rows(node, graph) <= DOT_ROWS_MAX
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         w = _const_2d_weight(node, graph)

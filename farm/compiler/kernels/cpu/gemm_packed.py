@@ -25,18 +25,16 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
     RES_NONE,
-    RES_POST,
-    RES_PRE,
     ROW_ACTIVATIONS,
-    activate_value,
     epilogue_vector_rows,
+    finish_value,
     residual_rows,
 )
 from farm.compiler.kernels.cpu._microgemm import (
     MR,
     NR,
     pack_cols,
-    pack_row_panel,
+    pack_row_panels,
     panel_offsets,
     store_tile_part,
     tile_12x32,
@@ -59,18 +57,10 @@ MIN_ROWS = 12  # fewer rows would leave most of a 12-row micro-tile idle: the fe
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def pack_row_panels(a, ap):
-    """All of ``a`` [M, K] as 12-row A panels, flat ``[ceil(M/12), K, 12]`` in ``ap``."""
-    m, k = a.shape
-    for i in prange((m + MR - 1) // MR):
-        pack_row_panel(a, i * MR, min(MR, m - i * MR), ap, i * k * MR)
-
-
-@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
 def gemm_panels(ap, m, k, wp, offs, n, out, bias, has_bias, residual, res_mode, act, alpha, beta, chunks):
-    """``out = epilogue(A @ W)`` with A packed by :func:`pack_row_panels` (flat ``ap``), W by
-    ``pack_cols`` (flat ``wp``, rows at ``offs``: ``panel_offsets(K)``), out [M, N] C-contiguous; ``residual`` [M, N] or a dummy,
-    ``bias`` [N] or a dummy.
+    """``out = epilogue(A @ W)`` with A packed by ``pack_row_panels`` (flat ``ap``), W by
+    ``pack_cols`` (flat ``wp``, rows at ``offs``: ``panel_offsets(K)``), out [M, N]
+    C-contiguous; ``residual`` [M, N] or a dummy, ``bias`` [N] or a dummy.
 
     A task is one of ``chunks`` runs of 12-row A panels x one 32-column weight panel. K goes in
     blocks of :data:`KC` with the panel's block (KC x 32 floats) in L1 while the A panels stream
@@ -121,19 +111,20 @@ def _finish_tile(out, r0, rows, j0, cols, b, has_bias, residual, res_mode, act, 
     arithmetic at 32 columns)."""
     a = np.float32(alpha)
     c = np.float32(beta)
+    zero = np.float32(0.0)
     for r in range(r0, r0 + rows):
         row = out[r, j0 : j0 + cols]
         res = residual[r, j0 : j0 + cols] if res_mode != RES_NONE else residual[0]
         for q in range(cols):
-            v = row[q]
-            if has_bias:
-                v += b[q]
-            if res_mode == RES_PRE:
-                v += res[q]
-            v = activate_value(v, act, a, c)
-            if res_mode == RES_POST:
-                v += res[q]
-            row[q] = v
+            row[q] = finish_value(
+                row[q],
+                b[q] if has_bias else zero,
+                res[q] if res_mode != RES_NONE else zero,
+                res_mode,
+                act,
+                a,
+                c,
+            )
 
 
 def row_chunks(m: int, n: int, k: int, threads: int) -> int:
@@ -166,7 +157,7 @@ class PackedGemm(Tactic):
         prepared = _prepare_weight(node, graph, "kn")  # the weight as [K, N] (replaces input 1), the bias
         kn = prepared.tensors.pop("weight")
         prepared.tensors["panels"] = pack_cols(kn)
-        prepared.tensors["shape"] = np.asarray(kn.shape, np.int64)
+        prepared.params["kn"] = [int(d) for d in kn.shape]
         return prepared
 
     def run(
@@ -178,7 +169,7 @@ class PackedGemm(Tactic):
     ) -> None:
         a, out = inputs[0], outputs[0]
         assert a is not None
-        k, n = (int(d) for d in prepared.tensors["shape"])
+        k, n = prepared.params["kn"]
         a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, k)
         m = a2.shape[0]
         bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
