@@ -268,6 +268,7 @@ LAYERS: list[Layer] = [
     conv_layer(128, 256, 28, 1, 2, act="none"),  # downsample
     conv_layer(32, 32, 112, 3, 1, group=32, act="Clip"),  # MobileNetV2 depthwise
     conv_layer(144, 144, 56, 3, 2, group=144, act="Clip"),
+    conv_layer(64, 64, 112, 3, 2, group=64, act="Clip"),  # zoo mobilenet block 1 depthwise
     conv_layer(96, 96, 56, 5, 2, group=96, act="Clip"),  # MobileNetV3 5x5 depthwise (zoo mobilenet)
     conv_layer(240, 240, 28, 5, 1, group=240, act="Clip"),
     conv_layer(576, 576, 14, 5, 1, group=576, act="Clip"),

@@ -29,6 +29,16 @@ PANEL_CASES = [
     (1, 40, 9, 9, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K = 360: two K blocks
 ]
 
+POINTWISE = "cpu.conv.pointwise16"
+# (N, C, H, W, M, kernel, strides, pads, dilations, group): 1 x 1, stride 1, unpadded
+POINTWISE_CASES = [
+    (1, 16, 8, 8, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 64 pixels: whole panels only
+    (2, 7, 9, 11, 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 99 pixels: a 3-pixel ragged panel
+    (3, 5, 3, 5, 37, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 15 pixels: the ragged panel only
+    (1, 200, 7, 7, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # C = 200: two K blocks
+    (2, 24, 1, 1, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # squeeze-excite: 1 x 1 maps
+]
+
 
 @pytest.fixture(autouse=True)
 def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,34 +51,50 @@ def test_packed_conv_matches_oracle(rng: np.random.Generator, case: tuple) -> No
     assert_close(one.run_tactic(TACTIC), expected)
 
 
-@pytest.mark.parametrize("case", PANEL_CASES)
+@pytest.mark.parametrize(
+    ("tactic", "case"), [(TACTIC, c) for c in PANEL_CASES] + [(POINTWISE, c) for c in POINTWISE_CASES]
+)
 @pytest.mark.parametrize("residual", [None, "pre", "post"])
-def test_packed_conv_panels_and_tails(rng: np.random.Generator, case: tuple, residual: str | None) -> None:
+def test_packed_conv_panels_and_tails(
+    rng: np.random.Generator, tactic: str, case: tuple, residual: str | None
+) -> None:
     activation = "HardSwish" if residual else "Clip"
     one, expected = _conv_case(rng, case, activation=activation, alpha=-1.0, beta=2.0, residual=residual)
-    assert_close(one.run_tactic(TACTIC), expected)
+    assert_close(one.run_tactic(tactic), expected)
 
 
+@pytest.mark.parametrize(
+    ("tactic", "case"),
+    [
+        (TACTIC, (2, 5, 9, 11, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)),
+        (POINTWISE, (2, 9, 5, 13, 14, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
+    ],
+)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("residual", [None, "pre", "post"])
 def test_packed_conv_every_activation(
-    rng: np.random.Generator, activation: str, residual: str | None
+    rng: np.random.Generator, tactic: str, case: tuple, activation: str, residual: str | None
 ) -> None:
     """Piecewise-linear activations go into the tile stores, transcendental ones run per row."""
-    case = (2, 5, 9, 11, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     one, expected = _conv_case(rng, case, activation=activation, alpha=0.2, beta=0.7, residual=residual)
-    assert_close(one.run_tactic(TACTIC), expected)
+    assert_close(one.run_tactic(tactic), expected)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 8, 64])
+@pytest.mark.parametrize(
+    ("tactic", "case"),
+    [
+        (TACTIC, (1, 16, 7, 7, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)),
+        (POINTWISE, (2, 40, 10, 10, 52, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3, 8, 64])
 def test_packed_conv_any_channel_runs(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, tactic: str, case: tuple, threads: int
 ) -> None:
     """More threads split a small map's panels and channels finer: the result never changes."""
     monkeypatch.setattr(conv_packed, "numba_thread_count", lambda: threads)
-    case = (1, 16, 7, 7, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     one, expected = _conv_case(rng, case, activation="Relu", residual="post")
-    assert_close(one.run_tactic(TACTIC), expected)
+    assert_close(one.run_tactic(tactic), expected)
 
 
 def test_task_split() -> None:
@@ -95,20 +121,62 @@ def test_packed_conv_declines_groups_runtime_weights_and_no_avx512(
     assert not get_tactic(TACTIC).supports(dense.node, dense.graph)
 
 
-def test_packed_conv_new_input_size_with_the_same_prepared(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(
+    ("tactic", "case", "new_shape"),
+    [
+        (TACTIC, (1, 6, 20, 24, 13, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 1), (2, 6, 11, 37)),
+        (POINTWISE, (1, 6, 4, 8, 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1), (3, 6, 11, 5)),
+    ],
+)
+def test_packed_conv_new_input_size_with_the_same_prepared(
+    rng: np.random.Generator, tactic: str, case: tuple, new_shape: tuple[int, ...]
+) -> None:
     """A dynamic spatial size: the plan, task split and phase buffer follow the run's shape."""
-    case = (1, 6, 20, 24, 13, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 1)
     one, expected = _conv_case(rng, case, activation="Relu")
-    tactic = get_tactic(TACTIC)
-    prepared = tactic.prepare(one.node, one.graph)
+    chosen = get_tactic(tactic)
+    prepared = chosen.prepare(one.node, one.graph)
     inputs = [None if i in prepared.replaces else a for i, a in enumerate(one.arrays())]
     out = np.empty(expected.shape, np.float32)
-    tactic.run(one.node, inputs, [out], prepared)
+    chosen.run(one.node, inputs, [out], prepared)
     assert_close(out, expected)
-    x = rng.standard_normal((2, 6, 11, 37)).astype(np.float32)
+    x = rng.standard_normal(new_shape).astype(np.float32)
     w = one.arrays()[1]
     b = one.arrays()[2]
-    want = np.maximum(conv_oracle(x, w, b, (2, 1), (1, 1, 1, 1), (1, 1), 1), 0.0)
+    want = np.maximum(conv_oracle(x, w, b, case[6], case[7], case[8], 1), 0.0)
     small = np.empty(want.shape, np.float32)
-    tactic.run(one.node, [x, *inputs[1:]], [small], prepared)
+    chosen.run(one.node, [x, *inputs[1:]], [small], prepared)
     assert_close(small, want)
+
+
+def test_pointwise16_reads_nothing_past_the_input(rng: np.random.Generator) -> None:
+    """An input that is a view of a larger buffer whose tail holds NaNs: the ragged last panel's
+    padding lanes never reach the output."""
+    case = (1, 6, 5, 7, 12, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    one, expected = _conv_case(rng, case)
+    tactic = get_tactic(POINTWISE)
+    prepared = tactic.prepare(one.node, one.graph)
+    inputs = [None if i in prepared.replaces else a for i, a in enumerate(one.arrays())]
+    x = np.asarray(inputs[0])
+    backing = np.full(x.size + 64, np.nan, np.float32)
+    backing[: x.size] = x.reshape(-1)
+    out = np.empty(expected.shape, np.float32)
+    tactic.run(one.node, [backing[: x.size].reshape(x.shape), *inputs[1:]], [out], prepared)
+    assert_close(out, expected)
+
+
+def test_pointwise16_declines_other_geometries(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tactic = get_tactic(POINTWISE)
+    ok, _ = _conv_case(rng, POINTWISE_CASES[0])
+    assert tactic.supports(ok.node, ok.graph)
+    for case in [
+        (1, 8, 8, 8, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # strided
+        (1, 8, 8, 8, 8, (1, 1), (1, 1), (1, 0, 0, 0), (1, 1), 1),  # padded
+        (1, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 3 x 3
+        (1, 8, 8, 8, 8, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2),  # grouped
+    ]:
+        one, _ = _conv_case(rng, case)
+        assert not tactic.supports(one.node, one.graph), case
+    monkeypatch.setattr(conv_packed, "AVX512", False)
+    assert not tactic.supports(ok.node, ok.graph)

@@ -25,6 +25,14 @@ Measured on a 2-core AVX-512 Xeon (``bench_kernels_vs_ort.py``, interleaved with
 128 -> 256 conv at batch 8 1.49 x where im2col + BLAS took 1.74 x; Winograd stays ahead on the
 early 3 x 3 layers. Pool: numba's only, no BLAS. Offered where the CPU has AVX-512
 (:data:`~._simd16.AVX512`), the weight is a constant and the kernel larger than 1 x 1.
+
+``cpu.conv.pointwise16`` is the same GEMM for a 1 x 1, stride-1, unpadded conv with no copy at
+all: the NCHW input already is B (channel c's pixels j*32 .. j*32+31 are consecutive), so the
+tiles read it in place; only an image's ragged last panel is copied (zero-padded), since
+reading 32 floats there would run past the input. Measured per layer (AMD EPYC, AVX-512,
+interleaved with ORT): 0.44 x ORT on MobileNetV2's 144 -> 24 projection with its residual at
+batch 1, where the next best tactic took 0.82 x; far slower than ``pointwise_direct`` with few
+input channels (16 -> 96: 3 x), so the tuner decides per layer.
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ def build_phases(x, buf, image_size, phase_a, phase_b, sh, sw, pt, pl, hq, wq):
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
 def conv_panels(
     buf, image_size, offs, wp, m, wq, wo, bias, has_bias, residual, res_mode, act, alpha, beta, out, group, runs,
-    fused,
+    fused, full, tail_offs,
 ):  # fmt: skip
     """The conv as an implicit GEMM over the phases in ``buf`` (:func:`build_phases`): output
     pixel (oy, ox) is wide pixel ``v = oy*wq + ox`` and kernel row k of it reads
@@ -96,7 +104,11 @@ def conv_panels(
     panels. K goes in blocks of :data:`KC`: each weight panel's block is loaded once for the
     group's panels (a late layer's weight is read from memory once, not once per panel), whose
     input rows stay in cache across the run. Tiles accumulate in a task scratch, then go to
-    their output pixels with the epilogue."""
+    their output pixels with the epilogue.
+
+    Panels from ``full`` on are not read in place (an input read where it lies, as a 1 x 1 conv
+    does, has no slack after its last pixel): a task copies the K rows of its ragged panel,
+    zero-padded, into a [K, 32] panel read through ``tail_offs`` (``k * 32``)."""
     k = offs.shape[0]
     n_count = out.shape[0] // m
     ho = out.shape[1] // wo
@@ -115,13 +127,25 @@ def conv_panels(
         if i0 >= i1:
             continue
         panels = j1 - j0
+        image = n * image_size
+        tail = np.zeros(k * NR if j1 > full else 1, np.float32)
+        if j1 > full:
+            for kr in range(k):
+                src = image + offs[kr] + full * NR
+                for q in range(wide - full * NR):
+                    tail[kr * NR + q] = buf[src + q]
         tiles = np.empty((i1 - i0) * panels * MR * NR, np.float32)  # tens of KiB: a thread arena's
         for k0 in range(0, k, KC):
             kk = min(KC, k - k0)
             for i in range(i0, i1):
                 for j in range(j0, j1):
-                    tile_12x32(wp, (i * k + k0) * MR, buf, n * image_size + j * NR, offs, k0, kk, tiles,
-                               ((i - i0) * panels + j - j0) * MR * NR, NR, k0 > 0)  # fmt: skip
+                    to = ((i - i0) * panels + j - j0) * MR * NR
+                    if j < full:
+                        tile_12x32(
+                            wp, (i * k + k0) * MR, buf, image + j * NR, offs, k0, kk, tiles, to, NR, k0 > 0
+                        )
+                    else:
+                        tile_12x32(wp, (i * k + k0) * MR, tail, 0, tail_offs, k0, kk, tiles, to, NR, k0 > 0)
         for j in range(j0, j1):
             _store_panel(tiles, (j - j0) * MR * NR, panels * MR * NR, i0, i1, j * NR, min(j * NR + NR, wide), wq,
                          wo, m, n, out, fused, bias, has_bias, residual, res_mode, act, alpha, beta)  # fmt: skip
@@ -260,9 +284,13 @@ class PackedConv(TiledGemmConv):
         w = graph.const(node.input(1))
         if not AVX512 or w is None or not super().supports(node, graph):
             return False
-        # A 1 x 1 kernel's K (its input channels) is too short for the phase copy and tile stores
-        # to pay off: 2-3 x ORT on MobileNet's, where pointwise_direct and tiled_gemm run ~1 x.
-        return int(np.prod(w.shape[2:])) > 1
+        return self.geometry_ok(w.shape, ConvGeometry.of(node, w.shape))
+
+    def geometry_ok(self, w_shape: tuple[int, ...], geo: ConvGeometry) -> bool:
+        """A kernel larger than 1 x 1: a 1 x 1 kernel's K (its input channels) is too short for
+        the phase copy to pay off (2-3 x ORT on MobileNet's); ``pointwise16`` reads those in
+        place."""
+        return int(np.prod(w_shape[2:])) > 1
 
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
@@ -283,4 +311,38 @@ class PackedConv(TiledGemmConv):
         conv_panels(
             buf, plan.image_size, plan.offsets, panels, m, plan.wq, wo, bias, has_bias, residual, mode, act,
             alpha, beta, out.reshape(n * m, ho * wo), group, runs, act not in ROW_ACTIVATIONS,
+            -(-ho * plan.wq // NR), plan.offsets,
+        )  # fmt: skip
+
+
+@register_tactic
+class PackedPointwiseConv(PackedConv):
+    """Own AVX-512 micro-kernel for a 1 x 1, stride-1, unpadded conv: :func:`conv_panels` with
+    the input read in place as the GEMM's B (pixel panel j of channel c of image n is the 32
+    floats at ``x[n, c].flat[j*32:]``; no phase copy, no im2col; only each image's ragged last
+    panel is copied), the weight packed once, the epilogue in the tile stores."""
+
+    name = "cpu.conv.pointwise16"
+
+    def geometry_ok(self, w_shape: tuple[int, ...], geo: ConvGeometry) -> bool:
+        """A 2-D 1 x 1 kernel, stride 1, no padding: the input is the GEMM's B as it lies."""
+        pads = (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
+        return len(w_shape) == 4 and w_shape[2:] == (1, 1) and (geo.sh, geo.sw) == (1, 1) and not any(pads)
+
+    def _conv(
+        self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
+        has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
+    ) -> None:  # fmt: skip
+        n, m, ho, wo = out.shape
+        c = x.shape[1]
+        hw = ho * wo
+        threads = numba_thread_count()
+        group, runs = memo(prepared, ("split", n, hw, threads), lambda: task_split(n, m, hw, threads))
+        offs = memo(prepared, ("offsets", c, hw), lambda: np.arange(c, dtype=np.int64) * hw)
+        tail_offs = memo(prepared, ("tail_offsets", c), lambda: np.arange(c, dtype=np.int64) * NR)
+        panels = memo(prepared, "weight_panels", lambda: pack_rows(w2))
+        act, alpha, beta, mode = epilogue
+        conv_panels(
+            x.reshape(-1), c * hw, offs, panels, m, hw, hw, bias, has_bias, residual, mode, act, alpha, beta,
+            out.reshape(n * m, hw), group, runs, act not in ROW_ACTIVATIONS, hw // NR, tail_offs,
         )  # fmt: skip

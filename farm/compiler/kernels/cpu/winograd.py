@@ -172,34 +172,35 @@ def _at2(o0, o1, m0, m1, m2, m3):
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
 def _gather(slots, first, row, grid_row, m, tw):
     """slots[first + s, grid_row*tw + tx] = row[tx*m + s] for s < m + 2 (the m + 2 columns of
-    every tile of one padded input row), with the stride a literal so LLVM can vectorize."""
+    every tile of one padded input row).
+
+    Only the first m slots are de-interleaved from the row, over tw + 1 tiles: a stride-m loop
+    that reads all m members of each group is one LLVM interleave group (wide loads and
+    shuffles), where reading m + 2 overlapping members kept it scalar (2x slower). The last two
+    slots are the first two one tile on (``row[tx*m + m + s] = slot_s[tx + 1]``): contiguous
+    copies. The extra (tw+1)-th entry lands on the next grid row's first, which that row's own
+    gather overwrites (the slots carry one float of slack for the last); ``row`` holds
+    ``(tw + 1)*m`` floats."""
     base = grid_row * tw
+    end = base + tw + 1
     if m == 4:
-        s0, s1, s2 = (
-            slots[first, base : base + tw],
-            slots[first + 1, base : base + tw],
-            slots[first + 2, base : base + tw],
-        )
-        s3, s4, s5 = (
-            slots[first + 3, base : base + tw],
-            slots[first + 4, base : base + tw],
-            slots[first + 5, base : base + tw],
-        )
-        for tx in range(tw):
+        s0, s1 = slots[first, base:end], slots[first + 1, base:end]
+        s2, s3 = slots[first + 2, base:end], slots[first + 3, base:end]
+        for tx in range(tw + 1):
             q = uint64(tx) * uint64(4)  # unsigned: no wrap-around select, no slice per tile
-            s0[tx], s1[tx], s2[tx] = row[q], row[q + uint64(1)], row[q + uint64(2)]
-            s3[tx], s4[tx], s5[tx] = row[q + uint64(3)], row[q + uint64(4)], row[q + uint64(5)]
+            s0[tx], s1[tx] = row[q], row[q + uint64(1)]
+            s2[tx], s3[tx] = row[q + uint64(2)], row[q + uint64(3)]
+        s4, s5 = slots[first + 4, base:end], slots[first + 5, base:end]
     else:
-        s0, s1 = slots[first, base : base + tw], slots[first + 1, base : base + tw]
-        s2, s3 = slots[first + 2, base : base + tw], slots[first + 3, base : base + tw]
-        for tx in range(tw):
+        s0, s1 = slots[first, base:end], slots[first + 1, base:end]
+        for tx in range(tw + 1):
             q = uint64(tx) * uint64(2)
-            s0[tx], s1[tx], s2[tx], s3[tx] = (
-                row[q],
-                row[q + uint64(1)],
-                row[q + uint64(2)],
-                row[q + uint64(3)],
-            )
+            s0[tx], s1[tx] = row[q], row[q + uint64(1)]
+        s4, s5 = slots[first + 2, base:end], slots[first + 3, base:end]
+    for tx in range(tw):
+        s4[tx] = s0[tx + 1]
+    for tx in range(tw):
+        s5[tx] = s1[tx + 1]
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
@@ -214,7 +215,7 @@ def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
     3. ``V[i*a + j] = sum_r B^T[i, r] col[j*m + r%m, . + (r//m)*tw]`` (B^T d B): tile row r of
        tile row ty is row phase r%m of grid row ty + r//m, a shift of the flattened index.
 
-    ``row_ws`` [workers, tw*m + 2], ``slot_ws`` [workers, m*a, (th+1)*tw] and ``col_ws``
+    ``row_ws`` [workers, (tw+1)*m], ``slot_ws`` [workers, m*a, (th+1)*tw + 1] and ``col_ws``
     [workers, a*m, (th+1)*tw] are per-worker workspaces; worker w takes the jobs (image,
     channel) w, w + workers, ...
     """
@@ -538,8 +539,8 @@ class WinogradConv(Tactic):
             mv = mm[: a * a * k_count * count * tpi].reshape(a * a, k_count, count * tpi)
             with threads_for(c_count * count * tpi * a * a):
                 workers = numba_thread_count()
-                row_ws = workspace(prepared, "row", (workers, tw * m + 2))
-                slot_ws = workspace(prepared, "slot", (workers, m * a, (th + 1) * tw))
+                row_ws = workspace(prepared, "row", (workers, (tw + 1) * m))
+                slot_ws = workspace(prepared, "slot", (workers, m * a, (th + 1) * tw + 1))
                 col_ws = workspace(prepared, "col", (workers, a * m, (th + 1) * tw))
                 winograd_input(
                     x, n0, count, m, geo.pad_top, geo.pad_left, th, tw, vv, row_ws, slot_ws, col_ws
