@@ -344,8 +344,18 @@ rule(
     "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
     "ThresholdedRelu", "Mish", "Shrink", "Gelu", "Softmax", "LogSoftmax", "Hardmax", "Identity", "Clip",
     "LRN", "LpNormalization", "MeanVarianceNormalization", "InstanceNormalization", "GroupNormalization",
-    "Trilu", "CumSum", "ScatterND", "ScatterElements", "LayerNorm", "Attention",
+    "Trilu", "CumSum", "ScatterND", "ScatterElements", "LayerNorm",
 )(_same)
+
+
+@rule("Attention")
+def _attention(node: Node, ins: list[Info]) -> list[tuple[str | None, Shape | None]]:
+    """Q's shape; with ``packed_qkv`` the packed input's last axis divided by three."""
+    shape = ins[0].shape
+    if not node.attr("packed_qkv", 0) or not shape:
+        return [(ins[0].dtype, shape)]
+    width = shape[-1]
+    return [(ins[0].dtype, (*shape[:-1], width // 3) if isinstance(width, int) else None)]
 
 
 @rule("Dropout")

@@ -66,7 +66,10 @@ the last axis, as the projections produce them); attributes ``num_heads`` (H) an
     p = softmax(scale * q @ k^T + mask, axis=-1)
     Y = merge_heads(p @ v)                                            # [B, Sq, H*D]
 
-Output ``Y`` has Q's shape.
+Output ``Y`` has Q's shape. With attribute ``packed_qkv = 1`` the inputs are ``(QKV, "", "",
+mask?)``: Q, K and V are the three equal parts of QKV ``[B, S, 3*H*D]``'s last axis (a fused
+QKV projection; ``passes.packed_attention`` removes the Split that separated them), and Y is
+``[B, S, H*D]``.
 
 Split outputs of horizontal fusion use plain ONNX ``Split``; Softmax fusion produces plain ONNX
 ``Softmax`` (opset-13 semantics: along one ``axis``).

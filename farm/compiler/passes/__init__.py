@@ -10,7 +10,8 @@ Identity/Dropout), pattern fusions (LayerNorm, GELU, Softmax) before attention f
 matches the fused Softmax), attention before epilogue fusion (which would otherwise swallow the
 mask Add into the scores MatMul), GEMM layout after epilogue fusion (it needs FusedGemm; the
 epilogues it uncovers are fused in the next round), horizontal fusion after both (so Q/K/V projections already carry
-their bias and Attention reads the Split outputs), concat elision last.
+their bias and Attention reads the Split outputs), packed attention after it (an Attention
+reading all three parts of one Split reads the packed tensor instead), concat elision last.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from farm.compiler.passes.gemm_layout import GemmLayout
 from farm.compiler.passes.horizontal_fusion import HorizontalFusion
 from farm.compiler.passes.layernorm_fusion import LayerNormFusion
 from farm.compiler.passes.manager import OptimizeReport, PassError, PassManager, PassReport
+from farm.compiler.passes.packed_attention import PackedAttention
 from farm.compiler.passes.recurrent_fusion import RecurrentFusion
 from farm.compiler.passes.softmax_fusion import SoftmaxFusion
 
@@ -67,6 +69,7 @@ def default_passes() -> list[Pass]:
         EpilogueFusion(),
         GemmLayout(),
         HorizontalFusion(),
+        PackedAttention(),
         ConcatElision(),
     ]
 

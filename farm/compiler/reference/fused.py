@@ -65,7 +65,10 @@ def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
 
 @op("Attention")
 def attention(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
-    q_in, k_in, v_in = inputs[0], inputs[1], inputs[2]
+    if node.attr("packed_qkv", 0):  # one [B, S, 3*H*D] input: Q, K, V side by side
+        q_in, k_in, v_in = np.split(inputs[0], 3, axis=-1)
+    else:
+        q_in, k_in, v_in = inputs[0], inputs[1], inputs[2]
     mask = _optional(inputs, 3)
     heads = int(node.attr("num_heads"))
     q, k, v = (split_heads(t, heads) for t in (q_in, k_in, v_in))

@@ -79,6 +79,25 @@ def test_attention_matches_oracle(
     assert_close(one.run_tactic(tactic), expected)
 
 
+@pytest.mark.parametrize("tactic", TACTICS)
+@pytest.mark.parametrize(("batch", "seq", "heads", "d"), [(1, 7, 2, 8), (3, 197, 3, 24), (2, 64, 4, 32)])
+def test_packed_qkv_attention_matches_oracle(
+    rng: np.random.Generator, tactic: str, batch: int, seq: int, heads: int, d: int
+) -> None:
+    """``packed_qkv``: Q, K, V are the three parts of one [B, S, 3*H*D] input (tiles reads them in
+    place, the others copy them out); with a BERT-style mask."""
+    hidden = heads * d
+    qkv = rng.standard_normal((batch, seq, 3 * hidden)).astype(np.float32)
+    q, k, v = (qkv[..., i * hidden : (i + 1) * hidden] for i in range(3))
+    mask = np.where(rng.random((batch, 1, 1, seq)) < 0.25, -10000.0, 0.0).astype(np.float32)
+    scale = 1.0 / math.sqrt(d)
+    one = OneNode("Attention", {"num_heads": heads, "scale": scale, "packed_qkv": 1}).feed("qkv", qkv)
+    one.skip().skip().feed("mask", mask)
+    one.build((batch, seq, hidden))
+    expected = one.expected(lambda *_: attention_oracle(q, k, v, mask, heads, scale))
+    assert_close(one.run_tactic(tactic), expected)
+
+
 def test_masked_probabilities_are_zero_not_subnormal(rng: np.random.Generator) -> None:
     """The BLAS tactic's softmax leaves exact zeros for masked keys: subnormal probabilities
     made its P @ V GEMM ~7x slower (BERT's padding mask)."""

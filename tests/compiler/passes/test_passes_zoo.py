@@ -19,7 +19,7 @@ from passes_graphs import rel_l2
 
 from farm import zoo
 from farm.compiler import load_onnx, optimize, reference
-from farm.compiler.ir import Graph
+from farm.compiler.ir import Graph, Node
 from farm.compiler.passes import OptimizeReport
 
 
@@ -50,15 +50,12 @@ def test_optimized_zoo_model_matches_onnxruntime(name: str, batch: int) -> None:
         assert err <= 1e-5, f"{name} batch {batch} output {output.name}: relative L2 {err:.3g}"
 
 
-def qkv_projection_of(graph: Graph, attention_inputs: list[str]) -> str | None:
-    """The op type of the single node computing Q, K and V through one Split, else None."""
-    splits = {id(graph.producer(i)): graph.producer(i) for i in attention_inputs[:3]}
-    if len(splits) != 1:
+def qkv_projection_of(graph: Graph, attention: Node) -> str | None:
+    """The op type of the single node computing Q, K and V (the packed input of an Attention
+    with ``packed_qkv``), else None."""
+    if not attention.attrs.get("packed_qkv") or any(attention.inputs[1:3]):
         return None
-    (split,) = splits.values()
-    if split is None or split.op_type != "Split":
-        return None
-    projection = graph.producer(split.inputs[0])
+    projection = graph.producer(attention.inputs[0])
     return None if projection is None else projection.op_type
 
 
@@ -73,7 +70,7 @@ def test_bert_has_fused_layernorm_gelu_attention_and_one_qkv_projection_per_laye
     gelu_gemms = [n for n in graph.find("FusedGemm") if n.attrs["activation"] == "Gelu"]
     assert len(gelu_gemms) == layers  # GELU fused into the FFN's first GEMM epilogue
     for attention in graph.find("Attention"):
-        assert qkv_projection_of(graph, attention.inputs) == "FusedGemm"
+        assert qkv_projection_of(graph, attention) == "FusedGemm"
         assert attention.inputs[3], "the attention mask is kept"
     assert report["horizontal_fusion"].changes["merged GEMM siblings"] == 3 * layers
     for op in ("Softmax", "Erf", "ReduceMean", "LayerNormalization", "MatMul", "Transpose"):
@@ -103,7 +100,7 @@ def test_vit_and_mobilenet_fusions() -> None:
     depth = zoo.get("vit").options["depth"]
     assert vit.op_histogram()["Attention"] == depth
     for attention in vit.find("Attention"):
-        assert qkv_projection_of(vit, attention.inputs) == "FusedGemm"
+        assert qkv_projection_of(vit, attention) == "FusedGemm"
     _, mobilenet, _ = optimized("mobilenet")
     activations = {n.attrs["activation"] for n in mobilenet.find("FusedConv")}
     assert {"HardSwish", "Clip", "Relu", "HardSigmoid"} <= activations

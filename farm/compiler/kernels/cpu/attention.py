@@ -1,7 +1,8 @@
 """Attention tactics (the fused ``Attention`` op, FP32).
 
 ``Y = merge_heads(softmax(scale * q @ k^T + mask) @ v)`` with Q [B, Sq, H*D], K/V [B, Sk, H*D]
-and an additive mask broadcastable to [B, H, Sq, Sk] (fused.py).
+and an additive mask broadcastable to [B, H, Sq, Sk] (fused.py); with ``packed_qkv`` Q, K and V
+are the three parts of one [B, S, 3*H*D] input (``passes.packed_attention``).
 
 * ``cpu.attention.fused``: numba, four query rows at a time: their score rows are computed,
   soft-maxed and multiplied by V while they sit in L1; the [B, H, Sq, Sk] score tensor is never
@@ -11,7 +12,9 @@ and an additive mask broadcastable to [B, H, Sq, Sk] (fused.py).
   scores with one single-threaded BLAS GEMM on the strided Q and K head views (``_blas``, called
   from numba), scale + mask + softmax on the rows while they are in L1/L2, then P @ V with a
   second GEMM straight into the block's slice of the merged-heads output. BLAS's micro-kernels
-  for both products, one thread pool, and the scores never leave the cache.
+  for both products, one thread pool, and the scores never leave the cache. A packed QKV input
+  is read in place (BLAS's leading dimension is its row stride); the other two tactics copy its
+  three parts out first.
 * ``cpu.attention.blas``: two batched BLAS GEMMs on strided views of Q, K, V (no head copies)
   with a numba scale + mask + softmax pass between them, the second GEMM writing straight into
   the merged-heads output. Pool: BLAS's, then numba's, then BLAS's.
@@ -56,7 +59,13 @@ def _supports(node: Node, graph: Graph) -> bool:
     if q is None or q.shape is None or len(q.shape) != 3:
         return False
     hidden = q.shape[2]
-    return isinstance(hidden, int) and heads > 0 and hidden % heads == 0
+    if not isinstance(hidden, int):
+        return False
+    if node.attr("packed_qkv", 0):  # [B, S, 3*H*D]: Q, K, V side by side
+        if hidden % 3:
+            return False
+        hidden //= 3
+    return heads > 0 and hidden % heads == 0
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
@@ -173,12 +182,15 @@ def scale_mask_softmax(scores, mask, has_mask, scale):
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
-def tiled_attention(q, k, v, mask, has_mask, scale, out, heads, block):
-    """Attention of C-contiguous q [B, Sq, H*D], k/v [B, Sk, H*D] into out [B, Sq, H*D], one
-    task per (batch, head, ``block`` query rows): S = scale * Q_blk K_h^T (BLAS), softmax(S +
-    mask) row by row, out_blk,h = S V_h (BLAS). BLAS must be held to one thread."""
-    batch, sq, hidden = q.shape
-    sk = k.shape[1]
+def tiled_attention(q, k, v, mask, has_mask, scale, out, heads, block, sq, sk, hidden, ld, q0, k0, v0):
+    """Attention into out [B, Sq, H*D] (``hidden`` = H*D), one task per (batch, head, ``block``
+    query rows): S = scale * Q_blk K_h^T (BLAS), softmax(S + mask) row by row, out_blk,h = S V_h
+    (BLAS). Q, K, V are read where they lie: row s of image b of Q starts at flat element
+    ``q0 + (b*Sq + s)*ld`` of ``q`` (K, V likewise with Sk, ``k0``, ``v0``), so separate
+    C-contiguous [B, S, H*D] tensors (``ld`` = H*D, offsets 0) and the three parts of one packed
+    [B, S, 3*H*D] projection (one array, ``ld`` = 3*H*D, offsets 0, H*D, 2*H*D) both work with
+    no copy. BLAS must be held to one thread."""
+    batch = out.shape[0]
     d_count = hidden // heads
     blocks = (sq + block - 1) // block
     for t in prange(batch * heads * blocks):
@@ -187,11 +199,11 @@ def tiled_attention(q, k, v, mask, has_mask, scale, out, heads, block):
         first = (t % blocks) * block
         rows = min(block, sq - first)
         scores = np.empty((rows, sk), np.float32)
-        q_off = (b * sq + first) * hidden + h * d_count
-        kv_off = b * sk * hidden + h * d_count
-        _blas.sgemm_at(
-            True, rows, sk, d_count, scale, q, q_off, hidden, k, kv_off, hidden, 0.0, scores, 0, sk
-        )
+        q_off = q0 + (b * sq + first) * ld + h * d_count
+        k_off = k0 + b * sk * ld + h * d_count
+        v_off = v0 + b * sk * ld + h * d_count
+        out_off = (b * sq + first) * hidden + h * d_count
+        _blas.sgemm_at(True, rows, sk, d_count, scale, q, q_off, ld, k, k_off, ld, 0.0, scores, 0, sk)
         poly = np.empty(sk, np.float32)
         bits = np.empty(sk, np.int32)
         lanes = np.empty(ROW_MAX_LANES, np.float32)
@@ -204,9 +216,7 @@ def tiled_attention(q, k, v, mask, has_mask, scale, out, heads, block):
             inv = np.float32(1.0) / exp_shift_sum_row(srow, srow, row_max(srow, lanes), poly, bits)
             for j in range(sk):
                 srow[j] *= inv
-        _blas.sgemm_at(
-            False, rows, d_count, sk, 1.0, scores, 0, sk, v, kv_off, hidden, 0.0, out, q_off, hidden
-        )
+        _blas.sgemm_at(False, rows, d_count, sk, 1.0, scores, 0, sk, v, v_off, ld, 0.0, out, out_off, hidden)
 
 
 def attention_block(batch: int, heads: int, sq: int, threads: int) -> int:
@@ -218,10 +228,21 @@ def attention_block(batch: int, heads: int, sq: int, threads: int) -> int:
     return min(block, max(sq, 1))
 
 
+def packed_parts(node: Node, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    """Q, K, V: the first three inputs, or with ``packed_qkv`` the three equal parts of input 0's
+    last axis (views)."""
+    if not node.attr("packed_qkv", 0):
+        return [a for a in inputs[:3] if a is not None]
+    x = inputs[0]
+    assert x is not None
+    width = x.shape[-1] // 3
+    return [x[..., i * width : (i + 1) * width] for i in range(3)]
+
+
 def _operands(
     node: Node, inputs: Sequence[np.ndarray | None]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int, float]:
-    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
+    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in packed_parts(node, inputs))
     mask = inputs[3] if len(inputs) > 3 else None
     heads = int(node.attr("num_heads", 1))
     scale = np.float32(node.attr("scale", 1.0 / math.sqrt(q.shape[2] // heads)))
@@ -276,13 +297,20 @@ class TiledAttention(Tactic):
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
     ) -> None:
-        q, k, v, mask, heads, scale = _operands(node, inputs)
-        batch, sq, hidden = q.shape
-        sk = k.shape[1]
-        mask4, has_mask = _mask_4d(mask, (batch, heads, sq, sk))
+        out = outputs[0]
+        heads = int(node.attr("num_heads", 1))
+        batch, sq, hidden = out.shape
+        if node.attr("packed_qkv", 0):  # Q, K, V read in place from the packed projection
+            qkv = np.ascontiguousarray(inputs[0], dtype=np.float32)
+            q, k, v, sk, ld, offsets = qkv, qkv, qkv, sq, 3 * hidden, (0, hidden, 2 * hidden)
+        else:
+            q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
+            sk, ld, offsets = k.shape[1], hidden, (0, 0, 0)
+        scale = np.float32(node.attr("scale", 1.0 / math.sqrt(hidden // heads)))
+        mask4, has_mask = _mask_4d(inputs[3] if len(inputs) > 3 else None, (batch, heads, sq, sk))
         block = attention_block(batch, heads, sq, numba_thread_count())
         with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():
-            tiled_attention(q, k, v, mask4, has_mask, scale, outputs[0], heads, block)
+            tiled_attention(q, k, v, mask4, has_mask, scale, out, heads, block, sq, sk, hidden, ld, *offsets)
 
 
 @register_tactic
