@@ -120,9 +120,12 @@ def conv_panels(
     per_image = groups * runs
     for t in prange(n_count * per_image):
         n = t // per_image
-        j0 = ((t % per_image) // runs) * group
+        # groups vary fastest: a thread's contiguous share of the tasks spans every group, the
+        # ragged last one too (runs first gave one thread all of a 4-panel group, the other all
+        # of a 3-panel one)
+        j0 = ((t % per_image) % groups) * group
         j1 = min(col_tiles, j0 + group)
-        i0 = (t % runs) * per_run
+        i0 = ((t % per_image) // groups) * per_run
         i1 = min(row_tiles, i0 + per_run)
         if i0 >= i1:
             continue
