@@ -148,7 +148,7 @@ def test_packed_conv_new_input_size_with_the_same_prepared(
     assert_close(small, want)
 
 
-def test_pointwise16_reads_nothing_past_the_input(rng: np.random.Generator) -> None:
+def test_pointwise16_on_a_view_of_a_larger_buffer(rng: np.random.Generator) -> None:
     """An input that is a view of a larger buffer whose tail holds NaNs: the ragged last panel's
     padding lanes never reach the output."""
     case = (1, 6, 5, 7, 12, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)

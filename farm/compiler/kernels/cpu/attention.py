@@ -228,15 +228,20 @@ def attention_block(batch: int, heads: int, sq: int, threads: int) -> int:
     return min(block, max(sq, 1))
 
 
-def packed_parts(node: Node, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+def packed_parts(node: Node, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
     """Q, K, V: the first three inputs, or with ``packed_qkv`` the three equal parts of input 0's
     last axis (views)."""
-    if not node.attr("packed_qkv", 0):
-        return [a for a in inputs[:3] if a is not None]
     x = inputs[0]
-    assert x is not None
+    if not node.attr("packed_qkv", 0) or x is None:
+        return list(inputs[:3])
     width = x.shape[-1] // 3
     return [x[..., i * width : (i + 1) * width] for i in range(3)]
+
+
+def heads_and_scale(node: Node, hidden: int) -> tuple[int, np.float32]:
+    """(H, the score scale): ``scale`` when given, else 1/sqrt(D) with D = hidden / H."""
+    heads = int(node.attr("num_heads", 1))
+    return heads, np.float32(node.attr("scale", 1.0 / math.sqrt(hidden // heads)))
 
 
 def _operands(
@@ -244,8 +249,7 @@ def _operands(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int, float]:
     q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in packed_parts(node, inputs))
     mask = inputs[3] if len(inputs) > 3 else None
-    heads = int(node.attr("num_heads", 1))
-    scale = np.float32(node.attr("scale", 1.0 / math.sqrt(q.shape[2] // heads)))
+    heads, scale = heads_and_scale(node, q.shape[2])
     return q, k, v, mask, heads, scale  # type: ignore[return-value]
 
 
@@ -298,15 +302,14 @@ class TiledAttention(Tactic):
         prepared: Prepared,
     ) -> None:
         out = outputs[0]
-        heads = int(node.attr("num_heads", 1))
         batch, sq, hidden = out.shape
+        heads, scale = heads_and_scale(node, hidden)
         if node.attr("packed_qkv", 0):  # Q, K, V read in place from the packed projection
             qkv = np.ascontiguousarray(inputs[0], dtype=np.float32)
             q, k, v, sk, ld, offsets = qkv, qkv, qkv, sq, 3 * hidden, (0, hidden, 2 * hidden)
         else:
             q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
             sk, ld, offsets = k.shape[1], hidden, (0, 0, 0)
-        scale = np.float32(node.attr("scale", 1.0 / math.sqrt(hidden // heads)))
         mask4, has_mask = _mask_4d(inputs[3] if len(inputs) > 3 else None, (batch, heads, sq, sk))
         block = attention_block(batch, heads, sq, numba_thread_count())
         with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():

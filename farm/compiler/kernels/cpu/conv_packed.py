@@ -44,7 +44,7 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, ROW_ACTIVATIONS, finish_row, finish_value
-from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, tile_12x32
+from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, panel_offsets, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
 from farm.compiler.kernels.cpu._simd16 import AVX512
 from farm.compiler.kernels.cpu._threads import numba_thread_count
@@ -231,6 +231,20 @@ class PhasePlan(NamedTuple):
     offsets: np.ndarray
 
 
+class BOperand(NamedTuple):
+    """Where :func:`conv_panels` reads the GEMM's B: image n's kernel row k of wide pixel v at
+    ``buf[n*image_size + offsets[k] + v]``; ``wq`` wide pixels per row of ``wo`` output pixels;
+    panels from ``full`` on copied into a task panel read through ``tail_offsets``."""
+
+    buf: np.ndarray
+    image_size: int
+    offsets: np.ndarray
+    wq: int
+    wo: int
+    full: int
+    tail_offsets: np.ndarray
+
+
 def phase_plan(c: int, ho: int, wo: int, geo: ConvGeometry) -> PhasePlan:
     """The stride phases a conv reads (``((i*dh) % sh, (j*dw) % sw)`` over its taps), their
     size (``hq = ho + (kh-1)*dh // sh`` rows of ``wq = wo + (kw-1)*dw // sw``), and the offset
@@ -300,22 +314,27 @@ class PackedConv(TiledGemmConv):
         has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
     ) -> None:  # fmt: skip
         n, m, ho, wo = out.shape
-        c = x.shape[1]
-        plan = memo(prepared, ("phases", x.shape[1:], ho, wo), lambda: phase_plan(c, ho, wo, geo))
+        b = self.b_operand(prepared, geo, x, ho, wo)
         threads = numba_thread_count()
-        group, runs = memo(
-            prepared, ("split", n, ho, plan.wq, threads), lambda: task_split(n, m, ho * plan.wq, threads)
-        )
+        wide = ho * wo // b.wo * b.wq  # the grid's pixels: output rows of b.wo pixels, b.wq wide
+        group, runs = memo(prepared, ("split", n, wide, threads), lambda: task_split(n, m, wide, threads))
         panels = memo(prepared, "weight_panels", lambda: pack_rows(w2))
-        buf = workspace(prepared, "phases", (n * plan.image_size,))
-        build_phases(x, buf, plan.image_size, plan.phase_a, plan.phase_b, geo.sh, geo.sw, geo.pad_top,
-                     geo.pad_left, plan.hq, plan.wq)  # fmt: skip
         act, alpha, beta, mode = epilogue
         conv_panels(
-            buf, plan.image_size, plan.offsets, panels, m, plan.wq, wo, bias, has_bias, residual, mode, act,
-            alpha, beta, out.reshape(n * m, ho * wo), group, runs, act not in ROW_ACTIVATIONS,
-            -(-ho * plan.wq // NR), plan.offsets,
+            b.buf, b.image_size, b.offsets, panels, m, b.wq, b.wo, bias, has_bias, residual, mode, act, alpha,
+            beta, out.reshape(n * m, ho * wo), group, runs, act not in ROW_ACTIVATIONS, b.full, b.tail_offsets,
         )  # fmt: skip
+
+    def b_operand(self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, ho: int, wo: int) -> BOperand:
+        """The input copied into its zero-padded stride phases (:func:`build_phases`), every panel
+        read in place (the phase buffer has slack after its last one)."""
+        c = x.shape[1]
+        plan = memo(prepared, ("phases", x.shape[1:], ho, wo), lambda: phase_plan(c, ho, wo, geo))
+        buf = workspace(prepared, "phases", (x.shape[0] * plan.image_size,))
+        build_phases(x, buf, plan.image_size, plan.phase_a, plan.phase_b, geo.sh, geo.sw, geo.pad_top,
+                     geo.pad_left, plan.hq, plan.wq)  # fmt: skip
+        every_panel = -(-ho * plan.wq // NR)
+        return BOperand(buf, plan.image_size, plan.offsets, plan.wq, wo, every_panel, plan.offsets)
 
 
 @register_tactic
@@ -332,20 +351,11 @@ class PackedPointwiseConv(PackedConv):
         pads = (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         return len(w_shape) == 4 and w_shape[2:] == (1, 1) and (geo.sh, geo.sw) == (1, 1) and not any(pads)
 
-    def _conv(
-        self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
-        has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
-    ) -> None:  # fmt: skip
-        n, m, ho, wo = out.shape
+    def b_operand(self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, ho: int, wo: int) -> BOperand:
+        """The input itself: channel c of image n is B's row c, its map one row of H*W pixels;
+        only the ragged last panel is copied (reading 32 floats there runs past the input)."""
         c = x.shape[1]
         hw = ho * wo
-        threads = numba_thread_count()
-        group, runs = memo(prepared, ("split", n, hw, threads), lambda: task_split(n, m, hw, threads))
-        offs = memo(prepared, ("offsets", c, hw), lambda: np.arange(c, dtype=np.int64) * hw)
-        tail_offs = memo(prepared, ("tail_offsets", c), lambda: np.arange(c, dtype=np.int64) * NR)
-        panels = memo(prepared, "weight_panels", lambda: pack_rows(w2))
-        act, alpha, beta, mode = epilogue
-        conv_panels(
-            x.reshape(-1), c * hw, offs, panels, m, hw, hw, bias, has_bias, residual, mode, act, alpha, beta,
-            out.reshape(n * m, hw), group, runs, act not in ROW_ACTIVATIONS, hw // NR, tail_offs,
-        )  # fmt: skip
+        offsets = memo(prepared, ("offsets", c, hw), lambda: np.arange(c, dtype=np.int64) * hw)
+        tail = memo(prepared, ("tail_offsets", c), lambda: panel_offsets(c))
+        return BOperand(x.reshape(-1), c * hw, offsets, hw, hw, hw // NR, tail)

@@ -183,24 +183,23 @@ def _gather(slots, first, row, grid_row, m, tw):
     ``(tw + 1)*m`` floats."""
     base = grid_row * tw
     end = base + tw + 1
+    s0, s1 = slots[first, base:end], slots[first + 1, base:end]
     if m == 4:
-        s0, s1 = slots[first, base:end], slots[first + 1, base:end]
         s2, s3 = slots[first + 2, base:end], slots[first + 3, base:end]
         for tx in range(tw + 1):
             q = uint64(tx) * uint64(4)  # unsigned: no wrap-around select, no slice per tile
             s0[tx], s1[tx] = row[q], row[q + uint64(1)]
             s2[tx], s3[tx] = row[q + uint64(2)], row[q + uint64(3)]
-        s4, s5 = slots[first + 4, base:end], slots[first + 5, base:end]
     else:
-        s0, s1 = slots[first, base:end], slots[first + 1, base:end]
         for tx in range(tw + 1):
             q = uint64(tx) * uint64(2)
             s0[tx], s1[tx] = row[q], row[q + uint64(1)]
-        s4, s5 = slots[first + 2, base:end], slots[first + 3, base:end]
+    # slots m and m + 1: slots 0 and 1 one tile on
+    next0, next1 = slots[first + m, base:end], slots[first + m + 1, base:end]
     for tx in range(tw):
-        s4[tx] = s0[tx + 1]
+        next0[tx] = s0[tx + 1]
     for tx in range(tw):
-        s5[tx] = s1[tx + 1]
+        next1[tx] = s1[tx + 1]
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
