@@ -1,8 +1,9 @@
-"""The depthwise tactics of ``cpu/depthwise.py`` against the float64 direct convolution of
-test_kernels_conv.py and the reference: strides 1, 2, 3, (1, 2) and (2, 1), dilation 2, kernels
-1/3/5/7 and non-square, symmetric and asymmetric pads, channel multiplier 2, batch 1 and 3, odd
-widths, every epilogue activation and residual mode, weights fed at run time, and one prepared
-node run at several input shapes."""
+"""The depthwise tactics of ``cpu/depthwise.py`` and ``cpu/depthwise_rows.py`` against the
+float64 direct convolution of test_kernels_conv.py and the reference: strides 1, 2, 3, (1, 2) and
+(2, 1), dilation 2, kernels 1/3/4/5/7 and non-square, symmetric and asymmetric pads, channel
+multiplier 2, batch 1 and 3, odd widths, widths of several 16-column blocks, every epilogue
+activation and residual mode, weights fed at run time, and one prepared node run at several input
+shapes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from test_kernels_conv import _conv_case, conv_oracle
 
 from farm.compiler.kernels import get_tactic
 
-TACTICS = ["cpu.conv.depthwise_plane", "cpu.conv.depthwise_plane_1t"]
+TACTICS = [
+    "cpu.conv.depthwise_plane",
+    "cpu.conv.depthwise_plane_1t",
+    "cpu.conv.depthwise_rows",
+    "cpu.conv.depthwise_rows_1t",
+]
 
 
 def _dw(
@@ -44,6 +50,11 @@ CASES = [
     _dw(1, 6, 9, 10, 1, (2, 4), (1, 1), (0, 1, 1, 2), (1, 1)),  # even, non-square kernel
     _dw(1, 5, 7, 9, 1, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),  # 1x1
     _dw(3, 4, 5, 6, 1, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1)),  # no padding, tiny plane
+    # widths of several 16-column blocks: interior blocks and a ragged last one
+    _dw(1, 6, 40, 70, 1, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    _dw(2, 3, 9, 41, 1, (3, 4), (1, 2), (1, 2, 1, 1), (1, 2)),
+    _dw(1, 4, 11, 37, 1, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1)),
+    _dw(1, 4, 6, 33, 2, (1, 5), (1, 2), (0, 0, 2, 2), (1, 1)),
 ]
 
 EPILOGUES = [
@@ -65,6 +76,9 @@ EPILOGUES = [
 @pytest.mark.parametrize("tactic", TACTICS)
 def test_depthwise_geometries(rng: np.random.Generator, case: tuple, tactic: str) -> None:
     one, expected = _conv_case(rng, case, activation="Clip", beta=6.0)
+    if "depthwise_rows" in tactic and case[6][1] not in (1, 2):
+        assert not get_tactic(tactic).supports(one.node, one.graph)  # width strides 1 and 2 only
+        return
     assert_close(one.run_tactic(tactic), expected)
 
 

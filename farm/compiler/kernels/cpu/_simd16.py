@@ -8,6 +8,13 @@ local variables compiles to 24 ``zmm`` accumulators and one ``vfmadd231ps`` per 
 still correct, but a 24-accumulator kernel then spills, so tactics built on these ask
 :data:`AVX512` first. ``pointwise.float32x8`` is the eight-lane sibling.
 
+Masked forms (``vload16_masked``/``vstore16_masked``: the first ``count`` lanes; ``vload16_lanes``:
+lanes ``lo <= j < hi``) touch only the selected lanes, so a 16-lane access may start before or run
+past its array: AVX-512 masked moves (``vmaskmovps`` on AVX2 hosts) do not fault on the others.
+``vevens16``/``vodds16`` de-interleave 32 consecutive floats (stride-2 columns), and
+``vadd16``/``vmul16``/``vmax16``/``vmin16``/``vsplat16`` are the lane-wise arithmetic an epilogue
+needs.
+
 All memory intrinsics index C-contiguous float32 arrays by flat element and are not bounds-checked.
 """
 
@@ -141,3 +148,182 @@ def _vfma16(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
 
 
 vfma16: Any = intrinsic(_vfma16)
+
+
+def _first_lanes(builder: Any, count: Any) -> Any:
+    """<16 x i1> mask of the lanes below ``count`` (an i64; 16 or more selects all of them)."""
+    i32v = ir.VectorType(ir.IntType(32), LANES)
+    n = builder.trunc(
+        builder.select(
+            builder.icmp_unsigned(">", count, ir.Constant(count.type, LANES)),
+            ir.Constant(count.type, LANES),
+            count,
+        ),
+        ir.IntType(32),
+    )
+    splat = builder.insert_element(ir.Constant(i32v, ir.Undefined), n, ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(splat, ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * LANES))
+    return builder.icmp_unsigned("<", ir.Constant(i32v, list(range(LANES))), splat)
+
+
+def _vload16_masked(typingctx: Any, arr: Any, index: Any, count: Any) -> Any:
+    """The first ``count`` (0 .. 16) float32 of ``arr`` from flat element ``index`` on, zeros in
+    the other lanes; the elements past ``count`` are not read (a masked load: no fault past the
+    end of the array)."""
+    if not _is_f32_array(arr) or not isinstance(index, types.Integer) or not isinstance(count, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = builder.bitcast(
+            _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _V16.as_pointer()
+        )
+        mask = _first_lanes(builder, context.cast(builder, args[2], sig.args[2], types.uint64))
+        fnty = ir.FunctionType(_V16, [ptr.type, ir.IntType(32), mask.type, _V16])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0")
+        return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_V16, [0.0] * LANES)])
+
+    return float32x16(arr, index, count), codegen
+
+
+vload16_masked: Any = intrinsic(_vload16_masked)
+
+
+def _lane_range(builder: Any, lo: Any, hi: Any) -> Any:
+    """<16 x i1> mask of the lanes j with lo <= j < hi (signed i64 bounds, any values)."""
+    i32v = ir.VectorType(ir.IntType(32), LANES)
+
+    def clamped_splat(value: Any) -> Any:
+        zero, top = ir.Constant(value.type, 0), ir.Constant(value.type, LANES)
+        value = builder.select(builder.icmp_signed("<", value, zero), zero, value)
+        value = builder.trunc(
+            builder.select(builder.icmp_signed(">", value, top), top, value), ir.IntType(32)
+        )
+        first = builder.insert_element(ir.Constant(i32v, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(first, ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * LANES))
+
+    lanes = ir.Constant(i32v, list(range(LANES)))
+    return builder.and_(
+        builder.icmp_signed(">=", lanes, clamped_splat(lo)),
+        builder.icmp_signed("<", lanes, clamped_splat(hi)),
+    )
+
+
+def _vload16_lanes(typingctx: Any, arr: Any, index: Any, lo: Any, hi: Any) -> Any:
+    """Lanes ``lo <= j < hi`` of the 16 float32 of ``arr`` from flat element ``index`` on, zeros in
+    the others, which are not read: ``index`` may point before the array or run past its end as
+    long as the selected lanes are inside it (a row window with padding on either side)."""
+    if not _is_f32_array(arr) or not all(isinstance(v, types.Integer) for v in (index, lo, hi)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = builder.bitcast(
+            _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _V16.as_pointer()
+        )
+        mask = _lane_range(
+            builder,
+            context.cast(builder, args[2], sig.args[2], types.int64),
+            context.cast(builder, args[3], sig.args[3], types.int64),
+        )
+        fnty = ir.FunctionType(_V16, [ptr.type, ir.IntType(32), mask.type, _V16])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0")
+        return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_V16, [0.0] * LANES)])
+
+    return float32x16(arr, index, lo, hi), codegen
+
+
+vload16_lanes: Any = intrinsic(_vload16_lanes)
+
+
+def _vstore16_masked(typingctx: Any, arr: Any, index: Any, value: Any, count: Any) -> Any:
+    """Store the first ``count`` (0 .. 16) lanes of ``value`` into ``arr``'s flat elements from
+    ``index`` on; the elements past them are left untouched (a masked store)."""
+    if (
+        not _is_f32_array(arr)
+        or not isinstance(index, types.Integer)
+        or value != float32x16
+        or not isinstance(count, types.Integer)
+    ):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = builder.bitcast(
+            _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _V16.as_pointer()
+        )
+        mask = _first_lanes(builder, context.cast(builder, args[3], sig.args[3], types.uint64))
+        fnty = ir.FunctionType(ir.VoidType(), [_V16, ptr.type, ir.IntType(32), mask.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
+        builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+
+    return types.none(arr, index, value, count), codegen
+
+
+vstore16_masked: Any = intrinsic(_vstore16_masked)
+
+
+def _lanes_of_pair(parity: int) -> Any:
+    def typer(typingctx: Any, a: Any, b: Any) -> Any:
+        if not (a == float32x16 and b == float32x16):
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            picks = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [2 * i + parity for i in range(LANES)])
+            return builder.shuffle_vector(args[0], args[1], picks)
+
+        return float32x16(a, b), codegen
+
+    return typer
+
+
+vevens16: Any = intrinsic(_lanes_of_pair(0))
+"""Lanes 0, 2, .., 30 of the 32-lane concatenation ``a ++ b`` (one ``vpermt2ps``): the even
+elements of 32 consecutive floats."""
+vodds16: Any = intrinsic(_lanes_of_pair(1))
+"""Lanes 1, 3, .., 31 of ``a ++ b``: the odd elements of 32 consecutive floats."""
+
+
+def _vsplat16(typingctx: Any, x: Any) -> Any:
+    """Sixteen copies of the scalar ``x`` (cast to float32)."""
+    if not isinstance(x, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        v = context.cast(builder, args[0], sig.args[0], types.float32)
+        first = builder.insert_element(ir.Constant(_V16, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        return builder.shuffle_vector(first, ir.Constant(_V16, ir.Undefined), zeros)
+
+    return float32x16(x), codegen
+
+
+vsplat16: Any = intrinsic(_vsplat16)
+
+
+def _binary(kind: str) -> Any:
+    def typer(typingctx: Any, a: Any, b: Any) -> Any:
+        if not (a == float32x16 and b == float32x16):
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            a_, b_ = args
+            if kind == "add":
+                return builder.fadd(a_, b_)
+            if kind == "mul":
+                return builder.fmul(a_, b_)
+            # a if a > b (resp. a < b) else b: numba's scalar max / min, NaN in ``a`` gives ``b``
+            op = ">" if kind == "max" else "<"
+            return builder.select(builder.fcmp_ordered(op, a_, b_), a_, b_)
+
+        return float32x16(a, b), codegen
+
+    return typer
+
+
+vadd16: Any = intrinsic(_binary("add"))
+"""``a + b`` lane by lane."""
+vmul16: Any = intrinsic(_binary("mul"))
+"""``a * b`` lane by lane."""
+vmax16: Any = intrinsic(_binary("max"))
+"""``a if a > b else b`` lane by lane (numba's scalar ``max``; one ``vmaxps``)."""
+vmin16: Any = intrinsic(_binary("min"))
+"""``a if a < b else b`` lane by lane (numba's scalar ``min``; one ``vminps``)."""

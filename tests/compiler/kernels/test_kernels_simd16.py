@@ -1,0 +1,115 @@
+"""The ``_simd16`` vector intrinsics the depthwise-rows tactic is built on, lane by lane against
+numpy: masked loads and stores at every count (including 0 and past 16), lane-range loads whose
+window starts before the array and ends past it, the even/odd de-interleave, and the lane-wise
+arithmetic (max/min keep numba's scalar semantics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from farm.compiler.kernels.cpu._simd16 import (
+    LANES,
+    vadd16,
+    vevens16,
+    vload16,
+    vload16_lanes,
+    vload16_masked,
+    vmax16,
+    vmin16,
+    vmul16,
+    vodds16,
+    vsplat16,
+    vstore16,
+    vstore16_masked,
+)
+
+
+@njit(cache=False)
+def _masked_copy(src, at, dst, to, count):
+    vstore16_masked(dst, to, vload16_masked(src, at, count), count)
+
+
+@njit(cache=False)
+def _lanes(src, base, lo, hi, out):
+    vstore16(out, 0, vload16_lanes(src, base, lo, hi))
+
+
+@njit(cache=False)
+def _split(src, out):
+    a = vload16(src, 0)
+    b = vload16(src, LANES)
+    vstore16(out, 0, vevens16(a, b))
+    vstore16(out, LANES, vodds16(a, b))
+
+
+@njit(cache=False)
+def _arith(a, b, s, out):
+    x = vload16(a, 0)
+    y = vload16(b, 0)
+    vstore16(out, 0, vadd16(x, y))
+    vstore16(out, 16, vmul16(x, y))
+    vstore16(out, 32, vmax16(x, y))
+    vstore16(out, 48, vmin16(x, y))
+    vstore16(out, 64, vsplat16(s))
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 15, 16, 17, 40])
+def test_masked_load_and_store_touch_only_the_first_count_lanes(rng: np.random.Generator, count: int) -> None:
+    src = rng.standard_normal(64).astype(np.float32)
+    dst = np.full(64, -7.0, np.float32)
+    _masked_copy(src, 5, dst, 9, count)
+    n = min(count, LANES)
+    want = np.full(64, -7.0, np.float32)
+    want[9 : 9 + n] = src[5 : 5 + n]
+    np.testing.assert_array_equal(dst, want)
+
+
+def test_masked_load_at_the_end_of_an_array_reads_nothing_past_it(rng: np.random.Generator) -> None:
+    """Three floats left in the array: a 16-lane masked load of three must not fault or read on."""
+    src = rng.standard_normal(3).astype(np.float32)
+    dst = np.zeros(16, np.float32)
+    _masked_copy(src, 0, dst, 0, 3)
+    np.testing.assert_array_equal(dst[:3], src)
+    assert not dst[3:].any()
+
+
+@pytest.mark.parametrize(
+    ("base", "lo", "hi"), [(-3, 3, 16), (0, 0, 16), (4, 0, 6), (-2, 2, 9), (8, 0, 100), (0, 5, 5)]
+)
+def test_lane_range_load_zeroes_the_lanes_outside(
+    rng: np.random.Generator, base: int, lo: int, hi: int
+) -> None:
+    """Lanes lo <= j < min(hi, 16) hold src[base + j]; the window may start before the array (a
+    row's left padding), as long as the selected lanes are inside it."""
+    src = rng.standard_normal(10 + max(base, 0) + 16).astype(np.float32)
+    if hi > 16:
+        src = src[: base + 16]  # lanes past the end selected by hi clamp to the 16 there are
+    out = np.full(16, np.nan, np.float32)
+    _lanes(src, base, lo, hi, out)
+    want = np.zeros(16, np.float32)
+    for j in range(max(lo, 0), min(hi, 16)):
+        want[j] = src[base + j]
+    np.testing.assert_array_equal(out, want)
+
+
+def test_evens_and_odds_deinterleave_32_floats(rng: np.random.Generator) -> None:
+    src = rng.standard_normal(32).astype(np.float32)
+    out = np.empty(32, np.float32)
+    _split(src, out)
+    np.testing.assert_array_equal(out[:16], src[0::2])
+    np.testing.assert_array_equal(out[16:], src[1::2])
+
+
+def test_lane_arithmetic_matches_numpy(rng: np.random.Generator) -> None:
+    a = rng.standard_normal(16).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    a[3] = b[3]  # a tie
+    out = np.empty(80, np.float32)
+    _arith(a, b, 2.5, out)
+    np.testing.assert_array_equal(out[:16], a + b)
+    np.testing.assert_array_equal(out[16:32], a * b)
+    np.testing.assert_array_equal(out[32:48], np.maximum(a, b))
+    np.testing.assert_array_equal(out[48:64], np.minimum(a, b))
+    np.testing.assert_array_equal(out[64:], np.full(16, 2.5, np.float32))
