@@ -286,15 +286,8 @@ def depthwise_rows(
                     _plane5x5(xf, src, wf, wb, bias[m], oplane, res, ep, g, 1)
                 else:
                     _plane5x5(xf, src, wf, wb, bias[m], oplane, res, ep, g, 2)
-            elif kw == 3:
-                if sw == 1:
-                    _plane(xf, src, wf, wb, bias[m], oplane, res, ep, g, kh, 3, 1)
-                else:
-                    _plane(xf, src, wf, wb, bias[m], oplane, res, ep, g, kh, 3, 2)
-            elif sw == 1:
-                _plane(xf, src, wf, wb, bias[m], oplane, res, ep, g, kh, kw, 1)
-            else:
-                _plane(xf, src, wf, wb, bias[m], oplane, res, ep, g, kh, kw, 2)
+            else:  # other kernels: the generic loop, taps and strides at run time
+                _plane(xf, src, wf, wb, bias[m], oplane, res, ep, g, kh, kw, sw)
             if not vector:
                 finish_row(oplane, np.float32(0.0), bias, 0, res, res_mode, act, alpha, beta)
 
