@@ -121,6 +121,29 @@ def _finish(v, oplane, at, count, res, ep):
     vstore16_masked(oplane, at, v, count)
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def vector_epilogue(res_mode, act, alpha, beta):
+    """The ``ep`` tuple of ``_finish``: the activation and residual mode when the activation is
+    one of :data:`VECTOR_ACTS`, else none (the caller then runs ``finish_row`` over the finished
+    output). Not returned with a flag: numba's parfor analysis rejects the unpacking."""
+    vector = act in VECTOR_ACTS
+    lo = (
+        np.float32(alpha)
+        if act == ACT_CLIP
+        else (np.float32(0.0) if act == ACT_RELU else -np.float32(np.inf))
+    )
+    hi = np.float32(beta) if act == ACT_CLIP else np.float32(np.inf)
+    ep = (
+        res_mode if vector else RES_NONE,
+        act if vector else ACT_NONE,
+        vsplat16(lo),
+        vsplat16(hi),
+        vsplat16(np.float32(alpha)),
+        vsplat16(np.float32(beta)),
+    )
+    return ep
+
+
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _plane(xf, src, wf, wb, bias, oplane, res, ep, g, kh, kw, sw):
     """One output plane ``oplane`` [Ho*Wo] from the input plane at flat offset ``src``, weights
@@ -253,20 +276,9 @@ def depthwise_rows(
     wf = w.reshape(-1)
     m_count, kh, kw = w.shape
     c_count = m_count // mult
-    vector = act in VECTOR_ACTS
-    lo = (
-        np.float32(alpha)
-        if act == ACT_CLIP
-        else (np.float32(0.0) if act == ACT_RELU else -np.float32(np.inf))
-    )
-    hi = np.float32(beta) if act == ACT_CLIP else np.float32(np.inf)
-    lov, hiv = vsplat16(lo), vsplat16(hi)
-    slope, offset = vsplat16(np.float32(alpha)), vsplat16(np.float32(beta))
-    # the vector epilogue: the activation when it is a vector one, else none (applied per plane)
-    mode = res_mode if vector else RES_NONE
-    vact = act if vector else ACT_NONE
+    vector = act in VECTOR_ACTS  # else the caller's finish_row runs the activation
+    ep = vector_epilogue(res_mode, act, alpha, beta)
     g = (h, wi, ho, wo, sh, pt, pl, dh, dw)
-    ep = (mode, vact, lov, hiv, slope, offset)
     for k in prange(chunks):
         for t in range(k * planes // chunks, (k + 1) * planes // chunks):
             m = t % m_count
