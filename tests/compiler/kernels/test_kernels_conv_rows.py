@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from kernels_harness import OneNode, assert_close
 from test_kernels_conv import _conv_case, conv_oracle
+from test_kernels_depthwise import EPILOGUES
 
 from farm.compiler.kernels import get_tactic
 
@@ -24,17 +25,6 @@ CASES = [
     (1, 8, 11, 12, 7, (3, 2), (2, 1), (0, 1, 1, 0), (2, 2), 1),  # dilation, even kernel width
     (1, 2, 9, 70, 33, (1, 4), (1, 2), (0, 2, 0, 1), (1, 1), 1),  # several column blocks
     (2, 3, 6, 6, 16, (3, 3), (3, 1), (0, 0, 0, 0), (1, 1), 1),  # height stride 3, no pads
-]
-
-EPILOGUES = [
-    ("", 0.0, 0.0),
-    ("Relu", 0.0, 0.0),
-    ("Clip", 0.0, 6.0),
-    ("HardSwish", 0.0, 0.0),
-    ("HardSigmoid", 0.2, 0.5),
-    ("LeakyRelu", 0.1, 0.0),
-    ("Sigmoid", 0.0, 0.0),
-    ("Gelu", 0.0, 0.0),
 ]
 
 

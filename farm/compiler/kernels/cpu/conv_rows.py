@@ -36,6 +36,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     finish_row,
     residual_rows,
 )
+from farm.compiler.kernels.cpu._operands import memo
 from farm.compiler.kernels.cpu._simd16 import LANES, vbroadcast16, vfma16
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _as_4d, _conv_node_ok, _out_4d, _weight_4d
@@ -205,8 +206,11 @@ class DirectRowsConv(Tactic):
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
     ) -> None:
-        geo = ConvGeometry.of(node, prepared.params["weight_shape"])
-        act, alpha, beta, mode = epilogue_params(node)
+        geo, (act, alpha, beta, mode) = memo(
+            prepared,
+            "geometry",
+            lambda: (ConvGeometry.of(node, prepared.params["weight_shape"]), epilogue_params(node)),
+        )
         x = np.ascontiguousarray(_as_4d(inputs[0]), np.float32)  # type: ignore[arg-type]
         out4 = _out_4d(outputs[0])
         n, m, ho, wo = out4.shape
