@@ -259,6 +259,7 @@ def mul_layer(shape: tuple[int, ...], gate: tuple[int, ...]) -> Layer:
 
 LAYERS: list[Layer] = [
     conv_layer(3, 64, 224, 7, 2),  # ResNet stem
+    conv_layer(3, 16, 224, 3, 2),  # MobileNet stem
     conv_layer(64, 64, 56, 3, 1),
     conv_layer(64, 64, 56, 3, 1, residual=True),
     conv_layer(128, 128, 28, 3, 1, residual=True),
