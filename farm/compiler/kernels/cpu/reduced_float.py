@@ -1,7 +1,7 @@
 """FP16 / BF16 weight tactics: weights stored in the reduced type, compute in FP32.
 
 Every FP32 conv and GEMM tactic that stores its weight repacked (``conv*.py``, ``gemm*.py``,
-``depthwise.py``, ``pointwise.py``, ``generic.py``) gets two twins,
+``depthwise*.py``, ``pointwise.py``, ``generic.py``) gets two twins,
 ``cpu.fp16w.<name>`` and ``cpu.bf16w.<name>``. A twin rounds the layer's constant weight to
 FP16 (or BF16), lets the FP32 tactic prepare (repack) the rounded weight, and stores the packed
 tensors in the reduced type, so the engine file holds half the bytes. At run time the tensors are
@@ -29,8 +29,10 @@ from farm.compiler.ir import Graph, Node, Value
 from farm.compiler.kernels.cpu import (
     conv,
     conv_packed,
+    conv_rows,
     conv_tiled,
     depthwise,
+    depthwise_rows,
     gemm,
     gemm_packed,
     gemm_tiled,
@@ -46,7 +48,20 @@ MIN_REDUCED_ELEMENTS = 64
 # rounded is computing with the rounded weights. Winograd's transformed filters are not, so its
 # tactics get no twins (a layer where Winograd is fastest keeps FP32, and the report says so).
 _WRAPPED_MODULES = tuple(
-    m.__name__ for m in (conv, conv_packed, conv_tiled, depthwise, gemm, gemm_packed, gemm_tiled, generic, pointwise)
+    m.__name__
+    for m in (
+        conv,
+        conv_packed,
+        conv_rows,
+        conv_tiled,
+        depthwise,
+        depthwise_rows,
+        gemm,
+        gemm_packed,
+        gemm_tiled,
+        generic,
+        pointwise,
+    )
 )
 WEIGHT_OPS = frozenset({"FusedConv", "Conv", "FusedGemm", "MatMul", "Gemm"})
 # The reference-backed generic tactics (priority -100) are never fast; no twins for them.
