@@ -19,6 +19,16 @@ from numba import njit, prange
 
 from farm.compiler.ir import ACTIVATIONS, Node
 from farm.compiler.kernels.cpu import _threads  # noqa: F401  (thread policy before numba runs)
+from farm.compiler.kernels.cpu._simd16 import (
+    vadd16,
+    vfma16,
+    vload16_masked,
+    vmax16,
+    vmin16,
+    vmul16,
+    vsplat16,
+    vstore16_masked,
+)
 from farm.compiler.kernels.cpu._vecmath import erf_row, exp_row
 
 ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_TANH = 0, 1, 2, 3, 4, 5
@@ -187,6 +197,55 @@ def finish_row(row, bias_scalar, bias_row, bias_mode, res_row, res_mode, act, al
     if res_mode == RES_POST:
         for i in range(n):
             row[i] += res_row[i]
+
+
+# the activations ``finish16`` applies to float32x16 vectors before their store; the rest run per plane afterwards
+VECTOR_ACTS = (ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSIGMOID, ACT_HARDSWISH)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def finish16(v, oplane, at, count, res, ep):
+    """The epilogue ``ep`` = (residual mode, activation, lo, hi, slope, offset) on ``v`` with the
+    residual row ``res``, its first ``count`` lanes stored at oplane[at:] (an array inside the
+    tuple would make numba pass the tuple through memory: 2x slower). The activation is one of
+    :data:`VECTOR_ACTS`: a clamp to [lo, hi] for the first three, ``slope``/``offset`` HardSigmoid's
+    alpha and beta; the residual res[at:] is added before or after it."""
+    res_mode, act, lov, hiv, slope, offset = ep
+    if res_mode == RES_PRE:
+        v = vadd16(v, vload16_masked(res, at, count))
+    if act == ACT_HARDSWISH:
+        gate = vfma16(v, vsplat16(_SIXTH), vsplat16(_HALF))
+        v = vmul16(v, vmax16(vmin16(gate, vsplat16(_F1)), vsplat16(_F0)))
+    elif act == ACT_HARDSIGMOID:
+        v = vmax16(vmin16(vfma16(v, slope, offset), vsplat16(_F1)), vsplat16(_F0))
+    else:
+        v = vmin16(vmax16(v, lov), hiv)
+    if res_mode == RES_POST:
+        v = vadd16(v, vload16_masked(res, at, count))
+    vstore16_masked(oplane, at, v, count)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def vector_epilogue(res_mode, act, alpha, beta):
+    """The ``ep`` tuple of ``_finish``: the activation and residual mode when the activation is
+    one of :data:`VECTOR_ACTS`, else none (the caller then runs ``finish_row`` over the finished
+    output). Not returned with a flag: numba's parfor analysis rejects the unpacking."""
+    vector = act in VECTOR_ACTS
+    lo = (
+        np.float32(alpha)
+        if act == ACT_CLIP
+        else (np.float32(0.0) if act == ACT_RELU else -np.float32(np.inf))
+    )
+    hi = np.float32(beta) if act == ACT_CLIP else np.float32(np.inf)
+    ep = (
+        res_mode if vector else RES_NONE,
+        act if vector else ACT_NONE,
+        vsplat16(lo),
+        vsplat16(hi),
+        vsplat16(np.float32(alpha)),
+        vsplat16(np.float32(beta)),
+    )
+    return ep
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)

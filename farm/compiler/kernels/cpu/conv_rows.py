@@ -13,7 +13,7 @@ or 49x the image).
 Tasks are (image, channel block, band of output rows), at least two per thread where the output
 allows, split evenly over numba's threads. The bias starts the accumulators; identity, Relu,
 Clip, HardSigmoid and HardSwish, with a residual before or after, run on the vectors before their
-masked stores (``depthwise_rows._finish``), other activations over each finished band.
+masked stores (``_epilogue.finish16``), other activations over each finished band.
 
 Limits (``supports``): group 1, at most :data:`MAX_INPUT_CHANNELS` input channels, width stride 1
 or 2, a constant weight. Measured (AMD EPYC, 2 cores, AVX-512, in one process against ONNX
@@ -32,15 +32,18 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
     RES_NONE,
+    VECTOR_ACTS,
     epilogue_params,
+    finish16,
     finish_row,
     residual_rows,
+    vector_epilogue,
 )
 from farm.compiler.kernels.cpu._operands import memo
 from farm.compiler.kernels.cpu._simd16 import LANES, vbroadcast16, vfma16
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _as_4d, _conv_node_ok, _out_4d, _weight_4d
-from farm.compiler.kernels.cpu.depthwise_rows import VECTOR_ACTS, _finish, _tap, vector_epilogue
+from farm.compiler.kernels.cpu.depthwise_rows import _tap
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 # Stems have 1-4 input channels; past this many the GEMM tactics' input reuse wins.
@@ -98,7 +101,7 @@ def _band(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin
             at = o_at + oy * wo + x0
             for q in range(LANES):
                 if q < count:
-                    _finish(a[q], of, at + q * plane, wo - x0, res, ep)
+                    finish16(a[q], of, at + q * plane, wo - x0, res, ep)
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})

@@ -15,8 +15,9 @@ What made it fast where the earlier ``cpu.conv.depthwise_direct`` (same idea, si
   ``prepared.scratch``, zeroed once; a plane's copy writes only the image's pixels, so the
   padding stays zero from one plane (and one run) to the next;
 * the output rows are processed in blocks of about :data:`BLOCK_FLOATS` floats that stay in L1;
-  the bias is folded into the first tap pass, and identity/Relu/Clip (with a residual before or
-  after) into the copy out of the wide grid; other activations run ``_epilogue.finish_row``
+  the bias is folded into the first tap pass, and identity/Relu/Clip/HardSigmoid/HardSwish (with
+  a residual before or after) into the copy out of the wide grid (``_epilogue.finish16``); other
+  activations run ``_epilogue.finish_row``
   over the block's contiguous output rows;
 * stride-2 columns are split into their two phases 16 at a time (two masked loads, ``vevens16`` /
   ``vodds16``, two masked stores), stride-1 rows copied by masked 16-float moves, and the copy out
@@ -45,25 +46,19 @@ from numba import njit, prange, uint64
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
-    ACT_CLIP,
-    ACT_NONE,
-    ACT_RELU,
     RES_NONE,
-    RES_POST,
-    RES_PRE,
+    VECTOR_ACTS,
     epilogue_params,
+    finish16,
     finish_row,
     residual_rows,
+    vector_epilogue,
 )
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
-    vadd16,
     vevens16,
     vload16_masked,
-    vmax16,
-    vmin16,
     vodds16,
-    vsplat16,
     vstore16_masked,
 )
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
@@ -300,24 +295,15 @@ def _accumulate(acc, ph, wm, bias, oy0, nr, sh, sw, dh, dw, rows, cols):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _store_clamped(acc, block, nr, wo, cols, lo, hi, res, res_mode):
-    """block[r*wo + q] = the wide accumulator's acc[r*cols + q] clamped to [lo, hi], with the
-    residual added before (``pre``) or after (``post``) the clamp: the copy out of the wide grid
-    and a Relu/Clip epilogue in one pass, 16 columns a step (the last step of a row masked)."""
-    lov = vsplat16(lo)
-    hiv = vsplat16(hi)
+def _store_block(acc, block, nr, wo, cols, res, ep):
+    """block[r*wo + q] = the wide accumulator's acc[r*cols + q] through the vector epilogue ``ep``
+    (``_epilogue.finish16``: here a clamp, with the residual added before or after it): the copy
+    out of the wide grid and a Relu/Clip epilogue in one pass, 16 columns a step (the last step
+    of a row masked)."""
     for r in range(nr):
-        src = r * cols
-        dst = r * wo
         for q in range(0, wo, LANES):
             n = min(LANES, wo - q)
-            v = vload16_masked(acc, src + q, n)
-            if res_mode == RES_PRE:
-                v = vadd16(v, vload16_masked(res, dst + q, n))
-            v = vmin16(vmax16(v, lov), hiv)
-            if res_mode == RES_POST:
-                v = vadd16(v, vload16_masked(res, dst + q, n))
-            vstore16_masked(block, dst + q, v, n)
+            finish16(vload16_masked(acc, r * cols + q, n), block, r * wo + q, n, res, ep)
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
@@ -360,14 +346,10 @@ def depthwise_planes(
     c_count = m_count // mult
     kh, kw = w.shape[1], w.shape[2]
     chunks = ph.shape[0]
-    # identity, Relu and Clip are a clamp to [lo, hi], fused into the copy out of the accumulator
-    clamps = act in (ACT_NONE, ACT_RELU, ACT_CLIP)
-    lo = (
-        np.float32(alpha)
-        if act == ACT_CLIP
-        else (np.float32(0.0) if act == ACT_RELU else -np.float32(np.inf))
-    )
-    hi = np.float32(beta) if act == ACT_CLIP else np.float32(np.inf)
+    # the vector activations (a clamp, HardSigmoid, HardSwish) run in the copy out of the
+    # accumulator; the others afterwards, over the block's rows
+    vector = act in VECTOR_ACTS
+    ep = vector_epilogue(res_mode, act, alpha, beta)
     rows = ho + ((kh - 1) * dh) // sh + 1
     cols = wo + ((kw - 1) * dw) // sw
     rb = max(1, min(ho, (acc.shape[1] - RUN) // cols))
@@ -392,10 +374,8 @@ def depthwise_planes(
                 _accumulate(ac, buf, w[m], bias[m], oy0, nr, sh, sw, dh, dw, rows, cols)
                 block = oplane[oy0 * wo : (oy0 + nr) * wo]
                 rblock = res[oy0 * wo : (oy0 + nr) * wo] if res_mode != RES_NONE else res
-                if clamps:
-                    _store_clamped(ac, block, nr, wo, cols, lo, hi, rblock, res_mode)
-                else:
-                    _store_clamped(ac, block, nr, wo, cols, lo, hi, rblock, RES_NONE)
+                _store_block(ac, block, nr, wo, cols, rblock, ep)
+                if not vector:
                     finish_row(block, np.float32(0.0), bias, 0, rblock, res_mode, act, alpha, beta)
 
 
@@ -475,7 +455,9 @@ class DepthwisePlaneConv(Tactic):
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
         with threads_for(self._elements(out.size, geo)):
             chunks = max(1, min(numba_thread_count(), n * m))  # 1 inside a single-threaded region
-            self._launch(prepared, geo, x, w, bias, residual, (mode, act, alpha, beta), out, (ho, wo), m // c, chunks)
+            self._launch(
+                prepared, geo, x, w, bias, residual, (mode, act, alpha, beta), out, (ho, wo), m // c, chunks
+            )
 
     def _launch(
         self,

@@ -35,15 +35,11 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
-    ACT_CLIP,
-    ACT_HARDSIGMOID,
-    ACT_HARDSWISH,
-    ACT_NONE,
-    ACT_RELU,
     RES_NONE,
-    RES_POST,
-    RES_PRE,
+    VECTOR_ACTS,
+    finish16,
     finish_row,
+    vector_epilogue,
 )
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
@@ -52,12 +48,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vevens16,
     vfma16,
     vload16_lanes,
-    vload16_masked,
-    vmax16,
-    vmin16,
-    vmul16,
     vsplat16,
-    vstore16_masked,
     vzero16,
 )
 from farm.compiler.kernels.cpu.conv import ConvGeometry
@@ -94,56 +85,6 @@ def _kernel_row(a0, a1, a2, xf, row, c0, dw, wi, sw, wf, wb, kw):
     return a0, a1, a2
 
 
-_F0, _F1, _HALF, _SIXTH = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(1.0 / 6.0)
-# the activations applied to the vectors before their store; the rest run per plane afterwards
-VECTOR_ACTS = (ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSIGMOID, ACT_HARDSWISH)
-
-
-@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
-def _finish(v, oplane, at, count, res, ep):
-    """The epilogue ``ep`` = (residual mode, activation, lo, hi, slope, offset) on ``v`` with the
-    residual row ``res``, its first ``count`` lanes stored at oplane[at:] (an array inside the
-    tuple would make numba pass the tuple through memory: 2x slower). The activation is one of
-    :data:`VECTOR_ACTS`: a clamp to [lo, hi] for the first three, ``slope``/``offset`` HardSigmoid's
-    alpha and beta; the residual res[at:] is added before or after it."""
-    res_mode, act, lov, hiv, slope, offset = ep
-    if res_mode == RES_PRE:
-        v = vadd16(v, vload16_masked(res, at, count))
-    if act == ACT_HARDSWISH:
-        gate = vfma16(v, vsplat16(_SIXTH), vsplat16(_HALF))
-        v = vmul16(v, vmax16(vmin16(gate, vsplat16(_F1)), vsplat16(_F0)))
-    elif act == ACT_HARDSIGMOID:
-        v = vmax16(vmin16(vfma16(v, slope, offset), vsplat16(_F1)), vsplat16(_F0))
-    else:
-        v = vmin16(vmax16(v, lov), hiv)
-    if res_mode == RES_POST:
-        v = vadd16(v, vload16_masked(res, at, count))
-    vstore16_masked(oplane, at, v, count)
-
-
-@njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def vector_epilogue(res_mode, act, alpha, beta):
-    """The ``ep`` tuple of ``_finish``: the activation and residual mode when the activation is
-    one of :data:`VECTOR_ACTS`, else none (the caller then runs ``finish_row`` over the finished
-    output). Not returned with a flag: numba's parfor analysis rejects the unpacking."""
-    vector = act in VECTOR_ACTS
-    lo = (
-        np.float32(alpha)
-        if act == ACT_CLIP
-        else (np.float32(0.0) if act == ACT_RELU else -np.float32(np.inf))
-    )
-    hi = np.float32(beta) if act == ACT_CLIP else np.float32(np.inf)
-    ep = (
-        res_mode if vector else RES_NONE,
-        act if vector else ACT_NONE,
-        vsplat16(lo),
-        vsplat16(hi),
-        vsplat16(np.float32(alpha)),
-        vsplat16(np.float32(beta)),
-    )
-    return ep
-
-
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _plane(xf, src, wf, wb, bias, oplane, res, ep, g, kh, kw, sw):
     """One output plane ``oplane`` [Ho*Wo] from the input plane at flat offset ``src``, weights
@@ -162,7 +103,7 @@ def _plane(xf, src, wf, wb, bias, oplane, res, ep, g, kh, kw, sw):
                 if iy < 0 or iy >= h:
                     continue
                 a0, a1, a2 = _kernel_row(a0, a1, a2, xf, src + iy * wi, c0, dw, wi, sw, wf, wb + i * kw, kw)
-            _finish(vadd16(vadd16(a0, a1), a2), oplane, oy * wo + x0, wo - x0, res, ep)
+            finish16(vadd16(vadd16(a0, a1), a2), oplane, oy * wo + x0, wo - x0, res, ep)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
@@ -225,7 +166,7 @@ def _plane3x3(xf, src, wf, wb, bias, oplane, res, ep, g, sw):
             iy += dh
             if iy >= 0 and iy < h:
                 a0, a1, a2 = _row3(a0, a1, a2, xf, src + iy * wi, c0, dw, wi, sw, k2)
-            _finish(vadd16(vadd16(a0, a1), a2), oplane, oy * wo + x0, wo - x0, res, ep)
+            finish16(vadd16(vadd16(a0, a1), a2), oplane, oy * wo + x0, wo - x0, res, ep)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
@@ -260,7 +201,7 @@ def _plane5x5(xf, src, wf, wb, bias, oplane, res, ep, g, sw):
             iy += dh
             if iy >= 0 and iy < h:
                 a0, a1, a2 = _row5(a0, a1, a2, xf, src + iy * wi, c0, dw, wi, sw, k4)
-            _finish(vadd16(vadd16(a0, a1), a2), oplane, oy * wo + x0, wo - x0, res, ep)
+            finish16(vadd16(vadd16(a0, a1), a2), oplane, oy * wo + x0, wo - x0, res, ep)
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})

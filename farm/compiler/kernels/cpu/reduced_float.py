@@ -20,25 +20,13 @@ BF16 has no numpy/safetensors dtype; it is stored as the top 16 bits of the FP32
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 
 from farm.compiler.ir import Graph, Node, Value
-from farm.compiler.kernels.cpu import (
-    conv,
-    conv_packed,
-    conv_rows,
-    conv_tiled,
-    depthwise,
-    depthwise_rows,
-    gemm,
-    gemm_packed,
-    gemm_tiled,
-    generic,
-    pointwise,
-)
 from farm.compiler.kernels.registry import Prepared, Tactic, all_tactics, register_tactic
 
 REDUCED_PRECISIONS = ("fp16", "bf16")
@@ -48,21 +36,12 @@ MIN_REDUCED_ELEMENTS = 64
 # rounded is computing with the rounded weights. Winograd's transformed filters are not, so its
 # tactics get no twins (a layer where Winograd is fastest keeps FP32, and the report says so).
 _WRAPPED_MODULES = tuple(
-    m.__name__
-    for m in (
-        conv,
-        conv_packed,
-        conv_rows,
-        conv_tiled,
-        depthwise,
-        depthwise_rows,
-        gemm,
-        gemm_packed,
-        gemm_tiled,
-        generic,
-        pointwise,
+    importlib.import_module(f"farm.compiler.kernels.cpu.{name}").__name__  # imported: registered
+    for name in (
+        "conv", "conv_packed", "conv_rows", "conv_tiled", "depthwise", "depthwise_rows",
+        "gemm", "gemm_packed", "gemm_tiled", "generic", "pointwise",
     )
-)
+)  # fmt: skip
 WEIGHT_OPS = frozenset({"FusedConv", "Conv", "FusedGemm", "MatMul", "Gemm"})
 # The reference-backed generic tactics (priority -100) are never fast; no twins for them.
 _MIN_BASE_PRIORITY = -50
