@@ -33,6 +33,12 @@ def thread_candidates(cores: int) -> list[tuple[int, int]]:
     return [(1, cores), (cores, 1), (1, 1)]
 
 
+# Each turn times runs for at least this long (and at least ``runs_per_turn`` runs): one run of a
+# 0.1 ms engine is at the mercy of a single timer tick or hiccup, and the pools a setting uses take
+# more than one run to settle after a switch. The MLP at batch 8 (0.08 ms at 2 threads, 0.15 ms
+# at one) was built for one thread with one timed run per turn (measured on the 2-core Xeon).
+TURN_MS = 20.0
+
 # After a setting with BLAS threads, the next setting runs untimed for this long first:
 # OpenBLAS's idle workers keep spinning for ~2^28 cycles (its THREAD_TIMEOUT, ~0.1 s) and take a
 # core from numba's workers meanwhile (one MobileNet run at one pool took 65-87 ms instead of 4).
@@ -45,6 +51,7 @@ def choose_thread_counts(
     *,
     rounds: int = 5,
     runs_per_turn: int = 1,
+    turn_ms: float = TURN_MS,
     settle_ms: float = BLAS_POOL_SETTLE_MS,
 ) -> tuple[tuple[int, int], dict[str, float]]:
     """Time ``run(blas_threads, numba_threads)`` (one inference with that setting) for each
@@ -53,7 +60,8 @@ def choose_thread_counts(
 
     The settings take turns over ``rounds`` rounds; a turn is one untimed run (or untimed runs for
     ``settle_ms`` when the previous turn ran BLAS threads, see ``BLAS_POOL_SETTLE_MS``), then
-    ``runs_per_turn`` timed runs. The first run after a switch pays for the switch (the pools a
+    timed runs for ``turn_ms`` (at least ``runs_per_turn`` of them, see ``TURN_MS``); a setting's
+    median is over every timed run of all its turns. The first run after a switch pays for the switch (the pools a
     setting uses were idle or sized for the previous setting, and a sleeping worker on a VM took
     100-200 us to wake, measured on the 2-core EPYC); a serving engine runs one setting run after
     run, so timing only that first run (round-robin run by run) favoured the single-threaded
@@ -71,10 +79,14 @@ def choose_thread_counts(
                 while (time.perf_counter() - switched) * 1e3 < settle_ms:
                     run(blas, numba)
             previous_blas = blas
-            for _ in range(runs_per_turn):
+            turn = samples[(blas, numba)]
+            timed = 0
+            turn_started = time.perf_counter()
+            while timed < runs_per_turn or (time.perf_counter() - turn_started) * 1e3 < turn_ms:
                 start = time.perf_counter()
                 run(blas, numba)
-                samples[(blas, numba)].append((time.perf_counter() - start) * 1e3)
+                turn.append((time.perf_counter() - start) * 1e3)
+                timed += 1
     medians = {s: statistics.median(v) for s, v in samples.items()}
     best = min(settings, key=lambda s: medians[s])
     return best, {thread_label(b, n): m for (b, n), m in medians.items()}

@@ -310,3 +310,30 @@ def test_choose_thread_counts_waits_out_blas_spinning_after_a_blas_pool_turn(
     best, medians = thread_tuner.choose_thread_counts(run, 2, rounds=3)
     assert best == (1, 2)
     assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in steady_ms.items()}
+
+
+def test_choose_thread_counts_times_a_fast_schedule_for_a_whole_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 0.1 ms schedule's pools take several runs to settle after a switch; one timed run per
+    turn then measured the settling, and the MLP at batch 8 was built for one thread (0.15 ms)
+    where two ran it in 0.08 ms. Each turn now times runs for ``turn_ms``."""
+    from farm.compiler.tuner import threads as thread_tuner
+
+    clock = {"now": 0.0}
+    steady_ms = {(1, 2): 0.08, (2, 1): 0.20, (1, 1): 0.15}
+    settling = {"setting": None, "runs": 0}
+    monkeypatch.setattr(thread_tuner.time, "perf_counter", lambda: clock["now"])
+
+    def run(blas: int, numba: int) -> None:
+        setting = (blas, numba)
+        if settling["setting"] != setting:
+            settling["setting"], settling["runs"] = setting, 0
+        settling["runs"] += 1
+        # a multi-threaded setting's first three runs after a switch wait for its pool
+        slow = max(blas, numba) > 1 and settling["runs"] <= 3
+        clock["now"] += (steady_ms[setting] + (0.3 if slow else 0.0)) / 1e3
+
+    best, medians = thread_tuner.choose_thread_counts(run, 2, rounds=3, settle_ms=0.0)
+    assert best == (1, 2)
+    assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in steady_ms.items()}
+    # the old way (one timed run per turn) picks the single thread: the test's premise holds
+    assert thread_tuner.choose_thread_counts(run, 2, rounds=3, settle_ms=0.0, turn_ms=0.0)[0] == (1, 1)
