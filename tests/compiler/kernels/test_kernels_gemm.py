@@ -9,6 +9,11 @@ from kernels_harness import OneNode, assert_close, epilogue_oracle
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
 
+from farm.compiler.kernels.cpu._simd16 import AVX512
+
+# the few-rows GEMMs on a constant weight with the epilogue fused (panel_rows needs AVX-512)
+DOT_TACTICS = ["cpu.gemm.dot_rows"] + (["cpu.gemm.panel_rows", "cpu.gemm.panel_rows_1t"] if AVX512 else [])
+
 CONST_WEIGHT_TACTICS = [
     "cpu.gemm.blas",
     "cpu.gemm.blas_1t",
@@ -108,7 +113,7 @@ def test_matmul_constant_weight_small_rows(rng: np.random.Generator) -> None:
     one = OneNode("MatMul").feed("a", a).feed("w", w, const=True)
     one.build((1, 3, 129))
     expected = one.expected(lambda *_: a.astype(np.float64) @ w)
-    for tactic in [*CONST_WEIGHT_TACTICS, "cpu.gemm.dot_rows"]:
+    for tactic in [*CONST_WEIGHT_TACTICS, *DOT_TACTICS]:
         assert_close(one.run_tactic(tactic), expected)
 
 
@@ -123,7 +128,7 @@ def test_fused_gemm_default_epilogue_attributes(rng: np.random.Generator) -> Non
     )
     one.build(z.shape)
     expected = one.expected(lambda *_: np.maximum(z + r, 0))
-    for tactic in [*CONST_WEIGHT_TACTICS, "cpu.gemm.dot_rows"]:
+    for tactic in [*CONST_WEIGHT_TACTICS, *DOT_TACTICS]:
         assert_close(one.run_tactic(tactic), expected)
 
 
@@ -137,9 +142,7 @@ def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> N
         assert_close(one.run_tactic(tactic), expected)
 
 
-@pytest.mark.parametrize(
-    "tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", "cpu.gemm.dot_rows", "cpu.gemm.blas"]
-)
+@pytest.mark.parametrize("tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", *DOT_TACTICS, "cpu.gemm.blas"])
 def test_small_rows_runtime_bias_is_read_every_run(rng: np.random.Generator, tactic: str) -> None:
     """The epilogue operands are cached per node only when the bias is constant."""
     a = rng.standard_normal((4, 24)).astype(np.float32)
@@ -207,7 +210,8 @@ def test_dot_rows_matches_float64(
     one, expected = _dot_rows_case(
         rng, rows, k, n, trans_b=trans_b, activation="Relu", residual=None, bias_shape=shape
     )
-    assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
+    for tactic in DOT_TACTICS:
+        assert_close(one.run_tactic(tactic), expected)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -216,8 +220,9 @@ def test_dot_rows_every_epilogue(rng: np.random.Generator, activation: str, resi
     one, expected = _dot_rows_case(
         rng, 6, 70, 33, trans_b=1, activation=activation, residual=residual, bias_shape=(33,)
     )
-    assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
-    assert_close(one.run_tactic("cpu.gemm.dot_rows"), one.expected(lambda *_: expected))
+    for tactic in DOT_TACTICS:
+        assert_close(one.run_tactic(tactic), expected)
+        assert_close(one.run_tactic(tactic), one.expected(lambda *_: expected))
 
 
 @pytest.mark.parametrize("trans_a", [0, 1])
@@ -241,7 +246,8 @@ def test_dot_rows_onnx_gemm(
         one.feed("c", c, const=c_shape != "runtime")
     one.build((m, n))
     expected = one.expected(lambda *_: z)
-    assert_close(one.run_tactic("cpu.gemm.dot_rows"), expected)
+    for tactic in DOT_TACTICS:
+        assert_close(one.run_tactic(tactic), expected)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 16])
@@ -290,8 +296,10 @@ def test_dot_rows_split_declines_narrow_outputs(rng: np.random.Generator) -> Non
     assert get_tactic("cpu.gemm.dot_rows_split").supports(one.node, one.graph)
 
 
-def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(rng: np.random.Generator) -> None:
-    """Tuned at a small batch, run at 40 rows: the same operands through BLAS, same results."""
+@pytest.mark.parametrize("tactic_name", DOT_TACTICS)
+def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(rng: np.random.Generator, tactic_name: str) -> None:
+    """Tuned at a small batch, run at 40 rows: the same operands through BLAS (panel_rows: its
+    own tiles), same results."""
     k, n = 48, 20
     w = rng.standard_normal((n, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
@@ -300,7 +308,7 @@ def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(rng: np.random.Gene
     one.input_names.append("a")
     one.feed("w", w, const=True).feed("bias", bias, const=True)
     node = one.build(("batch", n))
-    tactic = get_tactic("cpu.gemm.dot_rows")
+    tactic = get_tactic(tactic_name)
     assert tactic.supports(node, one.graph)
     prepared = tactic.prepare(node, one.graph)
     for rows in (40, 2, 17):
@@ -333,3 +341,47 @@ def test_dot_rows_declines_a_symbolic_batch_of_long_sequences() -> None:
     one.feed("w", np.ones((64, 8), np.float32), const=True)
     one.build(("batch", 128, 8))
     assert not get_tactic("cpu.gemm.dot_rows").supports(one.node, one.graph)
+
+
+@pytest.mark.skipif(not AVX512, reason="panel_rows needs AVX-512")
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 8, 13, 16])
+@pytest.mark.parametrize(("k", "n"), [(256, 512), (40, 16), (33, 65), (5, 200), (64, 10), (17, 1000)])
+@pytest.mark.parametrize(("activation", "residual"), [("Relu", None), ("HardSwish", "pre"), ("Gelu", "post")])
+def test_panel_rows_tiles_and_tails(
+    rng: np.random.Generator, rows: int, k: int, n: int, activation: str, residual: str | None
+) -> None:
+    """Every row count (tiles of four, two or three rows with a recomputed one, a lone row),
+    N not a multiple of 16 or of a tile's 64 columns (masked stores; a tile past the last panel
+    recomputes it and stores nothing), a vector activation and one run over the finished rows,
+    each residual mode; split over numba's threads and on one."""
+    import numba
+
+    one, expected = _dot_rows_case(
+        rng, rows, k, n, trans_b=1, activation=activation, residual=residual, bias_shape=(n,)
+    )
+    previous = numba.get_num_threads()
+    for threads in sorted({previous, 1}):
+        numba.set_num_threads(threads)
+        try:
+            for tactic in ("cpu.gemm.panel_rows", "cpu.gemm.panel_rows_1t"):
+                assert_close(one.run_tactic(tactic), expected)
+        finally:
+            numba.set_num_threads(previous)
+
+
+@pytest.mark.skipif(not AVX512, reason="panel_rows needs AVX-512")
+def test_panel_rows_parts_cover_every_column(rng: np.random.Generator) -> None:
+    """Called directly with more parts than this host has threads, and ranges that end inside a
+    tile: every column written once, with the right value."""
+    from farm.compiler.kernels.cpu._epilogue import NO_MATRIX, RES_NONE, vector_or_dummy
+    from farm.compiler.kernels.cpu.gemm_panels import pack_panels, panel_gemm_split
+
+    a = rng.standard_normal((5, 40)).astype(np.float32)
+    w = rng.standard_normal((257, 40)).astype(np.float32)
+    bias, has_bias = vector_or_dummy(rng.standard_normal(257).astype(np.float32))
+    panels = pack_panels(w)
+    assert panels.shape == (17, 40, 16)
+    for parts in (1, 2, 3, 7, 17):
+        out = np.full((5, 257), np.nan, np.float32)
+        panel_gemm_split(a, panels, out, bias, has_bias, NO_MATRIX, RES_NONE, 0, 0.0, 0.0, parts)
+        assert_close(out, a.astype(np.float64) @ w.T.astype(np.float64) + bias)

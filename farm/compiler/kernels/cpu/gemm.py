@@ -521,7 +521,7 @@ class DotRowsGemm(Tactic):
     ) -> tuple[np.ndarray, bool, np.ndarray, int, int, float, float]:
         """(bias, has bias, residual rows, residual mode, activation, alpha, beta) of this run;
         the constant part cached in ``prepared.scratch``."""
-        n = prepared.tensors["weight"].shape[0]
+        n = self._columns(prepared)
         if node.op_type != "Gemm":
             bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
             residual = residual_rows(inputs[3] if mode != RES_NONE else None, out.shape, rows)
@@ -558,7 +558,7 @@ class DotRowsGemm(Tactic):
         ):
             return ()
         w = prepared.tensors["weight"]
-        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, w.shape[0])
+        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, self._columns(prepared))
         return w, (bias, has_bias, NO_MATRIX, mode, act, alpha, beta)
 
     def run(
@@ -581,16 +581,24 @@ class DotRowsGemm(Tactic):
         if node.op_type == "Gemm" and int(node.attr("transA", 0)):
             a = a.T
         w = prepared.tensors["weight"]
-        a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, w.shape[1])
-        out2 = out.reshape(-1, w.shape[0])
+        a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, a.shape[-1])
+        out2 = out.reshape(-1, self._columns(prepared))
         rows = out2.shape[0]
         bias, has_bias, residual, mode, act, alpha, beta = self._operands(node, inputs, prepared, out, rows)
         if rows <= DOT_ROWS_MAX:
             self._dot(a2, w, out2, (bias, has_bias, residual, mode, act, alpha, beta))
-            return
-        with blas_threads_for(2 * out2.size * a2.shape[1]):  # a batch past what it was tuned for
-            np.matmul(a2, w.T, out=out2)
-        _epilogue_rows(out2, bias, has_bias, residual, mode, act, alpha, beta)
+        else:  # a batch past what it was tuned for
+            self._many_rows(a2, w, out2, (bias, has_bias, residual, mode, act, alpha, beta))
+
+    def _columns(self, prepared: Prepared) -> int:
+        """N, the output columns (the prepared weight's rows here)."""
+        return int(prepared.tensors["weight"].shape[0])
+
+    def _many_rows(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
+        """More rows than ``_dot`` is for: BLAS, then the epilogue."""
+        with blas_threads_for(2 * out.size * a.shape[1]):
+            np.matmul(a, w.T, out=out)
+        _epilogue_rows(out, *epilogue)
 
     def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
         """The product and epilogue into ``out`` (2-D), on the calling thread."""
