@@ -28,7 +28,7 @@ import numpy as np
 from farm.compiler import __version__ as COMPILER_VERSION
 from farm.compiler.engine.fingerprint import device_fingerprint, fingerprint_mismatches
 from farm.compiler.engine.numba_support import preload_numba_support
-from farm.compiler.engine.runtime import Binding, Engine, Kernel
+from farm.compiler.engine.runtime import WEIGHT_ALIGNMENT, Binding, Engine, Kernel
 from farm.compiler.engine.serialize import EngineFormatError, contiguous, graph_from_json, graph_to_json
 from farm.compiler.engine.validate import check_engine, shapes_to_json
 from farm.compiler.ir import subgraphs
@@ -44,6 +44,11 @@ SAFETENSORS_DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "U64": "<u8", "I32": "<i4", "U32": "<u4",
     "I16": "<i2", "U16": "<u2", "I8": "|i1", "U8": "|u1", "BOOL": "|b1", "C64": "<c8",
 }  # fmt: skip
+# Every tensor's bytes start at a multiple of this from the file's start (the header is padded
+# with spaces and "__pad__/N" byte tensors fill the gaps, both valid safetensors), so the views of
+# a memory-mapped file start on a cache line as the kernels want (``runtime.WEIGHT_ALIGNMENT``).
+TENSOR_ALIGNMENT = WEIGHT_ALIGNMENT
+PAD_PREFIX = "__pad__/"
 # Tensor bytes from which the sha256 runs in a thread (hashlib releases the GIL) while the loader
 # does its Python work (device fingerprint: importing numba, reading the BLAS libraries).
 _THREADED_DIGEST_BYTES = 1 << 20
@@ -152,9 +157,47 @@ def engine_to_bytes(engine: Engine) -> bytes:
         if array.dtype == object:
             raise EngineFormatError(f"tensor {key!r} has dtype object, which an engine file cannot hold")
     manifest["tensors_sha256"] = _tensor_digest(tensors)
-    import safetensors.numpy  # only the writer needs it: the loader parses the file itself
+    return aligned_safetensors(tensors, {MANIFEST_KEY: json.dumps(manifest)})
 
-    return safetensors.numpy.save(tensors, metadata={MANIFEST_KEY: json.dumps(manifest)})
+
+_DTYPE_CODES = {np.dtype(v).newbyteorder("<"): k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+def aligned_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of ``tensors`` (in name order) and ``metadata`` in which every tensor
+    starts at a multiple of :data:`TENSOR_ALIGNMENT` bytes from the file's start: the JSON header
+    is padded with spaces, and each gap before a tensor is a zero-filled ``__pad__/N`` U8 tensor
+    (safetensors wants the tensors to tile the data section; the loader drops these)."""
+    entries: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for key in sorted(tensors):
+        array = np.asarray(tensors[key])
+        code = _DTYPE_CODES.get(array.dtype.newbyteorder("<"))
+        if code is None:
+            raise EngineFormatError(
+                f"tensor {key!r} has dtype {array.dtype}, which an engine file cannot hold"
+            )
+        pad = -offset % TENSOR_ALIGNMENT
+        if pad:
+            entries[f"{PAD_PREFIX}{len(entries)}"] = {
+                "dtype": "U8",
+                "shape": [pad],
+                "data_offsets": [offset, offset + pad],
+            }
+            chunks.append(bytes(pad))
+            offset += pad
+        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        entries[key] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    encoded = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
+    encoded += b" " * (-(8 + len(encoded)) % TENSOR_ALIGNMENT)
+    return b"".join([struct.pack("<Q", len(encoded)), encoded, *chunks])
 
 
 def write_engine(engine: Engine, path: str | os.PathLike[str]) -> None:
@@ -200,7 +243,9 @@ def read_manifest(data: Buffer) -> dict[str, Any]:
     return _split(data)[2]
 
 
-def _tensor_views(data: Buffer, header_len: int, header: dict[str, Any]) -> dict[str, np.ndarray]:
+def _tensor_views(
+    data: Buffer | np.ndarray, header_len: int, header: dict[str, Any]
+) -> dict[str, np.ndarray]:
     """The file's tensors as read-only numpy views of ``data`` (no copies), checked the way
     safetensors checks them: known dtypes, sizes that match the shapes, and byte ranges that tile
     the data section exactly."""
@@ -215,6 +260,7 @@ def _tensor_views(data: Buffer, header_len: int, header: dict[str, Any]) -> dict
     for key, info in header.items():
         if key == "__metadata__":
             continue
+        padding = key.startswith(PAD_PREFIX)
         if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
             raise bad(f"tensor {key!r} has no valid header entry")
         code, shape, offsets = info.get("dtype"), info["shape"], info.get("data_offsets")
@@ -234,6 +280,8 @@ def _tensor_views(data: Buffer, header_len: int, header: dict[str, Any]) -> dict
                 f"engine file is truncated: tensor {key!r} ends at byte {end} of {available} data bytes"
             )
         spans.append((begin, end, key))
+        if padding:
+            continue
         if count == 0:
             array = np.empty(shape, dtype=dtype)
         else:
@@ -263,15 +311,30 @@ def engine_from_bytes(data: Buffer, *, allow_device_mismatch: bool = False) -> E
         data = bytes(data)  # the tensors are views of it: it must not change under them
     header_len, header, manifest = _split(data)
     try:
-        return _engine_from_manifest(data, header_len, header, manifest, allow_device_mismatch)
+        return _engine_from_manifest(_aligned(data), header_len, header, manifest, allow_device_mismatch)
     except (EngineFormatError, DeviceMismatchError):
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise EngineFormatError(f"engine manifest is malformed: {type(exc).__name__}: {exc}") from exc
 
 
+def _aligned(data: Buffer) -> Buffer | np.ndarray:
+    """``data`` itself when it starts on a :data:`TENSOR_ALIGNMENT` boundary (a mapping: a
+    page), else one read-only copy that does (``bytes`` start wherever the allocator put them):
+    the file's tensors are aligned relative to its start, and their views are then aligned too."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    if view.ctypes.data % TENSOR_ALIGNMENT == 0:
+        return data
+    raw = np.empty(len(view) + TENSOR_ALIGNMENT, dtype=np.uint8)
+    start = (-raw.ctypes.data) % TENSOR_ALIGNMENT
+    copy = raw[start : start + len(view)]
+    copy[:] = view
+    copy.flags.writeable = False
+    return copy
+
+
 def _engine_from_manifest(
-    data: Buffer,
+    data: Buffer | np.ndarray,
     header_len: int,
     header: dict[str, Any],
     manifest: dict[str, Any],

@@ -8,7 +8,6 @@ from kernels_harness import OneNode, assert_close, epilogue_oracle
 
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
-
 from farm.compiler.kernels.cpu._simd16 import AVX512
 
 # the few-rows GEMMs on a constant weight with the epilogue fused (panel_rows needs AVX-512)
@@ -142,7 +141,9 @@ def test_small_rows_k_blocking(rng: np.random.Generator, k: int, rows: int) -> N
         assert_close(one.run_tactic(tactic), expected)
 
 
-@pytest.mark.parametrize("tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", *DOT_TACTICS, "cpu.gemm.blas"])
+@pytest.mark.parametrize(
+    "tactic", ["cpu.gemm.small_rows", "cpu.gemm.small_rows_1t", *DOT_TACTICS, "cpu.gemm.blas"]
+)
 def test_small_rows_runtime_bias_is_read_every_run(rng: np.random.Generator, tactic: str) -> None:
     """The epilogue operands are cached per node only when the bias is constant."""
     a = rng.standard_normal((4, 24)).astype(np.float32)
@@ -297,7 +298,9 @@ def test_dot_rows_split_declines_narrow_outputs(rng: np.random.Generator) -> Non
 
 
 @pytest.mark.parametrize("tactic_name", DOT_TACTICS)
-def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(rng: np.random.Generator, tactic_name: str) -> None:
+def test_dot_rows_symbolic_batch_past_sixteen_rows_uses_blas(
+    rng: np.random.Generator, tactic_name: str
+) -> None:
     """Tuned at a small batch, run at 40 rows: the same operands through BLAS (panel_rows: its
     own tiles), same results."""
     k, n = 48, 20

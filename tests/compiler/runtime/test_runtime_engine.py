@@ -283,14 +283,17 @@ def _mlp_graph(seed: int = 0, hidden: int = 96) -> Graph:
 
 @pytest.mark.parametrize(("optimize", "hidden"), [(True, 96), (False, 96), (True, 300)])
 def test_small_batch_mlp_runs_dot_rows_at_every_batch(optimize: bool, hidden: int) -> None:
-    """Built for batch 1..32 at tuning level 0, the GEMMs get ``cpu.gemm.dot_rows`` (its column-split
-    form where the output is wide enough), which serves batches up to 16 itself and larger ones
-    through BLAS: every batch matches the reference."""
+    """Built for batch 1..32 at tuning level 0, the GEMMs get ``cpu.gemm.panel_rows`` on an
+    AVX-512 host, else ``cpu.gemm.dot_rows`` (its column-split form where the output is wide
+    enough), which serve batches up to 16 in their own kernels and larger ones through their
+    tiles (panel_rows) or BLAS (dot_rows): every batch matches the reference."""
+    from farm.compiler.kernels.cpu._simd16 import AVX512
+
     graph = _mlp_graph(hidden=hidden)
     engine = build(graph, config=BuilderConfig(tuning_level=0, optimize=optimize, batch_range=(1, 1, 32)))
     gemms = [k.tactic.name for k in engine.kernels if k.node.op_type in ("Gemm", "FusedGemm", "MatMul")]
     wide = {"cpu.gemm.dot_rows_split"} if hidden >= 128 else set()  # 300 columns: split in two
-    assert gemms and set(gemms) == {"cpu.gemm.dot_rows"} | wide
+    assert gemms and set(gemms) == ({"cpu.gemm.panel_rows"} if AVX512 else {"cpu.gemm.dot_rows"} | wide)
     context = engine.create_context()
     for batch in (1, 3, 8, 16, 20, 32, 1):
         x = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)

@@ -25,15 +25,15 @@ from farm.compiler.kernels import registry
 Manifest = dict[str, Any]
 
 
-def _mlp_graph() -> Graph:
+def _mlp_graph(width: int = 32) -> Graph:
     """x[batch, 16] -> MatMul -> Relu -> MatMul -> Tanh: symbolic batch, arena buffers."""
     from farm.compiler.frontend import infer_shapes
 
     rng = np.random.default_rng(7)
     g = Graph("sym_mlp")
     g.add_input("x", "float32", ("batch", 16))
-    g.add_const("w1", rng.standard_normal((16, 32)).astype(np.float32))
-    g.add_const("w2", rng.standard_normal((32, 8)).astype(np.float32))
+    g.add_const("w1", rng.standard_normal((16, width)).astype(np.float32))
+    g.add_const("w2", rng.standard_normal((width, 8)).astype(np.float32))
     g.add_node("MatMul", ["x", "w1"], ["h"])
     g.add_node("Relu", ["h"], ["r"])
     g.add_node("MatMul", ["r", "w2"], ["m"])
@@ -121,8 +121,8 @@ def test_tampered_manifest_is_refused_at_load(engine_bytes: bytes, name: str) ->
         Engine.from_bytes(_rewrite(engine_bytes, change))
 
 
-def _run_all(engine: Engine, batches: tuple[int, ...] = (3, 1, 4)) -> None:
-    graph = _mlp_graph()
+def _run_all(engine: Engine, batches: tuple[int, ...] = (3, 1, 4), width: int = 32) -> None:
+    graph = _mlp_graph(width)
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, 16)).astype(np.float32)
         got, want = engine.run({"x": x})["y"], reference.run(graph, {"x": x})["y"]
@@ -154,18 +154,88 @@ def test_files_without_module_or_shapes_still_load(engine_bytes: bytes) -> None:
     _run_all(engine)
 
 
-def test_tensors_are_read_only_views_of_the_file_bytes(engine_bytes: bytes) -> None:
+def _root(array: np.ndarray) -> object:
+    """The object that owns ``array``'s memory (for a view of a mapping: the mapping)."""
+    base: object = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_tensors_are_read_only_views_of_the_file_bytes(engine_bytes: bytes, tmp_path: Path) -> None:
+    """Views of one buffer holding the file (the bytes themselves, copied once to a cache line
+    when they do not start on one; a mapped file is used as it is), never a copy per tensor, and
+    every prepared weight starts on a 64-byte line."""
+    from farm.compiler.engine import format as engine_format
+
+    big = tmp_path / "big.engine"
+    config = BuilderConfig(tuning_level=0, optimize=False, batch_range=(1, 3, 4))
+    build(_mlp_graph(width=12000), config=config).save(big)
+    assert big.stat().st_size >= engine_format._MMAP_BYTES  # read_engine maps it
+    for engine, width in ((Engine.from_bytes(engine_bytes), 32), (Engine.load(big), 12000)):
+        prepared = [a for k in engine.kernels for a in k.prepared.tensors.values()]
+        arrays = prepared + list(engine.constants.values())
+        assert arrays
+        roots = set()
+        for array in arrays:
+            assert not array.flags.writeable and array.flags.aligned and array.flags.c_contiguous
+            roots.add(id(_root(array)))
+        assert len(roots) == 1  # one buffer: the file's
+        for array in prepared:
+            assert array.nbytes < 64 or array.ctypes.data % 64 == 0
+        _run_all(engine, (3,), width)
+
+
+def test_engine_file_tensors_start_on_a_cache_line(engine_bytes: bytes) -> None:
+    """Each tensor's data lies at a multiple of 64 bytes from the file's start; the gaps are
+    ``__pad__/`` byte tensors, so the file is still one that safetensors itself reads."""
+    import safetensors.numpy
+
+    odd = {
+        "a": np.arange(3, dtype=np.float32),
+        "b": np.arange(5, dtype=np.int64),
+        "c": np.ones((2, 3), np.float16),
+    }
+    data = engine_format.aligned_safetensors(odd, {"k": "v"})
+    header_len = int.from_bytes(data[:8], "little")
+    assert (8 + header_len) % 64 == 0
+    header = json.loads(data[8 : 8 + header_len])
+    assert [k for k in header if k.startswith(engine_format.PAD_PREFIX)]  # 12 and 40 bytes: gaps
+    loaded = safetensors.numpy.load(data)
+    for key, array in odd.items():
+        assert header[key]["data_offsets"][0] % 64 == 0
+        np.testing.assert_array_equal(loaded[key], array)
+        assert loaded[key].dtype == array.dtype
+
+    header_len, header, _ = engine_format._split(engine_bytes)
+    assert (8 + header_len) % 64 == 0
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for key, info in tensors.items():
+        if not key.startswith(engine_format.PAD_PREFIX):
+            assert info["data_offsets"][0] % 64 == 0, key
+    loaded = safetensors.numpy.load(engine_bytes)
+    assert set(loaded) == set(tensors)
     engine = Engine.from_bytes(engine_bytes)
-    prepared = [a for k in engine.kernels for a in k.prepared.tensors.values()]
-    arrays = prepared + list(engine.constants.values())
-    assert arrays
-    for array in arrays:
-        assert not array.flags.writeable and array.flags.aligned and array.flags.c_contiguous
-        base = array
-        while isinstance(base, np.ndarray) and base.base is not None:
-            base = base.base
-        assert base is not None and not isinstance(base, np.ndarray)  # a view of the bytes, not a copy
-    _run_all(engine, (3,))
+    for k in engine.kernels:
+        for name, array in k.prepared.tensors.items():
+            np.testing.assert_array_equal(loaded[f"prep/{k.node.name}/{name}"], array)
+
+
+def test_weights_of_a_built_engine_start_on_a_cache_line() -> None:
+    """numpy gives a large array 16-byte alignment; the engine moves such weights to a line."""
+    from farm.compiler.engine.runtime import aligned_weight
+
+    raw = np.zeros(1000 * 4 + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 16
+    misaligned = raw[start : start + 4000].view(np.float32)
+    misaligned[:] = np.arange(1000)
+    moved = aligned_weight(misaligned)
+    assert moved.ctypes.data % 64 == 0 and not moved.flags.writeable
+    np.testing.assert_array_equal(moved, np.arange(1000))
+    engine = build(_mlp_graph(), config=BuilderConfig(tuning_level=0, optimize=False))
+    for k in engine.kernels:
+        for array in k.prepared.tensors.values():
+            assert array.nbytes < 64 or not array.flags.c_contiguous or array.ctypes.data % 64 == 0
 
 
 def test_tensor_table_that_does_not_tile_the_data_is_refused(engine_bytes: bytes) -> None:

@@ -558,7 +558,9 @@ class DotRowsGemm(Tactic):
         ):
             return ()
         w = prepared.tensors["weight"]
-        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, self._columns(prepared))
+        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(
+            node, inputs, prepared, self._columns(prepared)
+        )
         return w, (bias, has_bias, NO_MATRIX, mode, act, alpha, beta)
 
     def run(

@@ -139,19 +139,59 @@ def _tile_4x4(af, i0, i1, i2, i3, rows, wf, w0, w1, w2, w3, k, col, n, end, of, 
 def _tile_1x4(af, i0, wf, w0, w1, w2, w3, k, col, n, end, of, bias, has_bias, res, ep):
     """One row times four panels (see :func:`_tile_4x4`)."""
     a0 = i0 * k
-    c0 = c1 = c2 = c3 = vzero16()
-    for q in range(k):
+    # Two sets of accumulators over even and odd steps: four FMA chains alone wait on the FMA
+    # latency (4 cycles a step), eight are bound by the loads.
+    z = vzero16()
+    c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = z
+    for q in range(0, k - 1, 2):
         p = PANEL * q
         x = vbroadcast16(af, a0 + q)
         c0 = vfma16(x, vload16(wf, w0 + p), c0)
         c1 = vfma16(x, vload16(wf, w1 + p), c1)
         c2 = vfma16(x, vload16(wf, w2 + p), c2)
         c3 = vfma16(x, vload16(wf, w3 + p), c3)
+        x = vbroadcast16(af, a0 + q + 1)
+        p += PANEL
+        d0 = vfma16(x, vload16(wf, w0 + p), d0)
+        d1 = vfma16(x, vload16(wf, w1 + p), d1)
+        d2 = vfma16(x, vload16(wf, w2 + p), d2)
+        d3 = vfma16(x, vload16(wf, w3 + p), d3)
+    if k % 2:
+        p = PANEL * (k - 1)
+        x = vbroadcast16(af, a0 + k - 1)
+        c0 = vfma16(x, vload16(wf, w0 + p), c0)
+        c1 = vfma16(x, vload16(wf, w1 + p), c1)
+        c2 = vfma16(x, vload16(wf, w2 + p), c2)
+        c3 = vfma16(x, vload16(wf, w3 + p), c3)
+    c0 = vadd16(c0, d0)
+    c1 = vadd16(c1, d1)
+    c2 = vadd16(c2, d2)
+    c3 = vadd16(c3, d3)
     r0 = i0 * n + col
     _store(c0, bias, has_bias, col, of, r0, min(max(end - col, 0), PANEL), res, ep)
     _store(c1, bias, has_bias, col + PANEL, of, r0 + PANEL, min(max(end - col - PANEL, 0), PANEL), res, ep)
-    _store(c2, bias, has_bias, col + 2 * PANEL, of, r0 + 2 * PANEL, min(max(end - col - 2 * PANEL, 0), PANEL), res, ep)
-    _store(c3, bias, has_bias, col + 3 * PANEL, of, r0 + 3 * PANEL, min(max(end - col - 3 * PANEL, 0), PANEL), res, ep)
+    _store(
+        c2,
+        bias,
+        has_bias,
+        col + 2 * PANEL,
+        of,
+        r0 + 2 * PANEL,
+        min(max(end - col - 2 * PANEL, 0), PANEL),
+        res,
+        ep,
+    )
+    _store(
+        c3,
+        bias,
+        has_bias,
+        col + 3 * PANEL,
+        of,
+        r0 + 3 * PANEL,
+        min(max(end - col - 3 * PANEL, 0), PANEL),
+        res,
+        ep,
+    )
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
