@@ -14,8 +14,8 @@ stores nothing for it.
 :data:`MIN_PANELS_PER_PART`): numba's static schedule hands part ``t`` to thread ``t`` on every
 run, so each core's slice of the weight stays in its own cache from run to run. ``panel_rows_1t``
 runs on the calling thread (no pool wake-up: the better choice for small layers). Measured on the
-2-core Xeon (AVX-512), alone: 1x512x512 9.4 us against ``dot_rows_split``'s 13.1 and OpenBLAS's
-16.0; 8x512x512 17.2 against 31.2 and 160. Offered where the CPU has AVX-512
+2-core Xeon (AVX-512), alone, panels on a 64-byte line: 1x512x512 7.4 us against
+``dot_rows_split``'s 13.1 and OpenBLAS's 16.0; 8x512x512 15.8 against 31.2 and 160. Offered where the CPU has AVX-512
 (:data:`~._simd16.AVX512`). More rows than the tuner saw (a dynamic batch) run the same tiles.
 """
 
@@ -63,19 +63,29 @@ def pack_panels(w_nk: np.ndarray) -> np.ndarray:
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
-def _store(v, bias, has_bias, col, of, at, count, res, ep):
-    """Bias (from column ``col``), then ``finish16``'s epilogue, on one output vector: its first
-    ``count`` lanes go to of[at:] (``count`` 0: a recomputed row or panel, nothing stored)."""
+def _store(v, bias, has_bias, col, of, at, end, res, ep):
+    """Bias (from column ``col``), then ``finish16``'s epilogue, on one output vector, its lanes
+    before column ``end`` stored at of[at:] (none: a recomputed panel)."""
+    count = min(max(end - col, 0), PANEL)
     if has_bias:
         v = vadd16(v, vload16_masked(bias, col, count))
     finish16(v, of, at, count, res, ep)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _store_row(c0, c1, c2, c3, bias, has_bias, col, of, at, end, res, ep):
+    """One row's four tile vectors (columns col .. col+63) to of[at:]."""
+    _store(c0, bias, has_bias, col, of, at, end, res, ep)
+    _store(c1, bias, has_bias, col + PANEL, of, at + PANEL, end, res, ep)
+    _store(c2, bias, has_bias, col + 2 * PANEL, of, at + 2 * PANEL, end, res, ep)
+    _store(c3, bias, has_bias, col + 3 * PANEL, of, at + 3 * PANEL, end, res, ep)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _tile_4x4(af, i0, i1, i2, i3, rows, wf, w0, w1, w2, w3, k, col, n, end, of, bias, has_bias, res, ep):
-    """Rows i0..i3 of ``af`` ([M, k] flat; the first ``rows`` real, the others recomputed) times panels at w0..w3
-    (k steps of 16), stored at columns col.. (before ``end``) of those rows (``n`` columns per
-    output row)."""
+    """Rows i0..i3 of ``af`` ([M, k] flat; the first ``rows`` real, the others recomputed) times
+    the panels at w0..w3 (k steps of 16), stored at columns col.. (before ``end``) of those rows
+    (``n`` columns per output row)."""
     a0, a1, a2, a3 = i0 * k, i1 * k, i2 * k, i3 * k
     z = vzero16()
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
@@ -106,33 +116,13 @@ def _tile_4x4(af, i0, i1, i2, i3, rows, wf, w0, w1, w2, w3, k, col, n, end, of, 
         c31 = vfma16(x, v1, c31)
         c32 = vfma16(x, v2, c32)
         c33 = vfma16(x, v3, c33)
-    r0 = i0 * n + col
-    r1 = i1 * n + col
-    r2 = i2 * n + col
-    r3 = i3 * n + col
-    n0 = min(max(end - col, 0), PANEL)
-    n1 = min(max(end - col - PANEL, 0), PANEL)
-    n2 = min(max(end - col - 2 * PANEL, 0), PANEL)
-    n3 = min(max(end - col - 3 * PANEL, 0), PANEL)
-    _store(c00, bias, has_bias, col, of, r0, n0, res, ep)
-    _store(c01, bias, has_bias, col + PANEL, of, r0 + PANEL, n1, res, ep)
-    _store(c02, bias, has_bias, col + 2 * PANEL, of, r0 + 2 * PANEL, n2, res, ep)
-    _store(c03, bias, has_bias, col + 3 * PANEL, of, r0 + 3 * PANEL, n3, res, ep)
+    _store_row(c00, c01, c02, c03, bias, has_bias, col, of, i0 * n + col, end, res, ep)
     if rows > 1:
-        _store(c10, bias, has_bias, col, of, r1, n0, res, ep)
-        _store(c11, bias, has_bias, col + PANEL, of, r1 + PANEL, n1, res, ep)
-        _store(c12, bias, has_bias, col + 2 * PANEL, of, r1 + 2 * PANEL, n2, res, ep)
-        _store(c13, bias, has_bias, col + 3 * PANEL, of, r1 + 3 * PANEL, n3, res, ep)
+        _store_row(c10, c11, c12, c13, bias, has_bias, col, of, i1 * n + col, end, res, ep)
     if rows > 2:
-        _store(c20, bias, has_bias, col, of, r2, n0, res, ep)
-        _store(c21, bias, has_bias, col + PANEL, of, r2 + PANEL, n1, res, ep)
-        _store(c22, bias, has_bias, col + 2 * PANEL, of, r2 + 2 * PANEL, n2, res, ep)
-        _store(c23, bias, has_bias, col + 3 * PANEL, of, r2 + 3 * PANEL, n3, res, ep)
+        _store_row(c20, c21, c22, c23, bias, has_bias, col, of, i2 * n + col, end, res, ep)
     if rows > 3:
-        _store(c30, bias, has_bias, col, of, r3, n0, res, ep)
-        _store(c31, bias, has_bias, col + PANEL, of, r3 + PANEL, n1, res, ep)
-        _store(c32, bias, has_bias, col + 2 * PANEL, of, r3 + 2 * PANEL, n2, res, ep)
-        _store(c33, bias, has_bias, col + 3 * PANEL, of, r3 + 3 * PANEL, n3, res, ep)
+        _store_row(c30, c31, c32, c33, bias, has_bias, col, of, i3 * n + col, end, res, ep)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
@@ -163,35 +153,8 @@ def _tile_1x4(af, i0, wf, w0, w1, w2, w3, k, col, n, end, of, bias, has_bias, re
         c1 = vfma16(x, vload16(wf, w1 + p), c1)
         c2 = vfma16(x, vload16(wf, w2 + p), c2)
         c3 = vfma16(x, vload16(wf, w3 + p), c3)
-    c0 = vadd16(c0, d0)
-    c1 = vadd16(c1, d1)
-    c2 = vadd16(c2, d2)
-    c3 = vadd16(c3, d3)
-    r0 = i0 * n + col
-    _store(c0, bias, has_bias, col, of, r0, min(max(end - col, 0), PANEL), res, ep)
-    _store(c1, bias, has_bias, col + PANEL, of, r0 + PANEL, min(max(end - col - PANEL, 0), PANEL), res, ep)
-    _store(
-        c2,
-        bias,
-        has_bias,
-        col + 2 * PANEL,
-        of,
-        r0 + 2 * PANEL,
-        min(max(end - col - 2 * PANEL, 0), PANEL),
-        res,
-        ep,
-    )
-    _store(
-        c3,
-        bias,
-        has_bias,
-        col + 3 * PANEL,
-        of,
-        r0 + 3 * PANEL,
-        min(max(end - col - 3 * PANEL, 0), PANEL),
-        res,
-        ep,
-    )
+    _store_row(vadd16(c0, d0), vadd16(c1, d1), vadd16(c2, d2), vadd16(c3, d3),
+               bias, has_bias, col, of, i0 * n + col, end, res, ep)  # fmt: skip
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
@@ -205,14 +168,13 @@ def _panel_range(a, panels, out, p0, p1, bias, has_bias, residual, res_mode, act
     rf = residual.reshape(-1)
     ep = vector_epilogue(res_mode, act, alpha, beta)
     step = PANEL * k  # one panel
+    last = p1 - 1  # a partial tile recomputes the range's last panel and stores none of it
+    end = min(n, p1 * PANEL)  # columns past the range are another part's
     for t in range(p0, p1, TILE_PANELS):
-        last = p1 - 1  # a partial tile recomputes the range's last panel and stores none of it
         w0 = t * step
         w1 = min(t + 1, last) * step
         w2 = min(t + 2, last) * step
         w3 = min(t + 3, last) * step
-        # columns past the range are another part's
-        end = min(n, p1 * PANEL)
         col = t * PANEL
         i = 0
         while m - i >= 2:  # four rows, or two or three with the last one recomputed
@@ -272,7 +234,9 @@ class PanelRowsGemm(DotRowsGemm):
         else:
             panel_gemm_split(a, w, out, *epilogue, parts)  # type: ignore[call-arg]
 
-    _many_rows = _dot
+    def _many_rows(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
+        """More rows than the tuner saw: the same tiles."""
+        self._dot(a, w, out, epilogue)
 
 
 @register_tactic
@@ -284,5 +248,3 @@ class PanelRowsGemm1t(PanelRowsGemm):
 
     def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
         panel_gemm(a, w, out, *epilogue)
-
-    _many_rows = _dot
