@@ -1,6 +1,7 @@
 """``cpu.conv.packed16`` (im2col into 32-pixel panels against prepacked 12-channel weight panels,
-our AVX-512 micro-kernel) against a direct float64 convolution: every dense geometry of the conv
-suite, pixel and channel tails, K blocks, stride phases, task splits, epilogues. The
+our AVX-512 micro-kernel) and the 1 x 1 tactics ``pointwise16`` and ``pointwise_tiles`` against a
+direct float64 convolution: every dense geometry of the conv suite, pixel and channel tails, K
+blocks, stride phases, task splits, epilogues. The
 kernel is correct on any x86 CPU (LLVM splits the 16-lane vectors where there is no AVX-512), so
 these tests run everywhere with the AVX-512 gate opened."""
 
@@ -13,7 +14,7 @@ from test_kernels_conv import CASES, _conv_case, conv_oracle
 
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
-from farm.compiler.kernels.cpu import conv_packed
+from farm.compiler.kernels.cpu import conv_packed, pointwise_tiles
 
 TACTIC = "cpu.conv.packed16"
 DENSE = [c for c in CASES if c[-1] == 1]
@@ -30,6 +31,8 @@ PANEL_CASES = [
 ]
 
 POINTWISE = "cpu.conv.pointwise16"
+TILES = "cpu.conv.pointwise_tiles"
+POINTWISE_TACTICS = [POINTWISE, TILES]
 # (N, C, H, W, M, kernel, strides, pads, dilations, group): 1 x 1, stride 1, unpadded
 POINTWISE_CASES = [
     (1, 16, 8, 8, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 64 pixels: whole panels only
@@ -43,6 +46,7 @@ POINTWISE_CASES = [
 @pytest.fixture(autouse=True)
 def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conv_packed, "AVX512", True)
+    monkeypatch.setattr(pointwise_tiles, "AVX512", True)
 
 
 @pytest.mark.parametrize("case", [c for c in DENSE if c[5] != (1, 1)])
@@ -52,7 +56,8 @@ def test_packed_conv_matches_oracle(rng: np.random.Generator, case: tuple) -> No
 
 
 @pytest.mark.parametrize(
-    ("tactic", "case"), [(TACTIC, c) for c in PANEL_CASES] + [(POINTWISE, c) for c in POINTWISE_CASES]
+    ("tactic", "case"),
+    [(TACTIC, c) for c in PANEL_CASES] + [(t, c) for t in POINTWISE_TACTICS for c in POINTWISE_CASES],
 )
 @pytest.mark.parametrize("residual", [None, "pre", "post"])
 def test_packed_conv_panels_and_tails(
@@ -68,6 +73,7 @@ def test_packed_conv_panels_and_tails(
     [
         (TACTIC, (2, 5, 9, 11, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)),
         (POINTWISE, (2, 9, 5, 13, 14, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
+        (TILES, (2, 9, 5, 13, 14, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
     ],
 )
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -85,6 +91,7 @@ def test_packed_conv_every_activation(
     [
         (TACTIC, (1, 16, 7, 7, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)),
         (POINTWISE, (2, 40, 10, 10, 52, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
+        (TILES, (2, 40, 10, 10, 52, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)),
     ],
 )
 @pytest.mark.parametrize("threads", [1, 2, 3, 8, 64])
@@ -93,6 +100,7 @@ def test_packed_conv_any_channel_runs(
 ) -> None:
     """More threads split a small map's panels and channels finer: the result never changes."""
     monkeypatch.setattr(conv_packed, "numba_thread_count", lambda: threads)
+    monkeypatch.setattr(pointwise_tiles, "numba_thread_count", lambda: threads)
     one, expected = _conv_case(rng, case, activation="Relu", residual="post")
     assert_close(one.run_tactic(tactic), expected)
 
@@ -126,6 +134,7 @@ def test_packed_conv_declines_groups_runtime_weights_and_no_avx512(
     [
         (TACTIC, (1, 6, 20, 24, 13, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 1), (2, 6, 11, 37)),
         (POINTWISE, (1, 6, 4, 8, 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1), (3, 6, 11, 5)),
+        (TILES, (1, 6, 4, 8, 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1), (3, 6, 11, 5)),
     ],
 )
 def test_packed_conv_new_input_size_with_the_same_prepared(
@@ -148,12 +157,13 @@ def test_packed_conv_new_input_size_with_the_same_prepared(
     assert_close(small, want)
 
 
-def test_pointwise16_on_a_view_of_a_larger_buffer(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("tactic_name", POINTWISE_TACTICS)
+def test_pointwise16_on_a_view_of_a_larger_buffer(rng: np.random.Generator, tactic_name: str) -> None:
     """An input that is a view of a larger buffer whose tail holds NaNs: the ragged last panel's
     padding lanes never reach the output."""
     case = (1, 6, 5, 7, 12, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     one, expected = _conv_case(rng, case)
-    tactic = get_tactic(POINTWISE)
+    tactic = get_tactic(tactic_name)
     prepared = tactic.prepare(one.node, one.graph)
     inputs = [None if i in prepared.replaces else a for i, a in enumerate(one.arrays())]
     x = np.asarray(inputs[0])
@@ -164,10 +174,11 @@ def test_pointwise16_on_a_view_of_a_larger_buffer(rng: np.random.Generator) -> N
     assert_close(out, expected)
 
 
+@pytest.mark.parametrize("tactic_name", POINTWISE_TACTICS)
 def test_pointwise16_declines_other_geometries(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, tactic_name: str
 ) -> None:
-    tactic = get_tactic(POINTWISE)
+    tactic = get_tactic(tactic_name)
     ok, _ = _conv_case(rng, POINTWISE_CASES[0])
     assert tactic.supports(ok.node, ok.graph)
     for case in [
@@ -179,4 +190,25 @@ def test_pointwise16_declines_other_geometries(
         one, _ = _conv_case(rng, case)
         assert not tactic.supports(one.node, one.graph), case
     monkeypatch.setattr(conv_packed, "AVX512", False)
+    monkeypatch.setattr(pointwise_tiles, "AVX512", False)
     assert not tactic.supports(ok.node, ok.graph)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 16, 12, 12, 64, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 144 pixels: 4.5 panels, M 64
+        (2, 3, 6, 7, 25, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 42 pixels (16 + 16 + 10), M 25
+        (1, 31, 2, 8, 11, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 16 pixels: the second vector empty
+        (1, 5, 1, 33, 12, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 33 pixels: one in the last panel
+    ],
+)
+@pytest.mark.parametrize("residual", [None, "pre", "post"])
+def test_pointwise_tiles_vector_and_panel_tails(
+    rng: np.random.Generator, case: tuple, residual: str | None
+) -> None:
+    """The two vectors of a 32-pixel tile filled partly or not at all, output channels past the
+    layer's in the last 12-channel panel, with and without bias."""
+    for with_bias in (True, False):
+        one, expected = _conv_case(rng, case, activation="Relu", residual=residual, with_bias=with_bias)
+        assert_close(one.run_tactic(TILES), expected)

@@ -1,0 +1,247 @@
+"""1x1 convs as register tiles with the epilogue on the vectors (``cpu.conv.pointwise_tiles``).
+
+A 1 x 1, stride-1, unpadded conv is ``out[n, m, p] = sum_c W[m, c] * x[n, c, p]`` over the
+pixels p of a plane. A tile is 12 output channels x 32 pixels in 24 sixteen-lane accumulators:
+each input channel c adds two vector loads of x's row (32 consecutive pixels of channel c, read
+where they lie) times 12 broadcast weights (the weight packed once into 12-channel panels
+``[ceil(M/12), C, 12]``, :func:`~._microgemm.pack_rows`), 24 FMAs. After the last channel each
+accumulator gets the channel's bias, the residual and a piecewise-linear activation
+(:func:`~._epilogue.finish16`) and is stored once, straight into the NCHW output: no tile
+scratch, no second pass. A plane's ragged last 32 pixels use masked loads and stores (they do
+not fault past the input); channels past M (the last panel's zero rows) are computed and not
+stored.
+
+``pointwise16`` runs the same multiply-adds on ``_microgemm``'s kernel, which blocks K by 128 and
+finishes tiles through a scratch and a per-element store; with MobileNet's short K (16-120 input
+channels) that store outweighs the arithmetic (16 -> 64 at 112 x 112: 28 GFLOP/s, 2-core Xeon).
+Tasks are (image, 12-channel panel, run of 32-pixel panels): the weight panel (C x 12 floats)
+stays in L1 while the task walks its pixels. Activations other than the piecewise-linear ones run
+over the task's finished rows. Offered where the CPU has AVX-512 (:data:`~._simd16.AVX512`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import (
+    RES_NONE,
+    VECTOR_ACTS,
+    epilogue_params,
+    finish16,
+    finish_row,
+    residual_rows,
+    vector_epilogue,
+)
+from farm.compiler.kernels.cpu._microgemm import MR, pack_rows
+from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._simd16 import (
+    AVX512,
+    LANES,
+    vadd16,
+    vbroadcast16,
+    vfma16,
+    vload16_masked,
+    vsplat16,
+    vzero16,
+)
+from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _as_4d, _conv_node_ok, _out_4d
+from farm.compiler.kernels.cpu.conv_rows import pack_bias
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+PIXELS = 2 * LANES  # pixels per tile
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _row_out(v0, v1, bias, m, of, at, n0, n1, res, ep):
+    """Output channel ``m``'s two tile vectors: its bias, the epilogue, the first n0 / n1 lanes
+    stored at of[at:] / of[at+16:] (none when the channel is past the layer's)."""
+    b = vsplat16(bias[m])
+    finish16(vadd16(v0, b), of, at, n0, res, ep)
+    finish16(vadd16(v1, b), of, at + LANES, n1, res, ep)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _tile(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep):
+    """12 channels from m0 x 32 pixels: x rows at xf[x_at + c*plane] (n0 + n1 valid pixels),
+    weight panel wf[w_at:] ([cin, 12]), output at of[o_at + r*plane]."""
+    z = vzero16()
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = z
+    for c in range(cin):
+        at = x_at + c * plane
+        u = vload16_masked(xf, at, n0)
+        v = vload16_masked(xf, at + LANES, n1)
+        w = w_at + c * MR
+        s = vbroadcast16(wf, w)
+        a0 = vfma16(s, u, a0)
+        b0 = vfma16(s, v, b0)
+        s = vbroadcast16(wf, w + 1)
+        a1 = vfma16(s, u, a1)
+        b1 = vfma16(s, v, b1)
+        s = vbroadcast16(wf, w + 2)
+        a2 = vfma16(s, u, a2)
+        b2 = vfma16(s, v, b2)
+        s = vbroadcast16(wf, w + 3)
+        a3 = vfma16(s, u, a3)
+        b3 = vfma16(s, v, b3)
+        s = vbroadcast16(wf, w + 4)
+        a4 = vfma16(s, u, a4)
+        b4 = vfma16(s, v, b4)
+        s = vbroadcast16(wf, w + 5)
+        a5 = vfma16(s, u, a5)
+        b5 = vfma16(s, v, b5)
+        s = vbroadcast16(wf, w + 6)
+        a6 = vfma16(s, u, a6)
+        b6 = vfma16(s, v, b6)
+        s = vbroadcast16(wf, w + 7)
+        a7 = vfma16(s, u, a7)
+        b7 = vfma16(s, v, b7)
+        s = vbroadcast16(wf, w + 8)
+        a8 = vfma16(s, u, a8)
+        b8 = vfma16(s, v, b8)
+        s = vbroadcast16(wf, w + 9)
+        a9 = vfma16(s, u, a9)
+        b9 = vfma16(s, v, b9)
+        s = vbroadcast16(wf, w + 10)
+        a10 = vfma16(s, u, a10)
+        b10 = vfma16(s, v, b10)
+        s = vbroadcast16(wf, w + 11)
+        a11 = vfma16(s, u, a11)
+        b11 = vfma16(s, v, b11)
+    rows = m - m0  # channels of this panel that exist (12 but in the last panel)
+    _row_out(a0, b0, bias, m0, of, o_at, n0, n1, res, ep)
+    if rows > 1:
+        _row_out(a1, b1, bias, m0 + 1, of, o_at + plane, n0, n1, res, ep)
+    if rows > 2:
+        _row_out(a2, b2, bias, m0 + 2, of, o_at + 2 * plane, n0, n1, res, ep)
+    if rows > 3:
+        _row_out(a3, b3, bias, m0 + 3, of, o_at + 3 * plane, n0, n1, res, ep)
+    if rows > 4:
+        _row_out(a4, b4, bias, m0 + 4, of, o_at + 4 * plane, n0, n1, res, ep)
+    if rows > 5:
+        _row_out(a5, b5, bias, m0 + 5, of, o_at + 5 * plane, n0, n1, res, ep)
+    if rows > 6:
+        _row_out(a6, b6, bias, m0 + 6, of, o_at + 6 * plane, n0, n1, res, ep)
+    if rows > 7:
+        _row_out(a7, b7, bias, m0 + 7, of, o_at + 7 * plane, n0, n1, res, ep)
+    if rows > 8:
+        _row_out(a8, b8, bias, m0 + 8, of, o_at + 8 * plane, n0, n1, res, ep)
+    if rows > 9:
+        _row_out(a9, b9, bias, m0 + 9, of, o_at + 9 * plane, n0, n1, res, ep)
+    if rows > 10:
+        _row_out(a10, b10, bias, m0 + 10, of, o_at + 10 * plane, n0, n1, res, ep)
+    if rows > 11:
+        _row_out(a11, b11, bias, m0 + 11, of, o_at + 11 * plane, n0, n1, res, ep)
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta, m, runs, chunks):
+    """``out`` [N*M*P] (flat) = epilogue(W @ x) per image, x [N, C, P] (a plane flattened), the
+    weight as A panels ``wp`` (flat [ceil(M/12), C, 12]), ``bias`` [>= M]; ``residual`` flat like
+    ``out`` or a dummy. Tasks (image, 12-channel panel, one of ``runs`` runs of 32-pixel panels)
+    over ``chunks`` threads."""
+    n, cin, plane = x.shape
+    xf = x.reshape(-1)
+    panels = -(-m // MR)
+    pixel_panels = -(-plane // PIXELS)
+    vector = act in VECTOR_ACTS  # else finish_row runs the activation afterwards
+    ep = vector_epilogue(res_mode, act, alpha, beta)
+    tasks = n * panels * runs
+    for k in prange(chunks):
+        for task in range(k * tasks // chunks, (k + 1) * tasks // chunks):
+            img = task // (panels * runs)
+            blk = (task // runs) % panels
+            run = task % runs
+            j0 = run * pixel_panels // runs
+            j1 = (run + 1) * pixel_panels // runs
+            m0 = blk * MR
+            x_at = img * cin * plane
+            o_base = (img * m + m0) * plane
+            for j in range(j0, j1):
+                p0 = j * PIXELS
+                left = plane - p0
+                n0 = min(left, LANES)
+                n1 = min(max(left - LANES, 0), LANES)
+                _tile(xf, x_at + p0, plane, cin, wp, blk * cin * MR, bias, m0, min(m, m0 + MR), out,
+                      o_base + p0, n0, n1, residual, ep)  # fmt: skip
+            if not vector:
+                p0 = j0 * PIXELS
+                p1 = min(plane, j1 * PIXELS)
+                for r in range(min(MR, m - m0)):
+                    lo = o_base + r * plane + p0
+                    hi = lo + p1 - p0
+                    rrow = residual[lo:hi] if res_mode != RES_NONE else residual
+                    finish_row(out[lo:hi], np.float32(0.0), bias, 0, rrow, res_mode, act, alpha, beta)
+
+
+@register_tactic
+class PointwiseTilesConv(Tactic):
+    """1x1 conv on 12-channel x 32-pixel register tiles, epilogue on the vectors (module doc)."""
+
+    name = "cpu.conv.pointwise_tiles"
+    op_types = CONV_OPS
+    priority = 9  # the tuner times it; level 0 keeps the BLAS tactics
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        """AVX-512; group 1, a 1 x 1 kernel, stride 1, no padding; constant weight and bias."""
+        if not AVX512 or not _conv_node_ok(node, graph):
+            return False
+        w = graph.const(node.input(1))
+        x = graph.values[node.input(0)]
+        if w is None or x.shape is None or not isinstance(x.shape[1], int):
+            return False
+        if node.input(2) and graph.const(node.input(2)) is None:
+            return False
+        geo = ConvGeometry.of(node, list(w.shape))
+        pads = (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
+        return (
+            geo.group == 1
+            and all(d == 1 for d in w.shape[2:])
+            and (geo.sh, geo.sw) == (1, 1)
+            and not any(pads)
+        )
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        """The weight as 12-channel A panels, the bias padded (zeros when absent)."""
+        w = graph.const(node.input(1))
+        assert w is not None
+        b = graph.const(node.input(2)) if node.input(2) else None
+        m = int(w.shape[0])
+        prepared = Prepared(params={"weight_shape": list(w.shape)})
+        prepared.tensors["weight"] = pack_rows(np.asarray(w, np.float32).reshape(m, -1))
+        prepared.tensors["bias"] = pack_bias(b, m)
+        prepared.replaces = frozenset(i for i in (1, 2) if node.input(i))
+        return prepared
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
+        x4 = np.ascontiguousarray(_as_4d(inputs[0]), np.float32)  # type: ignore[arg-type]
+        out4 = _out_4d(outputs[0])
+        n, m, ho, wo = out4.shape
+        if out4.size == 0:
+            return
+        plane = ho * wo
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
+        wp = np.asarray(prepared.tensors["weight"], np.float32)
+        cin = x4.shape[1]
+        with threads_for(out4.size * cin):
+            threads = numba_thread_count()
+            tasks = n * -(-m // MR)
+            pixel_panels = -(-plane // PIXELS)
+            runs = max(1, min(pixel_panels, -(-4 * threads // tasks)))  # four tasks a thread
+            chunks = max(1, min(threads, tasks * runs))
+            pointwise_tiles_conv(
+                x4.reshape(n, cin, plane), wp, np.asarray(prepared.tensors["bias"], np.float32),
+                out4.reshape(-1), residual, mode, act, alpha, beta, m, runs, chunks,
+            )  # fmt: skip
