@@ -179,7 +179,7 @@ class DirectRowsConv(Tactic):
     priority = 30
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        """Group 1, <= 8 input channels, width stride 1 or 2, constant weight (and bias)."""
+        """A constant weight (and bias), a known channel count, and :meth:`geometry_ok`."""
         if not _conv_node_ok(node, graph):
             return False
         w = graph.const(node.input(1))
@@ -188,19 +188,26 @@ class DirectRowsConv(Tactic):
             return False
         if node.input(2) and graph.const(node.input(2)) is None:
             return False
-        geo = ConvGeometry.of(node, list(w.shape))
-        return geo.group == 1 and x.shape[1] <= MAX_INPUT_CHANNELS and geo.sw in (1, 2)
+        return self.geometry_ok(x.shape[1], tuple(w.shape), ConvGeometry.of(node, list(w.shape)))
+
+    def geometry_ok(self, channels: int, w_shape: tuple[int, ...], geo: ConvGeometry) -> bool:
+        """Group 1, <= 8 input channels, width stride 1 or 2."""
+        return geo.group == 1 and channels <= MAX_INPUT_CHANNELS and geo.sw in (1, 2)
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
-        """The weight packed into 16-channel panels, the bias padded to match."""
+        """The weight packed (:meth:`pack`), the bias padded to whole 16-channel blocks."""
         w = graph.const(node.input(1))
         assert w is not None
         b = graph.const(node.input(2)) if node.input(2) else None
         prepared = Prepared(params={"weight_shape": list(w.shape)})
-        prepared.tensors["weight"] = pack_weight(w)
+        prepared.tensors["weight"] = self.pack(w)
         prepared.tensors["bias"] = pack_bias(b, int(w.shape[0]))
         prepared.replaces = frozenset(i for i in (1, 2) if node.input(i))
         return prepared
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """The constant weight in this tactic's layout: 16-channel panels (:func:`pack_weight`)."""
+        return pack_weight(w)
 
     def run(
         self,

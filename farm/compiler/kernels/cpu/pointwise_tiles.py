@@ -49,9 +49,9 @@ from farm.compiler.kernels.cpu._simd16 import (
     vzero16,
 )
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
-from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _as_4d, _conv_node_ok, _out_4d
-from farm.compiler.kernels.cpu.conv_rows import pack_bias
-from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
+from farm.compiler.kernels.cpu.conv_rows import DirectRowsConv
+from farm.compiler.kernels.registry import Prepared, register_tactic
 
 PIXELS = 2 * LANES  # pixels per tile
 
@@ -180,43 +180,28 @@ def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta,
 
 
 @register_tactic
-class PointwiseTilesConv(Tactic):
+class PointwiseTilesConv(DirectRowsConv):
     """1x1 conv on 12-channel x 32-pixel register tiles, epilogue on the vectors (module doc)."""
 
     name = "cpu.conv.pointwise_tiles"
-    op_types = CONV_OPS
     priority = 9  # the tuner times it; level 0 keeps the BLAS tactics
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        """AVX-512; group 1, a 1 x 1 kernel, stride 1, no padding; constant weight and bias."""
-        if not AVX512 or not _conv_node_ok(node, graph):
-            return False
-        w = graph.const(node.input(1))
-        x = graph.values[node.input(0)]
-        if w is None or x.shape is None or not isinstance(x.shape[1], int):
-            return False
-        if node.input(2) and graph.const(node.input(2)) is None:
-            return False
-        geo = ConvGeometry.of(node, list(w.shape))
+        return AVX512 and super().supports(node, graph)
+
+    def geometry_ok(self, channels: int, w_shape: tuple[int, ...], geo: ConvGeometry) -> bool:
+        """Group 1, a 1 x 1 kernel, stride 1, no padding."""
         pads = (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         return (
             geo.group == 1
-            and all(d == 1 for d in w.shape[2:])
+            and all(d == 1 for d in w_shape[2:])
             and (geo.sh, geo.sw) == (1, 1)
             and not any(pads)
         )
 
-    def prepare(self, node: Node, graph: Graph) -> Prepared:
-        """The weight as 12-channel A panels, the bias padded (zeros when absent)."""
-        w = graph.const(node.input(1))
-        assert w is not None
-        b = graph.const(node.input(2)) if node.input(2) else None
-        m = int(w.shape[0])
-        prepared = Prepared(params={"weight_shape": list(w.shape)})
-        prepared.tensors["weight"] = pack_rows(np.asarray(w, np.float32).reshape(m, -1))
-        prepared.tensors["bias"] = pack_bias(b, m)
-        prepared.replaces = frozenset(i for i in (1, 2) if node.input(i))
-        return prepared
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """12-channel A panels (:func:`~._microgemm.pack_rows`)."""
+        return pack_rows(np.asarray(w, np.float32).reshape(w.shape[0], -1))
 
     def run(
         self,
