@@ -28,7 +28,7 @@ import numpy as np
 from farm.compiler import __version__ as COMPILER_VERSION
 from farm.compiler.engine.fingerprint import device_fingerprint, fingerprint_mismatches
 from farm.compiler.engine.numba_support import preload_numba_support
-from farm.compiler.engine.runtime import WEIGHT_ALIGNMENT, Binding, Engine, Kernel
+from farm.compiler.engine.runtime import WEIGHT_ALIGNMENT, Binding, Engine, Kernel, aligned_bytes
 from farm.compiler.engine.serialize import EngineFormatError, contiguous, graph_from_json, graph_to_json
 from farm.compiler.engine.validate import check_engine, shapes_to_json
 from farm.compiler.ir import subgraphs
@@ -325,9 +325,7 @@ def _aligned(data: Buffer) -> Buffer | np.ndarray:
     view = np.frombuffer(data, dtype=np.uint8)
     if view.ctypes.data % TENSOR_ALIGNMENT == 0:
         return data
-    raw = np.empty(len(view) + TENSOR_ALIGNMENT, dtype=np.uint8)
-    start = (-raw.ctypes.data) % TENSOR_ALIGNMENT
-    copy = raw[start : start + len(view)]
+    copy = aligned_bytes(len(view), TENSOR_ALIGNMENT)
     copy[:] = view
     copy.flags.writeable = False
     return copy

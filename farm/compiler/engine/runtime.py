@@ -92,6 +92,14 @@ class _BoundShapes:
 WEIGHT_ALIGNMENT = 64
 
 
+def aligned_bytes(nbytes: int, alignment: int = WEIGHT_ALIGNMENT) -> np.ndarray:
+    """A fresh uint8 buffer of ``nbytes`` whose first byte lies on an ``alignment`` boundary
+    (numpy's allocator only promises 16 bytes)."""
+    raw = np.empty(nbytes + alignment, dtype=np.uint8)
+    start = (-raw.ctypes.data) % alignment
+    return raw[start : start + nbytes]
+
+
 def aligned_weight(array: Any) -> Any:
     """``array`` read-only and, when it is a C-contiguous array of at least one line, starting on
     a :data:`WEIGHT_ALIGNMENT` boundary (copied there when it does not)."""
@@ -102,9 +110,7 @@ def aligned_weight(array: Any) -> Any:
         or array.ctypes.data % WEIGHT_ALIGNMENT == 0
     ):
         return _read_only(array)
-    raw = np.empty(array.nbytes + WEIGHT_ALIGNMENT, dtype=np.uint8)
-    start = (-raw.ctypes.data) % WEIGHT_ALIGNMENT
-    copy = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy = aligned_bytes(array.nbytes).view(array.dtype).reshape(array.shape)
     np.copyto(copy, array)
     copy.flags.writeable = False
     return copy
@@ -134,10 +140,7 @@ class ExecutionContext:
         # (BLAS threads, numba threads) applied before each run: the engine's own tuned choice,
         # unless the caller pins one (e.g. to compare two engines under the same setting).
         self.threads = threads if threads is not None else (engine.threads, engine.numba_threads)
-        size = engine.plan.arena_size
-        raw = np.empty(size + engine.plan.alignment, dtype=np.uint8)
-        start = (-raw.ctypes.data) % engine.plan.alignment
-        self.arena = raw[start : start + size]
+        self.arena = aligned_bytes(engine.plan.arena_size, engine.plan.alignment)
         # Per-context scratch: tactics keep workspaces here; prepared tensors are shared.
         self.prepared = {
             k.node.name: Prepared(k.prepared.tensors, k.prepared.params, k.prepared.replaces)
