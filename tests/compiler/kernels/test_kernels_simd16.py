@@ -1,7 +1,10 @@
 """The ``_simd16`` vector intrinsics the depthwise-rows tactic is built on, lane by lane against
 numpy: masked loads and stores at every count (including 0 and past 16), lane-range loads whose
 window starts before the array and ends past it, the even/odd de-interleave, and the lane-wise
-arithmetic (max/min keep numba's scalar semantics)."""
+arithmetic (max/min keep numba's scalar semantics). The masked forms are checked in both of their
+code generations, the pure masked one (AVX-512 hosts) and the one that moves whole vectors with
+plain loads and stores (:data:`~._simd16.PLAIN_WHOLE_VECTORS`, AVX2 hosts), whichever host runs
+the tests."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from farm.compiler.kernels.cpu import _simd16
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
     vadd16,
@@ -26,14 +30,20 @@ from farm.compiler.kernels.cpu._simd16 import (
 )
 
 
-@njit(cache=False)
 def _masked_copy(src, at, dst, to, count):
     vstore16_masked(dst, to, vload16_masked(src, at, count), count)
 
 
-@njit(cache=False)
 def _lanes(src, base, lo, hi, out):
     vstore16(out, 0, vload16_lanes(src, base, lo, hi))
+
+
+@pytest.fixture(params=[False, True], ids=["masked", "plain-whole"])
+def compiled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``_masked_copy`` and ``_lanes`` freshly compiled under one ``PLAIN_WHOLE_VECTORS`` setting
+    (the intrinsics read it when their caller compiles)."""
+    monkeypatch.setattr(_simd16, "PLAIN_WHOLE_VECTORS", request.param)
+    return {"copy": njit(cache=False)(_masked_copy), "lanes": njit(cache=False)(_lanes)}
 
 
 @njit(cache=False)
@@ -56,30 +66,35 @@ def _arith(a, b, s, out):
 
 
 @pytest.mark.parametrize("count", [0, 1, 7, 15, 16, 17, 40])
-def test_masked_load_and_store_touch_only_the_first_count_lanes(rng: np.random.Generator, count: int) -> None:
+def test_masked_load_and_store_touch_only_the_first_count_lanes(
+    rng: np.random.Generator, compiled: dict, count: int
+) -> None:
     src = rng.standard_normal(64).astype(np.float32)
     dst = np.full(64, -7.0, np.float32)
-    _masked_copy(src, 5, dst, 9, count)
+    compiled["copy"](src, 5, dst, 9, count)
     n = min(count, LANES)
     want = np.full(64, -7.0, np.float32)
     want[9 : 9 + n] = src[5 : 5 + n]
     np.testing.assert_array_equal(dst, want)
 
 
-def test_masked_load_at_the_end_of_an_array_reads_nothing_past_it(rng: np.random.Generator) -> None:
+def test_masked_load_at_the_end_of_an_array_reads_nothing_past_it(
+    rng: np.random.Generator, compiled: dict
+) -> None:
     """Three floats left in the array: a 16-lane masked load of three must not fault or read on."""
     src = rng.standard_normal(3).astype(np.float32)
     dst = np.zeros(16, np.float32)
-    _masked_copy(src, 0, dst, 0, 3)
+    compiled["copy"](src, 0, dst, 0, 3)
     np.testing.assert_array_equal(dst[:3], src)
     assert not dst[3:].any()
 
 
 @pytest.mark.parametrize(
-    ("base", "lo", "hi"), [(-3, 3, 16), (0, 0, 16), (4, 0, 6), (-2, 2, 9), (8, 0, 100), (0, 5, 5)]
+    ("base", "lo", "hi"),
+    [(-3, 3, 16), (0, 0, 16), (4, 0, 6), (-2, 2, 9), (8, 0, 100), (0, 5, 5), (0, -4, 16), (2, -9, 20)],
 )
 def test_lane_range_load_zeroes_the_lanes_outside(
-    rng: np.random.Generator, base: int, lo: int, hi: int
+    rng: np.random.Generator, compiled: dict, base: int, lo: int, hi: int
 ) -> None:
     """Lanes lo <= j < min(hi, 16) hold src[base + j]; the window may start before the array (a
     row's left padding), as long as the selected lanes are inside it."""
@@ -87,7 +102,7 @@ def test_lane_range_load_zeroes_the_lanes_outside(
     if hi > 16:
         src = src[: base + 16]  # lanes past the end selected by hi clamp to the 16 there are
     out = np.full(16, np.nan, np.float32)
-    _lanes(src, base, lo, hi, out)
+    compiled["lanes"](src, base, lo, hi, out)
     want = np.zeros(16, np.float32)
     for j in range(max(lo, 0), min(hi, 16)):
         want[j] = src[base + j]
