@@ -1,13 +1,14 @@
-"""``cpu.gemm.packed16`` (our 12 x 32 AVX-512 micro-kernel on prepacked weight panels) against
-float64 numpy matmul with fused.py's epilogue: row and column tails, K blocks, every epilogue,
-MatMul, declines. The kernel is correct on any x86 CPU (LLVM splits the 16-lane vectors where
-there is no AVX-512), so these tests run everywhere with the AVX-512 gate opened."""
+"""``cpu.gemm.packed16`` (our 12 x 32 micro-kernel on prepacked weight panels) against float64
+numpy matmul with fused.py's epilogue: row and column tails, K blocks, every epilogue, MatMul,
+declines. The micro-kernel itself is checked in both of its forms, the one-pass AVX-512 tile and
+the four 6 x 16 quarters AVX2 hosts run, whichever host runs the tests."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from kernels_harness import OneNode, assert_close
+from numba import njit
 from test_kernels_gemm import _fused_gemm
 
 from farm.compiler.ir import ACTIVATIONS
@@ -17,9 +18,17 @@ from farm.compiler.kernels.cpu import _microgemm, gemm_packed
 TACTIC = "cpu.gemm.packed16"
 
 
-@pytest.fixture(autouse=True)
-def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gemm_packed, "AVX512", True)
+@njit(cache=False)
+def _zmm_tile(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
+    _microgemm._tile_12x32_zmm(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc)
+
+
+@njit(cache=False)
+def _quarters_tile(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
+    _microgemm._quarter_6x16(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc)
+    _microgemm._quarter_6x16(ap, ao, bp, bo + 16, offs, o0, kc, c, co + 16, ldc, acc)
+    _microgemm._quarter_6x16(ap, ao + 6, bp, bo, offs, o0, kc, c, co + 6 * ldc, ldc, acc)
+    _microgemm._quarter_6x16(ap, ao + 6, bp, bo + 16, offs, o0, kc, c, co + 6 * ldc + 16, ldc, acc)
 
 
 @pytest.mark.parametrize(
@@ -66,9 +75,13 @@ def test_packed_gemm_without_bias_and_plain_matmul(rng: np.random.Generator) -> 
     assert_close(mm.run_tactic(TACTIC), mm.expected(lambda *_: a.astype(np.float64) @ w))
 
 
-def test_micro_kernel_accumulates_k_blocks(rng: np.random.Generator) -> None:
-    """tile_12x32 over two K blocks (the second with ``acc``) equals one pass over all of K, and
-    the packers lay panels out as documented (zeros past the edges)."""
+@pytest.mark.parametrize(
+    "tile", [_microgemm.tile_12x32, _zmm_tile, _quarters_tile], ids=["host", "zmm", "quarters"]
+)
+def test_micro_kernel_accumulates_k_blocks(rng: np.random.Generator, tile) -> None:  # type: ignore[no-untyped-def]
+    """The 12 x 32 tile (as this host runs it, and each of its two forms) over two K blocks (the
+    second with ``acc``) equals one pass over all of K and numpy, and the packers lay panels out
+    as documented (zeros past the edges)."""
     a = rng.standard_normal((7, 40)).astype(np.float32)
     w = rng.standard_normal((40, 20)).astype(np.float32)
     ap = np.empty(40 * _microgemm.MR, np.float32)
@@ -78,12 +91,13 @@ def test_micro_kernel_accumulates_k_blocks(rng: np.random.Generator) -> None:
     assert np.array_equal(wp.reshape(40, 32)[:, :20], w) and not wp.reshape(40, 32)[:, 20:].any()
     offs = _microgemm.panel_offsets(40)
     whole = np.full(12 * 32, np.nan, np.float32)
-    _microgemm.tile_12x32(ap, 0, wp, 0, offs, 0, 40, whole, 0, 32, False)
+    tile(ap, 0, wp, 0, offs, 0, 40, whole, 0, 32, False)
     split = np.full(12 * 32, np.nan, np.float32)
-    _microgemm.tile_12x32(ap, 0, wp, 0, offs, 0, 25, split, 0, 32, False)
-    _microgemm.tile_12x32(ap, 25 * 12, wp, 0, offs, 25, 15, split, 0, 32, True)
+    tile(ap, 0, wp, 0, offs, 0, 25, split, 0, 32, False)
+    tile(ap, 25 * 12, wp, 0, offs, 25, 15, split, 0, 32, True)
     want = a.astype(np.float64) @ w
     assert np.allclose(whole.reshape(12, 32)[:7, :20], want, rtol=1e-5, atol=1e-4)
+    assert not whole.reshape(12, 32)[7:].any() and not whole.reshape(12, 32)[:, 20:].any()
     assert np.allclose(split, whole, rtol=1e-5, atol=1e-5)
     rows = _microgemm.pack_rows(a)
     assert np.array_equal(rows, ap)
@@ -100,9 +114,7 @@ def test_row_chunks_give_every_thread_work() -> None:
     assert gemm_packed.row_chunks(1024, 256, 1024, 2) == 8
 
 
-def test_packed_gemm_declines_few_rows_runtime_weights_and_no_avx512(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_packed_gemm_declines_few_rows_and_runtime_weights(rng: np.random.Generator) -> None:
     few, _ = _fused_gemm(rng, (4, 64), 32)
     assert not get_tactic(TACTIC).supports(few.node, few.graph)
     a = rng.standard_normal((32, 8)).astype(np.float32)
@@ -111,5 +123,4 @@ def test_packed_gemm_declines_few_rows_runtime_weights_and_no_avx512(
     runtime.build((32, 5))
     assert not get_tactic(TACTIC).supports(runtime.node, runtime.graph)
     many, _ = _fused_gemm(rng, (64, 64), 32)
-    monkeypatch.setattr(gemm_packed, "AVX512", False)
-    assert not get_tactic(TACTIC).supports(many.node, many.graph)
+    assert get_tactic(TACTIC).supports(many.node, many.graph)

@@ -1,4 +1,4 @@
-"""A 12 x 32 register-blocked float32 GEMM micro-kernel on packed panels (AVX-512).
+"""A 12 x 32 register-blocked float32 GEMM micro-kernel on packed panels.
 
 ``C[12, 32] = A_panel^T @ B_panel`` where the A panel holds 12 rows of A as ``[K, 12]`` (element
 ``(k, r)`` at ``k*12 + r``) and B's 32 columns as K rows of 32 floats, each where an offset
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from farm.compiler.kernels.cpu._simd16 import vbroadcast16, vfma16, vload16, vstore16, vzero16
+from farm.compiler.kernels.cpu._simd16 import AVX512, vbroadcast16, vfma16, vload16, vstore16, vzero16
 
 MR = 12  # rows of a micro-tile (A panel width)
 NR = 32  # columns of a micro-tile (B panel width: two vectors)
@@ -32,7 +32,51 @@ def tile_12x32(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
 
     B's row k is wherever ``offs`` says: ``k * 32`` for a packed panel (:func:`panel_offsets`),
     or an input row of an implicit-GEMM conv (``conv_packed``): one scalar load per step, next
-    to 24 FMAs."""
+    to 24 FMAs. With AVX-512 the tile is one pass in 24 ``zmm`` accumulators; without it, four
+    6 x 16 quarters (:func:`_quarter_6x16`), each in 12 ``ymm`` accumulators."""
+    if AVX512:
+        _tile_12x32_zmm(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc)
+    else:
+        _quarter_6x16(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc)
+        _quarter_6x16(ap, ao, bp, bo + 16, offs, o0, kc, c, co + 16, ldc, acc)
+        _quarter_6x16(ap, ao + 6, bp, bo, offs, o0, kc, c, co + 6 * ldc, ldc, acc)
+        _quarter_6x16(ap, ao + 6, bp, bo + 16, offs, o0, kc, c, co + 6 * ldc + 16, ldc, acc)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _quarter_6x16(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
+    """Rows ``ao .. ao+5`` of the A panel (stride 12 per k) x the 16 B columns from ``bo``: 6
+    sixteen-lane accumulators, i.e. 12 ``ymm`` registers on an AVX2 host, with B's two halves
+    and one broadcast the 15 of its 16 that stay in registers."""
+    z = vzero16()
+    c0 = c1 = c2 = c3 = c4 = c5 = z
+    if acc:
+        c0 = vload16(c, co)
+        c1 = vload16(c, co + ldc)
+        c2 = vload16(c, co + 2 * ldc)
+        c3 = vload16(c, co + 3 * ldc)
+        c4 = vload16(c, co + 4 * ldc)
+        c5 = vload16(c, co + 5 * ldc)
+    for kk in range(o0, o0 + kc):
+        b = vload16(bp, bo + offs[kk])
+        c0 = vfma16(vbroadcast16(ap, ao), b, c0)
+        c1 = vfma16(vbroadcast16(ap, ao + 1), b, c1)
+        c2 = vfma16(vbroadcast16(ap, ao + 2), b, c2)
+        c3 = vfma16(vbroadcast16(ap, ao + 3), b, c3)
+        c4 = vfma16(vbroadcast16(ap, ao + 4), b, c4)
+        c5 = vfma16(vbroadcast16(ap, ao + 5), b, c5)
+        ao += MR
+    vstore16(c, co, c0)
+    vstore16(c, co + ldc, c1)
+    vstore16(c, co + 2 * ldc, c2)
+    vstore16(c, co + 3 * ldc, c3)
+    vstore16(c, co + 4 * ldc, c4)
+    vstore16(c, co + 5 * ldc, c5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tile_12x32_zmm(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
+    """:func:`tile_12x32` in one pass: 24 sixteen-lane accumulators (AVX-512's 32 registers)."""
     z = vzero16()
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = z
     c60 = c61 = c70 = c71 = c80 = c81 = c90 = c91 = ca0 = ca1 = cb0 = cb1 = z

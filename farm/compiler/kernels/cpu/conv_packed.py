@@ -23,8 +23,10 @@ image with the 12 x 32 micro-kernel of ``_microgemm``, without building ``cols``
 Measured on a 2-core AVX-512 Xeon (``bench_kernels_vs_ort.py``, interleaved with ORT): ResNet's
 512-channel 3 x 3 convs at batch 1 1.30 x ORT where Winograd F(2,3) took 1.63 x, its stride-2
 128 -> 256 conv at batch 8 1.49 x where im2col + BLAS took 1.74 x; Winograd stays ahead on the
-early 3 x 3 layers. Pool: numba's only, no BLAS. Offered where the CPU has AVX-512
-(:data:`~._simd16.AVX512`), the weight is a constant and the kernel larger than 1 x 1.
+early 3 x 3 layers. On a 2-core AVX2 EPYC (the micro-kernel as four 6 x 16 quarters, 94
+GFLOP/s on one core from L1) it is the fastest tactic for ResNet's 7 x 7 stem (1.59 x ORT where
+im2col + BLAS took 1.81 x) and stride-2 3 x 3 conv (1.61 x against 1.86 x). Pool: numba's only,
+no BLAS. Offered where the weight is a constant and the kernel larger than 1 x 1.
 
 ``cpu.conv.pointwise16`` is the same GEMM for a 1 x 1, stride-1, unpadded conv with no copy at
 all: the NCHW input already is B (channel c's pixels j*32 .. j*32+31 are consecutive), so the
@@ -46,7 +48,6 @@ from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, ROW_ACTIVATIONS, finish_row, finish_value
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, panel_offsets, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
-from farm.compiler.kernels.cpu._simd16 import AVX512
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry
@@ -299,7 +300,7 @@ class PackedConv(TiledGemmConv):
 
     def supports(self, node: Node, graph: Graph) -> bool:
         w = graph.const(node.input(1))
-        if not AVX512 or w is None or not super().supports(node, graph):
+        if w is None or not super().supports(node, graph):
             return False
         return self.geometry_ok(w.shape, ConvGeometry.of(node, w.shape))
 
