@@ -1,20 +1,21 @@
 """``cpu.conv.packed16`` (im2col into 32-pixel panels against prepacked 12-channel weight panels,
 our 12 x 32 micro-kernel) and the 1 x 1 tactics ``pointwise16`` and ``pointwise_tiles`` against a
 direct float64 convolution: every dense geometry of the conv suite, pixel and channel tails, K
-blocks, stride phases, task splits, epilogues. ``pointwise_tiles`` is offered on AVX-512 hosts
-only; its kernel is correct on any x86 CPU (LLVM splits the 16-lane vectors where there is no
-AVX-512), so these tests run everywhere with its gate opened."""
+blocks, stride phases, task splits, epilogues. ``pointwise_tiles``'s register tile is checked in
+both of its forms (one AVX-512 pass, four quarters on AVX2 hosts) on any host."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from kernels_harness import assert_close
+from numba import njit
 from test_kernels_conv import CASES, _conv_case, conv_oracle
 
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
 from farm.compiler.kernels.cpu import conv_packed, pointwise_tiles
+from farm.compiler.kernels.cpu._epilogue import ACT_CLIP, RES_NONE, vector_epilogue
 
 TACTIC = "cpu.conv.packed16"
 DENSE = [c for c in CASES if c[-1] == 1]
@@ -41,11 +42,6 @@ POINTWISE_CASES = [
     (1, 200, 7, 7, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # C = 200: two K blocks
     (2, 24, 1, 1, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # squeeze-excite: 1 x 1 maps
 ]
-
-
-@pytest.fixture(autouse=True)
-def _avx512_gate_open(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pointwise_tiles, "AVX512", True)
 
 
 @pytest.mark.parametrize("case", [c for c in DENSE if c[5] != (1, 1)])
@@ -170,9 +166,7 @@ def test_pointwise16_on_a_view_of_a_larger_buffer(rng: np.random.Generator, tact
 
 
 @pytest.mark.parametrize("tactic_name", POINTWISE_TACTICS)
-def test_pointwise16_declines_other_geometries(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, tactic_name: str
-) -> None:
+def test_pointwise16_declines_other_geometries(rng: np.random.Generator, tactic_name: str) -> None:
     tactic = get_tactic(tactic_name)
     ok, _ = _conv_case(rng, POINTWISE_CASES[0])
     assert tactic.supports(ok.node, ok.graph)
@@ -184,8 +178,6 @@ def test_pointwise16_declines_other_geometries(
     ]:
         one, _ = _conv_case(rng, case)
         assert not tactic.supports(one.node, one.graph), case
-    monkeypatch.setattr(pointwise_tiles, "AVX512", False)
-    assert tactic.supports(ok.node, ok.graph) == (tactic_name == POINTWISE)  # tiles need AVX-512
 
 
 @pytest.mark.parametrize(
@@ -206,3 +198,42 @@ def test_pointwise_tiles_vector_and_panel_tails(
     for with_bias in (True, False):
         one, expected = _conv_case(rng, case, activation="Relu", residual=residual, with_bias=with_bias)
         assert_close(one.run_tactic(TILES), expected)
+
+
+@njit(cache=False)
+def _tile_forms(xf, plane, cin, wp, bias, m, n0, n1, zmm, quarters, lo, hi):
+    """Tile 0 (channels 0 .. 11, the first 32 pixels) in its AVX-512 form into ``zmm`` and as the
+    AVX2 hosts' four quarters into ``quarters``, both through a Clip to [lo, hi]."""
+    ep = vector_epilogue(RES_NONE, ACT_CLIP, lo, hi)
+    pointwise_tiles._tile_zmm(xf, 0, plane, cin, wp, 0, bias, 0, m, zmm, 0, n0, n1, zmm, ep)
+    half = pointwise_tiles.HALF
+    lanes = pointwise_tiles.LANES
+    for h in range(2):
+        if m > h * half:
+            for q in range(2):
+                n = n0 if q == 0 else n1
+                if n > 0:
+                    pointwise_tiles._quarter(
+                        xf, q * lanes, plane, cin, wp, h * half, bias, h * half, m, quarters,
+                        h * half * plane + q * lanes, n, quarters, ep,
+                    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("m", "pixels"), [(12, 32), (7, 32), (12, 21), (5, 9), (9, 16)])
+def test_pointwise_tile_forms_agree_with_numpy(rng: np.random.Generator, m: int, pixels: int) -> None:
+    """Both forms of the 12 x 32 tile store bias + W @ x through a Clip for the channels and
+    pixels that exist, and nothing else (channel and pixel tails included)."""
+    cin = 19
+    plane = 40
+    x = rng.standard_normal((cin, plane)).astype(np.float32)
+    w = rng.standard_normal((m, cin)).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    wp = pointwise_tiles.pack_rows(w)
+    n0, n1 = min(pixels, 16), max(pixels - 16, 0)
+    zmm = np.full(m * plane, np.nan, np.float32)
+    quarters = np.full(m * plane, np.nan, np.float32)
+    _tile_forms(x.reshape(-1), plane, cin, wp, bias, m, n0, n1, zmm, quarters, -0.5, 0.75)
+    want = np.full((m, plane), np.nan)
+    want[:, :pixels] = np.clip(w.astype(np.float64) @ x[:, :pixels] + bias[:m, None], -0.5, 0.75)
+    for got in (zmm, quarters):
+        np.testing.assert_allclose(got.reshape(m, plane), want, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,10 @@ finishes tiles through a scratch and a per-element store; with MobileNet's short
 channels) that store outweighs the arithmetic (16 -> 64 at 112 x 112: 28 GFLOP/s, 2-core Xeon).
 Tasks are (image, 12-channel panel, run of 32-pixel panels): the weight panel (C x 12 floats)
 stays in L1 while the task walks its pixels. Activations other than the piecewise-linear ones run
-over the task's finished rows. Offered where the CPU has AVX-512 (:data:`~._simd16.AVX512`).
+over the task's finished rows. Without AVX-512 (:data:`~._simd16.AVX512`) the 24 accumulators
+would spill the 16 ``ymm`` registers, so there a tile runs as four 6-channel x 16-pixel quarters
+(:func:`_quarter`); on a 2-core AVX2 EPYC the tuner then picked it for 7 of MobileNet's 1 x 1
+layers and the model ran 5.5 % faster at batch 1 (in-process A/B).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit, prange
 
-from farm.compiler.ir import Graph, Node
+from farm.compiler.ir import Node
 from farm.compiler.kernels.cpu._epilogue import (
     RES_NONE,
     VECTOR_ACTS,
@@ -54,6 +57,7 @@ from farm.compiler.kernels.cpu.conv_rows import DirectRowsConv
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
 PIXELS = 2 * LANES  # pixels per tile
+HALF = MR // 2  # channels per quarter tile (hosts without AVX-512)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
@@ -68,7 +72,58 @@ def _row_out(v0, v1, bias, m, of, at, n0, n1, res, ep):
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
 def _tile(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep):
     """12 channels from m0 x 32 pixels: x rows at xf[x_at + c*plane] (n0 + n1 valid pixels),
-    weight panel wf[w_at:] ([cin, 12]), output at of[o_at + r*plane]."""
+    weight panel wf[w_at:] ([cin, 12]), output at of[o_at + r*plane]. With AVX-512 one pass in
+    24 accumulators; without it four 6-channel x 16-pixel quarters (:func:`_quarter`)."""
+    if AVX512:
+        _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep)
+        return
+    _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, res, ep)
+    if n1 > 0:
+        _quarter(xf, x_at + LANES, plane, cin, wf, w_at, bias, m0, m, of, o_at + LANES, n1, res, ep)
+    if m > m0 + HALF:
+        w_half = w_at + HALF
+        o_half = o_at + HALF * plane
+        _quarter(xf, x_at, plane, cin, wf, w_half, bias, m0 + HALF, m, of, o_half, n0, res, ep)
+        if n1 > 0:
+            _quarter(
+                xf, x_at + LANES, plane, cin, wf, w_half, bias, m0 + HALF, m, of, o_half + LANES, n1, res, ep
+            )
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n, res, ep):
+    """6 channels from m0 (fewer where the layer's end, ``m``, is nearer) x 16 pixels (``n``
+    valid) in six sixteen-lane accumulators: 12 ``ymm`` registers on an AVX2 host, with the
+    input row's two halves and one broadcast 15 of its 16. The weight panel's row stride stays
+    12 (``w_at`` points at the panel's first or second half)."""
+    z = vzero16()
+    a0 = a1 = a2 = a3 = a4 = a5 = z
+    for c in range(cin):
+        u = vload16_masked(xf, x_at + c * plane, n)
+        w = w_at + c * MR
+        a0 = vfma16(vbroadcast16(wf, w), u, a0)
+        a1 = vfma16(vbroadcast16(wf, w + 1), u, a1)
+        a2 = vfma16(vbroadcast16(wf, w + 2), u, a2)
+        a3 = vfma16(vbroadcast16(wf, w + 3), u, a3)
+        a4 = vfma16(vbroadcast16(wf, w + 4), u, a4)
+        a5 = vfma16(vbroadcast16(wf, w + 5), u, a5)
+    rows = m - m0
+    finish16(vadd16(a0, vsplat16(bias[m0])), of, o_at, n, res, ep)
+    if rows > 1:
+        finish16(vadd16(a1, vsplat16(bias[m0 + 1])), of, o_at + plane, n, res, ep)
+    if rows > 2:
+        finish16(vadd16(a2, vsplat16(bias[m0 + 2])), of, o_at + 2 * plane, n, res, ep)
+    if rows > 3:
+        finish16(vadd16(a3, vsplat16(bias[m0 + 3])), of, o_at + 3 * plane, n, res, ep)
+    if rows > 4:
+        finish16(vadd16(a4, vsplat16(bias[m0 + 4])), of, o_at + 4 * plane, n, res, ep)
+    if rows > 5:
+        finish16(vadd16(a5, vsplat16(bias[m0 + 5])), of, o_at + 5 * plane, n, res, ep)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep):
+    """:func:`_tile` in one pass: 24 accumulators (AVX-512's 32 registers)."""
     z = vzero16()
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
     b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = z
@@ -185,9 +240,6 @@ class PointwiseTilesConv(DirectRowsConv):
 
     name = "cpu.conv.pointwise_tiles"
     priority = 9  # the tuner times it; level 0 keeps the BLAS tactics
-
-    def supports(self, node: Node, graph: Graph) -> bool:
-        return AVX512 and super().supports(node, graph)
 
     def geometry_ok(self, channels: int, w_shape: tuple[int, ...], geo: ConvGeometry) -> bool:
         """Group 1, a 1 x 1 kernel, stride 1, no padding."""
