@@ -64,6 +64,24 @@ def test_packed_conv_panels_and_tails(
 
 
 @pytest.mark.parametrize(
+    "case",
+    [
+        (1, 16, 14, 14, 24, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # a ResNet downsample's shape
+        (2, 7, 9, 11, 13, (1, 1), (2, 3), (0, 0, 0, 0), (1, 1), 1),  # odd sizes, unequal strides
+        (1, 5, 13, 40, 30, (1, 1), (1, 2), (0, 0, 0, 0), (1, 1), 1),  # width stride only
+        (1, 6, 50, 3, 7, (1, 1), (4, 1), (0, 0, 0, 0), (1, 1), 1),  # height stride only
+    ],
+)
+@pytest.mark.parametrize("residual", [None, "post"])
+def test_pointwise_tiles_strided_matches_oracle(
+    rng: np.random.Generator, case: tuple, residual: str | None
+) -> None:
+    """A strided 1 x 1 conv: the pixels it reads copied dense first, then the same tiles."""
+    one, expected = _conv_case(rng, case, activation="Relu", residual=residual)
+    assert_close(one.run_tactic(TILES), expected)
+
+
+@pytest.mark.parametrize(
     ("tactic", "case"),
     [
         (TACTIC, (2, 5, 9, 11, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)),
@@ -170,8 +188,9 @@ def test_pointwise16_declines_other_geometries(rng: np.random.Generator, tactic_
     tactic = get_tactic(tactic_name)
     ok, _ = _conv_case(rng, POINTWISE_CASES[0])
     assert tactic.supports(ok.node, ok.graph)
+    strided, _ = _conv_case(rng, (1, 8, 8, 8, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1))
+    assert tactic.supports(strided.node, strided.graph) == (tactic_name == TILES)
     for case in [
-        (1, 8, 8, 8, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # strided
         (1, 8, 8, 8, 8, (1, 1), (1, 1), (1, 0, 0, 0), (1, 1), 1),  # padded
         (1, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 3 x 3
         (1, 8, 8, 8, 8, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2),  # grouped
