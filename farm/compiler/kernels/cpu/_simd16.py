@@ -195,6 +195,24 @@ def _load_unless_whole(builder: Any, ptr: Any, mask: Any, full: Any) -> Any:
     return value
 
 
+def _masked_store(builder: Any, value: Any, ptr: Any, mask: Any) -> None:
+    fnty = ir.FunctionType(ir.VoidType(), [_V16, ptr.type, ir.IntType(32), mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
+    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 4), mask])
+
+
+def _store_unless_whole(builder: Any, value: Any, ptr: Any, mask: Any, full: Any) -> None:
+    """:func:`_load_unless_whole`'s store: masked under ``mask()``, or plain when ``full``."""
+    if not PLAIN_WHOLE_VECTORS:
+        _masked_store(builder, value, ptr, mask())
+        return
+    with builder.if_else(full, likely=True) as (whole, part):
+        with whole:
+            builder.store(value, ptr, align=4)
+        with part:
+            _masked_store(builder, value, ptr, mask())
+
+
 def _vload16_masked(typingctx: Any, arr: Any, index: Any, count: Any) -> Any:
     """The first ``count`` (0 .. 16) float32 of ``arr`` from flat element ``index`` on, zeros in
     the other lanes; the elements past ``count`` are not read (a masked load: no fault past the
@@ -277,22 +295,8 @@ def _vstore16_masked(typingctx: Any, arr: Any, index: Any, value: Any, count: An
             _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _V16.as_pointer()
         )
         count = context.cast(builder, args[3], sig.args[3], types.uint64)
-
-        def masked() -> None:
-            mask = _first_lanes(builder, count)
-            fnty = ir.FunctionType(ir.VoidType(), [_V16, ptr.type, ir.IntType(32), mask.type])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
-            builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), 4), mask])
-
-        if not PLAIN_WHOLE_VECTORS:
-            masked()
-        else:
-            full = builder.icmp_unsigned(">=", count, ir.Constant(count.type, LANES))
-            with builder.if_else(full, likely=True) as (whole, part):
-                with whole:
-                    builder.store(args[2], ptr, align=4)
-                with part:
-                    masked()
+        full = builder.icmp_unsigned(">=", count, ir.Constant(count.type, LANES))
+        _store_unless_whole(builder, args[2], ptr, lambda: _first_lanes(builder, count), full)
         return context.get_dummy_value()
 
     return types.none(arr, index, value, count), codegen

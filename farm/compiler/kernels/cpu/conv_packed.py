@@ -1,4 +1,4 @@
-"""Conv on our own AVX-512 micro-kernel as an implicit GEMM: no im2col, weight packed once.
+"""Conv on our own 12 x 32 micro-kernel as an implicit GEMM: no im2col, weight packed once.
 
 ``cpu.conv.packed16`` computes a group-1 conv as ``out[n, M, P] = W[M, K] @ cols[K, P]`` per
 image with the 12 x 32 micro-kernel of ``_microgemm``, without building ``cols``:
@@ -291,7 +291,7 @@ def task_split(n: int, m: int, wide: int, threads: int) -> tuple[int, int]:
 
 @register_tactic
 class PackedConv(TiledGemmConv):
-    """Own AVX-512 micro-kernel conv: an implicit GEMM over the input's stride phases, weight
+    """Own 12 x 32 micro-kernel conv: an implicit GEMM over the input's stride phases, weight
     packed once, epilogue in the tile stores (group 1, constant weight, kernel > 1 x 1)."""
 
     name = "cpu.conv.packed16"
@@ -340,7 +340,7 @@ class PackedConv(TiledGemmConv):
 
 @register_tactic
 class PackedPointwiseConv(PackedConv):
-    """Own AVX-512 micro-kernel for a 1 x 1, stride-1, unpadded conv: :func:`conv_panels` with
+    """Own 12 x 32 micro-kernel for a 1 x 1, stride-1, unpadded conv: :func:`conv_panels` with
     the input read in place as the GEMM's B (pixel panel j of channel c of image n is the 32
     floats at ``x[n, c].flat[j*32:]``; no phase copy, no im2col; only each image's ragged last
     panel is copied), the weight packed once, the epilogue in the tile stores."""

@@ -1,4 +1,4 @@
-"""GEMM on our own AVX-512 micro-kernel: the weight packed once, the epilogue fused per tile.
+"""GEMM on our own 12 x 32 micro-kernel: the weight packed once, the epilogue fused per tile.
 
 ``cpu.gemm.packed16`` computes ``out[M, N] = epilogue(A[M, K] @ W[K, N])`` (FusedGemm or MatMul
 with a constant 2-D weight; A's leading axes are rows) without BLAS. At prepare time the weight
@@ -143,7 +143,7 @@ def row_chunks(m: int, n: int, k: int, threads: int) -> int:
 
 @register_tactic
 class PackedGemm(Tactic):
-    """Own AVX-512 micro-kernel GEMM, weight prepacked, epilogue fused per tile (M >= 12 rows)."""
+    """Own 12 x 32 micro-kernel GEMM, weight prepacked, epilogue fused per tile (M >= 12 rows)."""
 
     name = "cpu.gemm.packed16"
     op_types = GEMM_OPS
