@@ -2,17 +2,21 @@
 float64 direct convolution of test_kernels_conv.py: the stems it is for (3 -> 16 3x3 stride 2,
 3 -> 64 7x7 stride 2), 1-8 input channels, output channels not a multiple of 16, strides 1, 2
 and (2, 1), dilation, asymmetric pads, planes wider than one 16-column block, batch 1 and 3,
-1-D, every epilogue activation and residual mode, with and without bias; and what it declines."""
+1-D, every epilogue activation and residual mode, with and without bias; and what it declines.
+The kernel's other form (four-channel passes on AVX2 hosts, one 16-channel pass with AVX-512) is
+compiled and checked too, whichever host runs the tests."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from kernels_harness import OneNode, assert_close
+from numba import njit
 from test_kernels_conv import _conv_case, conv_oracle
 from test_kernels_depthwise import EPILOGUES
 
 from farm.compiler.kernels import get_tactic
+from farm.compiler.kernels.cpu import conv_rows
 
 TACTICS = ["cpu.conv.direct_rows", "cpu.conv.direct_rows_1t"]
 
@@ -33,6 +37,44 @@ CASES = [
 def test_direct_rows_geometries(rng: np.random.Generator, case: tuple, tactic: str) -> None:
     one, expected = _conv_case(rng, case, activation="Clip", beta=6.0)
     assert_close(one.run_tactic(tactic), expected)
+
+
+@pytest.fixture(scope="module")
+def other_form() -> object:
+    """``direct_rows_conv`` compiled with ``QUADS`` flipped: the form this host does not run.
+
+    The host's own kernel runs (and so compiles) first, the flipped one compiles inside the
+    patch on a first case, and the patch is undone before any test runs: nothing else, and no
+    on-disk cache entry, ever sees the flipped flag."""
+    rng = np.random.default_rng(7)
+    one, _ = _conv_case(rng, CASES[0], activation="HardSwish")
+    one.run_tactic(TACTICS[0])
+    kernel = njit(error_model="numpy", parallel=True, nogil=True, fastmath={"contract"})(
+        conv_rows.direct_rows_conv.py_func
+    )
+    patch = pytest.MonkeyPatch()
+    patch.setattr(conv_rows, "QUADS", not conv_rows.QUADS)
+    patch.setattr(conv_rows, "direct_rows_conv", kernel)
+    try:
+        one.run_tactic(TACTICS[0])
+    finally:
+        patch.undo()
+    return kernel
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("residual", [None, "post"])
+def test_direct_rows_other_form(
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    other_form: object,
+    case: tuple,
+    residual: str | None,
+) -> None:
+    monkeypatch.setattr(conv_rows, "direct_rows_conv", other_form)
+    one, expected = _conv_case(rng, case, activation="HardSwish", residual=residual)
+    assert_close(one.run_tactic(TACTICS[0]), expected)
+    assert len(other_form.signatures) == 1  # type: ignore[attr-defined]  # no recompile outside the patch
 
 
 @pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: e[0] or "none")

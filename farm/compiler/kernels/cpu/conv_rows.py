@@ -40,7 +40,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_epilogue,
 )
 from farm.compiler.kernels.cpu._operands import memo
-from farm.compiler.kernels.cpu._simd16 import LANES, vbroadcast16, vfma16
+from farm.compiler.kernels.cpu._simd16 import AVX512, LANES, vbroadcast16, vfma16
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _as_4d, _conv_node_ok, _out_4d, _weight_4d
 from farm.compiler.kernels.cpu.depthwise_rows import _tap
@@ -48,6 +48,11 @@ from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 # Stems have 1-4 input channels; past this many the GEMM tactics' input reuse wins.
 MAX_INPUT_CHANNELS = 8
+
+QUAD = 4  # channels per pass without AVX-512
+QUADS: bool = not AVX512
+"""Run a 16-channel block as four passes of four channels (:func:`_band_quads`): without
+AVX-512 the sixteen accumulators of one pass spill. Read when ``direct_rows_conv`` compiles."""
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
@@ -104,6 +109,56 @@ def _band(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin
                     finish16(a[q], of, at + q * plane, wo - x0, res, ep)
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _fma4(a, t, wp, w):
+    """a[q] += t * wp[w + q] for four accumulators ``a``: one tap of four output channels."""
+    return (
+        vfma16(t, vbroadcast16(wp, w), a[0]), vfma16(t, vbroadcast16(wp, w + 1), a[1]),
+        vfma16(t, vbroadcast16(wp, w + 2), a[2]), vfma16(t, vbroadcast16(wp, w + 3), a[3]),
+    )  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _band_quads(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin, kh, kw, sw):
+    """:func:`_band` four channels at a time: four sixteen-lane accumulators (8 ``ymm``
+    registers) where the sixteen of one pass would spill AVX2's 16; each pass loads the taps
+    again (from L1)."""
+    h, wi, ho, wo, sh, pt, pl, dh, dw = g
+    plane = ho * wo
+    for x0 in range(0, wo, LANES):
+        c0 = x0 * sw - pl
+        for oy in range(oy0, oy1):
+            at = o_at + oy * wo + x0
+            for q0 in range(0, count, QUAD):
+                a = (
+                    vbroadcast16(bp, m0 + q0), vbroadcast16(bp, m0 + q0 + 1),
+                    vbroadcast16(bp, m0 + q0 + 2), vbroadcast16(bp, m0 + q0 + 3),
+                )  # fmt: skip
+                tap = w_at + q0
+                for c in range(cin):
+                    for i in range(kh):
+                        iy = oy * sh + i * dh - pt
+                        if iy < 0 or iy >= h:
+                            tap += kw * LANES
+                            continue
+                        row = x_at + (c * h + iy) * wi
+                        for j in range(kw):
+                            a = _fma4(a, _tap(xf, row, c0 + j * dw, wi, sw), wp, tap + j * LANES)
+                        tap += kw * LANES
+                for q in range(QUAD):
+                    if q0 + q < count:
+                        finish16(a[q], of, at + (q0 + q) * plane, wo - x0, res, ep)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _band_any(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin, kh, kw, sw):
+    """:func:`_band` in one pass of 16 channels with AVX-512, else :func:`_band_quads`."""
+    if QUADS:
+        _band_quads(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin, kh, kw, sw)
+    else:
+        _band(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin, kh, kw, sw)
+
+
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def direct_rows_conv(
     x, wp, bp, out, residual, res_mode, act, alpha, beta, m, ho, wo, kh, kw, geo, chunks, bands
@@ -136,11 +191,15 @@ def direct_rows_conv(
             w_at = blk * panel
             # the common kernels and strides as constants, so the taps and their masks unroll
             if kw == 3 and sw == 2:
-                _band(xf, x_at, wf, w_at, bp, m0, out, o_at, count, oy0, oy1, residual, ep, g, cin, kh, 3, 2)
+                _band_any(
+                    xf, x_at, wf, w_at, bp, m0, out, o_at, count, oy0, oy1, residual, ep, g, cin, kh, 3, 2
+                )
             elif kw == 7 and sw == 2:
-                _band(xf, x_at, wf, w_at, bp, m0, out, o_at, count, oy0, oy1, residual, ep, g, cin, kh, 7, 2)
+                _band_any(
+                    xf, x_at, wf, w_at, bp, m0, out, o_at, count, oy0, oy1, residual, ep, g, cin, kh, 7, 2
+                )
             else:
-                _band(
+                _band_any(
                     xf, x_at, wf, w_at, bp, m0, out, o_at, count, oy0, oy1, residual, ep, g, cin, kh, kw, sw
                 )
             if not vector:
