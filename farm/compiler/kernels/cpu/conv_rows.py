@@ -11,7 +11,11 @@ weights stream from L1, and there is no im2col: what a 3-channel image's GEMM fo
 or 49x the image).
 
 Tasks are (image, channel block, band of output rows), at least two per thread where the output
-allows, split evenly over numba's threads. The bias starts the accumulators; identity, Relu,
+allows, split evenly over numba's threads. A band is walked row by row, each row's column blocks
+in order, so the 16 output planes and the input rows are written and read as sequential streams
+(column blocks outer made each a 64-byte hop of a row's length: on the AVX2 EPYC the stem with
+cold caches took 0.66-0.70 ms that way against 0.53-0.57 row by row, and MobileNet's stem at
+batch 8 3.4 against 1.6 ms). The bias starts the accumulators; identity, Relu,
 Clip, HardSigmoid and HardSwish, with a residual before or after, run on the vectors before their
 masked stores (``_epilogue.finish16``), other activations over each finished band.
 
@@ -94,9 +98,9 @@ def _band(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, g, cin
     of[o_at] / res[o_at]; ``g`` = (H, W, Ho, Wo, stride h, pad top, pad left, dilation h, w)."""
     h, wi, ho, wo, sh, pt, pl, dh, dw = g
     plane = ho * wo
-    for x0 in range(0, wo, LANES):
-        c0 = x0 * sw - pl
-        for oy in range(oy0, oy1):
+    for oy in range(oy0, oy1):
+        for x0 in range(0, wo, LANES):
+            c0 = x0 * sw - pl
             a = _biases(bp, m0)
             tap = w_at
             for c in range(cin):
@@ -131,9 +135,9 @@ def _band_quads(xf, x_at, wp, w_at, bp, m0, of, o_at, count, oy0, oy1, res, ep, 
     again (from L1)."""
     h, wi, ho, wo, sh, pt, pl, dh, dw = g
     plane = ho * wo
-    for x0 in range(0, wo, LANES):
-        c0 = x0 * sw - pl
-        for oy in range(oy0, oy1):
+    for oy in range(oy0, oy1):
+        for x0 in range(0, wo, LANES):
+            c0 = x0 * sw - pl
             at = o_at + oy * wo + x0
             for q0 in range(0, count, QUAD):
                 a = (
