@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from kernels_harness import OneNode, assert_close
 
+from farm.compiler.kernels import get_tactic
+
 
 def _out_size(size: int, k: int, s: int, pad_begin: int, pad_end: int, d: int, ceil_mode: bool) -> int:
     """ONNX's pooled size; with ceil_mode the last window must start inside the input or its leading pad."""
@@ -58,8 +60,12 @@ CASES = [
     (2, 3, 13, 17, (5, 4), (3, 2), (2, 1, 2, 3), (1, 2), True),  # generic taps, ceil_mode past the pad
     (1, 2, 6, 23, (1, 3), (1, 3), (0, 2, 0, 2), (1, 3), False),  # one-row window, stride 3
     (1, 4, 5, 5, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), False),  # window as large as the plane
+    (1, 3, 7, 37, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False),  # rows past one 16-lane block
+    (2, 5, 23, 50, (3, 3), (2, 2), (1, 0, 1, 1), (1, 1), True),  # ResNet-like stride 2, ragged tail
+    (1, 2, 4, 40, (2, 7), (1, 2), (0, 3, 1, 3), (1, 2), False),  # wide dilated taps, stride 2
 ]
-TACTICS = ["cpu.pool.window", "cpu.pool.separable"]
+TACTICS = ["cpu.pool.window", "cpu.pool.separable", "cpu.pool.rows"]
+ROWS = "cpu.pool.rows"  # width strides 1 and 2 only
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -87,6 +93,9 @@ def test_window_pool_matches_oracle(
         attrs["count_include_pad"] = int(count_include_pad)
     one = OneNode(op_type, attrs).feed("x", x)
     one.build((n, c, ho, wo))
+    if tactic == ROWS and strides[1] > 2:
+        assert not get_tactic(ROWS).supports(one.node, one.graph)
+        return
     expected = pool_oracle(
         x, kernel, strides, pads, dilations, (ho, wo), op_type == "MaxPool", count_include_pad
     )

@@ -12,7 +12,7 @@ Masked forms (``vload16_masked``/``vstore16_masked``: the first ``count`` lanes;
 lanes ``lo <= j < hi``) touch only the selected lanes, so a 16-lane access may start before or run
 past its array: AVX-512 masked moves (``vmaskmovps`` on AVX2 hosts) do not fault on the others.
 ``vevens16``/``vodds16`` de-interleave 32 consecutive floats (stride-2 columns), and
-``vadd16``/``vmul16``/``vmax16``/``vmin16``/``vsplat16`` are the lane-wise arithmetic an epilogue
+``vadd16``/``vmul16``/``vdiv16``/``vmax16``/``vmin16``/``vsplat16`` are the lane-wise arithmetic an epilogue
 needs.
 
 All memory intrinsics index C-contiguous float32 arrays by flat element and are not bounds-checked.
@@ -354,6 +354,8 @@ def _binary(kind: str) -> Any:
                 return builder.fadd(a_, b_)
             if kind == "mul":
                 return builder.fmul(a_, b_)
+            if kind == "div":
+                return builder.fdiv(a_, b_)
             # a if a > b (resp. a < b) else b: numba's scalar max / min, NaN in ``a`` gives ``b``
             op = ">" if kind == "max" else "<"
             return builder.select(builder.fcmp_ordered(op, a_, b_), a_, b_)
@@ -367,6 +369,8 @@ vadd16: Any = intrinsic(_binary("add"))
 """``a + b`` lane by lane."""
 vmul16: Any = intrinsic(_binary("mul"))
 """``a * b`` lane by lane."""
+vdiv16: Any = intrinsic(_binary("div"))
+"""``a / b`` lane by lane (IEEE division, as the scalar ``/``)."""
 vmax16: Any = intrinsic(_binary("max"))
 """``a if a > b else b`` lane by lane (numba's scalar ``max``; one ``vmaxps``)."""
 vmin16: Any = intrinsic(_binary("min"))

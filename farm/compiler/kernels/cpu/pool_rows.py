@@ -1,0 +1,149 @@
+"""MaxPool / AveragePool on sixteen-lane vectors, one output row at a time.
+
+``cpu.pool.rows`` computes each (image, channel) plane output row by output row, in two vector
+passes over a padded scratch row (``_simd16``):
+
+* **down the window** (rows): the ``kh`` input rows the output row reads reduce into the scratch
+  row's data part (16 columns per vector: one ``vmaxps`` or ``vaddps`` per vector and row); the
+  scratch row's padding holds the pool's fill (``-inf`` for max, ``0`` for average) and is written
+  once per plane;
+* **across the window** (columns): sixteen adjacent outputs per vector, the maximum (sum) of the
+  ``kw`` taps, each tap one unaligned load of the scratch row at stride 1, or at stride 2 the even
+  lanes of 32 consecutive floats (one ``vpermt2ps``); AveragePool divides by the separable count
+  of taps inside the counted region, as ``cpu.pool.window`` does; the last block's store is masked.
+
+So the input is read once, every step is a whole-vector operation, and the scratch row lives in L1.
+The rule for which inputs a window sees is ``cpu.pool.window``'s: the output size comes from the
+output buffer (``ceil_mode`` is already in it), padded positions never win a max and count for an
+average only with ``count_include_pad``. Width strides other than 1 and 2 are left to the other
+pool tactics (``supports`` declines them).
+
+Pool: numba's (``prange`` over the planes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._simd16 import (
+    LANES,
+    vadd16,
+    vdiv16,
+    vevens16,
+    vload16,
+    vload16_masked,
+    vmax16,
+    vmul16,
+    vsplat16,
+    vstore16,
+    vstore16_masked,
+)
+from farm.compiler.kernels.cpu.pool import WindowPool, _divisors, _window_geometry
+from farm.compiler.kernels.registry import register_tactic
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _combine(a, b, is_max):
+    """``b if b > a else a`` (max: a NaN already held stays, as in ``cpu.pool.window``) or ``a + b``."""
+    if is_max:
+        return vmax16(b, a)
+    return vadd16(a, b)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _tap(row, u, sw):
+    """Scratch-row columns u, u+sw, .., u+15*sw (``sw`` 1 or 2)."""
+    if sw == 1:
+        return vload16(row, u)
+    return vevens16(vload16(row, u), vload16(row, u + LANES))
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def scratch_length(w, wo, kw, sw, dw, pl):
+    """Floats in the padded scratch row: the input's columns at offset ``pl`` and every column a
+    whole 16-lane block of outputs (and its stride-2 partner load) can touch."""
+    blocks = (wo + LANES - 1) // LANES
+    reach = (blocks * LANES - 1) * sw + (kw - 1) * dw + 1 + (LANES if sw == 2 else 0)
+    return max(pl + w, reach) + LANES
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def pool_rows(x, out, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, is_max, count_include_pad):
+    """Max or average pooling of x [N, C, H, W] into out [N, C, Ho, Wo] (``sw`` 1 or 2)."""
+    n_count, c_count, h, w = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    count_y, count_x = _divisors(h, w, ho, wo, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad)
+    blocks = (wo + LANES - 1) // LANES
+    counts_x = np.ones(blocks * LANES, np.float32)  # padded with ones: lanes past wo are not stored
+    counts_x[:wo] = count_x
+    length = scratch_length(w, wo, kw, sw, dw, pl)
+    fill = np.float32(-np.inf) if is_max else np.float32(0.0)
+    whole = w // LANES * LANES
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    for t in prange(n_count * c_count):
+        row = np.full(length, fill, np.float32)
+        base_in = t * h * w
+        base_out = t * ho * wo
+        for oy in range(ho):
+            first = True
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if iy < 0 or iy >= h:
+                    continue
+                src = base_in + iy * w
+                for c in range(0, whole, LANES):
+                    v = vload16(xf, src + c)
+                    vstore16(row, pl + c, v if first else _combine(vload16(row, pl + c), v, is_max))
+                if whole < w:
+                    v = vload16_masked(xf, src + whole, w - whole)
+                    if not first:
+                        v = _combine(vload16_masked(row, pl + whole, w - whole), v, is_max)
+                    vstore16_masked(row, pl + whole, v, w - whole)
+                first = False
+            if first:  # no input row inside this window (pads as large as the kernel)
+                for c in range(w):
+                    row[pl + c] = fill
+            scale = vsplat16(count_y[oy])
+            dst = base_out + oy * wo
+            for b in range(blocks):
+                q = b * LANES
+                acc = _tap(row, q * sw, sw)
+                for j in range(1, kw):
+                    acc = _combine(acc, _tap(row, q * sw + j * dw, sw), is_max)
+                if not is_max:
+                    acc = vdiv16(acc, vmul16(scale, vload16(counts_x, q)))
+                vstore16_masked(of, dst + q, acc, wo - q)
+
+
+@register_tactic
+class RowVectorPool(WindowPool):
+    """MaxPool / AveragePool with width stride 1 or 2 on 16-lane vectors (:func:`pool_rows`):
+    rows reduced into a padded scratch row, then 16 outputs per vector across the window. Same
+    attributes as ``cpu.pool.window``."""
+
+    name = "cpu.pool.rows"
+    priority = 22
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        if not super().supports(node, graph):
+            return False
+        x = graph.values[node.input(0)]
+        _, strides, _, _ = _window_geometry(node, x.rank or 4)
+        return strides[1] in (1, 2)
+
+    def _pool(
+        self, x: np.ndarray, out: np.ndarray, kernel: list[int], strides: list[int], pads: list[int],
+        dilations: list[int], is_max: bool, include_pad: bool,
+    ) -> None:  # fmt: skip
+        pool_rows(
+            x, out, kernel[0], kernel[1], strides[0], strides[1],
+            pads[0], pads[1], pads[2], pads[3], dilations[0], dilations[1], is_max, include_pad,
+        )  # fmt: skip
+
+
+__all__: Sequence[str] = ("RowVectorPool", "pool_rows", "scratch_length")
