@@ -71,7 +71,9 @@ def main() -> None:
     from farm.compiler.kernels.threads import available_cores
     from farm.compiler.tuner import MemoryTimingCache
 
-    engine, onnx_bytes, feeds = build_zoo_engine(args.model, args.batch, MemoryTimingCache(), args.tuning_level)
+    engine, onnx_bytes, feeds = build_zoo_engine(
+        args.model, args.batch, MemoryTimingCache(), args.tuning_level
+    )
     context = engine.create_context()
     for _ in range(20):
         context.run(feeds)
@@ -98,7 +100,12 @@ def main() -> None:
         same = theirs.get(name) or theirs.get(re.sub(r"(_\d+)+$", "", name))
         shape = engine.graph.values[kernels[name].node.outputs[0]].shape
         label = f"{name[-45:]} {shape}"
-        print(f"{label:70s} {kernels[name].tactic.name:30s} {ms:8.3f} {same[1] if same else float('nan'):8.3f}")
+        print(
+            f"{label:70s} {kernels[name].tactic.name:30s} {ms:8.3f} {same[1] if same else float('nan'):8.3f}"
+        )
+    print(f"\n{'ORT slowest nodes (its own names)':70s} {'op type':30s} {'ORT ms':>8s}")
+    for name, (op, ms) in sorted(theirs.items(), key=lambda item: -item[1][1])[: args.top]:
+        print(f"{name[-70:]:70s} {op:30s} {ms:8.3f}")
 
 
 if __name__ == "__main__":

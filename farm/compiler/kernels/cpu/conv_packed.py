@@ -45,9 +45,19 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._epilogue import RES_NONE, ROW_ACTIVATIONS, finish_row, finish_value
+from farm.compiler.kernels.cpu._epilogue import (
+    ACT_NONE,
+    RES_NONE,
+    ROW_ACTIVATIONS,
+    VECTOR_ACTS,
+    finish16,
+    finish_row,
+    finish_value,
+    vector_epilogue,
+)
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, panel_offsets, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
+from farm.compiler.kernels.cpu._simd16 import LANES, vadd16, vload16_masked, vsplat16
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry
@@ -201,6 +211,8 @@ def _store_panel(
     a = np.float32(alpha)
     c = np.float32(beta)
     zero = np.float32(0.0)
+    vector = not fused or act in VECTOR_ACTS
+    ep = vector_epilogue(res_mode if fused else RES_NONE, act if fused else ACT_NONE, alpha, beta)
     for i in range(i0, i1):
         base = first + (i - i0) * stride
         for mm in range(i * MR, min(m, i * MR + MR)):
@@ -208,14 +220,19 @@ def _store_panel(
             dst = out[row]
             src = base + (mm - i * MR) * NR
             res = residual[row] if res_mode != RES_NONE else residual[0]
-            b = bias[mm] if has_bias else zero
-            for r in range(runs):
+            b = bias[mm] if has_bias and fused else zero
+            if vector:  # 16 lanes at a time: bias, residual and activation on the vector
+                bv = vsplat16(b)
+                for r in range(runs):
+                    d = pixels[r]
+                    s0 = src + starts[r]
+                    for e in range(0, sizes[r], LANES):
+                        count = sizes[r] - e
+                        finish16(vadd16(vload16_masked(tiles, s0 + e, count), bv), dst, d + e, count, res, ep)
+                continue
+            for r in range(runs):  # LeakyRelu: the scalar epilogue
                 d = pixels[r]
                 s0 = src + starts[r]
-                if not fused:  # the epilogue runs per row afterwards
-                    for e in range(sizes[r]):
-                        dst[d + e] = tiles[s0 + e]
-                    continue
                 for e in range(sizes[r]):
                     rv = res[d + e] if res_mode != RES_NONE else zero
                     dst[d + e] = finish_value(tiles[s0 + e], b, rv, res_mode, act, a, c)
