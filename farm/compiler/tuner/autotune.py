@@ -29,7 +29,7 @@ from farm.compiler.tuner.cache import MemoryTimingCache, TimingCache, TimingReco
 
 # (warm-up runs, timed runs) per tuning level.
 RUNS_PER_LEVEL = {1: (1, 3), 2: (2, 7), 3: (3, 15)}
-# A candidate whose first timed run is this much slower than the best first run stops there.
+# A candidate whose faster of its first two timed runs is this much slower than the best stops there.
 EARLY_STOP_RATIO = 3.0
 # Validation tolerances per precision: (relative L2 error, max abs error relative to max |ref|).
 TOLERANCES = {"fp32": (1e-4, 1e-3), "tf32": (5e-3, 2e-2), "fp16": (5e-3, 2e-2), "bf16": (2e-2, 5e-2),
@@ -229,6 +229,11 @@ def _time_candidates(
     candidate's has neither. Timed that way (run-by-run round-robin), a few-rows GEMM split over
     two threads measured 25 us against 12 us on one thread, where in the engine's chain it ran
     in half the serial time (the zoo MLP, 2-core Xeon).
+
+    The early stop judges a candidate by the faster of its first two timed runs: on a VM whose
+    idle vCPU the hypervisor has descheduled, waking numba's second worker can take 1-10 ms
+    (``bench_pool_wakeup.py`` at 20 ms idle, a 2-core Xeon, 2026-11-23), so one slow sample says
+    nothing, and stopping on it dropped a 10 us parallel GlobalAveragePool for numpy's 100 us one.
     """
     for _ in range(warmup):
         for c in candidates_:
@@ -241,9 +246,10 @@ def _time_candidates(
         for c in active[shift:] + active[:shift]:
             c.tactic.run(node, c.inputs, c.outputs, c.prepared)  # the switch, untimed
             c.run_timed(node)
-        if round_index == 0:
-            best = min([c.samples[0] for c in active] + ([best_cached_ms] if best_cached_ms else []))
-            active = [c for c in active if c.samples[0] <= EARLY_STOP_RATIO * best]
+        if round_index == min(1, runs - 1):
+            fastest = [min(c.samples) for c in active]
+            best = min(fastest + ([best_cached_ms] if best_cached_ms else []))
+            active = [c for c, ms in zip(active, fastest, strict=True) if ms <= EARLY_STOP_RATIO * best]
     return [
         TimingRecord(c.tactic.name, statistics.median(c.samples), True, len(c.samples)) for c in candidates_
     ]

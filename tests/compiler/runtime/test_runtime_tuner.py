@@ -337,3 +337,54 @@ def test_choose_thread_counts_times_a_fast_schedule_for_a_whole_turn(monkeypatch
     assert medians == {thread_tuner.thread_label(b, n): pytest.approx(ms) for (b, n), ms in steady_ms.items()}
     # the old way (one timed run per turn) picks the single thread: the test's premise holds
     assert thread_tuner.choose_thread_counts(run, 2, rounds=3, settle_ms=0.0, turn_ms=0.0)[0] == (1, 1)
+
+
+class _FakeClock:
+    """A ``time`` stand-in for the tuner: ``perf_counter`` reads a clock the tactics advance."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _ScriptedTactic(Tactic):
+    """Takes the milliseconds its script gives for each successive call (the last one after that),
+    on the fake clock."""
+
+    op_types = ("Relu",)
+
+    def __init__(self, name: str, script_ms: list[float], clock: _FakeClock) -> None:
+        self.name = name
+        self.script_ms = script_ms
+        self.clock = clock
+        self.calls = 0
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        self.clock.now += self.script_ms[min(self.calls, len(self.script_ms) - 1)] / 1e3
+        self.calls += 1
+
+
+def test_early_stop_survives_one_slow_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate whose first timed run hit a stall (a descheduled worker waking up) is not
+    dropped for it; one slow in both of its first two runs is."""
+    clock = _FakeClock()
+    monkeypatch.setattr(autotune, "time", clock)
+    node = Node("Relu", ["x"], ["y"], name="relu")
+    # calls per candidate with no warm-up: untimed, timed, untimed, timed, ...
+    stalled = _ScriptedTactic("stalled_once", [1.0, 30.0, 1.0], clock)
+    steady = _ScriptedTactic("steady", [3.0], clock)
+    slow = _ScriptedTactic("slow", [12.0], clock)
+    candidates = [autotune._Candidate(t, Prepared(), [], []) for t in (stalled, steady, slow)]
+    records = {r.tactic: r for r in autotune._time_candidates(node, candidates, 0, 5, None)}
+    assert records["stalled_once"].runs == 5
+    assert records["stalled_once"].median_ms == pytest.approx(1.0)
+    assert records["steady"].runs == 5
+    assert records["slow"].runs == 2  # stopped after its first two timed runs
