@@ -14,6 +14,7 @@ Tuning level 0 times nothing: each node gets its highest-priority candidate.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -217,8 +218,17 @@ def _validate_tactic(
     return _Candidate(tactic, prepared, ins, outs)
 
 
+def _no_heartbeat() -> None:
+    """The heartbeat of a build without a progress callback."""
+
+
 def _time_candidates(
-    node: Node, candidates_: list[_Candidate], warmup: int, runs: int, best_cached_ms: float | None
+    node: Node,
+    candidates_: list[_Candidate],
+    warmup: int,
+    runs: int,
+    best_cached_ms: float | None,
+    heartbeat: Callable[[], None] = _no_heartbeat,
 ) -> list[TimingRecord]:
     """Time validated candidates in turns (the order rotating each round, so load from other
     processes hits them alike); medians per candidate. After the first round a candidate slower
@@ -234,6 +244,8 @@ def _time_candidates(
     idle vCPU the hypervisor has descheduled, waking numba's second worker can take 1-10 ms
     (``bench_pool_wakeup.py`` at 20 ms idle, a 2-core Xeon, 2026-11-23), so one slow sample says
     nothing, and stopping on it dropped a 10 us parallel GlobalAveragePool for numpy's 100 us one.
+
+    ``heartbeat`` is called before each round (a cancelled job's progress callback raises there).
     """
     for _ in range(warmup):
         for c in candidates_:
@@ -242,6 +254,7 @@ def _time_candidates(
     for round_index in range(runs):
         if not active:  # every new candidate was far slower than a cached one
             break
+        heartbeat()
         shift = round_index % len(active)
         for c in active[shift:] + active[:shift]:
             c.tactic.run(node, c.inputs, c.outputs, c.prepared)  # the switch, untimed
@@ -290,15 +303,23 @@ def tune(
         if settings.level <= 0 or over_budget:
             choices.append(NodeChoice(node.name, node.op_type, found[0].name, "heuristic"))
             continue
-        choices.append(_tune_node(node, graph, found, values, settings, warmup, runs))
+        heartbeat = (
+            functools.partial(progress, index, len(graph.nodes), node.name)
+            if progress is not None
+            else _no_heartbeat
+        )
+        choices.append(_tune_node(node, graph, found, values, settings, warmup, runs, heartbeat))
     settings.cache.flush()
     return choices
 
 
 def _tune_node(
     node: Node, graph: Graph, found: list[Tactic], values: _LazyValues, settings: TunerSettings,
-    warmup: int, runs: int,
+    warmup: int, runs: int, heartbeat: Callable[[], None] = _no_heartbeat,
 ) -> NodeChoice:  # fmt: skip
+    """Time ``node``'s uncached tactics and pick the fastest; ``heartbeat`` runs before each tactic is
+    prepared and before each timing round, so a cancelled build stops within one tactic, not one
+    node (a node at tuning level 3 can take a minute on a loaded 2-core host)."""
     signature = op_signature(node, graph)
     choice = NodeChoice(node.name, node.op_type, "", "cache")
     records: dict[str, TimingRecord] = {}
@@ -320,6 +341,7 @@ def _tune_node(
         measured: list[TimingRecord] = []
         references = {"fp32": reference}
         for tactic in to_measure:
+            heartbeat()
             precision = tactic.precisions[0] if tactic.precisions else "fp32"
             if precision not in references:
                 references[precision] = (
@@ -336,7 +358,7 @@ def _tune_node(
             best_cached = min(
                 (r.median_ms for r in records.values() if r.valid and r.median_ms is not None), default=None
             )
-            measured.extend(_time_candidates(node, to_time, warmup, runs, best_cached))
+            measured.extend(_time_candidates(node, to_time, warmup, runs, best_cached, heartbeat))
         for record in measured:
             records[record.tactic] = record
             key = timing_key(settings.fingerprint_id, COMPILER_VERSION, signature, record.tactic)

@@ -388,3 +388,40 @@ def test_early_stop_survives_one_slow_sample(monkeypatch: pytest.MonkeyPatch) ->
     assert records["stalled_once"].median_ms == pytest.approx(1.0)
     assert records["steady"].runs == 5
     assert records["slow"].runs == 2  # stopped after its first two timed runs
+
+
+def test_tuning_reports_progress_between_tactics_so_a_cancel_stops_within_one(
+    bad_tactics: None,
+) -> None:
+    """A cancelled job's progress callback raises; the tuner calls it before each tactic it prepares
+    and each timing round, so a cancel waits for one tactic, not for a whole node's tuning."""
+    calls: dict[str, int] = {}
+
+    def count(stage: str, done: int, total: int, name: str) -> None:
+        if stage == "tune":
+            calls[name] = calls.get(name, 0) + 1
+
+    build(conv_mlp_graph(), config=BuilderConfig(tuning_level=1, optimize=False), progress=count)
+    relu = next(n for n in conv_mlp_graph().nodes if n.op_type == "Relu").name
+    # the Relu has at least the two test tactics and the real one: one call before the node, one
+    # before each tactic, one before each timing round
+    assert calls[relu] >= 1 + 3
+
+    class Cancelled(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def cancel_inside_the_relu(stage: str, done: int, total: int, name: str) -> None:
+        if stage == "tune" and name == relu:
+            seen.append(name)
+            if len(seen) == 2:  # the node has started: the cancel arrives during its tuning
+                raise Cancelled
+
+    with pytest.raises(Cancelled):
+        build(
+            conv_mlp_graph(),
+            config=BuilderConfig(tuning_level=1, optimize=False),
+            progress=cancel_inside_the_relu,
+        )
+    assert len(seen) == 2
