@@ -273,6 +273,7 @@ LAYERS: list[Layer] = [
     conv_layer(96, 96, 56, 5, 2, group=96, act="Clip"),  # MobileNetV3 5x5 depthwise (zoo mobilenet)
     conv_layer(240, 240, 28, 5, 1, group=240, act="Clip"),
     conv_layer(576, 576, 14, 5, 1, group=576, act="Clip"),
+    conv_layer(288, 288, 28, 5, 2, group=288, act="Clip"),
     conv_layer(16, 96, 112, 1, 1, act="Clip"),  # expansion 1x1
     conv_layer(96, 24, 56, 1, 1, act="none"),  # projection 1x1
     conv_layer(24, 144, 56, 1, 1, act="Clip"),  # MobileNetV2 1x1 shapes
