@@ -5,7 +5,7 @@ schedule does (FACTS.md: a conv layer took 2.5 ms step by step and 8.6 ms in seq
 loaded machine a multi-threaded BLAS call can be 100x slower than a single-threaded one. So the
 builder times the tactics under the default setting (one pool, :func:`thread_candidates`' first),
 then runs the complete tuned engine with each candidate setting (BLAS threads, numba threads), in
-turns, and keeps the fastest median.
+turns, and keeps the setting whose best turn was fastest.
 
 (Until compiler 0.2 the setting was chosen first, on the engine of the heuristic tactics, and
 the tactics were then timed under it. The heuristic tactics are mostly BLAS GEMMs, so that picked
@@ -55,20 +55,23 @@ def choose_thread_counts(
     settle_ms: float = BLAS_POOL_SETTLE_MS,
 ) -> tuple[tuple[int, int], dict[str, float]]:
     """Time ``run(blas_threads, numba_threads)`` (one inference with that setting) for each
-    candidate setting and return the setting with the lowest median and every setting's median in
-    ms (keyed ``"blas=B,numba=N"``).
+    candidate setting and return the fastest setting and every setting's time in ms (keyed
+    ``"blas=B,numba=N"``): the median of its runs in its best turn.
 
     The settings take turns over ``rounds`` rounds; a turn is one untimed run (or untimed runs for
     ``settle_ms`` when the previous turn ran BLAS threads, see ``BLAS_POOL_SETTLE_MS``), then
-    timed runs for ``turn_ms`` (at least ``runs_per_turn`` of them, see ``TURN_MS``); a setting's
-    median is over every timed run of all its turns. The first run after a switch pays for the switch (the pools a
+    timed runs for ``turn_ms`` (at least ``runs_per_turn`` of them, see ``TURN_MS``). A setting's
+    time is the median of its best turn: another process taking a core only ever slows a turn,
+    and on a VM whose second vCPU the hypervisor took away for half a second a median over all
+    turns built MobileNet at batch 1 for one thread (7.1 ms where two threads run it in 4.8 ms;
+    2-core EPYC, 2026-11-23). The first run after a switch pays for the switch (the pools a
     setting uses were idle or sized for the previous setting, and a sleeping worker on a VM took
     100-200 us to wake, measured on the 2-core EPYC); a serving engine runs one setting run after
     run, so timing only that first run (round-robin run by run) favoured the single-threaded
     setting: BERT at batch 1 was built for (1, 1), 18.5 ms, where (2, 1) runs it in 13.7 ms.
     """
     settings = thread_candidates(cores)
-    samples: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    turns: dict[tuple[int, int], list[float]] = {s: [] for s in settings}  # each turn's median
     previous_blas = 1
     for round_index in range(rounds):
         shift = round_index % len(settings)
@@ -79,7 +82,7 @@ def choose_thread_counts(
                 while (time.perf_counter() - switched) * 1e3 < settle_ms:
                     run(blas, numba)
             previous_blas = blas
-            turn = samples[(blas, numba)]
+            turn: list[float] = []
             timed = 0
             turn_started = time.perf_counter()
             while timed < runs_per_turn or (time.perf_counter() - turn_started) * 1e3 < turn_ms:
@@ -87,7 +90,8 @@ def choose_thread_counts(
                 run(blas, numba)
                 turn.append((time.perf_counter() - start) * 1e3)
                 timed += 1
-    medians = {s: statistics.median(v) for s, v in samples.items()}
+            turns[(blas, numba)].append(statistics.median(turn))
+    medians = {s: min(v) for s, v in turns.items()}
     best = min(settings, key=lambda s: medians[s])
     return best, {thread_label(b, n): m for (b, n), m in medians.items()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -425,3 +426,36 @@ def test_tuning_reports_progress_between_tactics_so_a_cancel_stops_within_one(
             progress=cancel_inside_the_relu,
         )
     assert len(seen) == 2
+
+
+def test_choose_thread_counts_survives_a_core_taken_away_for_most_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hypervisor that takes the second vCPU away for a while slows every multi-threaded turn
+    in that while; judged by its median over all turns the two-thread setting lost to one
+    thread (MobileNet b1 built for one thread, 7.1 ms instead of 4.8). Its best turn still
+    shows what it runs at."""
+    from farm.compiler.tuner import threads as thread_tuner
+
+    clock = {"now": 0.0}
+    steady_ms = {(1, 2): 4.8, (2, 1): 6.9, (1, 1): 6.9}
+    stolen_until = 0.45  # seconds of fake time during which a second thread gets no core
+    monkeypatch.setattr(thread_tuner.time, "perf_counter", lambda: clock["now"])
+
+    two_thread_ms: list[float] = []  # each timed run of (1, 2)
+    last = {"setting": (0, 0)}
+
+    def run(blas: int, numba: int) -> None:
+        setting = (blas, numba)
+        slow = max(blas, numba) > 1 and clock["now"] < stolen_until
+        ms = steady_ms[setting] * (3.0 if slow else 1.0)
+        if setting == (1, 2) and last["setting"] == setting:  # not the untimed switch run
+            two_thread_ms.append(ms)
+        last["setting"] = setting
+        clock["now"] += ms / 1e3
+
+    best, times = thread_tuner.choose_thread_counts(run, 2, rounds=5, settle_ms=0.0)
+    assert best == (1, 2)
+    assert times[thread_tuner.thread_label(1, 2)] == pytest.approx(4.8)
+    # the premise: the median over all its runs says 14.4 ms, slower than one thread's 6.9
+    assert statistics.median(two_thread_ms) > steady_ms[(1, 1)]
