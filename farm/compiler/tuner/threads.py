@@ -91,9 +91,9 @@ def choose_thread_counts(
                 turn.append((time.perf_counter() - start) * 1e3)
                 timed += 1
             turns[(blas, numba)].append(statistics.median(turn))
-    medians = {s: min(v) for s, v in turns.items()}
-    best = min(settings, key=lambda s: medians[s])
-    return best, {thread_label(b, n): m for (b, n), m in medians.items()}
+    times = {s: min(v) for s, v in turns.items()}
+    best = min(settings, key=lambda s: times[s])
+    return best, {thread_label(b, n): ms for (b, n), ms in times.items()}
 
 
 def thread_label(blas: int, numba: int) -> str:
