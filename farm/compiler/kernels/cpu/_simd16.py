@@ -230,12 +230,12 @@ def _store_first_lanes(builder: Any, value: Any, ptr: Any, count: Any) -> None:
             offset = builder.add(offset, taken)
 
 
-def _store_unless_whole(builder: Any, value: Any, ptr: Any, mask: Any, count: Any) -> None:
-    """Store the first ``count`` lanes (an i64): one masked store under ``mask()``, or with
+def _store_unless_whole(builder: Any, value: Any, ptr: Any, count: Any) -> None:
+    """Store the first ``count`` lanes (an i64): one masked store, or with
     :data:`PLAIN_WHOLE_VECTORS` a plain store when every lane is selected and otherwise plain
     pieces (:func:`_store_first_lanes`)."""
     if not PLAIN_WHOLE_VECTORS:
-        _masked_store(builder, value, ptr, mask())
+        _masked_store(builder, value, ptr, _first_lanes(builder, count))
         return
     full = builder.icmp_unsigned(">=", count, ir.Constant(count.type, LANES))
     with builder.if_else(full, likely=True) as (whole, part):
@@ -327,7 +327,7 @@ def _vstore16_masked(typingctx: Any, arr: Any, index: Any, value: Any, count: An
             _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _V16.as_pointer()
         )
         count = context.cast(builder, args[3], sig.args[3], types.uint64)
-        _store_unless_whole(builder, args[2], ptr, lambda: _first_lanes(builder, count), count)
+        _store_unless_whole(builder, args[2], ptr, count)
         return context.get_dummy_value()
 
     return types.none(arr, index, value, count), codegen
