@@ -26,7 +26,9 @@ from farm.compiler.kernels.cpu._simd16 import (
     vodds16,
     vsplat16,
     vstore16,
+    vstore16_lanes,
     vstore16_masked,
+    vtranspose8x16,
 )
 
 
@@ -130,3 +132,42 @@ def test_lane_arithmetic_matches_numpy(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(out[32:48], np.maximum(a, b))
     np.testing.assert_array_equal(out[48:64], np.minimum(a, b))
     np.testing.assert_array_equal(out[64:], np.full(16, 2.5, np.float32))
+
+
+@njit(cache=False)
+def _transpose(src, out):
+    t = vtranspose8x16(
+        vload16(src, 0), vload16(src, 16), vload16(src, 32), vload16(src, 48),
+        vload16(src, 64), vload16(src, 80), vload16(src, 96), vload16(src, 112),
+    )  # fmt: skip
+    for i in range(8):
+        vstore16(out, 16 * i, t[i])
+
+
+def test_transpose_8x16_gives_each_vector_two_columns(rng: np.random.Generator) -> None:
+    """Vector i of the result: column i of the 8 rows in lanes 0-7, column i + 8 in lanes 8-15."""
+    src = rng.standard_normal(128).astype(np.float32)
+    out = np.empty(128, np.float32)
+    _transpose(src, out)
+    rows = src.reshape(8, 16)
+    want = np.stack([np.concatenate([rows[:, i], rows[:, i + 8]]) for i in range(8)])
+    np.testing.assert_array_equal(out.reshape(8, 16), want)
+
+
+@njit(cache=False)
+def _store_lanes(src, dst, at, lo, hi):
+    vstore16_lanes(dst, at, vload16(src, 0), lo, hi)
+
+
+@pytest.mark.parametrize(("at", "lo", "hi"), [(-8, 8, 15), (3, 0, 16), (0, 2, 5), (-8, 8, 8), (-2, 2, 16)])
+def test_lane_range_store_touches_only_the_selected_lanes(
+    rng: np.random.Generator, at: int, lo: int, hi: int
+) -> None:
+    """Lanes lo <= j < hi land at dst[at + j]; the window may start before the array."""
+    src = rng.standard_normal(16).astype(np.float32)
+    dst = np.full(24, -7.0, np.float32)
+    _store_lanes(src, dst, at, lo, hi)
+    want = np.full(24, -7.0, np.float32)
+    for j in range(lo, hi):
+        want[at + j] = src[j]
+    np.testing.assert_array_equal(dst, want)

@@ -210,19 +210,25 @@ def finish16(v, oplane, at, count, res, ep):
     tuple would make numba pass the tuple through memory: 2x slower). The activation is one of
     :data:`VECTOR_ACTS`: a clamp to [lo, hi] for the first three, ``slope``/``offset`` HardSigmoid's
     alpha and beta; the residual res[at:] is added before or after it."""
-    res_mode, act, lov, hiv, slope, offset = ep
+    res_mode = ep[0]
     if res_mode == RES_PRE:
         v = vadd16(v, vload16_masked(res, at, count))
-    if act == ACT_HARDSWISH:
-        gate = vfma16(v, vsplat16(_SIXTH), vsplat16(_HALF))
-        v = vmul16(v, vmax16(vmin16(gate, vsplat16(_F1)), vsplat16(_F0)))
-    elif act == ACT_HARDSIGMOID:
-        v = vmax16(vmin16(vfma16(v, slope, offset), vsplat16(_F1)), vsplat16(_F0))
-    else:
-        v = vmin16(vmax16(v, lov), hiv)
+    v = activate16(v, ep)
     if res_mode == RES_POST:
         v = vadd16(v, vload16_masked(res, at, count))
     vstore16_masked(oplane, at, v, count)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def activate16(v, ep):
+    """The activation of the epilogue ``ep`` (:func:`vector_epilogue`) on ``v``, lane by lane."""
+    act, lov, hiv, slope, offset = ep[1], ep[2], ep[3], ep[4], ep[5]
+    if act == ACT_HARDSWISH:
+        gate = vfma16(v, vsplat16(_SIXTH), vsplat16(_HALF))
+        return vmul16(v, vmax16(vmin16(gate, vsplat16(_F1)), vsplat16(_F0)))
+    if act == ACT_HARDSIGMOID:
+        return vmax16(vmin16(vfma16(v, slope, offset), vsplat16(_F1)), vsplat16(_F0))
+    return vmin16(vmax16(v, lov), hiv)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")

@@ -336,6 +336,101 @@ def _vstore16_masked(typingctx: Any, arr: Any, index: Any, value: Any, count: An
 vstore16_masked: Any = intrinsic(_vstore16_masked)
 
 
+def _vstore16_lanes(typingctx: Any, arr: Any, index: Any, value: Any, lo: Any, hi: Any) -> Any:
+    """Store lanes ``lo <= j < hi`` of ``value`` into ``arr``'s flat elements ``index + j``; the
+    others are not touched (a masked store), so ``index`` may point before the array as long as
+    the selected lanes are inside it: ``vstore16_lanes(out, row_at - 8, v, 8, 8 + n)`` stores
+    the first ``n`` lanes of ``v``'s upper half at ``out[row_at:]``."""
+    if (
+        not _is_f32_array(arr)
+        or value != float32x16
+        or not all(isinstance(v, types.Integer) for v in (index, lo, hi))
+    ):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = builder.bitcast(
+            _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _V16.as_pointer()
+        )
+        lo = context.cast(builder, args[3], sig.args[3], types.int64)
+        hi = context.cast(builder, args[4], sig.args[4], types.int64)
+        _masked_store(builder, args[2], ptr, _lane_range(builder, lo, hi))
+        return context.get_dummy_value()
+
+    return types.none(arr, index, value, lo, hi), codegen
+
+
+vstore16_lanes: Any = intrinsic(_vstore16_lanes)
+
+
+def _transpose_stages() -> list[list[tuple[int, int, int, tuple[tuple[int, int], ...]]]]:
+    """The shuffles of :func:`vtranspose8x16`: per stage, (output slot, source a, source b,
+    the output's lane labels), labels being (row, channel) pairs; stage 0's slots are the
+    8 input rows, each lane c labelled (row, c)."""
+    halves = [tuple(range(0, 4)) + tuple(range(8, 12)), tuple(range(4, 8)) + tuple(range(12, 16))]
+    quarters = [s for h in halves for s in (h[0:2] + h[4:6], h[2:4] + h[6:8])]
+    stages = []
+    # stage 1: row pairs x channel halves; stage 2: row quads x quarters; stage 3: all rows x {i, i+8}
+    one = []
+    for p in range(4):
+        for h, chans in enumerate(halves):
+            labels = tuple((r, c) for c in chans for r in (2 * p, 2 * p + 1))
+            one.append((2 * p + h, 2 * p, 2 * p + 1, labels))
+    stages.append(one)
+    two = []
+    for q in range(2):
+        for s, chans in enumerate(quarters):
+            h = s // 2
+            rows = range(4 * q, 4 * q + 4)
+            labels = tuple((r, c) for c in chans for r in rows)
+            two.append((4 * q + s, 2 * (2 * q) + h, 2 * (2 * q + 1) + h, labels))
+    stages.append(two)
+    three = []
+    for i in range(8):
+        s = next(n for n, chans in enumerate(quarters) if i in chans)
+        labels = tuple((r, c) for c in (i, i + 8) for r in range(8))
+        three.append((i, s, 4 + s, labels))
+    stages.append(three)
+    return stages
+
+
+_TRANSPOSE = _transpose_stages()
+
+
+def _vtranspose8x16(
+    typingctx: Any, r0: Any, r1: Any, r2: Any, r3: Any, r4: Any, r5: Any, r6: Any, r7: Any
+) -> Any:
+    """Eight vectors r0 .. r7 (row j, lane c) transposed in registers: a tuple of eight, vector i
+    holding ``r0[i] .. r7[i]`` in lanes 0-7 and ``r0[i+8] .. r7[i+8]`` in lanes 8-15 (24
+    two-source shuffles: ``vpermt2ps`` with AVX-512). For a tile held with channels across the
+    lanes and pixels in the rows: vector i is then pixels 0-7 of channels i and i+8."""
+    rows = (r0, r1, r2, r3, r4, r5, r6, r7)
+    if any(r != float32x16 for r in rows):
+        return None
+    out = types.UniTuple(float32x16, 8)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        i32v = ir.VectorType(ir.IntType(32), LANES)
+        vectors = list(args)
+        labels: list[tuple[tuple[int, int], ...]] = [tuple((r, c) for c in range(LANES)) for r in range(8)]
+        for stage in _TRANSPOSE:
+            new_vectors: list[Any] = [None] * 8
+            new_labels: list[tuple[tuple[int, int], ...]] = [()] * 8
+            for slot, a, b, want in stage:
+                where = {lab: n for n, lab in enumerate(labels[a])}
+                where.update({lab: LANES + n for n, lab in enumerate(labels[b])})
+                picks = ir.Constant(i32v, [where[lab] for lab in want])
+                new_vectors[slot] = builder.shuffle_vector(vectors[a], vectors[b], picks)
+                new_labels[slot] = want
+            vectors, labels = new_vectors, new_labels
+        return context.make_tuple(builder, sig.return_type, vectors)
+
+    return out(*rows), codegen
+
+
+vtranspose8x16: Any = intrinsic(_vtranspose8x16)
+
+
 def _lanes_of_pair(parity: int) -> Any:
     def typer(typingctx: Any, a: Any, b: Any) -> Any:
         if not (a == float32x16 and b == float32x16):
