@@ -52,6 +52,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vsplat16,
     vzero16,
 )
+from farm.compiler.kernels.cpu._stream import STREAM_BYTES, stream_in
 from farm.compiler.kernels.cpu.conv import ConvGeometry
 from farm.compiler.kernels.cpu.depthwise import DepthwisePlaneConv
 from farm.compiler.kernels.registry import Prepared, register_tactic
@@ -234,11 +235,13 @@ def _plane5x5(xf, src, wf, wb, bias, oplane, res, ep, g, sw):
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def depthwise_rows(
-    x, w, bias, residual, res_mode, act, alpha, beta, out, ho, wo, mult, sh, sw, pt, pl, dh, dw, chunks
-):
+    x, w, bias, residual, res_mode, act, alpha, beta, out, ho, wo, mult, sh, sw, pt, pl, dh, dw, chunks, stream,
+):  # fmt: skip
     """Depthwise conv of ``x`` [N*C, H, W] into ``out`` [N*M, Ho*Wo] (plane t = n*M + m reads
     input plane n*C + m // mult); ``w`` [M, kh, kw] and ``bias`` [M] float32, ``residual``
-    [N*M, Ho*Wo] or a dummy; ``sw`` 1 or 2. Plane range k*P//T .. (k+1)*P//T goes to chunk k."""
+    [N*M, Ho*Wo] or a dummy; ``sw`` 1 or 2. Plane range k*P//T .. (k+1)*P//T goes to chunk k.
+    ``stream``: read each input plane once front to back first (``_stream``: the column-block
+    walk below defeats the prefetcher when the input is not in cache)."""
     planes = out.shape[0]
     h, wi = x.shape[1], x.shape[2]
     xf = x.reshape(-1)
@@ -249,9 +252,12 @@ def depthwise_rows(
     ep = vector_epilogue(res_mode, act, alpha, beta)
     g = (h, wi, ho, wo, sh, pt, pl, dh, dw)
     for k in prange(chunks):
+        sink = np.zeros(LANES, np.float32)
         for t in range(k * planes // chunks, (k + 1) * planes // chunks):
             m = t % m_count
             src = ((t // m_count) * c_count + m // mult) * h * wi
+            if stream:
+                stream_in(xf, src, h * wi, sink)
             oplane = out[t]
             res = residual[t] if res_mode != RES_NONE else residual[0]
             wb = m * kh * kw
@@ -305,7 +311,7 @@ class DepthwiseRowsConv(DepthwisePlaneConv):
         mode, act, alpha, beta = epilogue
         depthwise_rows(
             x, w, bias, residual, mode, act, alpha, beta, out, *out_hw, mult,
-            geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, chunks,
+            geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, chunks, x.nbytes > STREAM_BYTES,
         )  # fmt: skip
 
 

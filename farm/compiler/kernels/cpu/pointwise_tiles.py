@@ -54,6 +54,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vsplat16,
     vzero16,
 )
+from farm.compiler.kernels.cpu._stream import STREAM_BYTES, stream_in
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
 from farm.compiler.kernels.cpu.conv_rows import DirectRowsConv
@@ -199,11 +200,13 @@ def _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta, m, runs, chunks):
+def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta, m, runs, chunks, stream):
     """``out`` [N*M*P] (flat) = epilogue(W @ x) per image, x [N, C, P] (a plane flattened), the
     weight as A panels ``wp`` (flat [ceil(M/12), C, 12]), ``bias`` [>= M]; ``residual`` flat like
     ``out`` or a dummy. Tasks (image, 12-channel panel, one of ``runs`` runs of 32-pixel panels)
-    over ``chunks`` threads."""
+    over ``chunks`` threads. ``stream``: each task first reads its pixels of every input channel
+    once in order (``_stream``: the tiles' walk down the channels, one plane apart, defeats the
+    prefetcher when the input is not in cache)."""
     n, cin, plane = x.shape
     xf = x.reshape(-1)
     panels = -(-m // MR)
@@ -212,6 +215,7 @@ def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta,
     ep = vector_epilogue(res_mode, act, alpha, beta)
     tasks = n * panels * runs
     for k in prange(chunks):
+        sink = np.zeros(LANES, np.float32)
         for task in range(k * tasks // chunks, (k + 1) * tasks // chunks):
             img = task // (panels * runs)
             blk = (task // runs) % panels
@@ -220,6 +224,10 @@ def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta,
             j1 = (run + 1) * pixel_panels // runs
             m0 = blk * MR
             x_at = img * cin * plane
+            if stream:
+                span = min(plane, j1 * PIXELS) - j0 * PIXELS
+                for c in range(cin):
+                    stream_in(xf, x_at + c * plane + j0 * PIXELS, span, sink)
             o_base = (img * m + m0) * plane
             for j in range(j0, j1):
                 p0 = j * PIXELS
@@ -288,5 +296,5 @@ class PointwiseTilesConv(DirectRowsConv):
             chunks = max(1, min(threads, tasks * runs))
             pointwise_tiles_conv(
                 x4.reshape(n, cin, plane), wp, np.asarray(prepared.tensors["bias"], np.float32),
-                out4.reshape(-1), residual, mode, act, alpha, beta, m, runs, chunks,
+                out4.reshape(-1), residual, mode, act, alpha, beta, m, runs, chunks, x4.nbytes > STREAM_BYTES,
             )  # fmt: skip
