@@ -5,6 +5,15 @@ the job no longer ours (cancelled through the API, or taken over after our lease
 is marked *stopped*; the pipeline calls :meth:`JobRun.check` between and inside its steps (the
 builder's progress callback, every benchmark iteration), which raises :class:`JobStopped`.
 
+Some work never reaches a check for minutes: numba compiling a kernel the first time a build uses
+it (one ResNet node at tuning level 3 took 94 s with a cold kernel cache on a 2-core host), or
+the engine timings of the thread choice. So a run that has not stopped ``cancel_grace_seconds``
+after the job was found lost is *interrupted*: while the pipeline runs inside
+:meth:`JobRun.interruptible`, :class:`JobInterrupted` is raised in its thread asynchronously, the
+way Ctrl-C raises ``KeyboardInterrupt`` (at the next Python instruction, after a running C call
+returns). It derives from ``BaseException`` so that no ``except Exception`` on the way (a tactic
+that raised is a rejected tactic) swallows it.
+
 The log is kept in a local file and uploaded to the artifact store at every step and at most every
 few seconds while a step runs, so it can be read while the job runs (``jobs.log_artifact_key``
 always names the latest snapshot; the snapshot before it is deleted).
@@ -12,10 +21,13 @@ always names the latest snapshot; the snapshot before it is deleted).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -32,24 +44,49 @@ log = logging.getLogger(__name__)
 
 LOG_UPLOAD_SECONDS = 3.0
 PROGRESS_WRITE_SECONDS = 1.0
+CANCEL_GRACE_SECONDS = 5.0
 
 
 class JobStopped(Exception):
     """The job was cancelled or taken over by another worker; this run must stop writing."""
 
 
+class JobInterrupted(BaseException):
+    """Raised asynchronously in a run that did not stop by itself within the grace time after its
+    job was lost (see the module docstring); :attr:`JobRun.stopped_reason` says why."""
+
+
+def _raise_in_thread(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Make ``thread_id`` raise ``exception`` at its next Python instruction (``None``: clear a
+    pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception is not None else None
+    )
+
+
 class JobRun:
     """The running side of a :class:`~farm.worker.jobs.Claim` (use as a context manager)."""
 
     def __init__(
-        self, db: Database, store: ArtifactStore, claim: Claim, *, worker_name: str, lease_seconds: int
+        self,
+        db: Database,
+        store: ArtifactStore,
+        claim: Claim,
+        *,
+        worker_name: str,
+        lease_seconds: int,
+        cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
     ) -> None:
         self.db = db
         self.store = store
         self.claim = claim
         self.worker_name = worker_name
         self.lease_seconds = lease_seconds
+        self.cancel_grace_seconds = cancel_grace_seconds
         self.stopped_reason: str | None = None
+        self.interrupted = False
+        self._interrupt_lock = threading.Lock()
+        self._interruptible_thread: int | None = None
         self.steps: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
         self._lease_thread = threading.Thread(
@@ -76,7 +113,7 @@ class JobRun:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None and not isinstance(exc, JobStopped):
+        if exc is not None and not isinstance(exc, JobStopped | JobInterrupted):
             self.log(f"error: {type(exc).__name__}: {exc}")
         self.close()
 
@@ -133,7 +170,37 @@ class JobRun:
                 continue
             if not held:
                 log.warning("job %s: %s; stopping", self.claim.job_id, self.stopped_reason)
+                self._interrupt_unless_stopped()
                 return
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Run the block so that, once the job is lost, it is interrupted with
+        :class:`JobInterrupted` if it has not stopped by itself within the grace time."""
+        with self._interrupt_lock:
+            self._interruptible_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            with self._interrupt_lock:
+                thread, self._interruptible_thread = self._interruptible_thread, None
+                if thread is not None and self.interrupted:
+                    _raise_in_thread(thread, None)  # one not yet delivered must not fire outside
+
+    def _interrupt_unless_stopped(self) -> None:
+        # every grace period while the block still runs (a C call delays delivery; a second
+        # raise covers an exception some cleanup code caught and dropped)
+        while not self._stop_event.wait(self.cancel_grace_seconds):
+            with self._interrupt_lock:
+                if self._interruptible_thread is None:
+                    return
+                log.warning(
+                    "job %s: still running %.0f s after it was lost; interrupting it",
+                    self.claim.job_id,
+                    self.cancel_grace_seconds,
+                )
+                self.interrupted = True
+                _raise_in_thread(self._interruptible_thread, JobInterrupted)
 
     def why_lost(self, session: Any) -> str:
         """Why this worker no longer holds the job: cancelled, finished elsewhere, or taken over."""

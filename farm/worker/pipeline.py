@@ -44,7 +44,7 @@ from farm.worker import regress
 from farm.worker.build import BuildOutcome, build_engine, builder_config
 from farm.worker.host_lock import measurement_lock
 from farm.worker.inspect import inspect_model_file
-from farm.worker.jobrun import JobRun, JobStopped
+from farm.worker.jobrun import JobInterrupted, JobRun, JobStopped
 from farm.worker.jobs import ClaimedJobCommand, finish_job
 from farm.worker.timing_cache import DatabaseTimingCache
 
@@ -102,10 +102,16 @@ class BuildJobCommand(ClaimedJobCommand):
             self.db, self.store, claim, worker_name=self.worker_name, lease_seconds=self.lease_seconds
         ) as run:
             try:
-                with tempfile.TemporaryDirectory(prefix=f"farm-job-{self.job_id}-") as folder:
+                with (
+                    tempfile.TemporaryDirectory(prefix=f"farm-job-{self.job_id}-") as folder,
+                    run.interruptible(),
+                ):
                     return self._pipeline(run, Path(folder))
-            except JobStopped as stopped:
-                run.log(f"stopped: {stopped}")
+            except (JobStopped, JobInterrupted) as stopped:
+                late = (
+                    " (interrupted: it did not stop by itself)" if isinstance(stopped, JobInterrupted) else ""
+                )
+                run.log(f"stopped: {run.stopped_reason or stopped}{late}")
                 return None
             except transient_errors():
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from farm.db import Database, Job, JobKind, JobState, Model, ModelVersion, utcnow
 from farm.storage import FileArtifactStore
-from farm.worker.jobrun import JobRun
+from farm.worker.jobrun import JobInterrupted, JobRun, JobStopped
 from farm.worker.jobs import claim_job, finish_job, renew_lease
 
 LEASE = 60
@@ -144,3 +145,51 @@ def test_a_retried_attempt_collects_the_dead_attempts_log_snapshot(
         assert key is not None
         assert b"first attempt: building" in store.read_bytes(key)  # the earlier log is kept...
         assert not store.exists(dead_key)  # ...and its old snapshot is gone from the store
+
+
+def cancel(db: Database, job_id: int) -> None:
+    """What ``POST /jobs/<id>/cancel`` does to a running job."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = JobState.CANCELLED
+        job.finished_at = utcnow()
+        job.lease_expires_at = None
+
+
+def busy_without_checks(seconds: float) -> None:
+    """Pure-Python work that never calls ``check()`` (like numba compiling a kernel)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sum(range(1000))
+
+
+def test_a_cancelled_run_that_never_checks_is_interrupted(db: Database, job_id: int, tmp_path: Path) -> None:
+    """A run busy where no check is reached stops within the lease interval plus the grace time."""
+    claimed = claim(db, job_id, "w1")
+    assert claimed is not None
+    store = FileArtifactStore(tmp_path / "artifacts")
+    with JobRun(db, store, claimed, worker_name="w1", lease_seconds=3, cancel_grace_seconds=0.5) as run:
+        cancel(db, job_id)
+        started = time.monotonic()
+        with pytest.raises(JobInterrupted), run.interruptible():
+            busy_without_checks(60)
+        assert time.monotonic() - started < 20
+        assert run.interrupted and run.stopped_reason == "the job was cancelled"
+        busy_without_checks(2 * 0.5 + 1.5)  # outside the block nothing more is raised
+    assert load(db, job_id).state == JobState.CANCELLED
+
+
+def test_a_run_that_checks_stops_by_itself_and_is_not_interrupted(
+    db: Database, job_id: int, tmp_path: Path
+) -> None:
+    claimed = claim(db, job_id, "w1")
+    assert claimed is not None
+    store = FileArtifactStore(tmp_path / "artifacts")
+    with JobRun(db, store, claimed, worker_name="w1", lease_seconds=3, cancel_grace_seconds=30) as run:
+        cancel(db, job_id)
+        with pytest.raises(JobStopped), run.interruptible():
+            for _ in range(600):
+                busy_without_checks(0.05)
+                run.check()
+        assert not run.interrupted and run.stopped_reason == "the job was cancelled"

@@ -79,7 +79,8 @@ def get_job_log(job_id: int) -> Any:
 @api.operation("POST", "/jobs/<int:job_id>/cancel", summary="Cancel a job", tag="jobs", response=JobOut,
                errors=(409,))  # fmt: skip
 def cancel_job(job_id: int) -> Any:
-    """Cancel a job: a queued one never runs, a running one stops at its next check (409 when final)."""
+    """Cancel a job: a queued one never runs; a running one stops at its next check, or is
+    interrupted 5 s after its worker sees the cancel (409 when final)."""
     with current_services().db.session() as session:
         job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None:
