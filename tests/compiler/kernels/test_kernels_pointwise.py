@@ -174,3 +174,40 @@ def test_pointwise_direct_declines_other_convs(rng: np.random.Generator) -> None
             (1, 4, 6, 6) if pads[0] == 1 and kernel == (3, 3) else (1, 4, 8, 8) if pads[0] else (1, 4, 6, 6)
         )
         assert not tactic.supports(one.node, one.graph)
+
+
+@pytest.mark.parametrize(("m_rows", "valid"), [(6, 16), (4, 9), (1, 1)])
+def test_pointwise_tiles_quarter_compiles_and_matches_on_any_host(
+    rng: np.random.Generator, m_rows: int, valid: int
+) -> None:
+    """The AVX2 hosts' 6 x 16 tile, called directly (an AVX-512 host never reaches it through
+    the tactic): it is compiled without numba's reference counting (``_nrt=False``), which must
+    hold on every host, and stores ``valid`` pixels of ``m_rows`` channels, Relu applied."""
+    from numba import njit
+
+    from farm.compiler.kernels.cpu._epilogue import RES_NONE, activation_code, vector_epilogue
+    from farm.compiler.kernels.cpu.pointwise_tiles import MR, _quarter
+
+    @njit
+    def run_quarter(xf, plane, cin, wf, bias, m, of, n, res, act):  # type: ignore[no-untyped-def]
+        ep = vector_epilogue(RES_NONE, act, 0.0, 0.0)
+        _quarter(xf, 3, plane, cin, wf, MR // 2, bias, 2, m, of, 5, n, res, ep)
+
+    cin, plane = 7, 40
+    x = rng.standard_normal(3 + cin * plane).astype(np.float32)
+    w = rng.standard_normal(cin * MR + MR).astype(np.float32)
+    bias = rng.standard_normal(16).astype(np.float32)
+    out = np.full(5 + 6 * plane + 16, np.nan, np.float32)
+    run_quarter(
+        x, plane, cin, w, bias, 2 + m_rows, out, valid, np.zeros(1, np.float32), activation_code("Relu")
+    )
+    for r in range(6):
+        got = out[5 + r * plane : 5 + r * plane + 16]
+        if r >= m_rows:
+            assert np.isnan(got).all()  # channels past the layer's end are not stored
+            continue
+        weights = w[MR // 2 + r :: MR][:cin]
+        pixels = np.stack([x[3 + c * plane : 3 + c * plane + valid] for c in range(cin)])
+        want = np.maximum(weights @ pixels + bias[2 + r], 0)
+        np.testing.assert_allclose(got[:valid], want, rtol=1e-5, atol=1e-5)
+        assert np.isnan(got[valid:]).all()
