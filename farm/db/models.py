@@ -259,6 +259,13 @@ class Job(Base):
         """The Celery queue this job is sent to."""
         return queue_for_profile(self.profile)
 
+    def cancel(self, now: datetime | None = None) -> None:
+        """Mark the job cancelled: a queued one is never claimed; a running one's lease thread
+        sees the state at its next renewal and stops the run (the caller checks it is not final)."""
+        self.state = JobState.CANCELLED
+        self.finished_at = now or utcnow()
+        self.lease_expires_at = None
+
 
 def queue_for_profile(profile: str) -> str:
     """The Celery queue of a profile: ``profile.<name>``."""

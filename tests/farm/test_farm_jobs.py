@@ -152,9 +152,7 @@ def cancel(db: Database, job_id: int) -> None:
     with db.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        job.state = JobState.CANCELLED
-        job.finished_at = utcnow()
-        job.lease_expires_at = None
+        job.cancel()
 
 
 def busy_without_checks(seconds: float) -> None:

@@ -15,7 +15,7 @@ from farm.api.registry import api
 from farm.api.schemas import JobListQuery, JobOut, JobPage, JobResultsOut, job_to_dict
 from farm.api.submissions import job_results_to_dict, unserved_profile_warnings
 from farm.app import current_services
-from farm.db import Job, JobKind, JobState, Model, ModelVersion, utcnow
+from farm.db import Job, JobKind, JobState, Model, ModelVersion
 
 
 @api.operation("GET", "/jobs", summary="List jobs", tag="jobs", query=JobListQuery, response=JobPage)
@@ -87,9 +87,7 @@ def cancel_job(job_id: int) -> Any:
             raise ApiError(404, f"no job {job_id}")
         if job.state.is_final:
             raise ApiError(409, f"job {job_id} is already {job.state.value}")
-        job.state = JobState.CANCELLED
-        job.finished_at = utcnow()
-        job.lease_expires_at = None
+        job.cancel()
         session.flush()
         return job_to_dict(job)
 

@@ -22,7 +22,7 @@ from farm.api.schemas import (
 )
 from farm.api.submissions import CreateSubmissionCommand, SubmissionRequest, submission_to_dict
 from farm.app import current_services
-from farm.db import Job, JobState, Model, ModelVersion, Submission, utcnow
+from farm.db import Job, Model, ModelVersion, Submission, utcnow
 
 
 @api.operation("POST", "/submissions", summary="Submit a build", tag="submissions", body=SubmissionIn,
@@ -118,7 +118,7 @@ def cancel_submission(submission_id: int) -> Any:
         now = utcnow()
         for job in jobs:
             if not job.state.is_final:
-                job.state, job.finished_at, job.lease_expires_at = JobState.CANCELLED, now, None
+                job.cancel(now)
         session.flush()
         session.refresh(submission)
         return submission_to_dict(submission)
