@@ -275,6 +275,7 @@ LAYERS: list[Layer] = [
     conv_layer(576, 576, 14, 5, 1, group=576, act="Clip"),
     conv_layer(288, 288, 28, 5, 2, group=288, act="Clip"),
     conv_layer(16, 96, 112, 1, 1, act="Clip"),  # expansion 1x1
+    conv_layer(16, 64, 112, 1, 1, act="Clip"),  # zoo mobilenet block 1 expansion
     conv_layer(96, 24, 56, 1, 1, act="none"),  # projection 1x1
     conv_layer(24, 144, 56, 1, 1, act="Clip"),  # MobileNetV2 1x1 shapes
     conv_layer(144, 24, 56, 1, 1, act="none", residual=True),

@@ -12,6 +12,10 @@ profiling and ONNX Runtime with its own profiler (``SessionOptions.enable_profil
 Both profilers add a little per layer; read the two columns against each other, not against
 ``make bench``.
 
+A layer ORT rewrote into its NCHWc form is named by its output tensor (``.../block.0.2/Clip_output_0_nchwc``
+for a Conv + BatchNormalization + Clip module); such a node is matched to ours by the module path
+without its last index (``.../block.0``) when that path names one node on each side.
+
     .venv/bin/python benchmarks/kernels/profile_vs_ort.py mobilenet --batch 1 [--runs 200]
 """
 
@@ -58,6 +62,19 @@ def _ort_layer_times(onnx_bytes: bytes, feeds: dict, runs: int, threads: int) ->
     return {name: (ops[name], statistics.median(v[warmup:] or v)) for name, v in samples.items()}
 
 
+def _module(name: str) -> str:
+    """``/a/block.0/block.0.2/Clip_output_0_nchwc`` -> ``/a/block.0/block.0``: the module of a layer."""
+    return re.sub(r"\.\d+/[^/]*$", "", name)
+
+
+def _unique_by_module(layers: dict) -> dict:
+    """{module: the value of its only layer} for the modules that hold exactly one layer."""
+    groups: dict[str, list] = defaultdict(list)
+    for name, value in layers.items():
+        groups[_module(name)].append(value)
+    return {module: values[0] for module, values in groups.items() if len(values) == 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -84,6 +101,15 @@ def main() -> None:
     kernels = {k.node.name: k for k in engine.kernels}
     theirs = _ort_layer_times(onnx_bytes, feeds, args.runs, available_cores())
 
+    by_module = _unique_by_module(theirs)
+    ours_by_module = _unique_by_module(ours)
+
+    def ort_ms(name: str) -> float:
+        same = theirs.get(name) or theirs.get(re.sub(r"(_\d+)+$", "", name))
+        if same is None and _module(name) in ours_by_module:
+            same = by_module.get(_module(name))
+        return same[1] if same else float("nan")
+
     by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for name, ms in ours.items():
         by_op[kernels[name].node.op_type][0] += ms
@@ -97,12 +123,9 @@ def main() -> None:
     print(f"{'total (sum of medians)':24s} {total_ours:9.3f} {total_ort:9.3f}\n")
     print(f"{'our slowest layers':70s} {'tactic':30s} {'ours ms':>8s} {'ORT ms':>8s}")
     for name, ms in sorted(ours.items(), key=lambda item: -item[1])[: args.top]:
-        same = theirs.get(name) or theirs.get(re.sub(r"(_\d+)+$", "", name))
         shape = engine.graph.values[kernels[name].node.outputs[0]].shape
         label = f"{name[-45:]} {shape}"
-        print(
-            f"{label:70s} {kernels[name].tactic.name:30s} {ms:8.3f} {same[1] if same else float('nan'):8.3f}"
-        )
+        print(f"{label:70s} {kernels[name].tactic.name:30s} {ms:8.3f} {ort_ms(name):8.3f}")
     print(f"\n{'ORT slowest nodes (its own names)':70s} {'op type':30s} {'ORT ms':>8s}")
     for name, (op, ms) in sorted(theirs.items(), key=lambda item: -item[1][1])[: args.top]:
         print(f"{name[-70:]:70s} {op:30s} {ms:8.3f}")
