@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH \
-    FARM_ARTIFACTS_URL=/var/lib/farm/artifacts
+    FARM_ARTIFACTS_URL=/var/lib/farm/artifacts \
+    NUMBA_CACHE_DIR=/var/lib/farm/numba
 
 # the CUDA base images have no Python; the python images already do
 RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
@@ -20,7 +21,7 @@ RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 
     fi && \
     python3 -m venv /opt/venv && \
     useradd --create-home --uid 10001 farm && \
-    mkdir -p /var/lib/farm/artifacts && chown -R farm /var/lib/farm
+    mkdir -p /var/lib/farm/artifacts /var/lib/farm/numba && chown -R farm /var/lib/farm
 
 WORKDIR /app
 # dependencies first, so a code change does not reinstall them

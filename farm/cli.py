@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Show an engine's layers, tactics, precisions and memory plan.",
     ),
     "compare": ("farm.compiler.cli:compare_cmd", "Compare an engine's outputs with ONNX Runtime's."),
+    "warmup": (
+        "farm.compiler.cli:warmup_cmd",
+        "Compile the kernels ahead of the first build (numba's on-disk cache).",
+    ),
     "zoo": ("farm.zoo.cli:zoo", "List and export the reference models."),
     # the farm
     "up": ("farm.services:up_cmd", "Start the whole farm on this host (API + a local worker)."),

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         description="A queued job whose queue is empty, or a running job whose lease expired, is re-sent "
         "to the broker after this many seconds without a message.",
     )
+    worker_warmup: bool = Field(
+        False,
+        description="Build the zoo models once before serving jobs, so the first job does not wait while "
+        "numba compiles the kernels (`farm warmup`).",
+    )
     worker_seen_seconds: int = Field(
         60, ge=1, description="A profile counts as served while one of its workers heartbeat this recently."
     )

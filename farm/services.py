@@ -123,6 +123,33 @@ def worker_cmd(
     run_worker(settings, profile_names, concurrency=concurrency, name=name)
 
 
+def _warm_up(profiles: list[str]) -> None:
+    """Compile the kernels of every served profile before the first job (FARM_WORKER_WARMUP).
+
+    The worker heartbeats meanwhile, so jobs submitted now wait in the broker, not for a worker.
+    A failed warm-up build is reported and the worker starts anyway.
+    """
+    from farm.compiler.warmup import warm_up
+
+    for profile in profiles:
+        click.echo(f"farm worker: warming up the {profile} kernels (FARM_WORKER_WARMUP)", err=True)
+        report = warm_up(
+            profile=profile,
+            on_done=lambda step: click.echo(
+                f"farm worker: warm-up {step.model} {step.precision}: {step.seconds:.1f} s, "
+                f"{step.compiled} compiled, {step.loaded} from cache"
+                + ("" if step.error is None else f", FAILED: {step.error}"),
+                err=True,
+            ),
+        )
+        click.echo(
+            f"farm worker: {profile} warm-up done in {report.seconds:.0f} s "
+            f"({report.compiled} kernel signatures compiled, {report.loaded} loaded, "
+            f"{len(report.failed)} build(s) failed)",
+            err=True,
+        )
+
+
 def run_worker(
     settings: Settings, profiles: list[str], *, concurrency: int | None = None, name: str | None = None
 ) -> None:
@@ -155,6 +182,8 @@ def run_worker(
         services.db, name=node_name, profiles=profiles, host=host, interval=settings.heartbeat_seconds
     )
     heartbeat.start()
+    if settings.worker_warmup:
+        _warm_up(profiles)
     queues = ",".join(queue_names)
     click.echo(f"farm worker {node_name}: serving {queues}", err=True)
     try:

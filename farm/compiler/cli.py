@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from farm.compiler.warmup import DEFAULT_MODELS as DEFAULT_WARMUP_MODELS
+from farm.compiler.warmup import DEFAULT_PRECISIONS as DEFAULT_WARMUP_PRECISIONS
+
 
 def _console(*, stderr: bool) -> Console:
     """A rich console; when not writing to a terminal (pipes, CI logs) tables get 160 columns
@@ -455,3 +458,55 @@ def compare_cmd(
                       "inf" if m.snr_db == float("inf") else f"{m.snr_db:.1f}",
                       "-" if m.top1 is None else f"{m.top1:.1%}", "-" if m.top5 is None else f"{m.top5:.1%}")  # fmt: skip
     out.print(table)
+
+
+# ---------------------------------------------------------------------------- warmup
+def _names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command("warmup")
+@click.option("--models", default=",".join(DEFAULT_WARMUP_MODELS), show_default=True, callback=_names,
+              help="Comma-separated zoo models to build.")  # fmt: skip
+@click.option("--precisions", default=",".join(DEFAULT_WARMUP_PRECISIONS), show_default=True, callback=_names,
+              help="Comma-separated precisions to build each model in.")  # fmt: skip
+@click.option("--profile", default="cpu", show_default=True, help="Hardware profile.")
+def warmup_cmd(models: list[str], precisions: list[str], profile: str) -> None:
+    """Compile the kernels a build needs, so the first real build does not wait for numba.
+
+    Builds each zoo model once per precision at batch 1 and tuning level 1 and throws the
+    engines away; numba keeps the compiled kernels in its on-disk cache. Run it once per host
+    after installing or upgrading (a cold cache costs minutes on the first build).
+    """
+    from farm import zoo
+    from farm.compiler.builder import PRECISIONS
+    from farm.compiler.warmup import warm_up
+
+    unknown = sorted(set(models) - set(zoo.MODELS))
+    if unknown or not models:
+        raise click.BadParameter(f"unknown zoo model(s) {unknown}; known: {', '.join(sorted(zoo.MODELS))}",
+                                 param_hint="--models")  # fmt: skip
+    bad = sorted(set(precisions) - set(PRECISIONS))
+    if bad or not precisions:
+        raise click.BadParameter(f"unknown precision(s) {bad}; known: {', '.join(PRECISIONS)}",
+                                 param_hint="--precisions")  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True) as bar:
+        task = bar.add_task("warm-up", total=len(models) * len(precisions))
+        report = warm_up(
+            models,
+            precisions,
+            profile=profile,
+            on_step=lambda model, precision: bar.update(task, description=f"{model} {precision}"),
+            on_done=lambda step: bar.advance(task),
+        )
+    table = Table(title=f"Kernel warm-up ({report.seconds:.1f} s)")
+    for col in ("model", "precision", "seconds", "compiled", "from cache", "result"):
+        table.add_column(col, justify="left" if col in ("model", "precision", "result") else "right")
+    for step in report.steps:
+        table.add_row(step.model, step.precision, f"{step.seconds:.1f}", str(step.compiled), str(step.loaded),
+                      "ok" if step.error is None else step.error[:120])  # fmt: skip
+    out.print(table)
+    out.print(f"{report.compiled} kernel signatures compiled, {report.loaded} loaded from numba's cache")
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} warm-up build(s) failed (see the table)")
