@@ -1,7 +1,7 @@
 """ONNX model -> IR :class:`Graph`.
 
-``load_onnx`` reads the protobuf, checks the opsets (default domain 11-21), lists every
-unsupported op type at once, converts initializers and Constant nodes into constants, loads
+``load_onnx`` reads the protobuf, checks the opsets (default domain 11-21; older ones are first
+upgraded to 11 by :mod:`farm.compiler.frontend.upgrade`), lists every unsupported op type at once, converts initializers and Constant nodes into constants, loads
 external data confined to the model's folder, converts attributes (GRAPH attributes become nested
 Graphs), rewrites nodes into the canonical forms of :mod:`farm.compiler.frontend.canonical`, infers
 dtypes and shapes, resolves ``auto_pad`` and finally verifies the graph. Every problem with the
@@ -30,12 +30,14 @@ from farm.compiler.frontend.canonical import (
 from farm.compiler.frontend.errors import ModelError, UnsupportedModelError
 from farm.compiler.frontend.shape_inference import infer_shapes
 from farm.compiler.frontend.tensors import MAX_DIM, tensor_to_array
+from farm.compiler.frontend.upgrade import upgrade_opset
 from farm.compiler.ir.dtypes import ONNX_TO_NAME
 from farm.compiler.ir.graph import Dim, Graph, Node
 from farm.compiler.ir.verify import GraphError, verify
 
 MIN_OPSET = 11
 MAX_OPSET = 21
+OLDEST_OPSET = 7  # opsets OLDEST_OPSET..MIN_OPSET-1 are upgraded to MIN_OPSET (frontend/upgrade.py)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit for one message
 
@@ -111,6 +113,11 @@ def _load(proto: ModelProto, base_dir: Path | None, input_shapes: dict[str, Sequ
         except Exception as exc:
             raise ModelError(f"cannot inline the model's local functions: {exc}") from None
     _check_supported(proto.graph, opsets)
+    source_opset = opsets[""]
+    if source_opset < MIN_OPSET:
+        proto = upgrade_opset(proto, source_opset)
+        opsets[""] = MIN_OPSET
+        _check_supported(proto.graph, opsets)
     loader = _GraphLoader(opsets, base_dir)
     graph = loader.load(proto.graph, outer_scope=frozenset())
     graph.metadata.update(
@@ -118,6 +125,7 @@ def _load(proto: ModelProto, base_dir: Path | None, input_shapes: dict[str, Sequ
             "producer_name": proto.producer_name,
             "producer_version": proto.producer_version,
             "ir_version": str(proto.ir_version),
+            **({"source_opset": str(source_opset)} if source_opset != opsets[""] else {}),
             **{p.key: p.value for p in proto.metadata_props},
         }
     )
@@ -140,8 +148,8 @@ def _check_opsets(proto: ModelProto) -> dict[str, int]:
     if "" not in opsets:
         raise ModelError("the model imports no default-domain (ai.onnx) opset")
     version = opsets[""]
-    if not MIN_OPSET <= version <= MAX_OPSET:
-        raise ModelError(f"opset {version} is not supported: the compiler accepts ai.onnx opsets {MIN_OPSET} to {MAX_OPSET}")
+    if not OLDEST_OPSET <= version <= MAX_OPSET:
+        raise ModelError(f"opset {version} is not supported: the compiler accepts ai.onnx opsets {OLDEST_OPSET} to {MAX_OPSET}")
     return opsets
 
 

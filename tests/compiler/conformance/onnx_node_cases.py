@@ -7,10 +7,11 @@ The onnx wheel ships the test-case generators but not their data, so the cases a
 ``test_data_set_N/input_M.pb`` and ``output_M.pb``) into ``$FARM_ONNX_NODE_TESTS`` or
 ``~/.cache/engine-farm/onnx-node-tests/onnx-<version>`` (regenerated when missing).
 
-Cases are exported at the newest opset of each op (up to 28 in onnx 1.23). A case is run at the
-nearest opset in 11..21 when every op in it exists there and the node sets no attribute and uses
-no input that the op lacks at that opset (later versions mostly widened type lists or added
-attributes whose defaults keep the old meaning); otherwise it is "not applicable".
+Cases are exported at the newest opset of each op (up to 28 in onnx 1.23). A case of an opset
+below 11 runs at its own opset (7 at least; ``load_onnx`` upgrades it to 11 with onnx's version
+converter). A newer one is run at the nearest opset in 11..21 when every op in it exists there and
+the node sets no attribute and uses no input that the op lacks at that opset (later versions
+mostly widened type lists or added attributes whose defaults keep the old meaning); otherwise it is "not applicable".
 
 Run as a script for a summary::
 
@@ -35,6 +36,7 @@ import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
 MIN_OPSET, MAX_OPSET = 11, 21
+OLDEST_OPSET = 7  # farm.compiler.frontend.loader.OLDEST_OPSET
 COMPLETE_MARKER = "complete.json"
 EXPECTED_FAILURES_FILE = Path(__file__).with_name("expected_failures.json")
 
@@ -85,7 +87,9 @@ def generate(target: Path) -> int:
             for j, value in enumerate(outputs):
                 _write_tensor(data / f"output_{j}.pb", value, model.graph.output[j].name)
         written += 1
-    (tmp / COMPLETE_MARKER).write_text(json.dumps({"onnx": onnx.__version__, "cases": written, "skipped": skipped}))
+    (tmp / COMPLETE_MARKER).write_text(
+        json.dumps({"onnx": onnx.__version__, "cases": written, "skipped": skipped})
+    )
     if target.exists() and not (target / COMPLETE_MARKER).exists():
         shutil.rmtree(target, ignore_errors=True)  # an incomplete cache from an interrupted run
     try:
@@ -137,7 +141,8 @@ def _run_opset(model: ModelProto) -> tuple[int | None, str]:
     if any(o.domain not in ("", "ai.onnx") for o in model.opset_import):
         return None, "uses a non-default domain"
     original = versions[0]
-    target = min(max(original, MIN_OPSET), MAX_OPSET)
+    # below MIN_OPSET the case runs at its own opset (from OLDEST_OPSET on): load_onnx upgrades it
+    target = max(original, OLDEST_OPSET) if original < MIN_OPSET else min(original, MAX_OPSET)
     supported = supported_op_types()
     for node in _all_nodes(model.graph):
         if node.domain not in ("", "ai.onnx"):
@@ -151,7 +156,11 @@ def _run_opset(model: ModelProto) -> tuple[int | None, str]:
             except onnx.defs.SchemaError:
                 return None, f"op {node.op_type} does not exist at opset {target}"
             unknown = [a.name for a in node.attribute if a.name not in at_target.attributes]
-            if unknown or len(node.input) > len(at_target.inputs) and at_target.inputs[-1].option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+            if (
+                unknown
+                or len(node.input) > len(at_target.inputs)
+                and at_target.inputs[-1].option != onnx.defs.OpSchema.FormalParameterOption.Variadic
+            ):
                 return None, (
                     f"{node.op_type}-{at_original.since_version} uses {unknown or 'inputs'} that its opset-{target} "
                     "form lacks"
@@ -175,8 +184,16 @@ def _has_unsupported_dtype(model: ModelProto) -> str:
         for attr in node.attribute:
             if attr.HasField("t") and check(attr.t.data_type):
                 return TensorProto.DataType.Name(attr.t.data_type)
-            if attr.name in ("to", "dtype", "output_dtype") and attr.type == onnx.AttributeProto.INT and check(attr.i):
-                return TensorProto.DataType.Name(attr.i) if attr.i in TensorProto.DataType.values() else str(attr.i)
+            if (
+                attr.name in ("to", "dtype", "output_dtype")
+                and attr.type == onnx.AttributeProto.INT
+                and check(attr.i)
+            ):
+                return (
+                    TensorProto.DataType.Name(attr.i)
+                    if attr.i in TensorProto.DataType.values()
+                    else str(attr.i)
+                )
     return ""
 
 
@@ -205,9 +222,9 @@ def _read_tensor(path: Path) -> np.ndarray:
     proto.ParseFromString(path.read_bytes())
     array = numpy_helper.to_array(proto)
     if array.dtype.kind in ("S", "U", "O"):
-        array = np.array([v.decode() if isinstance(v, bytes) else v for v in array.ravel()], dtype=object).reshape(
-            array.shape
-        )
+        array = np.array(
+            [v.decode() if isinstance(v, bytes) else v for v in array.ravel()], dtype=object
+        ).reshape(array.shape)
     return array
 
 
@@ -236,7 +253,9 @@ def run_case(case: Case) -> None:
     tolerance = json.loads((case.folder / "tolerance.json").read_text())
     graph = load_onnx(model)
     for data in sorted(case.folder.glob("test_data_set_*")):
-        inputs = [_read_tensor(p) for p in sorted(data.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
+        inputs = [
+            _read_tensor(p) for p in sorted(data.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+        ]
         expected = [
             _read_tensor(p) for p in sorted(data.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
         ]
@@ -247,7 +266,9 @@ def run_case(case: Case) -> None:
             outputs = reference.run(graph, feeds, outputs=list(dict.fromkeys(produced + list(graph.outputs))))
         for name in produced:  # inference must agree with every intermediate value, too
             value, actual = graph.values[name], np.asarray(outputs[name])
-            assert shape_compatible(value.shape, actual.shape), f"{name}: inferred {value.shape}, actual {actual.shape}"
+            assert shape_compatible(value.shape, actual.shape), (
+                f"{name}: inferred {value.shape}, actual {actual.shape}"
+            )
             actual_dtype = "string" if actual.dtype == object else str(actual.dtype)
             assert value.dtype == actual_dtype, f"{name}: inferred {value.dtype}, actual {actual_dtype}"
         for name, want in zip(graph.outputs, expected, strict=True):
@@ -255,11 +276,15 @@ def run_case(case: Case) -> None:
             assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, expected {want.dtype}"
             assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
             inferred = graph.values[name].shape
-            assert shape_compatible(inferred, want.shape), f"{name}: inferred shape {inferred}, actual {want.shape}"
+            assert shape_compatible(inferred, want.shape), (
+                f"{name}: inferred shape {inferred}, actual {want.shape}"
+            )
             if want.dtype == object:
                 assert got.tolist() == want.tolist(), name
             else:
-                np.testing.assert_allclose(got, want, rtol=tolerance["rtol"], atol=tolerance["atol"], err_msg=name)
+                np.testing.assert_allclose(
+                    got, want, rtol=tolerance["rtol"], atol=tolerance["atol"], err_msg=name
+                )
 
 
 def summary() -> dict[str, object]:
@@ -272,7 +297,9 @@ def summary() -> dict[str, object]:
     for case in cases:
         if case.opset is None:
             counts["not_applicable"] += 1
-            reasons[case.reason.split(" not supported")[0] if "not supported" in case.reason else case.reason] += 1
+            reasons[
+                case.reason.split(" not supported")[0] if "not supported" in case.reason else case.reason
+            ] += 1
             continue
         counts["applicable"] += 1
         try:

@@ -77,7 +77,7 @@ def test_undefined_graph_output_is_a_model_error() -> None:
         load_onnx(model)
 
 
-@pytest.mark.parametrize("version", [7, 10, 22, 99])
+@pytest.mark.parametrize("version", [1, 6, 22, 99])
 def test_opset_out_of_range(version: int) -> None:
     model = relu_model()
     model.opset_import[0].version = version

@@ -44,6 +44,24 @@ def seed_model() -> onnx.ModelProto:
     return make_model(nodes, [("x", FLOAT, ["batch", 3, 16, 16])], [("y", FLOAT, None)], inits)
 
 
+def old_seed_model() -> onnx.ModelProto:
+    """An opset-9 model: loading it goes through onnx's version converter (frontend/upgrade.py)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], kernel_shape=[3, 3]),
+        helper.make_node("Upsample", ["c", "scales"], ["u"], mode="nearest"),
+        helper.make_node("Pad", ["u"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="reflect"),
+        helper.make_node("Slice", ["p"], ["s"], starts=[1], ends=[9], axes=[2]),
+        helper.make_node("Clip", ["s"], ["k"], min=-1.0, max=1.0),
+        helper.make_node("Split", ["k"], ["a", "b"], axis=1, split=[1, 3]),
+        helper.make_node("Concat", ["b", "a"], ["y"], axis=1),
+    ]
+    inits = {"w": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "scales": np.array([1, 1, 2, 2], np.float32)}
+    return make_model(nodes, [("x", FLOAT, ["batch", 3, 16, 16])], [("y", FLOAT, None)], inits, opset=9)
+
+
+SEEDS = {"opset17": seed_model, "opset9": old_seed_model}
+
+
 def load_or_model_error(data: bytes | onnx.ModelProto) -> None:
     with contextlib.suppress(ModelError):
         load_onnx(data)
@@ -52,12 +70,14 @@ def load_or_model_error(data: bytes | onnx.ModelProto) -> None:
 def test_seed_model_loads() -> None:
     graph = load_onnx(seed_model())
     assert graph.values["h"].shape == ("batch", 64)
+    assert load_onnx(old_seed_model()).values["y"].shape == ("batch", 4, 8, 18)
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_corrupted_bytes_give_model_error_or_a_graph(seed: int) -> None:
+@pytest.mark.parametrize("which", list(SEEDS))
+def test_corrupted_bytes_give_model_error_or_a_graph(which: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    data = bytearray(seed_model().SerializeToString())
+    data = bytearray(SEEDS[which]().SerializeToString())
     for _ in range(150):
         mutated = bytearray(data)
         for _ in range(int(rng.integers(1, 6))):
@@ -96,9 +116,10 @@ def _mutate_attribute(attr: AttributeProto, rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_nonsensical_protos_give_model_error_or_a_graph(seed: int) -> None:
+@pytest.mark.parametrize("which", list(SEEDS))
+def test_nonsensical_protos_give_model_error_or_a_graph(which: str, seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
-    base = seed_model()
+    base = SEEDS[which]()
     for _ in range(120):
         model = onnx.ModelProto()
         model.CopyFrom(base)
