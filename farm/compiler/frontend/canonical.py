@@ -30,6 +30,10 @@ Dropout                                      Identity (the mask output, when rea
 Scatter (deprecated)                         ScatterElements
 DFT                                          ``axis`` as input 2 (DFT-17's attribute, default 1)
 Constant                                     a constant value (``Value.const``), no node
+DequantizeLinear with ``output_dtype`` (23)  DequantizeLinear (scale's type) -> Cast
+Cast ``round_mode`` (24), QuantizeLinear     dropped: float8e8m0 only / computed in float64
+``precision`` (23), Range ``stash_type``
+(27), SpaceToDepth ``mode="DCR"`` (28)
 Conv, ConvTranspose, MaxPool, AveragePool,   ``auto_pad`` resolved into explicit ``pads`` when
 LpPool                                       the spatial input shape allows; Conv gets
                                              ``kernel_shape`` from the weights' shape
@@ -110,7 +114,27 @@ def canonicalize_node(node: Node, graph: Graph, opset: int) -> list[Node]:
         training = graph.const(node.input(2)) if node.input(2) else np.array(False)
         if training is not None and not bool(np.asarray(training).reshape(-1)[0]):
             return _dropout_to_identity(node, graph)
+    elif op in ("Cast", "CastLike"):
+        node.attrs.pop("round_mode", None)  # Cast-24: only casts to float8e8m0 read it
+    elif op == "QuantizeLinear":
+        node.attrs.pop("precision", None)  # QuantizeLinear-23: the division runs in float64 here
+    elif op == "Range":
+        node.attrs.pop("stash_type", None)  # Range-27: the reference accumulates in float64
+    elif op == "SpaceToDepth" and node.attrs.get("mode", "DCR") == "DCR":
+        node.attrs.pop("mode", None)  # SpaceToDepth-28's default; CRD is kept
+    elif op == "DequantizeLinear" and node.attrs.get("output_dtype"):
+        return _dequantize_then_cast(node, graph)
     return [node]
+
+
+def _dequantize_then_cast(node: Node, graph: Graph) -> list[Node]:
+    """DequantizeLinear-23's ``output_dtype`` as a Cast of the scale-typed result."""
+    to = int(node.attrs.pop("output_dtype"))
+    real = graph.fresh_name(f"{node.outputs[0]}_real")
+    graph.add_value(real)
+    cast = Node("Cast", [real], [node.outputs[0]], {"to": to}, graph.fresh_name(f"{node.name}_cast"))
+    node.outputs = [real]
+    return [node, cast]
 
 
 def _dropout_to_identity(node: Node, graph: Graph) -> list[Node]:

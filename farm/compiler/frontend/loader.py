@@ -1,7 +1,10 @@
 """ONNX model -> IR :class:`Graph`.
 
-``load_onnx`` reads the protobuf, checks the opsets (default domain 11-21; older ones are first
-upgraded to 11 by :mod:`farm.compiler.frontend.upgrade`), lists every unsupported op type at once, converts initializers and Constant nodes into constants, loads
+``load_onnx`` reads the protobuf, checks the opsets (default domain 7 to the newest onnx knows:
+7-10 are first upgraded to 11 by :mod:`farm.compiler.frontend.upgrade`, op versions above 21 are
+checked by :mod:`farm.compiler.frontend.versions`), expands function ops it does not run natively
+into their ONNX function bodies (:mod:`farm.compiler.frontend.functions`), lists every
+unsupported op type at once, converts initializers and Constant nodes into constants, loads
 external data confined to the model's folder, converts attributes (GRAPH attributes become nested
 Graphs), rewrites nodes into the canonical forms of :mod:`farm.compiler.frontend.canonical`, infers
 dtypes and shapes, resolves ``auto_pad`` and finally verifies the graph. Every problem with the
@@ -28,15 +31,16 @@ from farm.compiler.frontend.canonical import (
     resolve_auto_pad,
 )
 from farm.compiler.frontend.errors import ModelError, UnsupportedModelError
+from farm.compiler.frontend.functions import expand_function_ops
 from farm.compiler.frontend.shape_inference import infer_shapes
 from farm.compiler.frontend.tensors import MAX_DIM, tensor_to_array
 from farm.compiler.frontend.upgrade import upgrade_opset
+from farm.compiler.frontend.versions import NEWEST_OPSET, runs_natively
 from farm.compiler.ir.dtypes import ONNX_TO_NAME
 from farm.compiler.ir.graph import Dim, Graph, Node
 from farm.compiler.ir.verify import GraphError, verify
 
 MIN_OPSET = 11
-MAX_OPSET = 21
 OLDEST_OPSET = 7  # opsets OLDEST_OPSET..MIN_OPSET-1 are upgraded to MIN_OPSET (frontend/upgrade.py)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit for one message
@@ -112,12 +116,13 @@ def _load(proto: ModelProto, base_dir: Path | None, input_shapes: dict[str, Sequ
             proto = inliner.inline_local_functions(proto)
         except Exception as exc:
             raise ModelError(f"cannot inline the model's local functions: {exc}") from None
-    _check_supported(proto.graph, opsets)
     source_opset = opsets[""]
     if source_opset < MIN_OPSET:
+        _check_supported(proto.graph, opsets)
         proto = upgrade_opset(proto, source_opset)
         opsets[""] = MIN_OPSET
-        _check_supported(proto.graph, opsets)
+    proto = expand_function_ops(proto, opsets[""], supported_op_types())
+    _check_supported(proto.graph, opsets)
     loader = _GraphLoader(opsets, base_dir)
     graph = loader.load(proto.graph, outer_scope=frozenset())
     graph.metadata.update(
@@ -148,8 +153,8 @@ def _check_opsets(proto: ModelProto) -> dict[str, int]:
     if "" not in opsets:
         raise ModelError("the model imports no default-domain (ai.onnx) opset")
     version = opsets[""]
-    if not OLDEST_OPSET <= version <= MAX_OPSET:
-        raise ModelError(f"opset {version} is not supported: the compiler accepts ai.onnx opsets {OLDEST_OPSET} to {MAX_OPSET}")
+    if not OLDEST_OPSET <= version <= NEWEST_OPSET:
+        raise ModelError(f"opset {version} is not supported: the compiler accepts ai.onnx opsets {OLDEST_OPSET} to {NEWEST_OPSET}")
     return opsets
 
 
@@ -186,6 +191,9 @@ def _check_supported(graph: GraphProto, opsets: dict[str, int]) -> None:
             schema = onnx.defs.get_schema(node.op_type, opsets[""], "")
         except onnx.defs.SchemaError:
             missing_schema.setdefault(key, label)
+            continue
+        if not runs_natively(node.op_type, opsets[""], supported):  # a newer version not reviewed
+            first.setdefault(f"{key}-{schema.since_version}", label)
             continue
         _check_against_schema(node, schema, label)
     if first:

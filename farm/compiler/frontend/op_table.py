@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import onnx
 
-from farm.compiler.frontend.loader import FRONTEND_OPS, MAX_OPSET, MIN_OPSET, supported_op_types
+from farm.compiler.frontend.loader import FRONTEND_OPS, MIN_OPSET, supported_op_types
+from farm.compiler.frontend.versions import NEWEST_OPSET, has_function, runs_natively
 from farm.compiler.ir.fused import FUSED_OPS
 
 CANONICAL_NOTES: dict[str, str] = {
@@ -42,9 +43,12 @@ def reference_family(op_type: str) -> str:
 
 
 def onnx_versions(op_type: str) -> list[int]:
-    """The op's schema versions in effect at some opset in the accepted range."""
+    """The op's schema versions the frontend reads natively at some opset of the accepted range."""
+    supported = supported_op_types()
     versions: set[int] = set()
-    for opset in range(MIN_OPSET, MAX_OPSET + 1):
+    for opset in range(MIN_OPSET, NEWEST_OPSET + 1):
+        if not runs_natively(op_type, opset, supported):
+            continue
         try:
             versions.add(onnx.defs.get_schema(op_type, opset, "").since_version)
         except onnx.defs.SchemaError:
@@ -52,10 +56,31 @@ def onnx_versions(op_type: str) -> list[int]:
     return sorted(versions)
 
 
+# function ops whose bodies use ops the compiler does not run (listed so the table says so)
+UNRUNNABLE_BODIES = {"Bernoulli": "random numbers (RandomUniformLike)", "SequenceMap": "sequences"}
+
+
+def function_table() -> str:
+    """One row per ONNX op the frontend expands into its function body, with the versions."""
+    supported = supported_op_types()
+    rows: dict[str, set[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain or schema.name in UNRUNNABLE_BODIES:
+            continue
+        for opset in range(max(MIN_OPSET, schema.since_version), NEWEST_OPSET + 1):
+            found = onnx.defs.get_schema(schema.name, opset, "")
+            if found.since_version == schema.since_version and not runs_natively(schema.name, opset, supported) \
+                    and has_function(schema.name, opset):  # fmt: skip
+                rows.setdefault(schema.name, set()).add(schema.since_version)
+    lines = ["| op | ONNX versions expanded into their function body |", "| --- | --- |"]
+    lines += [f"| {op} | {', '.join(str(v) for v in sorted(vs))} |" for op, vs in sorted(rows.items())]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table() -> str:
     """One row per supported ONNX op: versions, reference module, canonical form."""
     lines = [
-        "| op | ONNX versions accepted (opsets 11-21) | reference module | canonical form |",
+        f"| op | ONNX versions read natively (opsets {MIN_OPSET}-{NEWEST_OPSET}) | reference module | canonical form |",
         "| --- | --- | --- | --- |",
     ]
     for op_type in sorted(supported_op_types()):
@@ -70,3 +95,5 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table(), end="")
+    print()
+    print(function_table(), end="")

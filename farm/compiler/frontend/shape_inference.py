@@ -344,7 +344,7 @@ rule(
     "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
     "ThresholdedRelu", "Mish", "Shrink", "Gelu", "Softmax", "LogSoftmax", "Hardmax", "Identity", "Clip",
     "LRN", "LpNormalization", "MeanVarianceNormalization", "InstanceNormalization", "GroupNormalization",
-    "Trilu", "CumSum", "ScatterND", "ScatterElements", "LayerNorm",
+    "Trilu", "CumSum", "CumProd", "ScatterND", "ScatterElements", "LayerNorm", "TensorScatter",
 )(_same)
 
 
@@ -398,6 +398,11 @@ def _cast_target(to: int | str) -> str:
 
 @rule("Cast")
 def _cast(node: Node, ins: list[Info]) -> list[tuple[str | None, Shape | None]]:
+    return [(_cast_target(node.attr("to")), ins[0].shape)]
+
+
+@rule("BitCast")
+def _bitcast(node: Node, ins: list[Info]) -> list[tuple[str | None, Shape | None]]:
     return [(_cast_target(node.attr("to")), ins[0].shape)]
 
 

@@ -272,6 +272,17 @@ def cast(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     return cast_array(inputs[0], target_dtype(node.attr("to")))
 
 
+@op("BitCast")
+def bitcast(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
+    """BitCast-26: the same little-endian bytes read as ``to`` (of the same width), same shape."""
+    x = inputs[0]
+    dtype = target_dtype(node.attr("to"))
+    if x.dtype == np.dtype(object) or dtype == np.dtype(object) or dtype.itemsize != x.dtype.itemsize:
+        raise ValueError(f"BitCast from {x.dtype} to {dtype}: the widths must match and strings cannot be bitcast")
+    little = np.array(x, dtype=x.dtype.newbyteorder("<"), order="C")  # np.ascontiguousarray makes 0-d 1-d
+    return little.view(dtype.newbyteorder("<")).astype(dtype)
+
+
 @op("CastLike")
 def cast_like(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     return cast_array(inputs[0], inputs[1].dtype)

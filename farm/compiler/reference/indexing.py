@@ -85,6 +85,30 @@ def scatter_elements(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     return _scatter(x.copy(), full, updates, node.attr("reduction", "none"))
 
 
+@op("TensorScatter")
+def tensor_scatter(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
+    """TensorScatter-24: write ``update`` into a copy of the cache along ``axis`` from each batch
+    row's write index (0 when not given); ``mode="circular"`` wraps the index around."""
+    past, update = inputs[0], inputs[1]
+    indices = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    axis = int(node.attr("axis", -2)) % past.ndim
+    if axis == 0:
+        raise ValueError("TensorScatter: axis cannot be the batch axis")
+    circular = node.attr("mode", "linear") == "circular"
+    size, length = past.shape[axis], update.shape[axis]
+    present = past.copy()
+    for b in range(past.shape[0]):
+        start = int(indices.reshape(-1)[b]) if indices is not None else 0
+        where = np.arange(start, start + length)
+        if circular:
+            where %= size
+        elif length and (start < 0 or where[-1] >= size):
+            raise ValueError(f"TensorScatter: writing {length} entries from index {start} overruns the cache ({size})")
+        target = np.moveaxis(present[b], axis - 1, 0)
+        target[where] = np.moveaxis(update[b], axis - 1, 0)
+    return present
+
+
 @op("OneHot")
 def one_hot(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     indices, depth_in, values = inputs[0], inputs[1], inputs[2]

@@ -1,6 +1,8 @@
-"""Reduce* ops (axes as input 1, canonical form), ArgMax/ArgMin and CumSum."""
+"""Reduce* ops (axes as input 1, canonical form), ArgMax/ArgMin, CumSum and CumProd."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -94,14 +96,21 @@ op("ArgMax")(_arg(np.argmax))
 op("ArgMin")(_arg(np.argmin))
 
 
-@op("CumSum")
-def cumsum(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
-    x = inputs[0]
-    axis = int(np.asarray(inputs[1]).reshape(-1)[0])
-    reverse = bool(node.attr("reverse", 0))
-    exclusive = bool(node.attr("exclusive", 0))
-    data = np.flip(x, axis) if reverse else x
-    y = np.cumsum(data, axis=axis, dtype=x.dtype)
-    if exclusive:
-        y = np.concatenate([np.zeros_like(np.take(y, [0], axis=axis)), np.delete(y, -1, axis=axis)], axis=axis) if x.shape[axis] else y
-    return np.flip(y, axis) if reverse else y
+def _cumulative(accumulate: Any, identity: int) -> Any:
+    def impl(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
+        x = inputs[0]
+        axis = int(np.asarray(inputs[1]).reshape(-1)[0])
+        reverse = bool(node.attr("reverse", 0))
+        exclusive = bool(node.attr("exclusive", 0))
+        data = np.flip(x, axis) if reverse else x
+        y = accumulate(data, axis=axis, dtype=x.dtype)
+        if exclusive and x.shape[axis]:
+            first = np.full_like(np.take(y, [0], axis=axis), identity)
+            y = np.concatenate([first, np.delete(y, -1, axis=axis)], axis=axis)
+        return np.flip(y, axis) if reverse else y
+
+    return impl
+
+
+op("CumSum")(_cumulative(np.cumsum, 0))
+op("CumProd")(_cumulative(np.cumprod, 1))  # CumProd-26

@@ -226,7 +226,10 @@ def space_to_depth(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     x = inputs[0]
     b = int(node.attr("blocksize"))
     n, c, h, w = x.shape
-    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    if node.attr("mode", "DCR") == "DCR":  # output channel (bh * b + bw) * c + ci
+        y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    else:  # CRD (SpaceToDepth-28): output channel ci * b * b + bh * b + bw, DepthToSpace CRD's inverse
+        y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 1, 3, 5, 2, 4)
     return y.reshape(n, c * b * b, h // b, w // b)
 
 

@@ -59,7 +59,18 @@ def old_seed_model() -> onnx.ModelProto:
     return make_model(nodes, [("x", FLOAT, ["batch", 3, 16, 16])], [("y", FLOAT, None)], inits, opset=9)
 
 
-SEEDS = {"opset17": seed_model, "opset9": old_seed_model}
+def function_seed_model() -> onnx.ModelProto:
+    """An opset-23 model of function ops: loading it builds and inlines their ONNX function bodies."""
+    nodes = [
+        helper.make_node("RMSNormalization", ["x", "g"], ["n"], epsilon=1e-5),
+        helper.make_node("Attention", ["n", "n", "n"], ["a"], is_causal=1),
+        helper.make_node("Reshape", ["a", "shape"], ["y"]),
+    ]
+    inits = {"g": RNG.standard_normal(16).astype(np.float32), "shape": np.array([0, -1], np.int64)}
+    return make_model(nodes, [("x", FLOAT, ["batch", 3, 16, 16])], [("y", FLOAT, None)], inits, opset=23)
+
+
+SEEDS = {"opset17": seed_model, "opset9": old_seed_model, "opset23": function_seed_model}
 
 
 def load_or_model_error(data: bytes | onnx.ModelProto) -> None:
@@ -71,6 +82,7 @@ def test_seed_model_loads() -> None:
     graph = load_onnx(seed_model())
     assert graph.values["h"].shape == ("batch", 64)
     assert load_onnx(old_seed_model()).values["y"].shape == ("batch", 4, 8, 18)
+    assert load_onnx(function_seed_model()).values["y"].shape == ("batch", 768)
 
 
 @pytest.mark.parametrize("seed", range(4))
