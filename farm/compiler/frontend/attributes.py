@@ -1,8 +1,9 @@
-"""ONNX AttributeProto -> python values (GRAPH attributes are converted by a callback)."""
+"""ONNX AttributeProto -> python values (GRAPH attributes are converted by a callback), and a walk
+over the graphs nested in GRAPH attributes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ GraphConverter = Callable[[GraphProto], Graph]
 
 MAX_DENSIFIED_ELEMENTS = 2**28
 """A sparse tensor declares its size without holding it; densifying is capped (1 GiB of float32)."""
+
+
+def all_graphs(graph: GraphProto) -> Iterator[GraphProto]:
+    """``graph`` and every graph nested in its nodes' GRAPH/GRAPHS attributes, depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from all_graphs(attr.g)
+            for g in attr.graphs:
+                yield from all_graphs(g)
 
 
 def sparse_to_array(sparse: SparseTensorProto, base_dir: Path | None, what: str) -> np.ndarray:

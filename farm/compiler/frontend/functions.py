@@ -18,12 +18,12 @@ the model's own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import onnx
-from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TypeProto, helper
+from onnx import FunctionProto, ModelProto, NodeProto, TypeProto, helper
 
+from farm.compiler.frontend.attributes import all_graphs
 from farm.compiler.frontend.errors import ModelError
 from farm.compiler.frontend.versions import function_versions, has_function, runs_natively, schema
 
@@ -32,20 +32,10 @@ MAX_ROUNDS = 4
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def _graphs(graph: GraphProto) -> Iterator[GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
-
-
 def _expandable(proto: ModelProto, opset: int, supported: frozenset[str]) -> list[NodeProto]:
     return [
         node
-        for g in _graphs(proto.graph)
+        for g in all_graphs(proto.graph)
         for node in g.node
         if node.domain in DEFAULT_DOMAINS
         and not runs_natively(node.op_type, opset, supported)
@@ -60,7 +50,7 @@ def _value_types(proto: ModelProto) -> dict[str, TypeProto]:
     except Exception as exc:
         raise ModelError(f"cannot infer the input types of a function op: {exc}") from None
     types: dict[str, TypeProto] = {}
-    for g in _graphs(inferred.graph):
+    for g in all_graphs(inferred.graph):
         for init in g.initializer:
             types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
         for info in list(g.input) + list(g.value_info) + list(g.output):

@@ -21,25 +21,14 @@ node and is a :class:`ModelError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 from onnx import GraphProto, ModelProto, NodeProto, helper, numpy_helper
 
+from farm.compiler.frontend.attributes import all_graphs
 from farm.compiler.frontend.errors import ModelError
 
 TARGET_OPSET = 11
 RESAMPLE_OPS = ("Upsample", "Resize")
-
-
-def _graphs(graph: GraphProto) -> Iterator[GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
 
 
 def _constant_scales(node: NodeProto, constants: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -65,7 +54,7 @@ def _nearest_rounding(node: NodeProto, scales: np.ndarray | None) -> str:
 def _resample_rules(graph: GraphProto) -> dict[str, dict[str, str]]:
     """Resize-11 attributes for the output of every Upsample/Resize node of the old model."""
     rules: dict[str, dict[str, str]] = {}
-    for g in _graphs(graph):
+    for g in all_graphs(graph):
         constants = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_location != t.EXTERNAL}
         for node in g.node:
             if node.op_type == "Constant" and node.output:
@@ -88,7 +77,7 @@ def _resample_rules(graph: GraphProto) -> dict[str, dict[str, str]]:
 
 def _refuse_lossy(graph: GraphProto, version: int) -> None:
     """Nodes whose meaning the converter does not carry over: an error, never a silently wrong model."""
-    for g in _graphs(graph):
+    for g in all_graphs(graph):
         for node in g.node:
             if node.domain not in ("", "ai.onnx"):
                 continue
@@ -124,7 +113,7 @@ def upgrade_opset(proto: ModelProto, version: int) -> ModelProto:
             f"cannot upgrade this opset-{version} model to opset {TARGET_OPSET} (onnx's version converter: "
             f"{message}); re-export it at opset {TARGET_OPSET} or newer"
         ) from None
-    for g in _graphs(upgraded.graph):
+    for g in all_graphs(upgraded.graph):
         for node in g.node:
             rule = rules.get(node.output[0]) if node.op_type == "Resize" and node.output else None
             if rule is None:

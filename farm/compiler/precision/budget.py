@@ -29,6 +29,7 @@ import numpy as np
 
 from farm.compiler.ir import Graph
 from farm.compiler.precision.calibration import calibration_batches
+from farm.compiler.precision.observe import BatchAxes, batch_axes, batch_size, batch_slice, concat_batches
 
 # metric -> (direction, how to aggregate over outputs: the worst one counts)
 METRICS: dict[str, str] = {
@@ -91,19 +92,23 @@ def measure(budget: AccuracyBudget, got: Mapping[str, np.ndarray], want: Mapping
     return min(values) if budget.op == ">=" else max(values)
 
 
-def _validation_feeds(validation: Any, inputs: list[str]) -> dict[str, np.ndarray]:
+def _validation_feeds(validation: Any, inputs: list[str], axes: BatchAxes) -> dict[str, np.ndarray]:
     if validation is None:
         raise BudgetError("an accuracy budget needs validation data (--val val.npz)")
-    batches = list(calibration_batches(validation, inputs, batch=1 << 30))
-    return {n: np.concatenate([b[n] for b in batches]) for n in inputs}
+    batches = list(calibration_batches(validation, inputs, batch=1 << 30, axes=axes))
+    return {n: concat_batches([b[n] for b in batches], axes.get(n, 0)) for n in inputs}
 
 
 def _run_engine(engine: Any, feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    total = len(next(iter(feeds.values())))
+    """The engine's outputs for ``feeds``, run ``batch`` samples at a time along each input's
+    batch axis and joined along each output's."""
+    graph: Graph = engine.graph
+    in_axes, out_axes = batch_axes(graph, graph.inputs), batch_axes(graph, graph.outputs)
     parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, total, batch):
-        parts.append(engine.run({k: v[start : start + batch] for k, v in feeds.items()}))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for start in range(0, batch_size(feeds, in_axes), batch):
+        chunk = {k: batch_slice(v, in_axes.get(k, 0), start, start + batch) for k, v in feeds.items()}
+        parts.append(engine.run(chunk))
+    return {k: concat_batches([p[k] for p in parts], out_axes.get(k, 0)) for k in parts[0]}
 
 
 def _run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -115,7 +120,9 @@ def _run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], batch: int) ->
 
 
 def _max_batch(engine: Any) -> int:
-    return max(1, min((b.max_shape[0] for b in engine.inputs if b.max_shape), default=1))
+    axes = batch_axes(engine.graph, engine.graph.inputs)
+    sizes = [b.max_shape[axes[b.name]] for b in engine.inputs if b.max_shape and axes.get(b.name) is not None]
+    return max(1, min(sizes, default=1))
 
 
 def layer_sensitivity(
@@ -166,7 +173,8 @@ def build_with_budget(
     shared_cache = config.cache() if config.timing_cache is not None else MemoryTimingCache()
     base = dataclasses.replace(config, accuracy_budget=None, timing_cache=shared_cache)
     engine = build(model, profile, base, progress=progress)
-    feeds = _validation_feeds(config.validation, [b.name for b in engine.inputs])
+    input_axes = batch_axes(engine.graph, engine.graph.inputs)
+    feeds = _validation_feeds(config.validation, [b.name for b in engine.inputs], input_axes)
     batch = _max_batch(engine)
     from farm.compiler.passes import optimize
 
@@ -176,7 +184,7 @@ def build_with_budget(
     section: dict[str, Any] = {
         "budget": str(budget),
         "first_engine": first,
-        "samples": len(next(iter(feeds.values()))),
+        "samples": batch_size(feeds, input_axes),
     }
     if budget.met(first):
         engine.report["accuracy_budget"] = dict(

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from farm.compiler.ir import Graph
+from farm.compiler.precision.observe import BatchAxes, batch_axes, batch_size, batch_slice
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 CALIBRATOR_OPTIONS = ("symmetric", "no-bias-correction", "gptq", "no-gptq")
@@ -85,26 +86,33 @@ def load_samples_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise CalibrationError(f"cannot read samples from {path}: {exc}") from exc
 
 
-def _split(arrays: Mapping[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
-    counts = {len(a) for a in arrays.values()}
-    if len(counts) != 1:
+def _split(arrays: Mapping[str, np.ndarray], batch: int, axes: BatchAxes) -> Iterator[dict[str, np.ndarray]]:
+    counts = {k: batch_size({k: a}, axes) for k, a in arrays.items() if axes.get(k, 0) is not None}
+    if len(set(counts.values())) > 1:
         raise CalibrationError(
-            f"sample arrays differ in sample count: { {k: len(a) for k, a in arrays.items()} }"
+            f"sample arrays differ in sample count (along each input's batch axis): {counts}"
         )
-    total = counts.pop()
+    total = next(iter(counts.values()), 1)
     for start in range(0, total, batch):
-        yield {k: np.asarray(a[start : start + batch]) for k, a in arrays.items()}
+        yield {k: np.asarray(batch_slice(a, axes.get(k, 0), start, start + batch)) for k, a in arrays.items()}
 
 
 def calibration_batches(
-    source: CalibrationSource, inputs: list[str], batch: int = DEFAULT_BATCH, limit: int | None = None
+    source: CalibrationSource,
+    inputs: list[str],
+    batch: int = DEFAULT_BATCH,
+    limit: int | None = None,
+    axes: BatchAxes | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of feeds for the graph ``inputs`` from any supported source, at most ``limit``
-    samples in all."""
+    samples in all. Samples run along each input's batch axis (``axes``, see
+    :func:`observe.batch_axes`; axis 0 when not given): a GRU state ``[layers, batch, hidden]``
+    stacks its samples on axis 1."""
+    axes = axes or {}
     if isinstance(source, str | os.PathLike):
-        batches: Iterable[Mapping[str, np.ndarray]] = _split(load_samples_npz(source), batch)
+        batches: Iterable[Mapping[str, np.ndarray]] = _split(load_samples_npz(source), batch, axes)
     elif isinstance(source, Mapping):
-        batches = _split({k.removeprefix("input:"): v for k, v in source.items()}, batch)
+        batches = _split({k.removeprefix("input:"): v for k, v in source.items()}, batch, axes)
     else:
         batches = source
     seen = 0
@@ -117,8 +125,8 @@ def calibration_batches(
             take = limit - seen
             if take <= 0:
                 return
-            feeds = {n: a[:take] for n, a in feeds.items()}
-        seen += len(next(iter(feeds.values()))) if feeds else 0
+            feeds = {n: batch_slice(a, axes.get(n, 0), 0, take) for n, a in feeds.items()}
+        seen += batch_size(feeds, axes) if feeds else 0
         yield feeds
 
 
@@ -363,6 +371,7 @@ def collect_statistics(
     them and the number of samples seen."""
     from farm.compiler.precision.observe import GraphRunner
 
+    input_axes = batch_axes(graph, graph.inputs)
     axes = channel_axes or {}
     stats = {t: RangeStatistics(axes.get(t)) for t in tensors}
     samples = 0
@@ -370,12 +379,12 @@ def collect_statistics(
     for feeds in batches:
         if runner is None:
             runner = GraphRunner(
-                graph, tensors, max_batch=max(len(next(iter(feeds.values()))), 1), example=feeds
+                graph, tensors, max_batch=max(batch_size(feeds, input_axes), 1), example=feeds
             )
         values = runner.run(feeds)
         for name in tensors:
             stats[name].update(values[name])
-        samples += len(next(iter(feeds.values())))
+        samples += batch_size(feeds, input_axes)
     if samples == 0:
         raise CalibrationError("the calibration data is empty")
     return stats, samples
@@ -494,8 +503,9 @@ def calibrate(
     if source is None:
         raise CalibrationError("INT8 needs calibration data (--calib samples.npz) or a calibration cache")
     rule = calibrator_function(spec.name, percentile)
+    input_axes = batch_axes(graph, graph.inputs)
     stats, samples = collect_statistics(
-        graph, tensors, calibration_batches(source, graph.inputs, batch, limit), channel_axes
+        graph, tensors, calibration_batches(source, graph.inputs, batch, limit, input_axes), channel_axes
     )
     result = CalibrationResult(
         calibrator, {t: float(rule(s.magnitude)) for t, s in stats.items()}, samples, signature,

@@ -28,6 +28,7 @@ from farm.compiler.precision.calibration import (
     calibration_batches,
 )
 from farm.compiler.precision.gptq import apply_gptq
+from farm.compiler.precision.observe import batch_axes
 from farm.compiler.precision.policy import LayerDecision, PrecisionPolicy
 from farm.compiler.precision.qdq import ExplicitQuantization, annotate_explicit
 from farm.compiler.precision.quantize import (
@@ -157,7 +158,13 @@ def plan_precisions(
         spec = CalibratorSpec.parse(calibrator)
         if spec.gptq and calibration is not None:  # GPTQ reads the samples again
             calibration = list(
-                calibration_batches(calibration, graph.inputs, DEFAULT_BATCH, calibration_limit)
+                calibration_batches(
+                    calibration,
+                    graph.inputs,
+                    DEFAULT_BATCH,
+                    calibration_limit,
+                    batch_axes(graph, graph.inputs),
+                )
             )
         tensors = sorted({n.input(0) for n in need_scale})
         axes: dict[str, int | None] = {}

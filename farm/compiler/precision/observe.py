@@ -16,6 +16,54 @@ import numpy as np
 
 from farm.compiler.ir import Graph
 
+BatchAxes = Mapping[str, "int | None"]
+
+
+def batch_axes(graph: Graph, names: Iterable[str]) -> dict[str, int | None]:
+    """The axis of each named value that holds the batch, or None for a value without one.
+
+    The batch is the symbol at axis 0 of the graph's inputs (as the builder binds it). A value's
+    batch axis is the first axis carrying such a symbol: axis 1 for a GRU/LSTM state input
+    ``[layers, batch, hidden]``. A graph with no symbolic axis 0 anywhere keeps the old rule,
+    axis 0 for every value.
+    """
+    symbols = {
+        v.shape[0] for n in graph.inputs if (v := graph.values[n]).shape and isinstance(v.shape[0], str)
+    }
+    axes: dict[str, int | None] = {}
+    for name in names:
+        shape = graph.values[name].shape if name in graph.values else None
+        if not symbols or shape is None:
+            axes[name] = 0
+        else:
+            axes[name] = next((i for i, d in enumerate(shape) if isinstance(d, str) and d in symbols), None)
+    return axes
+
+
+def batch_slice(array: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    """Samples ``start:stop`` of ``array`` along its batch ``axis`` (all of it when None)."""
+    if axis is None:
+        return array
+    index = [slice(None)] * array.ndim
+    index[axis] = slice(start, stop)
+    return array[tuple(index)]
+
+
+def batch_size(feeds: Mapping[str, np.ndarray], axes: BatchAxes) -> int:
+    """The number of samples in ``feeds`` (along the first input that has a batch axis)."""
+    for name, array in feeds.items():
+        axis = axes.get(name, 0)
+        if axis is not None:
+            return int(np.shape(array)[axis]) if np.ndim(array) > axis else 1
+    return 1
+
+
+def concat_batches(parts: list[np.ndarray], axis: int | None) -> np.ndarray:
+    """``parts`` joined along their batch axis (a value without one: the first part's)."""
+    if len(parts) == 1:
+        return parts[0]
+    return parts[0] if axis is None else np.concatenate(parts, axis=axis)
+
 
 class GraphRunner:
     """Runs ``graph`` and returns ``tensors`` (names of any values), batch by batch."""
@@ -41,19 +89,30 @@ class GraphRunner:
             node.precision = None
         copy.outputs = [t for t in wanted if t not in graph.inputs]
         self.max_batch = max_batch
-        shapes = {k: [max_batch, *np.shape(v)[1:]] for k, v in (example or {}).items() if k in graph.inputs}
+        self.input_axes = batch_axes(graph, graph.inputs)
+        self.tensor_axes = batch_axes(graph, wanted)
+        shapes = {}
+        for name, value in (example or {}).items():
+            if name in graph.inputs:
+                shape = list(np.shape(value))
+                axis = self.input_axes[name]
+                if axis is not None and axis < len(shape):
+                    shape[axis] = max_batch
+                shapes[name] = shape
         config = BuilderConfig(
             tuning_level=0, optimize=False, batch_range=(1, max_batch, max_batch), input_shapes=shapes
         )
         self.engine = build(copy, "cpu", config)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The wanted tensors for ``feeds`` (any batch size: split into engine-sized chunks)."""
-        total = len(next(iter(feeds.values())))
+        """The wanted tensors for ``feeds`` (any batch size: split into engine-sized chunks along
+        each input's batch axis, joined along each tensor's)."""
+        total = batch_size(feeds, self.input_axes)
         parts = []
         for start in range(0, total, self.max_batch):
-            chunk = {k: v[start : start + self.max_batch] for k, v in feeds.items()}
+            stop = start + self.max_batch
+            chunk = {k: batch_slice(v, self.input_axes.get(k, 0), start, stop) for k, v in feeds.items()}
             out = dict(self.engine.run(chunk))
             out.update({t: chunk[t] for t in self.from_feeds})
             parts.append(out)
-        return {t: np.concatenate([p[t] for p in parts]) for t in self.tensors}
+        return {t: concat_batches([p[t] for p in parts], self.tensor_axes[t]) for t in self.tensors}

@@ -14,7 +14,7 @@ import pytest
 
 from farm import zoo
 from farm.compiler import reference
-from farm.compiler.accuracy import compare_outputs
+from farm.compiler.accuracy import compare_arrays, compare_outputs
 from farm.compiler.builder import BuilderConfig, BuildError, build
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels import get_tactic
@@ -320,3 +320,28 @@ def test_each_side_is_calibrated_with_its_share_of_the_256_codes() -> None:
         else:
             neg_levels = max(2, round(256 * stats.negative.amax / total))
             assert 2 <= neg_levels < 64 and lo == pytest.approx(-amax_entropy(stats.negative, neg_levels))
+
+
+def test_int8_calibrates_a_model_whose_state_input_has_the_batch_on_axis_1(tmp_path: Path) -> None:
+    """The streaming GRU carries h0 as [layers, batch, hidden]: calibration samples, the FP32
+    observer engine and its batching follow each input's own batch axis, not axis 0."""
+    from farm.compiler.precision.observe import batch_axes
+
+    model = zoo.build_model("gru_stream").SerializeToString()
+    calib = [zoo.sample_inputs("gru_stream", 4, seed=10 + i) for i in range(4)]
+    samples = tmp_path / "calib.npz"
+    np.savez(samples, chunk=np.concatenate([c["chunk"] for c in calib]), h0=np.concatenate([c["h0"] for c in calib], 1))
+    shapes = {"chunk": ["batch", 16, 40]}
+    config = BuilderConfig(
+        tuning_level=0, batch_range=(1, 4, 8), input_shapes=shapes, precision="int8", strict=True,
+        calibration=str(samples),
+    )  # fmt: skip
+    engine = build(model, "cpu", config)
+    assert batch_axes(engine.graph, engine.graph.inputs) == {"chunk": 0, "h0": 1}
+    report = engine.report["precision_layers"]
+    assert report["counts"].get("int8", 0) >= 2 and report["calibration"]["samples"] == 16
+    fp32 = build(model, "cpu", BuilderConfig(tuning_level=0, batch_range=(1, 4, 8), input_shapes=shapes))
+    feeds = zoo.sample_inputs("gru_stream", 3, seed=99)
+    for name, want in fp32.run(feeds).items():
+        metrics = compare_arrays(name, engine.run(feeds)[name], want)
+        assert metrics.cosine > 0.99, (name, metrics)
