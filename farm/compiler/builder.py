@@ -25,6 +25,7 @@ from farm.compiler.ir import Graph
 from farm.compiler.kernels.registry import get_tactic
 from farm.compiler.kernels.threads import available_cores
 from farm.compiler.memory import MemoryPlan, plan_memory
+from farm.compiler.precision.half_model import widen_half_model
 from farm.compiler.tuner import (
     JsonTimingCache,
     MemoryTimingCache,
@@ -299,6 +300,7 @@ def build(
     notify("load", 0, 1, "loading model")
     graph = load_model(model)
     explicit = precision_lowering.extract_qdq(graph)
+    half_model = widen_half_model(graph) if backend == "cpu" else {}
     timings["load_s"] = time.perf_counter() - started
 
     t = time.perf_counter()
@@ -422,6 +424,7 @@ def build(
         ],
         "timing_cache": {"hits": hits, "misses": misses},
         "precision_layers": precision_report,
+        "half_model": half_model,
         "memory": plan.summary(),
         "timings": timings,
     }
