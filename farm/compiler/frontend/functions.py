@@ -5,8 +5,9 @@ ONNX defines many newer ops as functions of older ones: the schema carries the b
 (a "context-dependent" function: Attention-23 builds a different graph for 3-D and 4-D inputs,
 with or without a mask or a KV cache). The body *is* the specification, so an op the frontend
 does not run natively (:func:`farm.compiler.frontend.versions.runs_natively`) but that has a
-body is replaced by that body, inlined with onnx's own inliner, and the fusion passes see the
-ops it is made of (Attention-23's MatMul/Softmax/MatMul becomes the fused attention kernel).
+body is replaced by that body, inlined with onnx's own inliner, and compiled like the model's
+own ops. (The fusion passes see those ops; the attention fusion does not match Attention-23's
+body yet, which guards fully masked rows with a Where: it runs as MatMul, Softmax and MatMul.)
 
 Rule: for every default-domain node whose op does not run natively and whose schema has a
 function at the model's opset, build the body (context-dependent bodies get the node's input

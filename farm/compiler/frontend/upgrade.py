@@ -55,9 +55,14 @@ def _resample_rules(graph: GraphProto) -> dict[str, dict[str, str]]:
     """Resize-11 attributes for the output of every Upsample/Resize node of the old model."""
     rules: dict[str, dict[str, str]] = {}
     for g in all_graphs(graph):
-        constants = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_location != t.EXTERNAL}
+        wanted = {n.input[1] for n in g.node if n.op_type in RESAMPLE_OPS and len(n.input) > 1}
+        constants = {  # only the scales: a large model's weights are not copied
+            t.name: numpy_helper.to_array(t)
+            for t in g.initializer
+            if t.name in wanted and t.data_location != t.EXTERNAL
+        }
         for node in g.node:
-            if node.op_type == "Constant" and node.output:
+            if node.op_type == "Constant" and node.output and node.output[0] in wanted:
                 for attr in node.attribute:
                     if attr.name == "value":
                         constants[node.output[0]] = numpy_helper.to_array(attr.t)

@@ -24,8 +24,9 @@ def batch_axes(graph: Graph, names: Iterable[str]) -> dict[str, int | None]:
 
     The batch is the symbol at axis 0 of the graph's inputs (as the builder binds it). A value's
     batch axis is the first axis carrying such a symbol: axis 1 for a GRU/LSTM state input
-    ``[layers, batch, hidden]``. A graph with no symbolic axis 0 anywhere keeps the old rule,
-    axis 0 for every value.
+    ``[layers, batch, hidden]``. A graph input without one has no batch axis (it is fed whole);
+    any other value without one (a derived dim such as ``batch*seq``, or none) keeps axis 0, as
+    does every value of a graph with no symbolic axis 0 anywhere.
     """
     symbols = {
         v.shape[0] for n in graph.inputs if (v := graph.values[n]).shape and isinstance(v.shape[0], str)
@@ -36,7 +37,8 @@ def batch_axes(graph: Graph, names: Iterable[str]) -> dict[str, int | None]:
         if not symbols or shape is None:
             axes[name] = 0
         else:
-            axes[name] = next((i for i, d in enumerate(shape) if isinstance(d, str) and d in symbols), None)
+            found = next((i for i, d in enumerate(shape) if isinstance(d, str) and d in symbols), None)
+            axes[name] = found if found is not None or name in graph.inputs else 0
     return axes
 
 
