@@ -6,8 +6,9 @@ ONNX defines many newer ops as functions of older ones: the schema carries the b
 with or without a mask or a KV cache). The body *is* the specification, so an op the frontend
 does not run natively (:func:`farm.compiler.frontend.versions.runs_natively`) but that has a
 body is replaced by that body, inlined with onnx's own inliner, and compiled like the model's
-own ops. (The fusion passes see those ops; the attention fusion does not match Attention-23's
-body yet, which guards fully masked rows with a Where: it runs as MatMul, Softmax and MatMul.)
+own ops. Plain multi-head Attention (no mask, no cache) is written instead as the pattern the
+attention fusion pass knows (:mod:`.attention_op`); the other variants run as their body's
+MatMul, Softmax and MatMul (the fusion does not match the body's guard for fully masked rows).
 
 Rule: for every default-domain node whose op does not run natively and whose schema has a
 function at the model's opset, build the body (context-dependent bodies get the node's input
@@ -24,12 +25,13 @@ from typing import Any
 import onnx
 from onnx import FunctionProto, ModelProto, NodeProto, TypeProto, helper
 
+from farm.compiler.frontend.attention_op import plain_attention
 from farm.compiler.frontend.attributes import all_graphs
 from farm.compiler.frontend.errors import ModelError
 from farm.compiler.frontend.versions import function_versions, has_function, runs_natively, schema
 
 EXPANDED_DOMAIN = "farm.expanded"
-MAX_ROUNDS = 4
+MAX_ROUNDS = 6
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -42,6 +44,36 @@ def _expandable(proto: ModelProto, opset: int, supported: frozenset[str]) -> lis
         and not runs_natively(node.op_type, opset, supported)
         and has_function(node.op_type, opset)
     ]
+
+
+def _lower_plain_attention(
+    proto: ModelProto, opset: int, supported: frozenset[str], types: dict[str, TypeProto]
+) -> bool:
+    """Rewrite each plain ONNX Attention node (:mod:`.attention_op`) in place; True if any was.
+
+    Innermost graphs first: rebuilding a graph's node list copies its nodes, bodies included."""
+    changed = False
+    for graph in reversed(list(all_graphs(proto.graph))):
+        rebuilt: list[NodeProto] = []
+        hit = False
+        for node in graph.node:
+            lowered = None
+            if node.domain in DEFAULT_DOMAINS and node.op_type == "Attention":
+                lowered = (
+                    None if runs_natively(node.op_type, opset, supported) else plain_attention(node, types)
+                )
+            if lowered is not None:
+                rebuilt.extend(lowered)
+                hit = True
+            else:
+                copy = NodeProto()
+                copy.CopyFrom(node)
+                rebuilt.append(copy)
+        if hit:
+            del graph.node[:]
+            graph.node.extend(rebuilt)
+            changed = True
+    return changed
 
 
 def _value_types(proto: ModelProto) -> dict[str, TypeProto]:
@@ -114,12 +146,14 @@ def expand_function_ops(proto: ModelProto, opset: int, supported: frozenset[str]
 
     count = 0
     for _ in range(MAX_ROUNDS):
-        nodes = _expandable(proto, opset, supported)
-        if not nodes:
+        found = _expandable(proto, opset, supported)
+        if not found:
             break
-        needs_types = any(function_versions(n.op_type, opset)[0] is None for n in nodes)
+        needs_types = any(function_versions(n.op_type, opset)[0] is None for n in found)
         types = _value_types(proto) if needs_types else None
-        for node in nodes:
+        if types is not None and _lower_plain_attention(proto, opset, supported, types):
+            continue  # the graphs changed: look again for what is left to expand
+        for node in found:
             _add_default_attributes(node, opset)
             body = _body(node, opset, types)
             count += 1

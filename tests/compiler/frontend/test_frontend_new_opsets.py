@@ -163,3 +163,34 @@ def test_a_function_op_whose_body_is_unsupported_is_refused() -> None:
     model = make_model([node], [("x", FLOAT, [4])], [("y", FLOAT, None)], opset=22)
     with pytest.raises(UnsupportedModelError, match="RandomUniformLike"):
         load_onnx(model)
+
+
+@pytest.mark.parametrize("rank", [3, 4])
+def test_plain_attention_23_becomes_the_fused_pattern_and_matches_onnxruntime(rank: int) -> None:
+    from farm.compiler import optimize
+
+    if rank == 3:
+        node = helper.make_node("Attention", ["q", "k", "v"], ["y"], q_num_heads=4, kv_num_heads=4, scale=0.3)
+        shapes = {"q": ["batch", 5, 32], "k": ["batch", 7, 32], "v": ["batch", 7, 32]}
+    else:
+        node = helper.make_node("Attention", ["q", "k", "v"], ["y"])
+        shapes = {"q": ["batch", 4, 5, 8], "k": ["batch", 4, 7, 8], "v": ["batch", 4, 7, 8]}
+    model = make_model([node], [(n, FLOAT, s) for n, s in shapes.items()], [("y", FLOAT, None)], opset=23)
+    feeds = {n: random_input(RNG, [2, *s[1:]]) for n, s in shapes.items()}
+    assert_matches_ort(model, feeds)
+    graph = load_onnx(model)
+    assert "Where" not in graph.op_histogram()  # not the general function body
+    optimized, _ = optimize(graph)
+    if rank == 3:
+        assert optimized.op_histogram().get("Attention") == 1
+    engine = build(model.SerializeToString(), "cpu", BuilderConfig(tuning_level=0, batch_range=(1, 2, 2)))
+    want = reference.run(graph, feeds)["y"]
+    np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_23_with_a_mask_keeps_the_function_body() -> None:
+    node = helper.make_node("Attention", ["q", "k", "v", "mask"], ["y"], q_num_heads=2, kv_num_heads=2)
+    inputs = [("q", FLOAT, [1, 3, 8]), ("k", FLOAT, [1, 3, 8]), ("v", FLOAT, [1, 3, 8]), ("mask", FLOAT, [3, 3])]
+    model = make_model([node], inputs, [("y", FLOAT, None)], opset=23)
+    assert "Where" in load_onnx(model).op_histogram()
+    assert_matches_ort(model, {n: random_input(RNG, s) for n, _, s in inputs})
