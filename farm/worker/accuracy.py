@@ -33,6 +33,7 @@ from farm.compiler import Engine
 from farm.compiler.accuracy import OutputAccuracy, compare_outputs, onnxruntime_outputs
 from farm.compiler.builder import batched_shapes
 from farm.compiler.precision.budget import AccuracyBudget
+from farm.compiler.precision.observe import batch_size, batch_slice
 
 # worst output must meet every budget of the engine's precision
 DEFAULT_BUDGETS: dict[str, tuple[str, ...]] = {
@@ -165,40 +166,72 @@ def validation_batches(
 ) -> tuple[list[dict[str, np.ndarray]], str]:
     """Validation feeds for ``engine`` at ``batch``: from ``dataset`` when given, else generated."""
     if dataset:
-        return dataset_batches({b.name: b.dtype for b in engine.inputs}, dataset, batch=batch), "dataset"
+        dtypes = {b.name: b.dtype for b in engine.inputs}
+        return dataset_batches(dtypes, dataset, batch=batch, axes=model_batch_axes(model)), "dataset"
     shapes = batched_shapes(engine.inputs, batch)
     dtypes = {binding.name: binding.dtype for binding in engine.inputs}
     return [generate_feeds(model, shapes, dtypes, seed + i) for i in range(batches)], "generated"
 
 
 def dataset_batches(
-    input_dtypes: Mapping[str, str], dataset: Mapping[str, np.ndarray], *, batch: int
+    input_dtypes: Mapping[str, str],
+    dataset: Mapping[str, np.ndarray],
+    *,
+    batch: int,
+    axes: Mapping[str, int | None] | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """The dataset's samples for each input (name -> dtype), cut into batches of ``batch`` (a short tail dropped)."""
+    """The dataset's samples for each input (name -> dtype), cut into batches of ``batch`` (a short
+    tail dropped) along each input's batch axis (``axes``; axis 0 when not given, None: fed whole,
+    e.g. an RNN state ``[layers, batch, hidden]`` batches on axis 1)."""
+    axes = axes or {}
     arrays: dict[str, np.ndarray] = {}
     for name, dtype in input_dtypes.items():
         array = dataset.get(name, dataset.get(f"input:{name}"))
         if array is None:
             raise ValueError(f"the dataset has no array for input {name!r} (has {sorted(dataset)})")
-        arrays[name] = np.asarray(array).astype(dtype, copy=False)[:MAX_DATASET_SAMPLES]
-    count = min(len(a) for a in arrays.values())
+        arrays[name] = batch_slice(
+            np.asarray(array).astype(dtype, copy=False), axes.get(name, 0), 0, MAX_DATASET_SAMPLES
+        )
+    batched = {k: v for k, v in arrays.items() if axes.get(k, 0) is not None}
+    count = min((batch_size({k: v}, axes) for k, v in batched.items()), default=batch)
     if count < batch:
         # fewer samples than one batch: repeat them (a batch-8 engine still needs batch-8 feeds)
         repeats = -(-batch // count)
-        arrays = {k: np.concatenate([v] * repeats)[:batch] for k, v in arrays.items()}
+        for k, v in batched.items():
+            axis = axes.get(k, 0) or 0
+            arrays[k] = batch_slice(np.concatenate([v] * repeats, axis=axis), axis, 0, batch)
         count = batch
     return [
-        {k: v[start : start + batch] for k, v in arrays.items()}
+        {k: batch_slice(v, axes.get(k, 0), start, start + batch) for k, v in arrays.items()}
         for start in range(0, count - batch + 1, batch)
     ]
+
+
+def model_batch_axes(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Each graph input's batch axis: axis 0 when symbolic, else the axis declared with a symbol
+    that is some input's axis 0 (an RNN state's ``[layers, batch, hidden]``), else None."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    symbols = {
+        dims[0].dim_param for v in inputs if (dims := v.type.tensor_type.shape.dim) and dims[0].dim_param
+    }
+    axes: dict[str, int | None] = {}
+    for value in inputs:
+        dims = value.type.tensor_type.shape.dim
+        axes[value.name] = next(
+            (i for i, d in enumerate(dims) if d.dim_param and (i == 0 or d.dim_param in symbols)), None
+        )
+    return axes
 
 
 def model_input_specs(
     model: onnx.ModelProto, *, batch: int, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """Concrete shapes and dtypes of the model's inputs: a symbolic first dim is ``batch``; other
-    symbolic dims must be given in ``input_shapes``."""
+    """Concrete shapes and dtypes of the model's inputs: a symbolic first dim is ``batch``, as is
+    a dim declared with the same symbol on another axis (:func:`model_batch_axes`); other symbolic
+    dims must be given in ``input_shapes``."""
     initializers = {init.name for init in model.graph.initializer}
+    axes = model_batch_axes(model)
     shapes: dict[str, list[int]] = {}
     dtypes: dict[str, str] = {}
     for value in model.graph.input:
@@ -210,10 +243,11 @@ def model_input_specs(
             shapes[value.name] = [int(d) for d in input_shapes[value.name]]
             continue
         shape = []
+        batch_axis = axes.get(value.name)
         for axis, dim in enumerate(tensor.shape.dim):
             if dim.HasField("dim_value"):
                 shape.append(int(dim.dim_value))
-            elif axis == 0:
+            elif axis == 0 or axis == batch_axis:
                 shape.append(batch)
             else:
                 raise ValueError(f"input {value.name!r} has a symbolic dim at axis {axis}; give input_shapes")
@@ -233,7 +267,7 @@ def calibration_batches(
     """INT8 calibration feeds: the dataset's samples, else generated ones (another seed than validation)."""
     shapes, dtypes = model_input_specs(model, batch=batch, input_shapes=input_shapes)
     if dataset:
-        return dataset_batches(dtypes, dataset, batch=batch)
+        return dataset_batches(dtypes, dataset, batch=batch, axes=model_batch_axes(model))
     return [generate_feeds(model, shapes, dtypes, seed + i) for i in range(batches)]
 
 
