@@ -33,7 +33,7 @@ from farm.compiler import Engine
 from farm.compiler.accuracy import OutputAccuracy, compare_outputs, onnxruntime_outputs
 from farm.compiler.builder import batched_shapes
 from farm.compiler.precision.budget import AccuracyBudget
-from farm.compiler.precision.observe import batch_size, batch_slice
+from farm.compiler.precision.observe import batch_axes_of, batch_size, batch_slice
 
 # worst output must meet every budget of the engine's precision
 DEFAULT_BUDGETS: dict[str, tuple[str, ...]] = {
@@ -208,20 +208,16 @@ def dataset_batches(
 
 
 def model_batch_axes(model: onnx.ModelProto) -> dict[str, int | None]:
-    """Each graph input's batch axis: axis 0 when symbolic, else the axis declared with a symbol
-    that is some input's axis 0 (an RNN state's ``[layers, batch, hidden]``), else None."""
+    """Each graph input's batch axis (:func:`~farm.compiler.precision.observe.batch_axes_of`):
+    axis 0, or the axis an RNN state declares with the batch symbol; None for an input without."""
     initializers = {init.name for init in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    symbols = {
-        dims[0].dim_param for v in inputs if (dims := v.type.tensor_type.shape.dim) and dims[0].dim_param
-    }
-    axes: dict[str, int | None] = {}
-    for value in inputs:
-        dims = value.type.tensor_type.shape.dim
-        axes[value.name] = next(
-            (i for i, d in enumerate(dims) if d.dim_param and (i == 0 or d.dim_param in symbols)), None
-        )
-    return axes
+    shapes: dict[str, list[int | str] | None] = {}
+    for value in model.graph.input:
+        if value.name not in initializers:
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = [d.dim_param or (d.dim_value if d.HasField("dim_value") else f"?{i}")
+                                  for i, d in enumerate(dims)]  # fmt: skip
+    return batch_axes_of(shapes, list(shapes), list(shapes))
 
 
 def model_input_specs(

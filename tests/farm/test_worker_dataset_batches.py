@@ -34,3 +34,28 @@ def test_dataset_batches_cut_each_input_along_its_axis() -> None:
     few = dataset_batches(dtypes, {"chunk": chunk[:3], "h0": h0[:, :3]}, batch=4, axes=axes)
     assert [b["h0"].shape for b in few] == [(2, 4, 128)]
     np.testing.assert_array_equal(few[0]["h0"][:, 3], h0[:, 0].astype(np.float32))  # repeated from the start
+
+
+def test_static_models_batch_on_axis_0_and_inputs_without_the_batch_are_fed_whole() -> None:
+    from onnx import TensorProto, helper
+
+    def model(x_shape: list, extra: list | None = None) -> object:
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
+        nodes = [helper.make_node("Relu", ["x"], ["y"])]
+        if extra is not None:
+            inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, extra))
+            nodes = [helper.make_node("Add", ["x", "bias"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+        )
+        return helper.make_model(graph)
+
+    assert model_batch_axes(model([1, 8])) == {"x": 0}  # type: ignore[arg-type]
+    axes = model_batch_axes(model(["n", 8], [8]))  # type: ignore[arg-type]
+    assert axes == {"x": 0, "bias": None}
+    bias = np.arange(8, dtype=np.float32)
+    batches = dataset_batches(
+        {"x": "float32", "bias": "float32"}, {"x": np.ones((6, 8)), "bias": bias}, batch=3, axes=axes
+    )
+    assert [b["x"].shape for b in batches] == [(3, 8), (3, 8)]
+    assert all(b["bias"].shape == (8,) for b in batches)

@@ -10,36 +10,44 @@ graph given is already optimized, or must stay as it is, e.g. a fake-quantized e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from farm.compiler.ir import Graph
+from farm.compiler.ir.graph import Dim
 
 BatchAxes = Mapping[str, "int | None"]
 
 
-def batch_axes(graph: Graph, names: Iterable[str]) -> dict[str, int | None]:
-    """The axis of each named value that holds the batch, or None for a value without one.
+def batch_axes_of(
+    shapes: Mapping[str, Sequence[Dim] | None], inputs: Collection[str], names: Iterable[str]
+) -> dict[str, int | None]:
+    """The axis of each of ``names`` that holds the batch, or None for one without (its data is
+    fed whole), given every value's (symbolic) shape and the graph's ``inputs``.
 
-    The batch is the symbol at axis 0 of the graph's inputs (as the builder binds it). A value's
-    batch axis is the first axis carrying such a symbol: axis 1 for a GRU/LSTM state input
-    ``[layers, batch, hidden]``. A graph input without one has no batch axis (it is fed whole);
-    any other value without one (a derived dim such as ``batch*seq``, or none) keeps axis 0, as
-    does every value of a graph with no symbolic axis 0 anywhere.
+    The batch is the symbol at axis 0 of the inputs (as the builder binds it). A value's batch
+    axis is the first axis carrying such a symbol: axis 1 for a GRU/LSTM state input ``[layers,
+    batch, hidden]``. An input without one has no batch axis; any other value without one (a
+    derived dim such as ``batch*seq``, or none) keeps axis 0, as does every value when no input
+    has a symbolic axis 0.
     """
-    symbols = {
-        v.shape[0] for n in graph.inputs if (v := graph.values[n]).shape and isinstance(v.shape[0], str)
-    }
+    symbols = {shape[0] for n in inputs if (shape := shapes.get(n)) and isinstance(shape[0], str)}
     axes: dict[str, int | None] = {}
     for name in names:
-        shape = graph.values[name].shape if name in graph.values else None
+        shape = shapes.get(name)
         if not symbols or shape is None:
             axes[name] = 0
-        else:
-            found = next((i for i, d in enumerate(shape) if isinstance(d, str) and d in symbols), None)
-            axes[name] = found if found is not None or name in graph.inputs else 0
+            continue
+        found = next((i for i, d in enumerate(shape) if isinstance(d, str) and d in symbols), None)
+        axes[name] = found if found is not None or name not in inputs else None
     return axes
+
+
+def batch_axes(graph: Graph, names: Iterable[str]) -> dict[str, int | None]:
+    """:func:`batch_axes_of` for values of ``graph``."""
+    shapes = {name: value.shape for name, value in graph.values.items()}
+    return batch_axes_of(shapes, graph.inputs, names)
 
 
 def batch_slice(array: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
