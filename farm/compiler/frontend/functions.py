@@ -54,6 +54,8 @@ def _lower_plain_attention(
     Innermost graphs first: rebuilding a graph's node list copies its nodes, bodies included."""
     changed = False
     for graph in reversed(list(all_graphs(proto.graph))):
+        if not any(n.op_type == "Attention" and n.domain in DEFAULT_DOMAINS for n in graph.node):
+            continue
         rebuilt: list[NodeProto] = []
         hit = False
         for node in graph.node:
