@@ -17,7 +17,17 @@ from farm.compiler.kernels.cpu._threads import (
 
 
 def _blas_threads() -> list[int]:
+    _threads._blas()  # loads numba's BLAS (scipy's) first, as any single-thread region does
     return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_single_thread_regions_know_every_loaded_blas_numba_s_included() -> None:
+    """numba's kernels call scipy's BLAS, loaded on numba's first compile: the regions hold it too."""
+    _blas_threads()
+    loaded = {i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"}
+    assert {lib.filepath for lib in _threads._blas()} == loaded
+    with blas_single_thread():
+        assert all(n == 1 for n in _blas_threads())
 
 
 def test_blas_single_thread_is_one_thread_inside_and_restores() -> None:

@@ -25,6 +25,7 @@ this module holds what the kernels themselves must do so that the two pools neve
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -107,6 +108,7 @@ def blas_threads_for(flops: int) -> Iterator[None]:
 
 _blas_libraries: list | None = None
 _blas_switches: list[tuple[Any, Any]] | None = None
+_scanned_with_cython_blas = False
 
 
 class SingleThreadBlas:
@@ -120,10 +122,22 @@ class SingleThreadBlas:
 
 
 def _blas() -> list:
-    """threadpoolctl's controllers of the loaded BLAS libraries (found once)."""
-    global _blas_libraries
-    if _blas_libraries is None:
+    """threadpoolctl's controllers of the loaded BLAS libraries.
+
+    numba loads a second BLAS, scipy's (through ``scipy.linalg.cython_blas``, for ``np.dot`` in
+    nopython code), the first time it compiles or loads a kernel. That library is loaded first
+    (:func:`~farm.compiler.engine.numba_support.preload_numba_support`), and the scan is redone
+    when it appeared after one, so a single-thread region never misses the BLAS that numba's
+    kernels call."""
+    global _blas_libraries, _blas_switches, _scanned_with_cython_blas
+    from farm.compiler.engine.numba_support import CYTHON_BLAS, preload_numba_support
+
+    preload_numba_support()
+    loaded = CYTHON_BLAS in sys.modules
+    if _blas_libraries is None or loaded != _scanned_with_cython_blas:
         _blas_libraries = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        _blas_switches = None
+        _scanned_with_cython_blas = loaded
     return _blas_libraries
 
 
@@ -133,9 +147,10 @@ def _raw_switches() -> list[tuple[Any, Any]]:
     which matters for the tiny layers the ``*_1t`` tactics run. Empty when threadpoolctl's
     internals differ from what this expects (then :func:`blas_single_thread` uses its public API)."""
     global _blas_switches
+    libraries = _blas()  # first: it resets the switches when the loaded libraries changed
     if _blas_switches is None:
         switches: list[tuple[Any, Any]] = []
-        for lib in _blas():
+        for lib in libraries:
             layer = getattr(lib, "threading_layer", None)
             lookup = getattr(lib, "_get_symbol", None)
             if lookup is None or layer == "openmp":
@@ -146,7 +161,7 @@ def _raw_switches() -> list[tuple[Any, Any]]:
                 switches = []
                 break
             switches.append((getter, setter))
-        _blas_switches = switches if len(switches) == len(_blas()) else []
+        _blas_switches = switches if len(switches) == len(libraries) else []
     return _blas_switches
 
 
