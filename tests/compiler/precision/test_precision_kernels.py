@@ -15,6 +15,7 @@ import pytest
 from farm.compiler import reference
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels import get_tactic
+from farm.compiler.kernels.cpu._vnni import VNNI
 from farm.compiler.kernels.cpu.reduced_float import bf16_bits_to_float32, round_float32, round_to_bf16_bits
 from farm.compiler.precision.quantize import (
     ActivationQuant,
@@ -84,8 +85,12 @@ def _assert_matches_emulation(got: np.ndarray, want: np.ndarray, step: float) ->
 
 
 QUANTS = [ActivationQuant(4.0 / 127), ActivationQuant(8.0 / 255, 128, "uint8"), ActivationQuant(2.0 / 127)]
+NEEDS_VNNI = pytest.mark.skipif(not VNNI, reason="this CPU has no AVX-512 VNNI")
+CONV_TACTICS = ["cpu.int8.conv_im2col", pytest.param("cpu.int8.conv_vnni", marks=NEEDS_VNNI)]
+GEMM_TACTICS = ["cpu.int8.gemm", pytest.param("cpu.int8.gemm_vnni", marks=NEEDS_VNNI)]
 
 
+@pytest.mark.parametrize("tactic", CONV_TACTICS)
 @pytest.mark.parametrize("quant", QUANTS, ids=["int8", "uint8-zp", "int8-clipping"])
 @pytest.mark.parametrize(
     ("x_shape", "m", "k", "stride", "pad", "activation", "residual", "op"),
@@ -95,9 +100,10 @@ QUANTS = [ActivationQuant(4.0 / 127), ActivationQuant(8.0 / 255, 128, "uint8"), 
         ((2, 8, 7, 7), 9, 1, 1, 0, "Clip", False, "FusedConv"),
         ((3, 4, 13), 6, 3, 1, 1, "Sigmoid", False, "FusedConv"),
         ((2, 8, 8, 8), 16, 1, 2, 0, "", False, "Conv"),
+        ((1, 13, 9, 7), 53, 3, 1, 1, "Relu", True, "FusedConv"),  # 3 panels, a 13-row tail, odd K
     ],
 )
-def test_int8_conv_matches_fake_quant(quant, x_shape, m, k, stride, pad, activation, residual, op):  # type: ignore[no-untyped-def]
+def test_int8_conv_matches_fake_quant(tactic, quant, x_shape, m, k, stride, pad, activation, residual, op):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(hash((x_shape, m, k)) % 2**32)
     g, node = _conv_graph(rng, x_shape, m, k, stride, pad, activation, residual, op)
     set_activation_quant(node, quant)
@@ -105,7 +111,7 @@ def test_int8_conv_matches_fake_quant(quant, x_shape, m, k, stride, pad, activat
     if residual:
         feeds["r"] = rng.standard_normal(g.values["y"].shape).astype(np.float32)
     want = reference.run(fake_quantized_graph(g), feeds)["y"]
-    got = _run_tactic("cpu.int8.conv_im2col", g, node, feeds)
+    got = _run_tactic(tactic, g, node, feeds)
     w_max = float(np.max(np.abs(g.const("w"))))
     _assert_matches_emulation(got, want, quant.scale * w_max)
     # and it really is INT8: the FP32 result differs by quantization noise
@@ -113,19 +119,60 @@ def test_int8_conv_matches_fake_quant(quant, x_shape, m, k, stride, pad, activat
     assert np.linalg.norm(got - fp32) / np.linalg.norm(fp32) > 1e-4
 
 
+@pytest.mark.parametrize("tactic", GEMM_TACTICS)
 @pytest.mark.parametrize("quant", QUANTS[:2], ids=["int8", "uint8-zp"])
 @pytest.mark.parametrize(
     ("a_shape", "n", "trans_b", "activation"),
-    [((5, 33), 19, 1, "Relu"), ((2, 7, 64), 48, 0, "Gelu"), ((1, 16), 10, 0, "")],
+    [((5, 33), 19, 1, "Relu"), ((2, 7, 64), 48, 0, "Gelu"), ((1, 16), 10, 0, ""), ((3, 9, 70), 100, 1, "Relu")],
 )
-def test_int8_gemm_matches_fake_quant(quant, a_shape, n, trans_b, activation):  # type: ignore[no-untyped-def]
+def test_int8_gemm_matches_fake_quant(tactic, quant, a_shape, n, trans_b, activation):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(n)
     g, node = _gemm_graph(rng, a_shape, n, trans_b, activation)
     set_activation_quant(node, quant)
     feeds = {"a": rng.standard_normal(a_shape).astype(np.float32)}
     want = reference.run(fake_quantized_graph(g), feeds)["y"]
-    got = _run_tactic("cpu.int8.gemm", g, node, feeds)
+    got = _run_tactic(tactic, g, node, feeds)
     _assert_matches_emulation(got, want, quant.scale * float(np.max(np.abs(g.const("w")))))
+
+
+def test_vnni_weight_panels_put_four_k_values_of_sixteen_columns_in_each_vector() -> None:
+    from farm.compiler.kernels.cpu.int8_vnni import pack_vnni_weight
+
+    w = np.arange(-60, 60, dtype=np.int8).reshape(20, 6)  # N = 20 -> 2 panels, K = 6 -> 8
+    packed = pack_vnni_weight(w).reshape(2, 2, 16, 4)  # [panel, K step, column, K value]
+    assert packed[0, 0, 3].tolist() == w[3, 0:4].tolist()
+    assert packed[1, 1, 2].tolist() == [*w[18, 4:6].tolist(), 0, 0]  # K padded with zeros
+    assert not packed[1, :, 4:].any()  # columns past N are zeros
+
+
+@NEEDS_VNNI
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 10, 7), (13, 17, 33), (25, 64, 64), (40, 49, 150), (12, 16, 4)])
+def test_vnni_gemm_is_exact_integer_arithmetic_and_stores_only_its_tile(m: int, n: int, k: int) -> None:
+    """Against int64 numpy on extreme codes (255 x -127 in every product of some rows): the
+    tile's integer sums are exact, the dequantization is one FMA, and the columns past ``n`` in
+    a wider output row keep what they held."""
+    from farm.compiler.kernels.cpu.int8_vnni import MR, pack_vnni_weight, vnni_gemm
+
+    rng = np.random.default_rng(m * 1000 + n)
+    a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    a[0] = 255
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    w[0] = -127
+    kq = -(-k // 4)
+    a_pad = np.full((-(-m // MR) * MR, 4 * kq), 77, np.uint8)  # padding is never read into a result
+    a_pad[:m, :k] = a
+    length = -(-n // 32) * 32
+    zp = 9
+    zw, scale, bias = np.zeros(length, np.int32), np.zeros(length, np.float32), np.zeros(length, np.float32)
+    zw[:n] = zp * w.astype(np.int32).sum(axis=1)
+    scale[:n] = rng.uniform(1e-4, 1e-2, n)
+    bias[:n] = rng.standard_normal(n)
+    out = np.full((m, n + 5), np.nan, np.float32)
+    vnni_gemm(a_pad.reshape(-1), m, 4 * kq, pack_vnni_weight(w), kq, n, zw, scale, bias, out.reshape(-1), n + 5)
+    acc = (a.astype(np.int64) - zp) @ w.astype(np.int64).T
+    want = acc.astype(np.float64) * scale[:n] + bias[:n]
+    np.testing.assert_allclose(out[:, :n], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    assert np.isnan(out[:, n:]).all()
 
 
 def test_int8_tactics_decline_layers_without_scales_or_groups() -> None:

@@ -36,11 +36,12 @@ from farm.compiler.precision.quantize import activation_quant, is_quantizable
 @njit(parallel=True, cache=True, nogil=True)
 def im2col_quantize(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_scale, zero_point, qmin, qmax):
     """``cols[n*P + oy*wo + ox, (c*kh + i)*kw + j] = quantize(x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw])``
-    with out-of-image taps quantized from 0.0."""
+    with out-of-image taps quantized from 0.0. ``cols`` may be wider than C*kh*kw and longer
+    than N*P (padded rows for a tiled GEMM): only the first N*P rows and C*kh*kw columns are written."""
     c_count, h, w = x.shape[1], x.shape[2], x.shape[3]
     p = ho * wo
     pad_q = min(max(np.float32(zero_point), qmin), qmax)
-    for r in prange(cols.shape[0]):
+    for r in prange(x.shape[0] * p):
         n = r // p
         oy = (r % p) // wo
         ox = r % wo
@@ -87,6 +88,28 @@ class Int8Im2colConv(Tactic):
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return pack_int8_weight(node, graph)
 
+    def columns(self, prepared: Prepared, rows: int) -> tuple[np.ndarray, float, float, float, float]:
+        """The per-node scratch matrix the im2col fills (at least ``rows`` x C*kh*kw) and its
+        quantization: (1/scale, zero point, qmin, qmax)."""
+        dtype = np.dtype(prepared.params["input_dtype"])
+        info = np.iinfo(dtype)
+        shape = (rows, int(np.prod(prepared.params["weight_shape"][1:])))
+        cols = prepared.scratch.get("cols")
+        if cols is None or cols.shape != shape:
+            cols = prepared.scratch["cols"] = np.empty(shape, dtype=dtype)
+        zero_point = float(prepared.params["input_zero_point"])
+        return cols, 1.0 / prepared.params["input_scale"], zero_point, float(info.min), float(info.max)
+
+    def product(self, cols: np.ndarray, rows: int, prepared: Prepared, out: np.ndarray) -> None:
+        """``out`` [rows, M] = the dequantized product of the quantized columns and the weight
+        (no bias: the conv epilogue adds it)."""
+        w, wsum, col_scale, bias, _ = int8_operands(prepared)
+        with threads_for(out.size * w.shape[1] // 16):
+            int8_gemm(
+                cols, w, wsum, np.int32(prepared.params["input_zero_point"]), col_scale, bias, False,
+                NO_MATRIX, RES_NONE, 0, 0.0, 0.0, out,
+            )  # fmt: skip
+
     def run(
         self,
         node: Node,
@@ -99,29 +122,20 @@ class Int8Im2colConv(Tactic):
         x = _as_4d(np.ascontiguousarray(x_raw, dtype=np.float32))
         out = _out_4d(outputs[0])
         geo = ConvGeometry.of(node, prepared.params["weight_shape"])
-        w, wsum, col_scale, bias, has_bias = int8_operands(prepared)
-        n_img, m = x.shape[0], w.shape[0]
+        n_img, m = x.shape[0], int(prepared.params["weight_shape"][0])
         ho, wo = out.shape[2], out.shape[3]
         p = ho * wo
-        dtype = np.dtype(prepared.params["input_dtype"])
-        info = np.iinfo(dtype)
-        cols = prepared.scratch.get("cols")
-        if cols is None or cols.shape != (n_img * p, w.shape[1]):
-            cols = prepared.scratch["cols"] = np.empty((n_img * p, w.shape[1]), dtype=dtype)
-            prepared.scratch["product"] = np.empty((n_img * p, m), dtype=np.float32)
-        product = prepared.scratch["product"]
-        zero_point = prepared.params["input_zero_point"]
-        with threads_for(cols.size):
+        cols, inv_scale, zero_point, qmin, qmax = self.columns(prepared, n_img * p)
+        product = prepared.scratch.get("product")
+        if product is None or product.shape != (n_img * p, m):
+            product = prepared.scratch["product"] = np.empty((n_img * p, m), dtype=np.float32)
+        with threads_for(n_img * p * cols.shape[1]):
             im2col_quantize(
                 x, cols, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo,
-                np.float32(1.0 / prepared.params["input_scale"]), np.float32(zero_point),
-                np.float32(info.min), np.float32(info.max),
+                np.float32(inv_scale), np.float32(zero_point), np.float32(qmin), np.float32(qmax),
             )  # fmt: skip
-        with threads_for(product.size * w.shape[1] // 16):
-            int8_gemm(
-                cols, w, wsum, np.int32(zero_point), col_scale, bias, False,
-                NO_MATRIX, RES_NONE, 0, 0.0, 0.0, product,
-            )  # fmt: skip
+        self.product(cols, n_img * p, prepared, product)
+        _, _, _, bias, has_bias = int8_operands(prepared)
         act, alpha, beta, mode = epilogue_params(node)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n_img * m)
         target = out.reshape(n_img * m, p) if out.flags.c_contiguous else np.empty((n_img * m, p), np.float32)

@@ -1,0 +1,192 @@
+"""int32x16: a sixteen-lane int32 vector value for numba code, and AVX-512 VNNI's ``vpdpbusd``.
+
+``vdpbusd(acc, a, b)`` adds to each int32 lane of ``acc`` the four products of that lane's four
+unsigned bytes of ``a`` with the four signed bytes of ``b`` (64 multiply-adds in one
+instruction, no saturation). numba/LLVM does not emit it from plain loops (it widens the bytes
+to int32 lanes instead, 4x fewer products per instruction), so the int8 micro-kernel calls it
+through these intrinsics, as ``_simd16`` does for float32 FMAs.
+
+Memory intrinsics index C-contiguous arrays by flat element and are not bounds-checked:
+
+* ``vload_s8x64(w, i)``: the 64 bytes of an int8 array from ``w[i]`` on, as sixteen int32 lanes
+  of four bytes each;
+* ``vbroadcast_u8x4(a, i)``: the four bytes ``a[i:i+4]`` of a uint8 array, in every lane
+  (folded into the ``vpdpbusd`` as an embedded ``{1to16}`` broadcast);
+* ``vload_i32x16(z, i)``: sixteen int32 of an int32 array.
+
+``vsub_i32x16`` and ``vcvt_f32x16`` (int32 lanes to ``float32x16``) finish a tile in the
+float32 epilogue of ``_simd16``. Only hosts where :data:`VNNI` is true may compile code using
+``vdpbusd``: elsewhere LLVM cannot select the instruction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llvmlite import binding, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from farm.compiler.kernels.cpu._simd16 import float32x16
+
+LANES = 16
+
+_I32 = ir.IntType(32)
+_VI32 = ir.VectorType(_I32, LANES)
+_VI8 = ir.VectorType(ir.IntType(8), 4 * LANES)
+_VF32 = ir.VectorType(ir.FloatType(), LANES)
+
+
+def _host_has_vnni() -> bool:
+    try:
+        features = binding.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot read the host's features: assume the worst
+        return False
+    return all(features.get(f) for f in ("avx512f", "avx512bw", "avx512vnni"))
+
+
+VNNI: bool = _host_has_vnni()
+"""True when this CPU has AVX-512 VNNI (``vpdpbusd`` on 512-bit registers): Ice Lake and later
+Xeons, AMD Zen 4 and later."""
+
+# LLVM 21 retyped the VNNI intrinsics' byte operands from <16 x i32> to <64 x i8>; older LLVMs
+# know only the first form
+_BYTE_OPERANDS = binding.llvm_version_info >= (21,)
+
+
+class Int32x16(types.Type):
+    """numba type of an LLVM ``<16 x i32>`` value."""
+
+    def __init__(self) -> None:
+        super().__init__(name="int32x16")
+
+
+int32x16 = Int32x16()
+
+
+@register_model(Int32x16)
+class _Int32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm: Any, fe_type: Any) -> None:
+        super().__init__(dmm, fe_type, _VI32)
+
+
+def _is_array(a: Any, dtype: Any) -> bool:
+    return isinstance(a, types.Array) and a.dtype == dtype and a.layout == "C"
+
+
+def _element_pointer(context: Any, builder: Any, arrty: Any, arr: Any, index: Any, indexty: Any) -> Any:
+    ary = context.make_array(arrty)(context, builder, arr)
+    idx = context.cast(builder, index, indexty, types.intp)
+    return builder.gep(ary.data, [idx])
+
+
+def _splat(builder: Any, value: Any) -> Any:
+    first = builder.insert_element(ir.Constant(_VI32, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, ir.Constant(_VI32, ir.Undefined), ir.Constant(_VI32, [0] * LANES))
+
+
+def _vload_s8x64(typingctx: Any, arr: Any, index: Any) -> Any:
+    """The 64 int8 of ``arr`` from flat element ``index`` on, four per int32 lane."""
+    if not _is_array(arr, types.int8) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(builder.bitcast(ptr, _VI32.as_pointer()), align=1)
+
+    return int32x16(arr, index), codegen
+
+
+vload_s8x64: Any = intrinsic(_vload_s8x64)
+
+
+def _vbroadcast_u8x4(typingctx: Any, arr: Any, index: Any) -> Any:
+    """The four uint8 ``arr[index:index+4]`` (one int32) in all sixteen lanes."""
+    if not _is_array(arr, types.uint8) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return _splat(builder, builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1))
+
+    return int32x16(arr, index), codegen
+
+
+vbroadcast_u8x4: Any = intrinsic(_vbroadcast_u8x4)
+
+
+def _vload_i32x16(typingctx: Any, arr: Any, index: Any) -> Any:
+    """The 16 int32 of ``arr`` from flat element ``index`` on."""
+    if not _is_array(arr, types.int32) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(builder.bitcast(ptr, _VI32.as_pointer()), align=4)
+
+    return int32x16(arr, index), codegen
+
+
+vload_i32x16: Any = intrinsic(_vload_i32x16)
+
+
+def _vzero_i32x16(typingctx: Any) -> Any:
+    """A vector of int32 zeros."""
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return ir.Constant(_VI32, [0] * LANES)
+
+    return int32x16(), codegen
+
+
+vzero_i32x16: Any = intrinsic(_vzero_i32x16)
+
+
+def _vdpbusd(typingctx: Any, acc: Any, a: Any, b: Any) -> Any:
+    """``acc[l] + sum_{t<4} u8(a)[4l+t] * s8(b)[4l+t]`` for each lane ``l`` (``vpdpbusd``)."""
+    if not (acc == int32x16 and a == int32x16 and b == int32x16):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        acc_, a_, b_ = args
+        if _BYTE_OPERANDS:
+            fnty = ir.FunctionType(_VI32, [_VI32, _VI8, _VI8])
+            a_, b_ = builder.bitcast(a_, _VI8), builder.bitcast(b_, _VI8)
+        else:
+            fnty = ir.FunctionType(_VI32, [_VI32, _VI32, _VI32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc_, a_, b_])
+
+    return int32x16(acc, a, b), codegen
+
+
+vdpbusd: Any = intrinsic(_vdpbusd)
+
+
+def _vsub_i32x16(typingctx: Any, a: Any, b: Any) -> Any:
+    """``a - b`` lane by lane (wrapping int32)."""
+    if not (a == int32x16 and b == int32x16):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.sub(args[0], args[1])
+
+    return int32x16(a, b), codegen
+
+
+vsub_i32x16: Any = intrinsic(_vsub_i32x16)
+
+
+def _vcvt_f32x16(typingctx: Any, a: Any) -> Any:
+    """The int32 lanes of ``a`` as float32 (``vcvtdq2ps``: exact below 2**24, rounded above)."""
+    if a != int32x16:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.sitofp(args[0], _VF32)
+
+    return float32x16(a), codegen
+
+
+vcvt_f32x16: Any = intrinsic(_vcvt_f32x16)
