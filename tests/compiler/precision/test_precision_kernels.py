@@ -86,7 +86,7 @@ def _assert_matches_emulation(got: np.ndarray, want: np.ndarray, step: float) ->
 
 QUANTS = [ActivationQuant(4.0 / 127), ActivationQuant(8.0 / 255, 128, "uint8"), ActivationQuant(2.0 / 127)]
 NEEDS_VNNI = pytest.mark.skipif(not VNNI, reason="this CPU has no AVX-512 VNNI")
-CONV_TACTICS = ["cpu.int8.conv_im2col", pytest.param("cpu.int8.conv_vnni", marks=NEEDS_VNNI)]
+CONV_TACTICS = ["cpu.int8.conv_im2col", *(pytest.param(t, marks=NEEDS_VNNI) for t in ("cpu.int8.conv_vnni", "cpu.int8.conv_tiles"))]
 GEMM_TACTICS = ["cpu.int8.gemm", pytest.param("cpu.int8.gemm_vnni", marks=NEEDS_VNNI)]
 
 

@@ -8,13 +8,15 @@ through these intrinsics, as ``_simd16`` does for float32 FMAs.
 
 Memory intrinsics index C-contiguous arrays by flat element and are not bounds-checked:
 
-* ``vload_s8x64(w, i)``: the 64 bytes of an int8 array from ``w[i]`` on, as sixteen int32 lanes
-  of four bytes each;
-* ``vbroadcast_u8x4(a, i)``: the four bytes ``a[i:i+4]`` of a uint8 array, in every lane
-  (folded into the ``vpdpbusd`` as an embedded ``{1to16}`` broadcast);
+* ``vload_bytes64(w, i)``: the 64 bytes of an int8 or uint8 array from ``w[i]`` on, as sixteen
+  int32 lanes of four bytes each;
+* ``vbroadcast_bytes4(a, i)``: the four bytes ``a[i:i+4]`` of an int8 or uint8 array, in every
+  lane (folded into the ``vpdpbusd`` as an embedded ``{1to16}`` broadcast);
 * ``vload_i32x16(z, i)``: sixteen int32 of an int32 array.
 
-``vsub_i32x16`` and ``vcvt_f32x16`` (int32 lanes to ``float32x16``) finish a tile in the
+``vcodes16`` quantizes a float32x16 into int32 codes and ``vstore_quads`` interleaves four such
+code vectors (four channel planes) into 64 bytes, the layout the conv tiles read.
+``vsplat_i32x16``, ``vsub_i32x16`` and ``vcvt_f32x16`` (int32 lanes to ``float32x16``) finish a tile in the
 float32 epilogue of ``_simd16``. Only hosts where :data:`VNNI` is true may compile code using
 ``vdpbusd``: elsewhere LLVM cannot select the instruction.
 """
@@ -86,9 +88,13 @@ def _splat(builder: Any, value: Any) -> Any:
     return builder.shuffle_vector(first, ir.Constant(_VI32, ir.Undefined), ir.Constant(_VI32, [0] * LANES))
 
 
-def _vload_s8x64(typingctx: Any, arr: Any, index: Any) -> Any:
-    """The 64 int8 of ``arr`` from flat element ``index`` on, four per int32 lane."""
-    if not _is_array(arr, types.int8) or not isinstance(index, types.Integer):
+def _is_bytes(a: Any) -> bool:
+    return _is_array(a, types.int8) or _is_array(a, types.uint8)
+
+
+def _vload_bytes64(typingctx: Any, arr: Any, index: Any) -> Any:
+    """The 64 bytes of ``arr`` (int8 or uint8) from flat element ``index`` on, four per int32 lane."""
+    if not _is_bytes(arr) or not isinstance(index, types.Integer):
         return None
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
@@ -98,12 +104,12 @@ def _vload_s8x64(typingctx: Any, arr: Any, index: Any) -> Any:
     return int32x16(arr, index), codegen
 
 
-vload_s8x64: Any = intrinsic(_vload_s8x64)
+vload_bytes64: Any = intrinsic(_vload_bytes64)
 
 
-def _vbroadcast_u8x4(typingctx: Any, arr: Any, index: Any) -> Any:
-    """The four uint8 ``arr[index:index+4]`` (one int32) in all sixteen lanes."""
-    if not _is_array(arr, types.uint8) or not isinstance(index, types.Integer):
+def _vbroadcast_bytes4(typingctx: Any, arr: Any, index: Any) -> Any:
+    """The four bytes ``arr[index:index+4]`` (int8 or uint8; one int32) in all sixteen lanes."""
+    if not _is_bytes(arr) or not isinstance(index, types.Integer):
         return None
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
@@ -113,7 +119,21 @@ def _vbroadcast_u8x4(typingctx: Any, arr: Any, index: Any) -> Any:
     return int32x16(arr, index), codegen
 
 
-vbroadcast_u8x4: Any = intrinsic(_vbroadcast_u8x4)
+vbroadcast_bytes4: Any = intrinsic(_vbroadcast_bytes4)
+
+
+def _vsplat_i32x16(typingctx: Any, x: Any) -> Any:
+    """Sixteen copies of the integer ``x`` (cast to int32)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.int32))
+
+    return int32x16(x), codegen
+
+
+vsplat_i32x16: Any = intrinsic(_vsplat_i32x16)
 
 
 def _vload_i32x16(typingctx: Any, arr: Any, index: Any) -> Any:
@@ -190,3 +210,49 @@ def _vcvt_f32x16(typingctx: Any, a: Any) -> Any:
 
 
 vcvt_f32x16: Any = intrinsic(_vcvt_f32x16)
+
+
+def _vcodes16(typingctx: Any, v: Any, inv_scale: Any, zero_point: Any, lo: Any, hi: Any) -> Any:
+    """The quantization codes of ``v``: ``min(max(rint(v * inv_scale) + zero_point, lo), hi)``
+    (float32x16 operands, the last four splats) as int32 lanes; NaN gives ``lo``."""
+    if not (v == float32x16 and inv_scale == float32x16 and zero_point == float32x16 and lo == float32x16):
+        return None
+    if hi != float32x16:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        v_, inv_, zp_, lo_, hi_ = args
+        rint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VF32, [_VF32]), "llvm.rint.v16f32"
+        )
+        q = builder.fadd(builder.call(rint, [builder.fmul(v_, inv_)]), zp_)
+        q = builder.select(builder.fcmp_ordered(">", q, lo_), q, lo_)  # NaN fails the test: lo
+        q = builder.select(builder.fcmp_ordered("<", q, hi_), q, hi_)
+        return builder.fptosi(q, _VI32)
+
+    return int32x16(v, inv_scale, zero_point, lo, hi), codegen
+
+
+vcodes16: Any = intrinsic(_vcodes16)
+
+
+def _vstore_quads(typingctx: Any, arr: Any, index: Any, c0: Any, c1: Any, c2: Any, c3: Any) -> Any:
+    """Store sixteen groups of four bytes from ``arr[index]`` on (a uint8 array): group ``l`` is
+    ``c0[l], c1[l], c2[l], c3[l]`` (each a code 0 .. 255), i.e. four planes interleaved."""
+    if not _is_array(arr, types.uint8) or not isinstance(index, types.Integer):
+        return None
+    if not all(c == int32x16 for c in (c0, c1, c2, c3)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        word = args[2]
+        for shift, code in zip((8, 16, 24), args[3:], strict=True):
+            word = builder.or_(word, builder.shl(code, ir.Constant(_VI32, [shift] * LANES)))
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        builder.store(word, builder.bitcast(ptr, _VI32.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, c0, c1, c2, c3), codegen
+
+
+vstore_quads: Any = intrinsic(_vstore_quads)

@@ -40,11 +40,11 @@ from farm.compiler.kernels.cpu._simd16 import called_tile, vfma16, vload16, vsto
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu._vnni import (
     VNNI,
-    vbroadcast_u8x4,
+    vbroadcast_bytes4,
     vcvt_f32x16,
     vdpbusd,
+    vload_bytes64,
     vload_i32x16,
-    vload_s8x64,
     vsub_i32x16,
     vzero_i32x16,
 )
@@ -89,42 +89,42 @@ def tile_12x32(a, ao, lda, w, wo, panel, kq, out, oo, ldo, rows, cols, zw, scale
     wq = wo
     x = ao
     for _ in range(kq):
-        b0 = vload_s8x64(w, wq)
-        b1 = vload_s8x64(w, wq + panel)
-        v = vbroadcast_u8x4(a, x)
+        b0 = vload_bytes64(w, wq)
+        b1 = vload_bytes64(w, wq + panel)
+        v = vbroadcast_bytes4(a, x)
         c00 = vdpbusd(c00, v, b0)
         c01 = vdpbusd(c01, v, b1)
-        v = vbroadcast_u8x4(a, x + lda)
+        v = vbroadcast_bytes4(a, x + lda)
         c10 = vdpbusd(c10, v, b0)
         c11 = vdpbusd(c11, v, b1)
-        v = vbroadcast_u8x4(a, x + 2 * lda)
+        v = vbroadcast_bytes4(a, x + 2 * lda)
         c20 = vdpbusd(c20, v, b0)
         c21 = vdpbusd(c21, v, b1)
-        v = vbroadcast_u8x4(a, x + 3 * lda)
+        v = vbroadcast_bytes4(a, x + 3 * lda)
         c30 = vdpbusd(c30, v, b0)
         c31 = vdpbusd(c31, v, b1)
-        v = vbroadcast_u8x4(a, x + 4 * lda)
+        v = vbroadcast_bytes4(a, x + 4 * lda)
         c40 = vdpbusd(c40, v, b0)
         c41 = vdpbusd(c41, v, b1)
-        v = vbroadcast_u8x4(a, x + 5 * lda)
+        v = vbroadcast_bytes4(a, x + 5 * lda)
         c50 = vdpbusd(c50, v, b0)
         c51 = vdpbusd(c51, v, b1)
-        v = vbroadcast_u8x4(a, x + 6 * lda)
+        v = vbroadcast_bytes4(a, x + 6 * lda)
         c60 = vdpbusd(c60, v, b0)
         c61 = vdpbusd(c61, v, b1)
-        v = vbroadcast_u8x4(a, x + 7 * lda)
+        v = vbroadcast_bytes4(a, x + 7 * lda)
         c70 = vdpbusd(c70, v, b0)
         c71 = vdpbusd(c71, v, b1)
-        v = vbroadcast_u8x4(a, x + 8 * lda)
+        v = vbroadcast_bytes4(a, x + 8 * lda)
         c80 = vdpbusd(c80, v, b0)
         c81 = vdpbusd(c81, v, b1)
-        v = vbroadcast_u8x4(a, x + 9 * lda)
+        v = vbroadcast_bytes4(a, x + 9 * lda)
         c90 = vdpbusd(c90, v, b0)
         c91 = vdpbusd(c91, v, b1)
-        v = vbroadcast_u8x4(a, x + 10 * lda)
+        v = vbroadcast_bytes4(a, x + 10 * lda)
         ca0 = vdpbusd(ca0, v, b0)
         ca1 = vdpbusd(ca1, v, b1)
-        v = vbroadcast_u8x4(a, x + 11 * lda)
+        v = vbroadcast_bytes4(a, x + 11 * lda)
         cb0 = vdpbusd(cb0, v, b0)
         cb1 = vdpbusd(cb1, v, b1)
         wq += 64
@@ -178,19 +178,19 @@ def tile_12x16(a, ao, lda, w, wo, kq, out, oo, ldo, rows, cols, zw, scale, bias,
     wq = wo
     x = ao
     for _ in range(kq):
-        b = vload_s8x64(w, wq)
-        c0 = vdpbusd(c0, vbroadcast_u8x4(a, x), b)
-        c1 = vdpbusd(c1, vbroadcast_u8x4(a, x + lda), b)
-        c2 = vdpbusd(c2, vbroadcast_u8x4(a, x + 2 * lda), b)
-        c3 = vdpbusd(c3, vbroadcast_u8x4(a, x + 3 * lda), b)
-        c4 = vdpbusd(c4, vbroadcast_u8x4(a, x + 4 * lda), b)
-        c5 = vdpbusd(c5, vbroadcast_u8x4(a, x + 5 * lda), b)
-        c6 = vdpbusd(c6, vbroadcast_u8x4(a, x + 6 * lda), b)
-        c7 = vdpbusd(c7, vbroadcast_u8x4(a, x + 7 * lda), b)
-        c8 = vdpbusd(c8, vbroadcast_u8x4(a, x + 8 * lda), b)
-        c9 = vdpbusd(c9, vbroadcast_u8x4(a, x + 9 * lda), b)
-        ca = vdpbusd(ca, vbroadcast_u8x4(a, x + 10 * lda), b)
-        cb = vdpbusd(cb, vbroadcast_u8x4(a, x + 11 * lda), b)
+        b = vload_bytes64(w, wq)
+        c0 = vdpbusd(c0, vbroadcast_bytes4(a, x), b)
+        c1 = vdpbusd(c1, vbroadcast_bytes4(a, x + lda), b)
+        c2 = vdpbusd(c2, vbroadcast_bytes4(a, x + 2 * lda), b)
+        c3 = vdpbusd(c3, vbroadcast_bytes4(a, x + 3 * lda), b)
+        c4 = vdpbusd(c4, vbroadcast_bytes4(a, x + 4 * lda), b)
+        c5 = vdpbusd(c5, vbroadcast_bytes4(a, x + 5 * lda), b)
+        c6 = vdpbusd(c6, vbroadcast_bytes4(a, x + 6 * lda), b)
+        c7 = vdpbusd(c7, vbroadcast_bytes4(a, x + 7 * lda), b)
+        c8 = vdpbusd(c8, vbroadcast_bytes4(a, x + 8 * lda), b)
+        c9 = vdpbusd(c9, vbroadcast_bytes4(a, x + 9 * lda), b)
+        ca = vdpbusd(ca, vbroadcast_bytes4(a, x + 10 * lda), b)
+        cb = vdpbusd(cb, vbroadcast_bytes4(a, x + 11 * lda), b)
         wq += 64
         x += 4
     z0, s0, d0 = vload_i32x16(zw, n0), vload16(scale, n0), vload16(bias, n0)
@@ -286,7 +286,7 @@ def vnni_operands(
         n, k = prepared.params["vnni_n"], prepared.params["vnni_k"]
         w, wsum, col_scale, bias, has_bias = int8_operands(prepared)
         length = -(-n // 32) * 32
-        zp = _uint8_quant(prepared)[1]
+        zp = uint8_quant(prepared)[1]
         cached = (
             w,
             -(-k // 4),
@@ -300,7 +300,7 @@ def vnni_operands(
     return cached
 
 
-def _uint8_quant(prepared: Prepared) -> tuple[np.float32, int, np.float32, np.float32]:
+def uint8_quant(prepared: Prepared) -> tuple[np.float32, int, np.float32, np.float32]:
     """(1/scale, zero point, qmin, qmax) of the layer's input quantized as uint8 codes."""
     zp = int(prepared.params["input_zero_point"])
     info = np.iinfo(np.dtype(prepared.params["input_dtype"]))
@@ -368,7 +368,7 @@ class Int8VnniGemm(Int8Gemm):
         a = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         m, n = a.shape[0], prepared.params["vnni_n"]
         a_q = quantized_rows(prepared, m, "a_q")
-        inv_scale, zp, qmin, qmax = _uint8_quant(prepared)
+        inv_scale, zp, qmin, qmax = uint8_quant(prepared)
         with threads_for(a.size):
             quantize_rows(a, a_q, inv_scale, np.float32(zp), qmin, qmax)
         rows = out.reshape(-1, n) if out.flags.c_contiguous else np.empty((m, n), np.float32)
@@ -396,7 +396,7 @@ class Int8VnniConv(Int8Im2colConv):
         return vnni_prepare(super().prepare(node, graph))
 
     def columns(self, prepared: Prepared, rows: int) -> tuple[np.ndarray, float, float, float, float]:
-        inv_scale, zp, qmin, qmax = _uint8_quant(prepared)
+        inv_scale, zp, qmin, qmax = uint8_quant(prepared)
         return quantized_rows(prepared, rows, "cols"), float(inv_scale), float(zp), float(qmin), float(qmax)
 
     def product(self, cols: np.ndarray, rows: int, prepared: Prepared, out: np.ndarray) -> None:

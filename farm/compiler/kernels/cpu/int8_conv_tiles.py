@@ -1,0 +1,344 @@
+"""INT8 convolution on VNNI register tiles straight into NCHW (``cpu.int8.conv_tiles``).
+
+``cpu.int8.conv_vnni`` multiplies pixel rows by the weight and so produces [pixels, channels],
+which the conv epilogue then transposes into NCHW: with MobileNet's short K (16-120 channels)
+the gather and the transpose cost 10x the arithmetic. This tactic turns the product around, as
+``pointwise_tiles`` does in FP32: a tile is 12 output channels x 32 pixels of one image, so its
+rows are rows of the NCHW output plane.
+
+* The input is quantized (uint8 codes, an int8 input moved up by 128 as in ``int8_vnni``) and
+  gathered once per run into quads ``[N, ceil(K/4), P32, 4]``: for each group of four K
+  values (``k = (c*kh + i)*kw + j``, the receptive field's order) and each output pixel, its four
+  bytes side by side, so 16 pixels x 4 K values are one 64-byte vector. A 1 x 1 stride-1 conv is
+  the special case where the gather only interleaves four channel planes; padding taps are the
+  zero point (the quantized 0.0). P32 is the plane rounded up to 32 pixels.
+* The weight is packed at build time into 12-channel panels ``[ceil(M/12), ceil(K/4), 12, 4]``
+  (zeros past M and K): each step broadcasts one channel's four bytes.
+* Each step of four K values: two 64-byte loads, 12 broadcasts, 24 ``vpdpbusd`` (u8 pixels x
+  s8 weights), 1,536 multiply-adds.
+* Epilogue on the accumulators: ``(acc - zp*colsum[m])`` in int32, converted, times
+  ``s_x * s_w[m]`` plus the bias in one FMA, then the residual and a piecewise-linear activation
+  (:func:`~._epilogue.finish16`), one masked store per vector into the output plane. Other
+  activations run over the task's finished rows (``finish_row``).
+
+Tasks are (image, 12-channel panel, run of 32-pixel panels), as in ``pointwise_tiles``.
+Offered where the host has AVX-512 VNNI (:data:`~._vnni.VNNI`); group 1, 1-D or 2-D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import (
+    RES_NONE,
+    VECTOR_ACTS,
+    epilogue_params,
+    finish16,
+    finish_row,
+    residual_rows,
+    vector_epilogue,
+)
+from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._simd16 import LANES, called_tile, vfma16, vload16_masked, vsplat16
+from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._vnni import (
+    vbroadcast_bytes4,
+    vcodes16,
+    vcvt_f32x16,
+    vdpbusd,
+    vload_bytes64,
+    vsplat_i32x16,
+    vstore_quads,
+    vsub_i32x16,
+    vzero_i32x16,
+)
+from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
+from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv
+from farm.compiler.kernels.cpu.int8_gemm import int8_operands
+from farm.compiler.kernels.cpu.int8_vnni import OFFERED, uint8_quant
+from farm.compiler.kernels.registry import Prepared, register_tactic
+
+MR = 12  # output channels of a tile
+PIXELS = 2 * LANES  # pixels of a tile
+
+
+def pack_channel_panels(w: np.ndarray) -> np.ndarray:
+    """int8 ``w`` [M, K] as flat 12-channel panels ``[ceil(M/12), ceil(K/4), 12, 4]`` (zeros past
+    M and K): panel ``b``, step ``q``, channel ``r`` holds ``w[12b + r, 4q : 4q + 4]``."""
+    m, k = w.shape
+    kp = -(-k // 4) * 4
+    mp = -(-m // MR) * MR
+    padded = np.zeros((mp, kp), np.int8)
+    padded[:m, :k] = w
+    return np.ascontiguousarray(padded.reshape(mp // MR, MR, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_scale, zero_point, qmin, qmax):
+    """``xq[n, q, p, t]`` = the uint8 code of ``x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` for
+    ``k = 4q + t = (c*kh + i)*kw + j < k_count`` and ``p = oy*wo + ox``; the zero point for taps
+    outside the image and for ``k >= k_count``. ``xq`` is [N, Kq, P32, 4]: pixels past P hold
+    anything (their results are never stored). A dense 1 x 1 conv's whole quads take 16
+    pixels of four planes a step (:func:`~._vnni.vcodes16`, :func:`~._vnni.vstore_quads`); the
+    rest one element at a time."""
+    n_img, kq = xq.shape[0], xq.shape[1]
+    h, w = x.shape[2], x.shape[3]
+    pad_q = np.uint8(min(max(np.float32(zero_point), qmin), qmax))
+    dense = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and ho == h and wo == w
+    plane = h * w
+    xf = x.reshape(-1)
+    qf = xq.reshape(-1)
+    inv_v, zp_v, lo_v, hi_v = vsplat16(inv_scale), vsplat16(zero_point), vsplat16(qmin), vsplat16(qmax)
+    for task in prange(n_img * kq):
+        n = task // kq
+        q = task % kq
+        dst = xq[n, q]
+        if dense and 4 * q + 4 <= k_count:  # a 1 x 1 conv's four whole channel planes, 16 pixels a step
+            src = (n * x.shape[1] + 4 * q) * plane
+            at = (n * kq + q) * xq.shape[2] * 4
+            for p0 in range(0, plane, LANES):
+                count = min(LANES, plane - p0)
+                vstore_quads(
+                    qf, at + 4 * p0,
+                    vcodes16(vload16_masked(xf, src + p0, count), inv_v, zp_v, lo_v, hi_v),
+                    vcodes16(vload16_masked(xf, src + plane + p0, count), inv_v, zp_v, lo_v, hi_v),
+                    vcodes16(vload16_masked(xf, src + 2 * plane + p0, count), inv_v, zp_v, lo_v, hi_v),
+                    vcodes16(vload16_masked(xf, src + 3 * plane + p0, count), inv_v, zp_v, lo_v, hi_v),
+                )  # fmt: skip
+            continue
+        for t in range(4):
+            k = 4 * q + t
+            if k >= k_count:
+                for p in range(ho * wo):
+                    dst[p, t] = pad_q
+                continue
+            c = k // (kh * kw)
+            i = (k // kw) % kh
+            j = k % kw
+            xplane = x[n, c]
+            for oy in range(ho):
+                iy = oy * sh - pt + i * dh
+                row = oy * wo
+                if iy < 0 or iy >= h:
+                    for ox in range(wo):
+                        dst[row + ox, t] = pad_q
+                    continue
+                row_in = xplane[iy]
+                for ox in range(wo):
+                    ix = ox * sw - pl + j * dw
+                    if ix < 0 or ix >= w:
+                        dst[row + ox, t] = pad_q
+                    else:
+                        v = np.rint(row_in[ix] * inv_scale) + zero_point
+                        dst[row + ox, t] = np.uint8(min(max(v, qmin), qmax))
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always", fastmath={"contract"})
+def _row_out(a0, a1, zw, scale, bias, m, of, at, n0, n1, res, ep):
+    """Output channel ``m``'s two accumulators dequantized, finished and stored (``n0``/``n1``
+    lanes at of[at:] / of[at+16:])."""
+    z = vsplat_i32x16(zw[m])
+    s = vsplat16(scale[m])
+    b = vsplat16(bias[m])
+    finish16(vfma16(vcvt_f32x16(vsub_i32x16(a0, z)), s, b), of, at, n0, res, ep)
+    finish16(vfma16(vcvt_f32x16(vsub_i32x16(a1, z)), s, b), of, at + LANES, n1, res, ep)
+
+
+@called_tile
+def _tile(xq, x_at, pstride, kq, wp, w_at, zw, scale, bias, m0, rows, of, o_at, plane, n0, n1, res, ep):
+    """Channels ``m0 .. m0+rows-1`` (<= 12) x 32 pixels: pixel quads at xq[x_at + q*pstride],
+    weight panel wp[w_at:], output rows at of[o_at + r*plane]."""
+    z = vzero_i32x16()
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = z
+    xa = x_at
+    wa = w_at
+    for _ in range(kq):
+        u0 = vload_bytes64(xq, xa)
+        u1 = vload_bytes64(xq, xa + 64)
+        v = vbroadcast_bytes4(wp, wa)
+        a0 = vdpbusd(a0, u0, v)
+        b0 = vdpbusd(b0, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 4)
+        a1 = vdpbusd(a1, u0, v)
+        b1 = vdpbusd(b1, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 8)
+        a2 = vdpbusd(a2, u0, v)
+        b2 = vdpbusd(b2, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 12)
+        a3 = vdpbusd(a3, u0, v)
+        b3 = vdpbusd(b3, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 16)
+        a4 = vdpbusd(a4, u0, v)
+        b4 = vdpbusd(b4, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 20)
+        a5 = vdpbusd(a5, u0, v)
+        b5 = vdpbusd(b5, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 24)
+        a6 = vdpbusd(a6, u0, v)
+        b6 = vdpbusd(b6, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 28)
+        a7 = vdpbusd(a7, u0, v)
+        b7 = vdpbusd(b7, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 32)
+        a8 = vdpbusd(a8, u0, v)
+        b8 = vdpbusd(b8, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 36)
+        a9 = vdpbusd(a9, u0, v)
+        b9 = vdpbusd(b9, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 40)
+        a10 = vdpbusd(a10, u0, v)
+        b10 = vdpbusd(b10, u1, v)
+        v = vbroadcast_bytes4(wp, wa + 44)
+        a11 = vdpbusd(a11, u0, v)
+        b11 = vdpbusd(b11, u1, v)
+        xa += pstride
+        wa += 4 * MR
+    _row_out(a0, b0, zw, scale, bias, m0, of, o_at, n0, n1, res, ep)
+    if rows > 1:
+        _row_out(a1, b1, zw, scale, bias, m0 + 1, of, o_at + plane, n0, n1, res, ep)
+    if rows > 2:
+        _row_out(a2, b2, zw, scale, bias, m0 + 2, of, o_at + 2 * plane, n0, n1, res, ep)
+    if rows > 3:
+        _row_out(a3, b3, zw, scale, bias, m0 + 3, of, o_at + 3 * plane, n0, n1, res, ep)
+    if rows > 4:
+        _row_out(a4, b4, zw, scale, bias, m0 + 4, of, o_at + 4 * plane, n0, n1, res, ep)
+    if rows > 5:
+        _row_out(a5, b5, zw, scale, bias, m0 + 5, of, o_at + 5 * plane, n0, n1, res, ep)
+    if rows > 6:
+        _row_out(a6, b6, zw, scale, bias, m0 + 6, of, o_at + 6 * plane, n0, n1, res, ep)
+    if rows > 7:
+        _row_out(a7, b7, zw, scale, bias, m0 + 7, of, o_at + 7 * plane, n0, n1, res, ep)
+    if rows > 8:
+        _row_out(a8, b8, zw, scale, bias, m0 + 8, of, o_at + 8 * plane, n0, n1, res, ep)
+    if rows > 9:
+        _row_out(a9, b9, zw, scale, bias, m0 + 9, of, o_at + 9 * plane, n0, n1, res, ep)
+    if rows > 10:
+        _row_out(a10, b10, zw, scale, bias, m0 + 10, of, o_at + 10 * plane, n0, n1, res, ep)
+    if rows > 11:
+        _row_out(a11, b11, zw, scale, bias, m0 + 11, of, o_at + 11 * plane, n0, n1, res, ep)
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def conv_tiles(xq, wp, zw, scale, bias, out, residual, res_mode, act, alpha, beta, m, plane, runs, chunks):
+    """``out`` (flat NCHW, ``m`` channels of ``plane`` pixels) = epilogue(dequant(W x xq)) per
+    image; ``xq`` [N, Kq, P32, 4] uint8 from :func:`gather_quads`, ``wp`` from
+    :func:`pack_channel_panels`, ``zw``/``scale``/``bias`` per output channel; ``residual`` flat
+    like ``out`` or a dummy. Tasks (image, 12-channel panel, run of 32-pixel panels) over
+    ``chunks`` threads."""
+    n_img, kq, p32 = xq.shape[0], xq.shape[1], xq.shape[2]
+    xf = xq.reshape(-1)
+    panels = -(-m // MR)
+    pixel_panels = -(-plane // PIXELS)
+    vector = act in VECTOR_ACTS  # else finish_row runs the activation afterwards
+    ep = vector_epilogue(res_mode, act, alpha, beta)
+    tasks = n_img * panels * runs
+    pstride = p32 * 4
+    for k in prange(chunks):
+        for task in range(k * tasks // chunks, (k + 1) * tasks // chunks):
+            img = task // (panels * runs)
+            blk = (task // runs) % panels
+            run = task % runs
+            j0 = run * pixel_panels // runs
+            j1 = (run + 1) * pixel_panels // runs
+            m0 = blk * MR
+            rows = min(MR, m - m0)
+            o_base = (img * m + m0) * plane
+            for j in range(j0, j1):
+                p0 = j * PIXELS
+                left = plane - p0
+                n0 = min(left, LANES)
+                n1 = min(max(left - LANES, 0), LANES)
+                _tile(xf, (img * kq * p32 + p0) * 4, pstride, kq, wp, blk * kq * MR * 4, zw, scale, bias, m0, rows,
+                      out, o_base + p0, plane, n0, n1, residual, ep)  # fmt: skip
+            if not vector:
+                p0 = j0 * PIXELS
+                p1 = min(plane, j1 * PIXELS)
+                for r in range(rows):
+                    lo = o_base + r * plane + p0
+                    hi = lo + p1 - p0
+                    rrow = residual[lo:hi] if res_mode != RES_NONE else residual
+                    finish_row(out[lo:hi], np.float32(0.0), bias, 0, rrow, res_mode, act, alpha, beta)
+
+
+@register_tactic
+class Int8ConvTiles(Int8Im2colConv):
+    """INT8 conv on 12-channel x 32-pixel VNNI tiles stored straight into NCHW (module doc)."""
+
+    name = "cpu.int8.conv_tiles"
+    priority = -5
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return OFFERED and super().supports(node, graph)
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        prepared = super().prepare(node, graph)
+        w = prepared.tensors["weight"]
+        prepared.params["vnni_k"] = int(w.shape[1])
+        prepared.tensors["weight"] = pack_channel_panels(w)
+        return prepared
+
+    def _operands(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(packed weight, zp * colsum, s_x * s_w, bias or zeros) per output channel, padded to
+        whole panels."""
+        w, wsum, col_scale, bias, has_bias = int8_operands(prepared)
+        m = int(prepared.params["weight_shape"][0])
+        length = -(-m // MR) * MR
+        zp = uint8_quant(prepared)[1]
+        zw = np.zeros(length, np.int32)
+        zw[:m] = zp * wsum.astype(np.int64)
+        scale = np.zeros(length, np.float32)
+        scale[:m] = col_scale
+        padded_bias = np.zeros(length, np.float32)
+        if has_bias:
+            padded_bias[:m] = bias
+        return w, zw, scale, padded_bias
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        (act, alpha, beta, mode), geo = memo(
+            prepared,
+            "epilogue",
+            lambda: (epilogue_params(node), ConvGeometry.of(node, prepared.params["weight_shape"])),
+        )
+        wp, zw, scale, bias = memo(prepared, "tile_operands", lambda: self._operands(prepared))
+        x = _as_4d(np.ascontiguousarray(inputs[0], dtype=np.float32))  # type: ignore[arg-type]
+        out4 = _out_4d(outputs[0])
+        n_img, m, ho, wo = out4.shape
+        if out4.size == 0:
+            return
+        plane = ho * wo
+        k = int(prepared.params["vnni_k"])
+        shape = (n_img, -(-k // 4), -(-plane // PIXELS) * PIXELS, 4)
+        xq = prepared.scratch.get("quads")
+        if xq is None or xq.shape != shape:
+            xq = prepared.scratch["quads"] = np.zeros(shape, np.uint8)
+        inv_scale, zp, qmin, qmax = uint8_quant(prepared)
+        with threads_for(n_img * k * plane):
+            gather_quads(
+                x, xq, k, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo,
+                inv_scale, np.float32(zp), qmin, qmax,
+            )  # fmt: skip
+        target = out4 if out4.flags.c_contiguous else np.empty(out4.shape, np.float32)
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
+        with threads_for(out4.size * k):
+            threads = numba_thread_count()
+            tasks = n_img * -(-m // MR)
+            pixel_panels = -(-plane // PIXELS)
+            runs = max(1, min(pixel_panels, -(-4 * threads // tasks)))  # four tasks a thread
+            chunks = max(1, min(threads, tasks * runs))
+            conv_tiles(
+                xq, wp, zw, scale, bias, target.reshape(-1), residual, mode, act, alpha, beta, m, plane, runs,
+                chunks,
+            )  # fmt: skip
+        if target is not out4:
+            out4[...] = target
