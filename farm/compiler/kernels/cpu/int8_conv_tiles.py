@@ -311,7 +311,7 @@ class Int8ConvTiles(Int8Im2colConv):
             lambda: (epilogue_params(node), ConvGeometry.of(node, prepared.params["weight_shape"])),
         )
         wp, zw, scale, bias = memo(prepared, "tile_operands", lambda: self._operands(prepared))
-        x = _as_4d(np.ascontiguousarray(inputs[0], dtype=np.float32))  # type: ignore[arg-type]
+        x = _as_4d(np.ascontiguousarray(inputs[0], dtype=np.float32))
         out4 = _out_4d(outputs[0])
         n_img, m, ho, wo = out4.shape
         if out4.size == 0:
