@@ -21,7 +21,9 @@ Size: the whole engine file.
     .venv/bin/python -m benchmarks.precision --models mobilenet --precisions int8,int8-trt --ort
 
 Model sizes are reduced (SIZES) so the study runs in minutes on a 2-core machine; the INT8
-kernels are numba int8 GEMMs without VNNI and the calibration runs the numpy reference.
+kernels are the VNNI register tiles where the CPU has AVX-512 VNNI (``int8_vnni``,
+``int8_conv_tiles``) and numba int32-lane GEMMs elsewhere; the calibration runs the numpy
+reference.
 """
 
 from __future__ import annotations

@@ -382,6 +382,11 @@ def _assemble(
             )
             module = entry.get("module")  # absent in files written before it was recorded
             tactic = get_tactic(entry["tactic"], module if isinstance(module, str) else None)
+            if not tactic.host_ok:
+                raise DeviceMismatchError(
+                    f"layer {entry['node']!r} runs tactic {tactic.name}, whose kernels use instructions this "
+                    "CPU does not have (see the engine's fingerprint: isa); rebuild the engine on this machine"
+                )
             kernels.append(Kernel(nodes[entry["node"]], tactic, prepared, entry.get("timings_ms", {})))
         plan = MemoryPlan.from_json(manifest["memory_plan"])
         inputs = [Binding.from_json(b) for b in manifest["inputs"]]

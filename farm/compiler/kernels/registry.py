@@ -69,6 +69,9 @@ class Tactic:
     accepts_strided_output: ClassVar[bool] = False
     # (input index, output index) pairs that may share one buffer (the op works in place).
     inplace: ClassVar[tuple[tuple[int, int], ...]] = ()
+    # False when this CPU lacks an instruction the tactic's kernels are compiled with (AVX-512
+    # VNNI): an engine naming it cannot load here even with the device-mismatch override.
+    host_ok: ClassVar[bool] = True
 
     def supports(self, node: Node, graph: Graph) -> bool:
         """Whether this tactic can run ``node`` of ``graph``. Default: any node of its op types."""

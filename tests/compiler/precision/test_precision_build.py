@@ -15,6 +15,7 @@ from farm.compiler import reference
 from farm.compiler.accuracy import compare_outputs, onnxruntime_outputs
 from farm.compiler.builder import BuilderConfig, BuildError, build
 from farm.compiler.engine.format import engine_to_bytes
+from farm.compiler.kernels.cpu._vnni import VNNI
 from farm.compiler.precision import fake_quantized_graph
 
 RESNET = {"image_size": 32, "width": 4}
@@ -244,3 +245,25 @@ def test_farm_build_cli_takes_calibrator_options(tmp_path: Path) -> None:
     )
     assert good.exit_code == 0, good.output
     assert "minmax:symmetric" in good.output and out.exists()
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX-512 VNNI")
+def test_vnni_int8_engine_loads_only_on_a_cpu_with_vnni(tmp_path: Path, resnet, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The heuristic choice on a VNNI host is the VNNI tiles; an engine naming them is refused,
+    override or not, where the CPU lacks the instruction (LLVM could not compile the kernel)."""
+    from farm.compiler.engine import Engine
+    from farm.compiler.engine.format import DeviceMismatchError
+    from farm.compiler.kernels.cpu.int8_conv_tiles import Int8ConvTiles
+
+    model, calib, val = resnet
+    engine = build(model, "cpu", _config(precision="int8", strict=True, calibration=calib, calibrator="minmax"))
+    tactics = {row["tactic"] for row in engine.describe_layers()}
+    assert {"cpu.int8.conv_tiles", "cpu.int8.gemm_vnni"} <= tactics, tactics
+    path = tmp_path / "resnet-int8.engine"
+    engine.save(path)
+    (name,) = [b.name for b in engine.outputs]
+    np.testing.assert_array_equal(Engine.load(path).run(val)[name], engine.run(val)[name])
+    monkeypatch.setattr(Int8ConvTiles, "host_ok", False)
+    for override in (False, True):
+        with pytest.raises(DeviceMismatchError, match="cpu.int8.conv_tiles, whose kernels use instructions"):
+            Engine.load(path, allow_device_mismatch=override)

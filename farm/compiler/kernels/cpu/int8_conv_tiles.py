@@ -271,6 +271,7 @@ class Int8ConvTiles(Int8Im2colConv):
 
     name = "cpu.int8.conv_tiles"
     priority = -5
+    host_ok = OFFERED
 
     def supports(self, node: Node, graph: Graph) -> bool:
         return OFFERED and super().supports(node, graph)

@@ -9,9 +9,10 @@ same pass over the output row. The input type is int8 or uint8 (calibrated activ
 with zero point 0 for non-negative tensors); a calibrated bias correction is folded into ``bias``.
 
 An int8 dot product is widened to int32 lanes (``vpdpwssd`` where the host has VNNI; numba/LLVM
-does not emit the u8 x s8 ``vpdpbusd``), so it does not beat OpenBLAS's FP32 GEMM; the tactic exists for the engine size (weights 4x smaller) and for
-``--strict int8`` / Q/DQ models. The tuner picks it under plain ``--precision int8`` only when it
-is faster. Pool: numba's only.
+does not emit the u8 x s8 ``vpdpbusd`` from loops), so it does not beat OpenBLAS's FP32 GEMM: it
+is the INT8 tactic of CPUs without AVX-512 VNNI. Where VNNI exists, ``int8_vnni`` calls
+``vpdpbusd`` as an intrinsic on register tiles, 5-15x faster. The tuner picks by timing. Pool:
+numba's only.
 """
 
 from __future__ import annotations

@@ -348,6 +348,7 @@ class Int8VnniGemm(Int8Gemm):
 
     name = "cpu.int8.gemm_vnni"
     priority = -10
+    host_ok = OFFERED
 
     def supports(self, node: Node, graph: Graph) -> bool:
         return OFFERED and super().supports(node, graph)
@@ -388,6 +389,7 @@ class Int8VnniConv(Int8Im2colConv):
 
     name = "cpu.int8.conv_vnni"
     priority = -10
+    host_ok = OFFERED
 
     def supports(self, node: Node, graph: Graph) -> bool:
         return OFFERED and super().supports(node, graph)
