@@ -130,6 +130,8 @@ def _blas() -> list:
     when it appeared after one, so a single-thread region never misses the BLAS that numba's
     kernels call."""
     global _blas_libraries, _blas_switches, _scanned_with_cython_blas
+    if _scanned_with_cython_blas and _blas_libraries is not None:
+        return _blas_libraries  # numba's BLAS was in the scan: no other library comes later
     from farm.compiler.engine.numba_support import CYTHON_BLAS, preload_numba_support
 
     preload_numba_support()
