@@ -7,9 +7,10 @@ the same with TensorRT's scheme (``int8 strict trt``: symmetric int8 activations
 correction; the calibrator option ``:symmetric,no-bias-correction``), the same with GPTQ weight
 rounding (``int8 strict gptq``: the calibrator option ``:gptq``) and, with
 ``--int8-permission``, the plain ``--precision int8`` engine (the tuner keeps FP32 where it is
-faster). ``--ort`` adds ONNX Runtime's own static INT8 quantization of the model (QDQ,
-per-channel int8 weights, uint8 activations, the same calibration samples) run by ONNX Runtime:
-the yardstick for the INT8 rows. ``--precisions`` picks rows (fp32 always runs: it is the
+faster). ONNX Runtime running the FP32 model is timed in the same interleaved loop (row
+``ORT fp32``). ``--ort`` adds ONNX Runtime's own static INT8 quantization of the model (QDQ,
+per-channel int8 weights, uint8 activations, the same calibration samples) run and timed by
+ONNX Runtime: the yardstick for the INT8 rows. ``--precisions`` picks rows (fp32 always runs: it is the
 reference for size and latency). For classifiers, the FP32 top1-top2 margin (in units of the
 logits' standard deviation) is printed with the margins of the samples each row flips. Accuracy is measured
 against FP32 ONNX Runtime on ``--val`` *other* samples (different seed): relative L2 and cosine of
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from farm import zoo
-from farm.compiler.accuracy import compare_outputs, onnxruntime_outputs
+from farm.compiler.accuracy import compare_outputs, onnxruntime_outputs, onnxruntime_session
 from farm.compiler.builder import BuilderConfig, build
 from farm.compiler.engine.benchmark import measure_interleaved
 from farm.compiler.engine.format import engine_to_bytes
@@ -184,12 +185,14 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             out = next(iter(want))
             flipped[label] = got[out].argmax(axis=1) != want[out].argmax(axis=1)
     batch_feeds = {k: v[: args.batch] for k, v in val.items()}
-    runners = {label: (lambda e=e: e.run(batch_feeds)) for label, e in engines.items()}
-    stats = measure_interleaved(runners, batch=args.batch, duration_s=args.duration, iterations=10)
-    fp32_size = rows[0]["size_bytes"]
-    for row in rows:
-        row["median_ms"] = stats[row["precision"]].median_ms
-        row["size_vs_fp32"] = row["size_bytes"] / fp32_size
+    runners: dict[str, Any] = {label: (lambda e=e: e.run(batch_feeds)) for label, e in engines.items()}
+    ort_rows: list[dict[str, Any]] = []
+    sessions = {"ORT fp32": onnxruntime_session(model, args.threads)}
+    ort_rows.append({
+        "model": name, "options": options, "precision": "ORT fp32", "build_s": None, "size_bytes": len(model),
+        "size_vs_fp32": None, "layers": {},
+        "outputs": {m.name: {"rel_l2": m.rel_l2, "cosine": m.cosine, "top1": m.top1} for m in compare_outputs(want, want)},
+    })  # fmt: skip
     if args.ort:
         started = time.perf_counter()
         qdq = _ort_qdq(model, calib, args.ort, args.ort_preprocess)
@@ -197,14 +200,25 @@ def study_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         metrics = compare_outputs(got, want)
         pre = ", pre-processed" if args.ort_preprocess else ""
         label = f"ORT quantize_static QDQ per-channel u8/s8 ({args.ort}{pre})"
-        rows.append({
+        sessions[label] = onnxruntime_session(qdq, args.threads)
+        ort_rows.append({
             "model": name, "options": options, "precision": label, "build_s": round(time.perf_counter() - started, 1),
-            "size_bytes": len(qdq), "size_vs_fp32": None, "layers": {}, "median_ms": None,
+            "size_bytes": len(qdq), "size_vs_fp32": None, "layers": {},
             "outputs": {m.name: {"rel_l2": m.rel_l2, "cosine": m.cosine, "top1": m.top1} for m in metrics},
         })  # fmt: skip
         if classifier:
             out = next(iter(want))
             flipped[label] = got[out].argmax(axis=1) != want[out].argmax(axis=1)
+    for label, session in sessions.items():
+        runners[label] = lambda s=session: s.run(None, batch_feeds)
+    stats = measure_interleaved(runners, batch=args.batch, duration_s=args.duration, iterations=10)
+    fp32_size = rows[0]["size_bytes"]
+    for row in rows:
+        row["median_ms"] = stats[row["precision"]].median_ms
+        row["size_vs_fp32"] = row["size_bytes"] / fp32_size
+    for row in ort_rows:
+        row["median_ms"] = stats[row["precision"]].median_ms
+    rows.extend(ort_rows)
     if classifier:
         margins = _margins(want[next(iter(want))])
         qs = (0.01, 0.05, 0.1, 0.5)

@@ -101,6 +101,9 @@ GEMM_TACTICS = ["cpu.int8.gemm", pytest.param("cpu.int8.gemm_vnni", marks=NEEDS_
         ((3, 4, 13), 6, 3, 1, 1, "Sigmoid", False, "FusedConv"),
         ((2, 8, 8, 8), 16, 1, 2, 0, "", False, "Conv"),
         ((1, 13, 9, 7), 53, 3, 1, 1, "Relu", True, "FusedConv"),  # 3 panels, a 13-row tail, odd K
+        ((2, 5, 9, 37), 14, 3, 1, 1, "Relu", False, "FusedConv"),  # rows of 16 + 16 + 5 pixels
+        ((1, 3, 11, 37), 16, 3, 2, 1, "Clip", False, "FusedConv"),  # stride 2, a 3-channel stem
+        ((1, 4, 12, 12), 8, 3, 3, 0, "", False, "FusedConv"),  # stride 3: element by element
     ],
 )
 def test_int8_conv_matches_fake_quant(tactic, quant, x_shape, m, k, stride, pad, activation, residual, op):  # type: ignore[no-untyped-def]

@@ -11,7 +11,8 @@ rows are rows of the NCHW output plane.
   values (``k = (c*kh + i)*kw + j``, the receptive field's order) and each output pixel, its four
   bytes side by side, so 16 pixels x 4 K values are one 64-byte vector. A 1 x 1 stride-1 conv is
   the special case where the gather only interleaves four channel planes; padding taps are the
-  zero point (the quantized 0.0). P32 is the plane rounded up to 32 pixels.
+  zero point (the quantized 0.0). P32 is the plane rounded up to 32 pixels, plus 16 pixels of
+  slack for the gather's last 16-pixel store.
 * The weight is packed at build time into 12-channel panels ``[ceil(M/12), ceil(K/4), 12, 4]``
   (zeros past M and K): each step broadcasts one channel's four bytes.
 * Each step of four K values: two 64-byte loads, 12 broadcasts, 24 ``vpdpbusd`` (u8 pixels x
@@ -43,7 +44,15 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_epilogue,
 )
 from farm.compiler.kernels.cpu._operands import memo
-from farm.compiler.kernels.cpu._simd16 import LANES, called_tile, vfma16, vload16_masked, vsplat16
+from farm.compiler.kernels.cpu._simd16 import (
+    LANES,
+    called_tile,
+    vevens16,
+    vfma16,
+    vload16_lanes,
+    vload16_masked,
+    vsplat16,
+)
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
 from farm.compiler.kernels.cpu._vnni import (
     vbroadcast_bytes4,
@@ -77,14 +86,40 @@ def pack_channel_panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(mp // MR, MR, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tap16(xf, x_img, h, w, k, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl, dw, count):
+    """The FP32 inputs of K index ``k`` (the tap (c, i, j)) for output pixels ``ox0 .. ox0+15``
+    of output row ``oy`` (width stride ``sw`` 1 or 2), zeros outside the image, past ``k_count``
+    and, for stride 1, past ``count`` pixels: zeros quantize to the zero point, the padding's
+    code. Only lanes inside the input row are read."""
+    if k >= k_count:
+        return vsplat16(np.float32(0.0))
+    c = k // (kh * kw)
+    i = (k // kw) % kh
+    j = k % kw
+    iy = oy * sh - pt + i * dh
+    if iy < 0 or iy >= h:
+        return vsplat16(np.float32(0.0))
+    ix0 = ox0 * sw - pl + j * dw
+    row = x_img + (c * h + iy) * w
+    if sw == 1:
+        return vload16_lanes(xf, row + ix0, -ix0, min(w - ix0, count))
+    return vevens16(
+        vload16_lanes(xf, row + ix0, -ix0, w - ix0),
+        vload16_lanes(xf, row + ix0 + LANES, -ix0 - LANES, w - ix0 - LANES),
+    )
+
+
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_scale, zero_point, qmin, qmax):
     """``xq[n, q, p, t]`` = the uint8 code of ``x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` for
     ``k = 4q + t = (c*kh + i)*kw + j < k_count`` and ``p = oy*wo + ox``; the zero point for taps
-    outside the image and for ``k >= k_count``. ``xq`` is [N, Kq, P32, 4]: pixels past P hold
-    anything (their results are never stored). A dense 1 x 1 conv's whole quads take 16
-    pixels of four planes a step (:func:`~._vnni.vcodes16`, :func:`~._vnni.vstore_quads`); the
-    rest one element at a time."""
+    outside the image and for ``k >= k_count``. ``xq`` is [N, Kq, P32, 4] with P32 >= P + 16:
+    pixels past P hold anything (their results are never stored; a row's last step may write
+    up to 15 of them, or the next row's first pixels before that row is written). A dense 1 x 1
+    conv's whole quads take 16 pixels of four planes a step (:func:`~._vnni.vcodes16`,
+    :func:`~._vnni.vstore_quads`), other width strides of 1 or 2 16 pixels of one output row
+    (:func:`_tap16`), wider strides one element at a time."""
     n_img, kq = xq.shape[0], xq.shape[1]
     h, w = x.shape[2], x.shape[3]
     pad_q = np.uint8(min(max(np.float32(zero_point), qmin), qmax))
@@ -109,6 +144,24 @@ def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_sca
                     vcodes16(vload16_masked(xf, src + 2 * plane + p0, count), inv_v, zp_v, lo_v, hi_v),
                     vcodes16(vload16_masked(xf, src + 3 * plane + p0, count), inv_v, zp_v, lo_v, hi_v),
                 )  # fmt: skip
+            continue
+        if sw <= 2:  # 16 output pixels of a row a step, each tap's input row read as vectors
+            at = (n * kq + q) * xq.shape[2] * 4
+            x_img = n * x.shape[1] * plane
+            for oy in range(ho):
+                for ox0 in range(0, wo, LANES):
+                    count = min(LANES, wo - ox0)
+                    vstore_quads(
+                        qf, at + 4 * (oy * wo + ox0),
+                        vcodes16(_tap16(xf, x_img, h, w, 4 * q, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl, dw,
+                                        count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, x_img, h, w, 4 * q + 1, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl,
+                                        dw, count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, x_img, h, w, 4 * q + 2, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl,
+                                        dw, count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, x_img, h, w, 4 * q + 3, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl,
+                                        dw, count), inv_v, zp_v, lo_v, hi_v),
+                    )  # fmt: skip
             continue
         for t in range(4):
             k = 4 * q + t
@@ -319,7 +372,7 @@ class Int8ConvTiles(Int8Im2colConv):
             return
         plane = ho * wo
         k = int(prepared.params["vnni_k"])
-        shape = (n_img, -(-k // 4), -(-plane // PIXELS) * PIXELS, 4)
+        shape = (n_img, -(-k // 4), -(-plane // PIXELS) * PIXELS + LANES, 4)  # slack: see gather_quads
         xq = prepared.scratch.get("quads")
         if xq is None or xq.shape != shape:
             xq = prepared.scratch["quads"] = np.zeros(shape, np.uint8)
