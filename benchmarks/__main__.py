@@ -99,16 +99,19 @@ def main(models: str, batches: str, duration_s: float, iterations: int, tuning_l
         results["zoo"] = {"rows": [r.to_json() for r in rows], "geomean_ratio": gm}
 
     if "gemm" not in skipped:
-        table = Table(title="GEMM throughput (GFLOP/s, median, interleaved)")
-        for col in ("M x K x N", "our tactic", "ours", "numpy BLAS", "ours / numpy"):
+        table = Table(title="GEMM throughput (GFLOP/s, INT8 GOP/s; median, interleaved)")
+        columns = ("M x K x N", "our tactic", "ours", "numpy BLAS", "ours / numpy", "int8 tactic", "int8",
+                   "int8 / numpy")  # fmt: skip
+        for col in columns:
             table.add_column(col, justify="right")
         gemm_rows = []
         for m, k, n in SIZES:
             g = compare_gemm(m, k, n, duration_s=duration_s / 2, tuning_level=tuning_level)
-            gemm_rows.append(dict(g.__dict__, ratio=g.ratio))
+            gemm_rows.append(dict(g.__dict__, ratio=g.ratio, int8_ratio=g.int8_ratio))
             table.add_row(
-                f"{m}x{k}x{n}", g.tactic, f"{g.ours_gflops:.1f}", f"{g.numpy_gflops:.1f}", f"{g.ratio:.3f}"
-            )
+                f"{m}x{k}x{n}", g.tactic, f"{g.ours_gflops:.1f}", f"{g.numpy_gflops:.1f}", f"{g.ratio:.3f}",
+                g.int8_tactic, f"{g.int8_gops:.1f}", f"{g.int8_ratio:.2f}",
+            )  # fmt: skip
         console.print(table)
         results["gemm"] = gemm_rows
 

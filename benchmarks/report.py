@@ -37,12 +37,15 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines += ["", f"Geometric mean of ours / ORT: **{results['zoo']['geomean_ratio']:.3f}**", ""]
     if "gemm" in results:
-        lines += ["| M x K x N | our tactic | ours GFLOP/s | numpy BLAS GFLOP/s | ours / numpy |",
-                  "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        lines += ["| M x K x N | our tactic | ours GFLOP/s | numpy BLAS GFLOP/s | ours / numpy | int8 tactic | "
+                  "int8 GOP/s | int8 / numpy |",
+                  "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]  # fmt: skip
         for g in results["gemm"]:
+            int8 = (f" {g['int8_tactic']} | {g['int8_gops']:.1f} | {g['int8_ratio']:.2f} |" if "int8_gops" in g
+                    else " - | - | - |")  # fmt: skip
             lines.append(
                 f"| {g['m']}x{g['k']}x{g['n']} | {g['tactic']} | {g['ours_gflops']:.1f} | {g['numpy_gflops']:.1f} | "
-                f"{g['ratio']:.3f} |"
+                f"{g['ratio']:.3f} |" + int8
             )
         lines.append("")
     if "build_time" in results:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -164,7 +165,7 @@ class FileArtifactStore(ArtifactStore):
         self._tmp.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="upload-")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=upload_prefix())
         try:
             with os.fdopen(fd, "wb") as tmp:
                 while chunk := stream.read(CHUNK_BYTES):
@@ -207,16 +208,20 @@ class FileArtifactStore(ArtifactStore):
             path.unlink()
 
     def sweep_temp(self, older_than_seconds: float = TEMP_SWEEP_SECONDS) -> list[str]:
-        """Delete files in the store's ``tmp/`` folder last written more than ``older_than_seconds``
-        ago: what a process killed in the middle of ``put_stream`` left behind (an upload that is
-        still being written is touched at every chunk, so it is never that old). Returns their names."""
+        """Delete what a process killed in the middle of ``put_stream`` left in the store's
+        ``tmp/`` folder: uploads whose writer (named in the file, :func:`upload_prefix`) was a
+        process of this host that no longer runs, at once, and any file last written more than
+        ``older_than_seconds`` ago (a writer on another host: an upload that is still being
+        written is touched at every chunk, so it is never that old). Returns their names."""
         removed: list[str] = []
         if not self._tmp.is_dir():
             return removed
         cutoff = time.time() - older_than_seconds
         for entry in self._tmp.iterdir():
             try:
-                if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+                if not entry.is_file() or entry.is_symlink():
+                    continue
+                if _writer_gone(entry.name) or entry.stat().st_mtime < cutoff:
                     entry.unlink()
                     removed.append(entry.name)
             except FileNotFoundError:  # another worker swept it first
@@ -230,6 +235,38 @@ class FileArtifactStore(ArtifactStore):
             probe.flush()
         usage = shutil.disk_usage(self.root)
         return f"{self.url} ({usage.free / 2**30:.1f} GiB free)"
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def upload_prefix() -> str:
+    """``upload-HOST-PID-``: the temp-file prefix of an upload, naming the process writing it."""
+    return f"upload-{_host_tag()}-{os.getpid()}-"
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether ``name`` is an upload temp file whose writer was a process of this host that has
+    exited (a zombie counts as exited). Files of other hosts, of older versions (no writer in
+    the name), of this process and of live processes are not."""
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != f"upload-{_host_tag()}" or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].startswith("Z")
 
 
 def _read_verified(path: Path, sha256: str | None) -> Iterator[bytes]:

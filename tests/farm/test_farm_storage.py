@@ -134,6 +134,41 @@ def test_open_store_urls(tmp_path: Path) -> None:
         open_store("s3://")  # the S3 backend itself is tested against a real server in test_pipeline_s3_store
 
 
+def test_sweep_removes_a_dead_local_writers_upload_at_once(store: FileArtifactStore) -> None:
+    """An upload temp file names its writer (host and pid): a worker starting after its
+    predecessor was killed removes that one's partial upload at once, not six hours later, and
+    leaves the uploads of live processes, of this process and of other hosts."""
+    import subprocess
+    import sys
+
+    from farm.storage import upload_prefix
+
+    tmp = store.root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    dead_pid = int(finished.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ours = upload_prefix()
+        host_part = ours.rsplit("-", 2)[0]  # "upload-HOST"
+        dead = tmp / f"{host_part}-{dead_pid}-abc123"
+        running = tmp / f"{host_part}-{live.pid}-def456"
+        own = tmp / f"{ours}ghi789"
+        elsewhere = tmp / f"upload-another.host-{dead_pid}-jkl012"
+        for path in (dead, running, own, elsewhere):
+            path.write_bytes(b"half an upload")
+        assert store.sweep_temp() == [dead.name]
+        assert running.exists() and own.exists() and elsewhere.exists()
+        # and the name put_stream gives its temp file is that prefix: a killed upload is found
+        assert ours.startswith(f"{host_part}-{os.getpid()}-")
+    finally:
+        live.kill()
+        live.wait()
+    assert store.sweep_temp() == [running.name]  # its writer is gone now
+
+
 def test_sweep_removes_only_stale_partial_uploads(store: FileArtifactStore) -> None:
     """A killed writer's temp file is removed once it is older than the sweep age; a file being
     written now, stored artifacts and anything outside tmp/ are left alone."""
