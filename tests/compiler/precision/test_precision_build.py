@@ -94,6 +94,10 @@ def test_permission_lets_the_tuner_keep_fp32_and_says_why(resnet) -> None:  # ty
         if entry["op_type"] in ("FusedConv", "FusedGemm"):
             assert "fastest of int8/fp32" in entry["reason"]
             assert "int8" in entry["reason"] and "ms" in entry["reason"]
+    # the note on INT8 speed is the one for this CPU
+    notes = " ".join(engine.report["precision_layers"]["notes"])
+    assert ("AVX-512 VNNI register tiles" in notes) == VNNI
+    assert ("has no AVX-512 VNNI" in notes) == (not VNNI)
 
 
 def test_layer_precision_globs_pin_layers(resnet) -> None:  # type: ignore[no-untyped-def]

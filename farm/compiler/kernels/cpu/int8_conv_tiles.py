@@ -87,21 +87,26 @@ def pack_channel_panels(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _tap16(xf, x_img, h, w, k, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl, dw, count):
-    """The FP32 inputs of K index ``k`` (the tap (c, i, j)) for output pixels ``ox0 .. ox0+15``
-    of output row ``oy`` (width stride ``sw`` 1 or 2), zeros outside the image, past ``k_count``
+def _tap_origin(x_img, h, w, k, k_count, kh, kw, pt, pl, dh, dw):
+    """K index ``k``'s tap (c, i, j) as (its channel plane's flat offset, row offset, column
+    offset), or a plane offset of -1 past ``k_count`` (a padding quad's zeros)."""
+    if k >= k_count:
+        return -1, 0, 0
+    c = k // (kh * kw)
+    return x_img + c * h * w, ((k // kw) % kh) * dh - pt, (k % kw) * dw - pl
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tap16(xf, plane_at, ioff, joff, h, w, oy, sh, ox0, sw, count):
+    """The FP32 inputs of one tap (:func:`_tap_origin`) for output pixels ``ox0 .. ox0+15`` of
+    output row ``oy`` (width stride ``sw`` 1 or 2), zeros outside the image, for a padding quad
     and, for stride 1, past ``count`` pixels: zeros quantize to the zero point, the padding's
     code. Only lanes inside the input row are read."""
-    if k >= k_count:
+    iy = oy * sh + ioff
+    if plane_at < 0 or iy < 0 or iy >= h:
         return vsplat16(np.float32(0.0))
-    c = k // (kh * kw)
-    i = (k // kw) % kh
-    j = k % kw
-    iy = oy * sh - pt + i * dh
-    if iy < 0 or iy >= h:
-        return vsplat16(np.float32(0.0))
-    ix0 = ox0 * sw - pl + j * dw
-    row = x_img + (c * h + iy) * w
+    ix0 = ox0 * sw + joff
+    row = plane_at + iy * w
     if sw == 1:
         return vload16_lanes(xf, row + ix0, -ix0, min(w - ix0, count))
     return vevens16(
@@ -148,19 +153,19 @@ def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_sca
         if sw <= 2:  # 16 output pixels of a row a step, each tap's input row read as vectors
             at = (n * kq + q) * xq.shape[2] * 4
             x_img = n * x.shape[1] * plane
+            p0, i0, j0 = _tap_origin(x_img, h, w, 4 * q, k_count, kh, kw, pt, pl, dh, dw)
+            p1, i1, j1 = _tap_origin(x_img, h, w, 4 * q + 1, k_count, kh, kw, pt, pl, dh, dw)
+            p2, i2, j2 = _tap_origin(x_img, h, w, 4 * q + 2, k_count, kh, kw, pt, pl, dh, dw)
+            p3, i3, j3 = _tap_origin(x_img, h, w, 4 * q + 3, k_count, kh, kw, pt, pl, dh, dw)
             for oy in range(ho):
                 for ox0 in range(0, wo, LANES):
                     count = min(LANES, wo - ox0)
                     vstore_quads(
                         qf, at + 4 * (oy * wo + ox0),
-                        vcodes16(_tap16(xf, x_img, h, w, 4 * q, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl, dw,
-                                        count), inv_v, zp_v, lo_v, hi_v),
-                        vcodes16(_tap16(xf, x_img, h, w, 4 * q + 1, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl,
-                                        dw, count), inv_v, zp_v, lo_v, hi_v),
-                        vcodes16(_tap16(xf, x_img, h, w, 4 * q + 2, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl,
-                                        dw, count), inv_v, zp_v, lo_v, hi_v),
-                        vcodes16(_tap16(xf, x_img, h, w, 4 * q + 3, k_count, kh, kw, oy, sh, pt, dh, ox0, sw, pl,
-                                        dw, count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, p0, i0, j0, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, p1, i1, j1, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, p2, i2, j2, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
+                        vcodes16(_tap16(xf, p3, i3, j3, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
                     )  # fmt: skip
             continue
         for t in range(4):
