@@ -170,12 +170,15 @@ def test_vnni_gemm_is_exact_integer_arithmetic_and_stores_only_its_tile(m: int, 
     zw[:n] = zp * w.astype(np.int32).sum(axis=1)
     scale[:n] = rng.uniform(1e-4, 1e-2, n)
     bias[:n] = rng.standard_normal(n)
-    out = np.full((m, n + 5), np.nan, np.float32)
-    vnni_gemm(a_pad.reshape(-1), m, 4 * kq, pack_vnni_weight(w), kq, n, zw, scale, bias, out.reshape(-1), n + 5)
     acc = (a.astype(np.int64) - zp) @ w.astype(np.int64).T
     want = acc.astype(np.float64) * scale[:n] + bias[:n]
-    np.testing.assert_allclose(out[:, :n], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
-    assert np.isnan(out[:, n:]).all()
+    # the rows as rows (a GEMM's input) and as the conv gather's quads [K/4, rows, 4]
+    quads = np.ascontiguousarray(a_pad.reshape(a_pad.shape[0], kq, 4).transpose(1, 0, 2))
+    for flat, rs, qs in ((a_pad.reshape(-1), 4 * kq, 4), (quads.reshape(-1), 4, 4 * a_pad.shape[0])):
+        out = np.full((m, n + 5), np.nan, np.float32)
+        vnni_gemm(flat, m, rs, qs, pack_vnni_weight(w), kq, n, zw, scale, bias, out.reshape(-1), n + 5)
+        np.testing.assert_allclose(out[:, :n], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+        assert np.isnan(out[:, n:]).all()
 
 
 def test_int8_tactics_decline_layers_without_scales_or_groups() -> None:

@@ -256,3 +256,38 @@ def _vstore_quads(typingctx: Any, arr: Any, index: Any, c0: Any, c1: Any, c2: An
 
 
 vstore_quads: Any = intrinsic(_vstore_quads)
+
+
+def _vstore_quads_masked(
+    typingctx: Any, arr: Any, index: Any, c0: Any, c1: Any, c2: Any, c3: Any, count: Any
+) -> Any:
+    """:func:`vstore_quads` of the first ``count`` (0 .. 16) groups only: the bytes after them
+    are not written (a masked store)."""
+    if (
+        not _is_array(arr, types.uint8)
+        or not isinstance(index, types.Integer)
+        or not isinstance(count, types.Integer)
+    ):
+        return None
+    if not all(c == int32x16 for c in (c0, c1, c2, c3)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        word = args[2]
+        for shift, code in zip((8, 16, 24), args[3:6], strict=True):
+            word = builder.or_(word, builder.shl(code, ir.Constant(_VI32, [shift] * LANES)))
+        ptr = builder.bitcast(
+            _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _VI32.as_pointer()
+        )
+        n = context.cast(builder, args[6], sig.args[6], types.int32)
+        splat = _splat(builder, n)
+        mask = builder.icmp_signed("<", ir.Constant(_VI32, list(range(LANES))), splat)
+        fnty = ir.FunctionType(ir.VoidType(), [_VI32, ptr.type, _I32, mask.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16i32.p0")
+        builder.call(fn, [word, ptr, ir.Constant(_I32, 1), mask])
+        return context.get_dummy_value()
+
+    return types.none(arr, index, c0, c1, c2, c3, count), codegen
+
+
+vstore_quads_masked: Any = intrinsic(_vstore_quads_masked)

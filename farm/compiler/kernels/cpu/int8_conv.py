@@ -36,8 +36,7 @@ from farm.compiler.precision.quantize import activation_quant, is_quantizable
 @njit(parallel=True, cache=True, nogil=True)
 def im2col_quantize(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_scale, zero_point, qmin, qmax):
     """``cols[n*P + oy*wo + ox, (c*kh + i)*kw + j] = quantize(x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw])``
-    with out-of-image taps quantized from 0.0. ``cols`` may be wider than C*kh*kw and longer
-    than N*P (padded rows for a tiled GEMM): only the first N*P rows and C*kh*kw columns are written."""
+    with out-of-image taps quantized from 0.0."""
     c_count, h, w = x.shape[1], x.shape[2], x.shape[3]
     p = ho * wo
     pad_q = min(max(np.float32(zero_point), qmin), qmax)
@@ -88,26 +87,28 @@ class Int8Im2colConv(Tactic):
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return pack_int8_weight(node, graph)
 
-    def columns(self, prepared: Prepared, rows: int) -> tuple[np.ndarray, float, float, float, float]:
-        """The per-node scratch matrix the im2col fills (at least ``rows`` x C*kh*kw) and its
-        quantization: (1/scale, zero point, qmin, qmax)."""
+    def fill_product(
+        self, x: np.ndarray, geo: ConvGeometry, ho: int, wo: int, prepared: Prepared, product: np.ndarray
+    ) -> None:
+        """``product`` [N*P, M] = the dequantized product of the quantized receptive fields of
+        the 4-D input ``x`` and the weight (no bias: the conv epilogue adds it)."""
         dtype = np.dtype(prepared.params["input_dtype"])
         info = np.iinfo(dtype)
-        shape = (rows, int(np.prod(prepared.params["weight_shape"][1:])))
+        shape = (product.shape[0], int(np.prod(prepared.params["weight_shape"][1:])))
         cols = prepared.scratch.get("cols")
         if cols is None or cols.shape != shape:
             cols = prepared.scratch["cols"] = np.empty(shape, dtype=dtype)
-        zero_point = float(prepared.params["input_zero_point"])
-        return cols, 1.0 / prepared.params["input_scale"], zero_point, float(info.min), float(info.max)
-
-    def product(self, cols: np.ndarray, rows: int, prepared: Prepared, out: np.ndarray) -> None:
-        """``out`` [rows, M] = the dequantized product of the quantized columns and the weight
-        (no bias: the conv epilogue adds it)."""
+        zero_point = prepared.params["input_zero_point"]
+        with threads_for(cols.size):
+            im2col_quantize(
+                x, cols, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo,
+                np.float32(1.0 / prepared.params["input_scale"]), np.float32(zero_point),
+                np.float32(info.min), np.float32(info.max),
+            )  # fmt: skip
         w, wsum, col_scale, bias, _ = int8_operands(prepared)
-        with threads_for(out.size * w.shape[1] // 16):
+        with threads_for(product.size * w.shape[1] // 16):
             int8_gemm(
-                cols, w, wsum, np.int32(prepared.params["input_zero_point"]), col_scale, bias, False,
-                NO_MATRIX, RES_NONE, 0, 0.0, 0.0, out,
+                cols, w, wsum, np.int32(zero_point), col_scale, bias, False, NO_MATRIX, RES_NONE, 0, 0.0, 0.0, product
             )  # fmt: skip
 
     def run(
@@ -125,16 +126,10 @@ class Int8Im2colConv(Tactic):
         n_img, m = x.shape[0], int(prepared.params["weight_shape"][0])
         ho, wo = out.shape[2], out.shape[3]
         p = ho * wo
-        cols, inv_scale, zero_point, qmin, qmax = self.columns(prepared, n_img * p)
         product = prepared.scratch.get("product")
         if product is None or product.shape != (n_img * p, m):
             product = prepared.scratch["product"] = np.empty((n_img * p, m), dtype=np.float32)
-        with threads_for(n_img * p * cols.shape[1]):
-            im2col_quantize(
-                x, cols, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo,
-                np.float32(inv_scale), np.float32(zero_point), np.float32(qmin), np.float32(qmax),
-            )  # fmt: skip
-        self.product(cols, n_img * p, prepared, product)
+        self.fill_product(x, geo, ho, wo, prepared, product)
         _, _, _, bias, has_bias = int8_operands(prepared)
         act, alpha, beta, mode = epilogue_params(node)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n_img * m)

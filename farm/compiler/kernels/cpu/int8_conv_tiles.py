@@ -1,4 +1,5 @@
-"""INT8 convolution on VNNI register tiles straight into NCHW (``cpu.int8.conv_tiles``).
+"""INT8 convolution on VNNI register tiles: ``cpu.int8.conv_tiles`` (straight into NCHW) and
+``cpu.int8.conv_vnni`` (pixels as GEMM rows, for small maps).
 
 ``cpu.int8.conv_vnni`` multiplies pixel rows by the weight and so produces [pixels, channels],
 which the conv epilogue then transposes into NCHW: with MobileNet's short K (16-120 channels)
@@ -11,8 +12,7 @@ rows are rows of the NCHW output plane.
   values (``k = (c*kh + i)*kw + j``, the receptive field's order) and each output pixel, its four
   bytes side by side, so 16 pixels x 4 K values are one 64-byte vector. A 1 x 1 stride-1 conv is
   the special case where the gather only interleaves four channel planes; padding taps are the
-  zero point (the quantized 0.0). P32 is the plane rounded up to 32 pixels, plus 16 pixels of
-  slack for the gather's last 16-pixel store.
+  zero point (the quantized 0.0). P32 is the plane rounded up to 32 pixels.
 * The weight is packed at build time into 12-channel panels ``[ceil(M/12), ceil(K/4), 12, 4]``
   (zeros past M and K): each step broadcasts one channel's four bytes.
 * Each step of four K values: two 64-byte loads, 12 broadcasts, 24 ``vpdpbusd`` (u8 pixels x
@@ -61,17 +61,19 @@ from farm.compiler.kernels.cpu._vnni import (
     vdpbusd,
     vload_bytes64,
     vsplat_i32x16,
-    vstore_quads,
+    vstore_quads_masked,
     vsub_i32x16,
     vzero_i32x16,
 )
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
-from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv
+from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv, im2col_quantize
 from farm.compiler.kernels.cpu.int8_gemm import int8_operands
-from farm.compiler.kernels.cpu.int8_vnni import OFFERED, uint8_quant
+from farm.compiler.kernels.cpu.int8_vnni import MR as VNNI_MR
+from farm.compiler.kernels.cpu.int8_vnni import OFFERED, multiply, uint8_quant, vnni_prepare
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
 MR = 12  # output channels of a tile
+WIDE_ROWS = 8  # output rows at least this wide are gathered as vectors by conv_vnni
 PIXELS = 2 * LANES  # pixels of a tile
 
 
@@ -116,42 +118,44 @@ def _tap16(xf, plane_at, ioff, joff, h, w, oy, sh, ox0, sw, count):
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_scale, zero_point, qmin, qmax):
-    """``xq[n, q, p, t]`` = the uint8 code of ``x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` for
-    ``k = 4q + t = (c*kh + i)*kw + j < k_count`` and ``p = oy*wo + ox``; the zero point for taps
-    outside the image and for ``k >= k_count``. ``xq`` is [N, Kq, P32, 4] with P32 >= P + 16:
-    pixels past P hold anything (their results are never stored; a row's last step may write
-    up to 15 of them, or the next row's first pixels before that row is written). A dense 1 x 1
-    conv's whole quads take 16 pixels of four planes a step (:func:`~._vnni.vcodes16`,
-    :func:`~._vnni.vstore_quads`), other width strides of 1 or 2 16 pixels of one output row
-    (:func:`_tap16`), wider strides one element at a time."""
-    n_img, kq = xq.shape[0], xq.shape[1]
+def gather_quads(
+    x, qf, n_img, kq, img_stride, quad_stride, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_scale,
+    zero_point, qmin, qmax,
+):  # fmt: skip
+    """The uint8 code of ``x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` into the flat byte
+    array ``qf`` at ``4 * (n*img_stride + q*quad_stride + oy*wo + ox) + t`` for
+    ``k = 4q + t = (c*kh + i)*kw + j < k_count`` (q < ``kq``); the zero point for taps outside the
+    image and for ``k >= k_count``. Only those bytes are written (masked stores): the layout's
+    gaps, if any, keep what they hold. ``conv_tiles`` uses ``[N, Kq, P32, 4]`` (quads of one
+    image), ``conv_vnni`` ``[Kq, N*P rounded up, 4]`` (the pixels of all images as GEMM rows).
+
+    A dense 1 x 1 conv's whole quads take 16 pixels of four planes a step
+    (:func:`~._vnni.vcodes16`, :func:`~._vnni.vstore_quads_masked`), other width strides of 1 or
+    2 16 pixels of one output row (:func:`_tap16`), wider strides one element at a time."""
     h, w = x.shape[2], x.shape[3]
     pad_q = np.uint8(min(max(np.float32(zero_point), qmin), qmax))
     dense = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and ho == h and wo == w
     plane = h * w
     xf = x.reshape(-1)
-    qf = xq.reshape(-1)
     inv_v, zp_v, lo_v, hi_v = vsplat16(inv_scale), vsplat16(zero_point), vsplat16(qmin), vsplat16(qmax)
     for task in prange(n_img * kq):
         n = task // kq
         q = task % kq
-        dst = xq[n, q]
+        at = 4 * (n * img_stride + q * quad_stride)
         if dense and 4 * q + 4 <= k_count:  # a 1 x 1 conv's four whole channel planes, 16 pixels a step
             src = (n * x.shape[1] + 4 * q) * plane
-            at = (n * kq + q) * xq.shape[2] * 4
             for p0 in range(0, plane, LANES):
                 count = min(LANES, plane - p0)
-                vstore_quads(
+                vstore_quads_masked(
                     qf, at + 4 * p0,
                     vcodes16(vload16_masked(xf, src + p0, count), inv_v, zp_v, lo_v, hi_v),
                     vcodes16(vload16_masked(xf, src + plane + p0, count), inv_v, zp_v, lo_v, hi_v),
                     vcodes16(vload16_masked(xf, src + 2 * plane + p0, count), inv_v, zp_v, lo_v, hi_v),
                     vcodes16(vload16_masked(xf, src + 3 * plane + p0, count), inv_v, zp_v, lo_v, hi_v),
+                    count,
                 )  # fmt: skip
             continue
         if sw <= 2:  # 16 output pixels of a row a step, each tap's input row read as vectors
-            at = (n * kq + q) * xq.shape[2] * 4
             x_img = n * x.shape[1] * plane
             p0, i0, j0 = _tap_origin(x_img, h, w, 4 * q, k_count, kh, kw, pt, pl, dh, dw)
             p1, i1, j1 = _tap_origin(x_img, h, w, 4 * q + 1, k_count, kh, kw, pt, pl, dh, dw)
@@ -160,19 +164,20 @@ def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_sca
             for oy in range(ho):
                 for ox0 in range(0, wo, LANES):
                     count = min(LANES, wo - ox0)
-                    vstore_quads(
+                    vstore_quads_masked(
                         qf, at + 4 * (oy * wo + ox0),
                         vcodes16(_tap16(xf, p0, i0, j0, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
                         vcodes16(_tap16(xf, p1, i1, j1, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
                         vcodes16(_tap16(xf, p2, i2, j2, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
                         vcodes16(_tap16(xf, p3, i3, j3, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
+                        count,
                     )  # fmt: skip
             continue
         for t in range(4):
             k = 4 * q + t
             if k >= k_count:
                 for p in range(ho * wo):
-                    dst[p, t] = pad_q
+                    qf[at + 4 * p + t] = pad_q
                 continue
             c = k // (kh * kw)
             i = (k // kw) % kh
@@ -180,19 +185,19 @@ def gather_quads(x, xq, k_count, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, inv_sca
             xplane = x[n, c]
             for oy in range(ho):
                 iy = oy * sh - pt + i * dh
-                row = oy * wo
+                row = at + 4 * oy * wo + t
                 if iy < 0 or iy >= h:
                     for ox in range(wo):
-                        dst[row + ox, t] = pad_q
+                        qf[row + 4 * ox] = pad_q
                     continue
                 row_in = xplane[iy]
                 for ox in range(wo):
                     ix = ox * sw - pl + j * dw
                     if ix < 0 or ix >= w:
-                        dst[row + ox, t] = pad_q
+                        qf[row + 4 * ox] = pad_q
                     else:
                         v = np.rint(row_in[ix] * inv_scale) + zero_point
-                        dst[row + ox, t] = np.uint8(min(max(v, qmin), qmax))
+                        qf[row + 4 * ox] = np.uint8(min(max(v, qmin), qmax))
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always", fastmath={"contract"})
@@ -323,6 +328,19 @@ def conv_tiles(xq, wp, zw, scale, bias, out, residual, res_mode, act, alpha, bet
                     finish_row(out[lo:hi], np.float32(0.0), bias, 0, rrow, res_mode, act, alpha, beta)
 
 
+def gather(
+    x: np.ndarray, qf: np.ndarray, n_img: int, kq: int, img_stride: int, quad_stride: int, k: int,
+    geo: ConvGeometry, ho: int, wo: int, prepared: Prepared,
+) -> None:  # fmt: skip
+    """:func:`gather_quads` of the layer's input ``x`` (4-D) with the layer's quantization."""
+    inv_scale, zp, qmin, qmax = uint8_quant(prepared)
+    with threads_for(n_img * k * ho * wo):
+        gather_quads(
+            x, qf, n_img, kq, img_stride, quad_stride, k, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left,
+            geo.dh, geo.dw, ho, wo, inv_scale, np.float32(zp), qmin, qmax,
+        )  # fmt: skip
+
+
 @register_tactic
 class Int8ConvTiles(Int8Im2colConv):
     """INT8 conv on 12-channel x 32-pixel VNNI tiles stored straight into NCHW (module doc)."""
@@ -377,16 +395,12 @@ class Int8ConvTiles(Int8Im2colConv):
             return
         plane = ho * wo
         k = int(prepared.params["vnni_k"])
-        shape = (n_img, -(-k // 4), -(-plane // PIXELS) * PIXELS + LANES, 4)  # slack: see gather_quads
+        kq, p32 = -(-k // 4), -(-plane // PIXELS) * PIXELS
+        shape = (n_img, kq, p32, 4)
         xq = prepared.scratch.get("quads")
         if xq is None or xq.shape != shape:
             xq = prepared.scratch["quads"] = np.zeros(shape, np.uint8)
-        inv_scale, zp, qmin, qmax = uint8_quant(prepared)
-        with threads_for(n_img * k * plane):
-            gather_quads(
-                x, xq, k, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo,
-                inv_scale, np.float32(zp), qmin, qmax,
-            )  # fmt: skip
+        gather(x, xq.reshape(-1), n_img, kq, kq * p32, p32, k, geo, ho, wo, prepared)
         target = out4 if out4.flags.c_contiguous else np.empty(out4.shape, np.float32)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
         with threads_for(out4.size * k):
@@ -401,3 +415,49 @@ class Int8ConvTiles(Int8Im2colConv):
             )  # fmt: skip
         if target is not out4:
             out4[...] = target
+
+
+@register_tactic
+class Int8VnniConv(Int8Im2colConv):
+    """The quantized receptive fields of all images' pixels as GEMM rows + the VNNI GEMM of
+    ``int8_vnni`` + the conv epilogue (a transpose into NCHW): for maps too small to fill
+    ``conv_tiles``' 32-pixel tiles (a 2 x 2 map fills 4 of 32). Output rows of at least
+    :data:`WIDE_ROWS` pixels are gathered as quads ``[Kq, N*P, 4]`` 16 pixels a step, narrower
+    ones by the row-major im2col (measured on 8 images: quads 0.244 ms against im2col 0.071 at
+    512 @2x2, equal at 256 @4x4, 0.124 against 0.785 at 64 @16x16)."""
+
+    name = "cpu.int8.conv_vnni"
+    priority = -10
+    host_ok = OFFERED
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return OFFERED and super().supports(node, graph)
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        return vnni_prepare(super().prepare(node, graph))
+
+    def fill_product(
+        self, x: np.ndarray, geo: ConvGeometry, ho: int, wo: int, prepared: Prepared, product: np.ndarray
+    ) -> None:
+        k = int(prepared.params["vnni_k"])
+        kq, rows = -(-k // 4), product.shape[0]
+        padded_rows = -(-rows // VNNI_MR) * VNNI_MR
+        if wo >= WIDE_ROWS:  # the vector gather, 16 pixels of a row a step
+            shape = (kq, padded_rows, 4)
+            quads = prepared.scratch.get("quads")
+            if quads is None or quads.shape != shape:
+                quads = prepared.scratch["quads"] = np.zeros(shape, np.uint8)
+            gather(x, quads.reshape(-1), x.shape[0], kq, ho * wo, padded_rows, k, geo, ho, wo, prepared)
+            multiply(quads, rows, prepared, product, with_bias=False, quads=True)
+            return
+        # narrow rows: the row-major im2col, one pixel's receptive field at a time
+        cols = prepared.scratch.get("cols")
+        if cols is None or cols.shape != (padded_rows, 4 * kq):
+            cols = prepared.scratch["cols"] = np.zeros((padded_rows, 4 * kq), np.uint8)
+        inv_scale, zp, qmin, qmax = uint8_quant(prepared)
+        with threads_for(rows * k):
+            im2col_quantize(
+                x, cols, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ho, wo,
+                inv_scale, np.float32(zp), qmin, qmax,
+            )  # fmt: skip
+        multiply(cols, rows, prepared, product, with_bias=False)

@@ -1,4 +1,5 @@
-"""INT8 GEMM on AVX-512 VNNI register tiles: ``cpu.int8.gemm_vnni`` and ``cpu.int8.conv_vnni``.
+"""INT8 GEMM on AVX-512 VNNI register tiles: ``cpu.int8.gemm_vnni`` (``cpu.int8.conv_vnni`` and
+``cpu.int8.conv_tiles`` in ``int8_conv_tiles`` use the same instruction).
 
 The int8 dot products of ``int8_gemm`` run in int32 lanes, four products per lane per
 instruction at best, so there INT8 loses to FP32. Here one ``vpdpbusd`` multiplies 64 unsigned
@@ -48,7 +49,6 @@ from farm.compiler.kernels.cpu._vnni import (
     vsub_i32x16,
     vzero_i32x16,
 )
-from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv
 from farm.compiler.kernels.cpu.int8_gemm import Int8Gemm, int8_operands, quantize_rows
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
@@ -79,10 +79,11 @@ def _store_row(c, z, s, b, out, at, count):
 
 
 @called_tile
-def tile_12x32(a, ao, lda, w, wo, panel, kq, out, oo, ldo, rows, cols, zw, scale, bias, n0):
-    """Rows ``ao/lda ..`` (``rows`` <= 12 of them stored) x the two weight panels at ``wo`` and
-    ``wo + panel`` (``cols`` of their 17 .. 32 columns stored) over ``kq`` steps of four K
-    values: ``out[oo + r*ldo + c] = (a_r . w_c - zw[n0+c]) * scale[n0+c] + bias[n0+c]``."""
+def tile_12x32(a, ao, rs, qs, w, wo, panel, kq, out, oo, ldo, rows, cols, zw, scale, bias, n0):
+    """12 rows of ``a`` (``rows`` of them stored; row r's four bytes of step q at
+    ``ao + r*rs + q*qs``) x the two weight panels at ``wo`` and ``wo + panel`` (``cols`` of their
+    17 .. 32 columns stored) over ``kq`` steps of four K values:
+    ``out[oo + r*ldo + c] = (a_r . w_c - zw[n0+c]) * scale[n0+c] + bias[n0+c]``."""
     z = vzero_i32x16()
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = z
     c60 = c61 = c70 = c71 = c80 = c81 = c90 = c91 = ca0 = ca1 = cb0 = cb1 = z
@@ -94,41 +95,41 @@ def tile_12x32(a, ao, lda, w, wo, panel, kq, out, oo, ldo, rows, cols, zw, scale
         v = vbroadcast_bytes4(a, x)
         c00 = vdpbusd(c00, v, b0)
         c01 = vdpbusd(c01, v, b1)
-        v = vbroadcast_bytes4(a, x + lda)
+        v = vbroadcast_bytes4(a, x + rs)
         c10 = vdpbusd(c10, v, b0)
         c11 = vdpbusd(c11, v, b1)
-        v = vbroadcast_bytes4(a, x + 2 * lda)
+        v = vbroadcast_bytes4(a, x + 2 * rs)
         c20 = vdpbusd(c20, v, b0)
         c21 = vdpbusd(c21, v, b1)
-        v = vbroadcast_bytes4(a, x + 3 * lda)
+        v = vbroadcast_bytes4(a, x + 3 * rs)
         c30 = vdpbusd(c30, v, b0)
         c31 = vdpbusd(c31, v, b1)
-        v = vbroadcast_bytes4(a, x + 4 * lda)
+        v = vbroadcast_bytes4(a, x + 4 * rs)
         c40 = vdpbusd(c40, v, b0)
         c41 = vdpbusd(c41, v, b1)
-        v = vbroadcast_bytes4(a, x + 5 * lda)
+        v = vbroadcast_bytes4(a, x + 5 * rs)
         c50 = vdpbusd(c50, v, b0)
         c51 = vdpbusd(c51, v, b1)
-        v = vbroadcast_bytes4(a, x + 6 * lda)
+        v = vbroadcast_bytes4(a, x + 6 * rs)
         c60 = vdpbusd(c60, v, b0)
         c61 = vdpbusd(c61, v, b1)
-        v = vbroadcast_bytes4(a, x + 7 * lda)
+        v = vbroadcast_bytes4(a, x + 7 * rs)
         c70 = vdpbusd(c70, v, b0)
         c71 = vdpbusd(c71, v, b1)
-        v = vbroadcast_bytes4(a, x + 8 * lda)
+        v = vbroadcast_bytes4(a, x + 8 * rs)
         c80 = vdpbusd(c80, v, b0)
         c81 = vdpbusd(c81, v, b1)
-        v = vbroadcast_bytes4(a, x + 9 * lda)
+        v = vbroadcast_bytes4(a, x + 9 * rs)
         c90 = vdpbusd(c90, v, b0)
         c91 = vdpbusd(c91, v, b1)
-        v = vbroadcast_bytes4(a, x + 10 * lda)
+        v = vbroadcast_bytes4(a, x + 10 * rs)
         ca0 = vdpbusd(ca0, v, b0)
         ca1 = vdpbusd(ca1, v, b1)
-        v = vbroadcast_bytes4(a, x + 11 * lda)
+        v = vbroadcast_bytes4(a, x + 11 * rs)
         cb0 = vdpbusd(cb0, v, b0)
         cb1 = vdpbusd(cb1, v, b1)
         wq += 64
-        x += 4
+        x += qs
     z0, z1 = vload_i32x16(zw, n0), vload_i32x16(zw, n0 + 16)
     s0, s1 = vload16(scale, n0), vload16(scale, n0 + 16)
     d0, d1 = vload16(bias, n0), vload16(bias, n0 + 16)
@@ -171,7 +172,7 @@ def tile_12x32(a, ao, lda, w, wo, panel, kq, out, oo, ldo, rows, cols, zw, scale
 
 
 @called_tile
-def tile_12x16(a, ao, lda, w, wo, kq, out, oo, ldo, rows, cols, zw, scale, bias, n0):
+def tile_12x16(a, ao, rs, qs, w, wo, kq, out, oo, ldo, rows, cols, zw, scale, bias, n0):
     """:func:`tile_12x32` for the last, odd panel: ``cols`` (1 .. 16) columns of one panel."""
     z = vzero_i32x16()
     c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = ca = cb = z
@@ -180,19 +181,19 @@ def tile_12x16(a, ao, lda, w, wo, kq, out, oo, ldo, rows, cols, zw, scale, bias,
     for _ in range(kq):
         b = vload_bytes64(w, wq)
         c0 = vdpbusd(c0, vbroadcast_bytes4(a, x), b)
-        c1 = vdpbusd(c1, vbroadcast_bytes4(a, x + lda), b)
-        c2 = vdpbusd(c2, vbroadcast_bytes4(a, x + 2 * lda), b)
-        c3 = vdpbusd(c3, vbroadcast_bytes4(a, x + 3 * lda), b)
-        c4 = vdpbusd(c4, vbroadcast_bytes4(a, x + 4 * lda), b)
-        c5 = vdpbusd(c5, vbroadcast_bytes4(a, x + 5 * lda), b)
-        c6 = vdpbusd(c6, vbroadcast_bytes4(a, x + 6 * lda), b)
-        c7 = vdpbusd(c7, vbroadcast_bytes4(a, x + 7 * lda), b)
-        c8 = vdpbusd(c8, vbroadcast_bytes4(a, x + 8 * lda), b)
-        c9 = vdpbusd(c9, vbroadcast_bytes4(a, x + 9 * lda), b)
-        ca = vdpbusd(ca, vbroadcast_bytes4(a, x + 10 * lda), b)
-        cb = vdpbusd(cb, vbroadcast_bytes4(a, x + 11 * lda), b)
+        c1 = vdpbusd(c1, vbroadcast_bytes4(a, x + rs), b)
+        c2 = vdpbusd(c2, vbroadcast_bytes4(a, x + 2 * rs), b)
+        c3 = vdpbusd(c3, vbroadcast_bytes4(a, x + 3 * rs), b)
+        c4 = vdpbusd(c4, vbroadcast_bytes4(a, x + 4 * rs), b)
+        c5 = vdpbusd(c5, vbroadcast_bytes4(a, x + 5 * rs), b)
+        c6 = vdpbusd(c6, vbroadcast_bytes4(a, x + 6 * rs), b)
+        c7 = vdpbusd(c7, vbroadcast_bytes4(a, x + 7 * rs), b)
+        c8 = vdpbusd(c8, vbroadcast_bytes4(a, x + 8 * rs), b)
+        c9 = vdpbusd(c9, vbroadcast_bytes4(a, x + 9 * rs), b)
+        ca = vdpbusd(ca, vbroadcast_bytes4(a, x + 10 * rs), b)
+        cb = vdpbusd(cb, vbroadcast_bytes4(a, x + 11 * rs), b)
         wq += 64
-        x += 4
+        x += qs
     z0, s0, d0 = vload_i32x16(zw, n0), vload16(scale, n0), vload16(bias, n0)
     _store_row(c0, z0, s0, d0, out, oo, cols)
     if rows > 1:
@@ -220,13 +221,15 @@ def tile_12x16(a, ao, lda, w, wo, kq, out, oo, ldo, rows, cols, zw, scale, bias,
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def vnni_gemm(a, m, lda, w, kq, n, zw, scale, bias, out, ldo):
-    """``out[r*ldo + c] = (a[r] . w[:, c] - zw[c]) * scale[c] + bias[c]`` for r < ``m``, c < ``n``.
+def vnni_gemm(a, m, rs, qs, w, kq, n, zw, scale, bias, out, ldo):
+    """``out[r*ldo + c] = (a_r . w[:, c] - zw[c]) * scale[c] + bias[c]`` for r < ``m``, c < ``n``.
 
-    ``a``: flat uint8 rows of length ``lda`` (= 4 * ``kq``), readable up to the next multiple of
-    12 rows; ``w``: :func:`pack_vnni_weight`'s panels; ``zw``, ``scale``, ``bias``: padded to a
-    multiple of 32. The tasks are the (12-row block, 32-column pair of panels) tiles, rows
-    outermost: each thread's run of tasks reuses its row blocks across all panels."""
+    ``a``: flat uint8, row r's four bytes of K step q at ``r*rs + q*qs`` (rows of length
+    4 * ``kq``: ``rs`` = 4 * kq, ``qs`` = 4; the conv quads ``[Kq, R, 4]``: ``rs`` = 4, ``qs`` = 4R),
+    readable up to the next multiple of 12 rows; ``w``: :func:`pack_vnni_weight`'s panels; ``zw``,
+    ``scale``, ``bias``: padded to a multiple of 32. The tasks are the (12-row block, 32-column
+    pair of panels) tiles, rows outermost: each thread's run of tasks reuses its row blocks across
+    all panels."""
     panels = (n + PANEL - 1) // PANEL
     pairs = (panels + 1) // 2
     blocks = (m + MR - 1) // MR
@@ -239,8 +242,9 @@ def vnni_gemm(a, m, lda, w, kq, n, zw, scale, bias, out, ldo):
         if cols > PANEL:
             tile_12x32(
                 a,
-                r0 * lda,
-                lda,
+                r0 * rs,
+                rs,
+                qs,
                 w,
                 c0 * kq * 4,
                 panel,
@@ -257,7 +261,22 @@ def vnni_gemm(a, m, lda, w, kq, n, zw, scale, bias, out, ldo):
             )
         else:
             tile_12x16(
-                a, r0 * lda, lda, w, c0 * kq * 4, kq, out, r0 * ldo + c0, ldo, rows, cols, zw, scale, bias, c0
+                a,
+                r0 * rs,
+                rs,
+                qs,
+                w,
+                c0 * kq * 4,
+                kq,
+                out,
+                r0 * ldo + c0,
+                ldo,
+                rows,
+                cols,
+                zw,
+                scale,
+                bias,
+                c0,
             )
 
 
@@ -322,15 +341,20 @@ def quantized_rows(prepared: Prepared, rows: int, key: str) -> np.ndarray:
     return buf
 
 
-def multiply(a_q: np.ndarray, rows: int, prepared: Prepared, out: np.ndarray, with_bias: bool) -> None:
+def multiply(
+    a_q: np.ndarray, rows: int, prepared: Prepared, out: np.ndarray, with_bias: bool, quads: bool = False
+) -> None:
     """``out`` [rows, N] (C-contiguous) = the dequantized product of the quantized rows and
-    the layer's weight, with its bias added when ``with_bias``."""
+    the layer's weight, with its bias added when ``with_bias``. ``a_q``: uint8 rows [>= rows, 4Kq],
+    or with ``quads`` the conv gather's ``[Kq, R, 4]`` (row r's bytes of step q at ``[q, r]``)."""
     w, kq, n, zw, scale, bias, zeros = vnni_operands(prepared)
+    rs, qs = (4, 4 * a_q.shape[1]) if quads else (4 * kq, 4)
     with threads_for(rows * n * kq):
         vnni_gemm(
             a_q.reshape(-1),
             rows,
-            4 * kq,
+            rs,
+            qs,
             w,
             kq,
             n,
@@ -381,25 +405,3 @@ class Int8VnniGemm(Int8Gemm):
                 epilogue_vector_rows(rows, NO_VECTOR, False, residual, mode, act, alpha, beta)
         if not out.flags.c_contiguous:
             out[...] = rows.reshape(out.shape)
-
-
-@register_tactic
-class Int8VnniConv(Int8Im2colConv):
-    """Quantizing im2col into uint8 rows + VNNI GEMM + the conv epilogue."""
-
-    name = "cpu.int8.conv_vnni"
-    priority = -10
-    host_ok = OFFERED
-
-    def supports(self, node: Node, graph: Graph) -> bool:
-        return OFFERED and super().supports(node, graph)
-
-    def prepare(self, node: Node, graph: Graph) -> Prepared:
-        return vnni_prepare(super().prepare(node, graph))
-
-    def columns(self, prepared: Prepared, rows: int) -> tuple[np.ndarray, float, float, float, float]:
-        inv_scale, zp, qmin, qmax = uint8_quant(prepared)
-        return quantized_rows(prepared, rows, "cols"), float(inv_scale), float(zp), float(qmin), float(qmax)
-
-    def product(self, cols: np.ndarray, rows: int, prepared: Prepared, out: np.ndarray) -> None:
-        multiply(cols, rows, prepared, out, with_bias=False)
