@@ -69,7 +69,7 @@ from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
 from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv, im2col_quantize
 from farm.compiler.kernels.cpu.int8_gemm import int8_operands
 from farm.compiler.kernels.cpu.int8_vnni import MR as VNNI_MR
-from farm.compiler.kernels.cpu.int8_vnni import OFFERED, multiply, uint8_quant, vnni_prepare
+from farm.compiler.kernels.cpu.int8_vnni import VnniTactic, multiply, uint8_quant, vnni_prepare
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
 MR = 12  # output channels of a tile
@@ -342,15 +342,11 @@ def gather(
 
 
 @register_tactic
-class Int8ConvTiles(Int8Im2colConv):
+class Int8ConvTiles(VnniTactic, Int8Im2colConv):
     """INT8 conv on 12-channel x 32-pixel VNNI tiles stored straight into NCHW (module doc)."""
 
     name = "cpu.int8.conv_tiles"
     priority = -5
-    host_ok = OFFERED
-
-    def supports(self, node: Node, graph: Graph) -> bool:
-        return OFFERED and super().supports(node, graph)
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         prepared = super().prepare(node, graph)
@@ -418,7 +414,7 @@ class Int8ConvTiles(Int8Im2colConv):
 
 
 @register_tactic
-class Int8VnniConv(Int8Im2colConv):
+class Int8VnniConv(VnniTactic, Int8Im2colConv):
     """The quantized receptive fields of all images' pixels as GEMM rows + the VNNI GEMM of
     ``int8_vnni`` + the conv epilogue (a transpose into NCHW): for maps too small to fill
     ``conv_tiles``' 32-pixel tiles (a 2 x 2 map fills 4 of 32). Output rows of at least
@@ -428,10 +424,6 @@ class Int8VnniConv(Int8Im2colConv):
 
     name = "cpu.int8.conv_vnni"
     priority = -10
-    host_ok = OFFERED
-
-    def supports(self, node: Node, graph: Graph) -> bool:
-        return OFFERED and super().supports(node, graph)
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return vnni_prepare(super().prepare(node, graph))

@@ -240,44 +240,11 @@ def vnni_gemm(a, m, rs, qs, w, kq, n, zw, scale, bias, out, ldo):
         rows = min(MR, m - r0)
         cols = min(2 * PANEL, n - c0)
         if cols > PANEL:
-            tile_12x32(
-                a,
-                r0 * rs,
-                rs,
-                qs,
-                w,
-                c0 * kq * 4,
-                panel,
-                kq,
-                out,
-                r0 * ldo + c0,
-                ldo,
-                rows,
-                cols,
-                zw,
-                scale,
-                bias,
-                c0,
-            )
+            tile_12x32(a, r0 * rs, rs, qs, w, c0 * kq * 4, panel, kq, out, r0 * ldo + c0, ldo, rows, cols,
+                       zw, scale, bias, c0)  # fmt: skip
         else:
-            tile_12x16(
-                a,
-                r0 * rs,
-                rs,
-                qs,
-                w,
-                c0 * kq * 4,
-                kq,
-                out,
-                r0 * ldo + c0,
-                ldo,
-                rows,
-                cols,
-                zw,
-                scale,
-                bias,
-                c0,
-            )
+            tile_12x16(a, r0 * rs, rs, qs, w, c0 * kq * 4, kq, out, r0 * ldo + c0, ldo, rows, cols,
+                       zw, scale, bias, c0)  # fmt: skip
 
 
 def _padded(v: np.ndarray, length: int, dtype: Any) -> np.ndarray:
@@ -366,16 +333,23 @@ def multiply(
         )
 
 
+class VnniTactic:
+    """Mixin for a tactic compiled with ``vpdpbusd``: offered, and loadable from an engine file,
+    only where the CPU has AVX-512 VNNI. ``class X(VnniTactic, Int8Gemm)``."""
+
+    host_ok = OFFERED
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        """The parent tactic's rule, on a CPU with VNNI."""
+        return OFFERED and super().supports(node, graph)  # type: ignore[misc]
+
+
 @register_tactic
-class Int8VnniGemm(Int8Gemm):
+class Int8VnniGemm(VnniTactic, Int8Gemm):
     """int8 GEMM on VNNI register tiles, dequantizing epilogue in the tile."""
 
     name = "cpu.int8.gemm_vnni"
     priority = -10
-    host_ok = OFFERED
-
-    def supports(self, node: Node, graph: Graph) -> bool:
-        return OFFERED and super().supports(node, graph)
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return vnni_prepare(super().prepare(node, graph))
