@@ -53,7 +53,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vload16_masked,
     vsplat16,
 )
-from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu._vnni import (
     vbroadcast_bytes4,
     vcodes16,
@@ -70,6 +70,7 @@ from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv, im2col_quantize
 from farm.compiler.kernels.cpu.int8_gemm import int8_operands
 from farm.compiler.kernels.cpu.int8_vnni import MR as VNNI_MR
 from farm.compiler.kernels.cpu.int8_vnni import VnniTactic, multiply, uint8_quant, vnni_prepare
+from farm.compiler.kernels.cpu.pointwise_tiles import tile_tasks
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
 MR = 12  # output channels of a tile
@@ -400,11 +401,7 @@ class Int8ConvTiles(VnniTactic, Int8Im2colConv):
         target = out4 if out4.flags.c_contiguous else np.empty(out4.shape, np.float32)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
         with threads_for(out4.size * k):
-            threads = numba_thread_count()
-            tasks = n_img * -(-m // MR)
-            pixel_panels = -(-plane // PIXELS)
-            runs = max(1, min(pixel_panels, -(-4 * threads // tasks)))  # four tasks a thread
-            chunks = max(1, min(threads, tasks * runs))
+            runs, chunks = tile_tasks(n_img, m, plane)
             conv_tiles(
                 xq, wp, zw, scale, bias, target.reshape(-1), residual, mode, act, alpha, beta, m, plane, runs,
                 chunks,

@@ -250,6 +250,17 @@ def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta,
                     finish_row(out[lo:hi], np.float32(0.0), bias, 0, rrow, res_mode, act, alpha, beta)
 
 
+def tile_tasks(n_img: int, m: int, plane: int) -> tuple[int, int]:
+    """(runs, chunks) of the (image, 12-channel panel, run of 32-pixel panels) tasks of a conv
+    on channel x pixel tiles: about four tasks a thread, spread over at most the threads numba
+    runs now (call it inside the ``threads_for`` region)."""
+    threads = numba_thread_count()
+    tasks = n_img * -(-m // MR)
+    pixel_panels = -(-plane // PIXELS)
+    runs = max(1, min(pixel_panels, -(-4 * threads // tasks)))
+    return runs, max(1, min(threads, tasks * runs))
+
+
 @register_tactic
 class PointwiseTilesConv(DirectRowsConv):
     """1x1 conv on 12-channel x 32-pixel register tiles, epilogue on the vectors (module doc)."""
@@ -293,11 +304,7 @@ class PointwiseTilesConv(DirectRowsConv):
         wp = np.asarray(prepared.tensors["weight"], np.float32)
         cin = x4.shape[1]
         with threads_for(out4.size * cin):
-            threads = numba_thread_count()
-            tasks = n * -(-m // MR)
-            pixel_panels = -(-plane // PIXELS)
-            runs = max(1, min(pixel_panels, -(-4 * threads // tasks)))  # four tasks a thread
-            chunks = max(1, min(threads, tasks * runs))
+            runs, chunks = tile_tasks(n, m, plane)
             pointwise_tiles_conv(
                 x4.reshape(n, cin, plane), wp, np.asarray(prepared.tensors["bias"], np.float32),
                 out4.reshape(-1), residual, mode, act, alpha, beta, m, runs, chunks, x4.nbytes > STREAM_BYTES,
