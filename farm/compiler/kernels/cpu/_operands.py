@@ -22,12 +22,12 @@ def float32_io(node: Node, graph: Graph, input_count: int | None = None) -> bool
     return bool(names) and all(graph.values[n].dtype in ("float32", None) for n in names if n in graph.values)
 
 
-def workspace(prepared: Prepared, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 buffer kept in ``prepared.scratch`` across runs, reallocated when the shape
-    changes (a new batch size)."""
+def workspace(prepared: Prepared, key: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """An uninitialized buffer (float32 unless ``dtype`` says) kept in ``prepared.scratch`` across
+    runs, reallocated when the shape changes (a new batch size)."""
     buf = prepared.scratch.get(key)
-    if buf is None or buf.shape != shape:
-        buf = prepared.scratch[key] = np.empty(shape, np.float32)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = prepared.scratch[key] = np.empty(shape, dtype)
     return buf
 
 

@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from farm.compiler.kernels.cpu._simd16 import float32x16
+from farm.compiler.kernels.cpu._simd16 import _element_pointer, _first_lanes, float32x16
 
 LANES = 16
 
@@ -75,12 +75,6 @@ class _Int32x16Model(models.PrimitiveModel):
 
 def _is_array(a: Any, dtype: Any) -> bool:
     return isinstance(a, types.Array) and a.dtype == dtype and a.layout == "C"
-
-
-def _element_pointer(context: Any, builder: Any, arrty: Any, arr: Any, index: Any, indexty: Any) -> Any:
-    ary = context.make_array(arrty)(context, builder, arr)
-    idx = context.cast(builder, index, indexty, types.intp)
-    return builder.gep(ary.data, [idx])
 
 
 def _splat(builder: Any, value: Any) -> Any:
@@ -236,38 +230,13 @@ def _vcodes16(typingctx: Any, v: Any, inv_scale: Any, zero_point: Any, lo: Any, 
 vcodes16: Any = intrinsic(_vcodes16)
 
 
-def _vstore_quads(typingctx: Any, arr: Any, index: Any, c0: Any, c1: Any, c2: Any, c3: Any) -> Any:
-    """Store sixteen groups of four bytes from ``arr[index]`` on (a uint8 array): group ``l`` is
-    ``c0[l], c1[l], c2[l], c3[l]`` (each a code 0 .. 255), i.e. four planes interleaved."""
-    if not _is_array(arr, types.uint8) or not isinstance(index, types.Integer):
-        return None
-    if not all(c == int32x16 for c in (c0, c1, c2, c3)):
-        return None
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        word = args[2]
-        for shift, code in zip((8, 16, 24), args[3:], strict=True):
-            word = builder.or_(word, builder.shl(code, ir.Constant(_VI32, [shift] * LANES)))
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        builder.store(word, builder.bitcast(ptr, _VI32.as_pointer()), align=1)
-        return context.get_dummy_value()
-
-    return types.none(arr, index, c0, c1, c2, c3), codegen
-
-
-vstore_quads: Any = intrinsic(_vstore_quads)
-
-
-def _vstore_quads_masked(
+def _vstore_quads(
     typingctx: Any, arr: Any, index: Any, c0: Any, c1: Any, c2: Any, c3: Any, count: Any
 ) -> Any:
-    """:func:`vstore_quads` of the first ``count`` (0 .. 16) groups only: the bytes after them
-    are not written (a masked store)."""
-    if (
-        not _is_array(arr, types.uint8)
-        or not isinstance(index, types.Integer)
-        or not isinstance(count, types.Integer)
-    ):
+    """Store the first ``count`` (0 .. 16) of sixteen groups of four bytes from ``arr[index]`` on
+    (a uint8 array): group ``l`` is ``c0[l], c1[l], c2[l], c3[l]`` (each a code 0 .. 255), i.e.
+    four planes interleaved. The bytes after them are not written (a masked store)."""
+    if not _is_array(arr, types.uint8) or not all(isinstance(v, types.Integer) for v in (index, count)):
         return None
     if not all(c == int32x16 for c in (c0, c1, c2, c3)):
         return None
@@ -279,9 +248,7 @@ def _vstore_quads_masked(
         ptr = builder.bitcast(
             _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]), _VI32.as_pointer()
         )
-        n = context.cast(builder, args[6], sig.args[6], types.int32)
-        splat = _splat(builder, n)
-        mask = builder.icmp_signed("<", ir.Constant(_VI32, list(range(LANES))), splat)
+        mask = _first_lanes(builder, context.cast(builder, args[6], sig.args[6], types.uint64))
         fnty = ir.FunctionType(ir.VoidType(), [_VI32, ptr.type, _I32, mask.type])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16i32.p0")
         builder.call(fn, [word, ptr, ir.Constant(_I32, 1), mask])
@@ -290,4 +257,4 @@ def _vstore_quads_masked(
     return types.none(arr, index, c0, c1, c2, c3, count), codegen
 
 
-vstore_quads_masked: Any = intrinsic(_vstore_quads_masked)
+vstore_quads: Any = intrinsic(_vstore_quads)

@@ -26,6 +26,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     epilogue_transpose,
     residual_rows,
 )
+from farm.compiler.kernels.cpu._operands import memo, workspace
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _conv_node_ok, _out_4d
 from farm.compiler.kernels.cpu.int8_gemm import MAX_K, int8_gemm, int8_operands, pack_int8_weight
@@ -87,6 +88,17 @@ class Int8Im2colConv(Tactic):
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return pack_int8_weight(node, graph)
 
+    @staticmethod
+    def epilogue_and_geometry(
+        node: Node, prepared: Prepared
+    ) -> tuple[tuple[int, float, float, int], ConvGeometry]:
+        """The node's fused epilogue and conv geometry, derived once per context."""
+        return memo(
+            prepared,
+            "epilogue",
+            lambda: (epilogue_params(node), ConvGeometry.of(node, prepared.params["weight_shape"])),
+        )
+
     def fill_product(
         self, x: np.ndarray, geo: ConvGeometry, ho: int, wo: int, prepared: Prepared, product: np.ndarray
     ) -> None:
@@ -94,10 +106,9 @@ class Int8Im2colConv(Tactic):
         the 4-D input ``x`` and the weight (no bias: the conv epilogue adds it)."""
         dtype = np.dtype(prepared.params["input_dtype"])
         info = np.iinfo(dtype)
-        shape = (product.shape[0], int(np.prod(prepared.params["weight_shape"][1:])))
-        cols = prepared.scratch.get("cols")
-        if cols is None or cols.shape != shape:
-            cols = prepared.scratch["cols"] = np.empty(shape, dtype=dtype)
+        cols = workspace(
+            prepared, "cols", (product.shape[0], int(np.prod(prepared.params["weight_shape"][1:]))), dtype
+        )
         zero_point = prepared.params["input_zero_point"]
         with threads_for(cols.size):
             im2col_quantize(
@@ -122,16 +133,13 @@ class Int8Im2colConv(Tactic):
         assert x_raw is not None
         x = _as_4d(np.ascontiguousarray(x_raw, dtype=np.float32))
         out = _out_4d(outputs[0])
-        geo = ConvGeometry.of(node, prepared.params["weight_shape"])
+        (act, alpha, beta, mode), geo = self.epilogue_and_geometry(node, prepared)
         n_img, m = x.shape[0], int(prepared.params["weight_shape"][0])
         ho, wo = out.shape[2], out.shape[3]
         p = ho * wo
-        product = prepared.scratch.get("product")
-        if product is None or product.shape != (n_img * p, m):
-            product = prepared.scratch["product"] = np.empty((n_img * p, m), dtype=np.float32)
+        product = workspace(prepared, "product", (n_img * p, m))
         self.fill_product(x, geo, ho, wo, prepared, product)
         _, _, _, bias, has_bias = int8_operands(prepared)
-        act, alpha, beta, mode = epilogue_params(node)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n_img * m)
         target = out.reshape(n_img * m, p) if out.flags.c_contiguous else np.empty((n_img * m, p), np.float32)
         with threads_for(target.size):

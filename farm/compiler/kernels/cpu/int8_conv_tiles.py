@@ -37,13 +37,12 @@ from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
     RES_NONE,
     VECTOR_ACTS,
-    epilogue_params,
     finish16,
     finish_row,
     residual_rows,
     vector_epilogue,
 )
-from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._operands import workspace
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
     called_tile,
@@ -61,15 +60,21 @@ from farm.compiler.kernels.cpu._vnni import (
     vdpbusd,
     vload_bytes64,
     vsplat_i32x16,
-    vstore_quads_masked,
+    vstore_quads,
     vsub_i32x16,
     vzero_i32x16,
 )
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
 from farm.compiler.kernels.cpu.int8_conv import Int8Im2colConv, im2col_quantize
-from farm.compiler.kernels.cpu.int8_gemm import int8_operands
 from farm.compiler.kernels.cpu.int8_vnni import MR as VNNI_MR
-from farm.compiler.kernels.cpu.int8_vnni import VnniTactic, multiply, uint8_quant, vnni_prepare
+from farm.compiler.kernels.cpu.int8_vnni import (
+    VnniTactic,
+    multiply,
+    quantized_rows,
+    uint8_quant,
+    vnni_operands,
+    vnni_prepare,
+)
 from farm.compiler.kernels.cpu.pointwise_tiles import tile_tasks
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
@@ -131,7 +136,7 @@ def gather_quads(
     image), ``conv_vnni`` ``[Kq, N*P rounded up, 4]`` (the pixels of all images as GEMM rows).
 
     A dense 1 x 1 conv's whole quads take 16 pixels of four planes a step
-    (:func:`~._vnni.vcodes16`, :func:`~._vnni.vstore_quads_masked`), other width strides of 1 or
+    (:func:`~._vnni.vcodes16`, :func:`~._vnni.vstore_quads`), other width strides of 1 or
     2 16 pixels of one output row (:func:`_tap16`), wider strides one element at a time."""
     h, w = x.shape[2], x.shape[3]
     pad_q = np.uint8(min(max(np.float32(zero_point), qmin), qmax))
@@ -147,7 +152,7 @@ def gather_quads(
             src = (n * x.shape[1] + 4 * q) * plane
             for p0 in range(0, plane, LANES):
                 count = min(LANES, plane - p0)
-                vstore_quads_masked(
+                vstore_quads(
                     qf, at + 4 * p0,
                     vcodes16(vload16_masked(xf, src + p0, count), inv_v, zp_v, lo_v, hi_v),
                     vcodes16(vload16_masked(xf, src + plane + p0, count), inv_v, zp_v, lo_v, hi_v),
@@ -165,7 +170,7 @@ def gather_quads(
             for oy in range(ho):
                 for ox0 in range(0, wo, LANES):
                     count = min(LANES, wo - ox0)
-                    vstore_quads_masked(
+                    vstore_quads(
                         qf, at + 4 * (oy * wo + ox0),
                         vcodes16(_tap16(xf, p0, i0, j0, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
                         vcodes16(_tap16(xf, p1, i1, j1, h, w, oy, sh, ox0, sw, count), inv_v, zp_v, lo_v, hi_v),
@@ -350,27 +355,7 @@ class Int8ConvTiles(VnniTactic, Int8Im2colConv):
     priority = -5
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
-        prepared = super().prepare(node, graph)
-        w = prepared.tensors["weight"]
-        prepared.params["vnni_k"] = int(w.shape[1])
-        prepared.tensors["weight"] = pack_channel_panels(w)
-        return prepared
-
-    def _operands(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(packed weight, zp * colsum, s_x * s_w, bias or zeros) per output channel, padded to
-        whole panels."""
-        w, wsum, col_scale, bias, has_bias = int8_operands(prepared)
-        m = int(prepared.params["weight_shape"][0])
-        length = -(-m // MR) * MR
-        zp = uint8_quant(prepared)[1]
-        zw = np.zeros(length, np.int32)
-        zw[:m] = zp * wsum.astype(np.int64)
-        scale = np.zeros(length, np.float32)
-        scale[:m] = col_scale
-        padded_bias = np.zeros(length, np.float32)
-        if has_bias:
-            padded_bias[:m] = bias
-        return w, zw, scale, padded_bias
+        return vnni_prepare(super().prepare(node, graph), pack_channel_panels)
 
     def run(
         self,
@@ -379,12 +364,8 @@ class Int8ConvTiles(VnniTactic, Int8Im2colConv):
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
     ) -> None:
-        (act, alpha, beta, mode), geo = memo(
-            prepared,
-            "epilogue",
-            lambda: (epilogue_params(node), ConvGeometry.of(node, prepared.params["weight_shape"])),
-        )
-        wp, zw, scale, bias = memo(prepared, "tile_operands", lambda: self._operands(prepared))
+        (act, alpha, beta, mode), geo = self.epilogue_and_geometry(node, prepared)
+        wp, _, _, zw, scale, bias, _ = vnni_operands(prepared)
         x = _as_4d(np.ascontiguousarray(inputs[0], dtype=np.float32))
         out4 = _out_4d(outputs[0])
         n_img, m, ho, wo = out4.shape
@@ -393,10 +374,7 @@ class Int8ConvTiles(VnniTactic, Int8Im2colConv):
         plane = ho * wo
         k = int(prepared.params["vnni_k"])
         kq, p32 = -(-k // 4), -(-plane // PIXELS) * PIXELS
-        shape = (n_img, kq, p32, 4)
-        xq = prepared.scratch.get("quads")
-        if xq is None or xq.shape != shape:
-            xq = prepared.scratch["quads"] = np.zeros(shape, np.uint8)
+        xq = workspace(prepared, "quads", (n_img, kq, p32, 4), np.uint8)  # pixels past P: never stored
         gather(x, xq.reshape(-1), n_img, kq, kq * p32, p32, k, geo, ho, wo, prepared)
         target = out4 if out4.flags.c_contiguous else np.empty(out4.shape, np.float32)
         residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
@@ -432,17 +410,12 @@ class Int8VnniConv(VnniTactic, Int8Im2colConv):
         kq, rows = -(-k // 4), product.shape[0]
         padded_rows = -(-rows // VNNI_MR) * VNNI_MR
         if wo >= WIDE_ROWS:  # the vector gather, 16 pixels of a row a step
-            shape = (kq, padded_rows, 4)
-            quads = prepared.scratch.get("quads")
-            if quads is None or quads.shape != shape:
-                quads = prepared.scratch["quads"] = np.zeros(shape, np.uint8)
+            quads = workspace(prepared, "quads", (kq, padded_rows, 4), np.uint8)
             gather(x, quads.reshape(-1), x.shape[0], kq, ho * wo, padded_rows, k, geo, ho, wo, prepared)
             multiply(quads, rows, prepared, product, with_bias=False, quads=True)
             return
         # narrow rows: the row-major im2col, one pixel's receptive field at a time
-        cols = prepared.scratch.get("cols")
-        if cols is None or cols.shape != (padded_rows, 4 * kq):
-            cols = prepared.scratch["cols"] = np.zeros((padded_rows, 4 * kq), np.uint8)
+        cols = quantized_rows(prepared, rows, "cols")
         inv_scale, zp, qmin, qmax = uint8_quant(prepared)
         with threads_for(rows * k):
             im2col_quantize(

@@ -23,7 +23,7 @@ Offered only where the host has AVX-512 VNNI (:data:`~._vnni.VNNI`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     epilogue_vector_rows,
     residual_rows,
 )
+from farm.compiler.kernels.cpu._operands import memo, workspace
 from farm.compiler.kernels.cpu._simd16 import called_tile, vfma16, vload16, vstore16_masked
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu._vnni import (
@@ -253,11 +254,12 @@ def _padded(v: np.ndarray, length: int, dtype: Any) -> np.ndarray:
     return out
 
 
-def vnni_prepare(prepared: Prepared) -> Prepared:
-    """``pack_int8_weight``'s result with the weight in VNNI panels (``vnni_k``: its K)."""
+def vnni_prepare(prepared: Prepared, pack: Callable[[np.ndarray], np.ndarray] = pack_vnni_weight) -> Prepared:
+    """``pack_int8_weight``'s result with the weight [N, K] repacked by ``pack`` (the GEMM's
+    column panels by default; ``vnni_n``, ``vnni_k``: its N and K)."""
     w = prepared.tensors["weight"]
     prepared.params["vnni_n"], prepared.params["vnni_k"] = int(w.shape[0]), int(w.shape[1])
-    prepared.tensors["weight"] = pack_vnni_weight(w)
+    prepared.tensors["weight"] = pack(w)
     return prepared
 
 
@@ -300,12 +302,10 @@ def uint8_quant(prepared: Prepared) -> tuple[np.float32, int, np.float32, np.flo
 
 
 def quantized_rows(prepared: Prepared, rows: int, key: str) -> np.ndarray:
-    """A per-node uint8 scratch matrix [rows rounded up to 12, K rounded up to 4]."""
-    shape = (-(-rows // MR) * MR, 4 * -(-prepared.params["vnni_k"] // 4))
-    buf = prepared.scratch.get(key)
-    if buf is None or buf.shape != shape:
-        buf = prepared.scratch[key] = np.zeros(shape, np.uint8)
-    return buf
+    """A per-node uint8 scratch matrix [rows rounded up to 12, K rounded up to 4]. What the
+    padding holds never reaches a stored result (the weight's padded K is zeros, padded rows are
+    not stored)."""
+    return workspace(prepared, key, (-(-rows // MR) * MR, 4 * -(-prepared.params["vnni_k"] // 4)), np.uint8)
 
 
 def multiply(
@@ -317,20 +317,8 @@ def multiply(
     w, kq, n, zw, scale, bias, zeros = vnni_operands(prepared)
     rs, qs = (4, 4 * a_q.shape[1]) if quads else (4 * kq, 4)
     with threads_for(rows * n * kq):
-        vnni_gemm(
-            a_q.reshape(-1),
-            rows,
-            rs,
-            qs,
-            w,
-            kq,
-            n,
-            zw,
-            scale,
-            bias if with_bias else zeros,
-            out.reshape(-1),
-            n,
-        )
+        vnni_gemm(a_q.reshape(-1), rows, rs, qs, w, kq, n, zw, scale, bias if with_bias else zeros,
+                  out.reshape(-1), n)  # fmt: skip
 
 
 class VnniTactic:
@@ -372,7 +360,7 @@ class Int8VnniGemm(VnniTactic, Int8Gemm):
             quantize_rows(a, a_q, inv_scale, np.float32(zp), qmin, qmax)
         rows = out.reshape(-1, n) if out.flags.c_contiguous else np.empty((m, n), np.float32)
         multiply(a_q, m, prepared, rows, with_bias=True)
-        act, alpha, beta, mode = epilogue_params(node)
+        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
         if act or mode != RES_NONE:
             residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, m)
             with threads_for(rows.size):
