@@ -20,7 +20,7 @@ TACTIC = "cpu.gemm.packed16"
 
 @njit(cache=False)
 def _zmm_tile(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc):
-    _microgemm._tile_12x32_zmm(ap, ao, bp, bo, offs, o0, kc, c, co, ldc, acc)
+    _microgemm._tile_12x32_zmm(ap, ao, _microgemm.MR, bp, bo, offs, o0, kc, c, co, ldc, acc)
 
 
 @njit(cache=False)

@@ -520,3 +520,59 @@ def called_tile(fn: _F) -> _F:
     return cast(
         _F, njit(error_model="numpy", cache=True, nogil=True, fastmath={"contract"}, **_NO_REFCOUNT)(fn)
     )
+
+
+# exp: x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2 (Cody-Waite: ln2 in two parts), e^r
+# by its degree-6 Taylor polynomial (relative error < 2e-7), 2^k from exponent bits. The same
+# constants and clamp as ``_vecmath.exp_row``; k is rounded with the 1.5 * 2^23 shifter, whose
+# low mantissa bits then hold k, shifted straight into the exponent field.
+_EXP_CLAMP = (-86.5, 88.7)
+_EXP_SHIFTER = 12582912.0  # 1.5 * 2^23
+_EXP_POLY = (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0)
+
+
+def _vexp16(typingctx: Any, x: Any, floor: Any) -> Any:
+    """``exp(x)`` lane by lane, and exactly 0 in the lanes where ``x <= floor`` (a scalar of at least
+    -86.5: softmax passes -64 so that no numerator is a denormal, see ``_vecmath._SOFTMAX_FLUSH``).
+    Inputs are clamped to [-86.5, 88.7]; relative error below 3e-7 (about two float32 ulps)."""
+    if x != float32x16 or not isinstance(floor, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        def splat(value: float) -> Any:
+            return ir.Constant(_V16, [value] * LANES)
+
+        def fma(a: Any, b: Any, c: Any) -> Any:
+            fnty = ir.FunctionType(_V16, [_V16, _V16, _V16])
+            return builder.call(
+                cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v16f32"), [a, b, c]
+            )
+
+        v = args[0]
+        lo, hi = _EXP_CLAMP
+        clamped = builder.select(builder.fcmp_ordered("<", v, splat(lo)), splat(lo), v)
+        clamped = builder.select(builder.fcmp_ordered(">", clamped, splat(hi)), splat(hi), clamped)
+        shifted = fma(clamped, splat(1.4426950408889634), splat(_EXP_SHIFTER))
+        k = builder.fsub(shifted, splat(_EXP_SHIFTER))
+        r = fma(k, splat(-0.693359375), clamped)
+        r = fma(k, splat(2.12194440e-4), r)
+        poly = splat(_EXP_POLY[0])
+        for c in _EXP_POLY[1:]:
+            poly = fma(poly, r, splat(c))
+        vi32 = ir.VectorType(ir.IntType(32), LANES)
+        bits = builder.shl(builder.bitcast(shifted, vi32), ir.Constant(vi32, [23] * LANES))
+        bits = builder.add(bits, ir.Constant(vi32, [127 << 23] * LANES))
+        value = builder.fmul(poly, builder.bitcast(bits, _V16))
+        floor_value = context.cast(builder, args[1], sig.args[1], types.float32)
+        floor_splat = builder.insert_element(
+            ir.Constant(_V16, ir.Undefined), floor_value, ir.Constant(ir.IntType(32), 0)
+        )
+        floor_splat = builder.shuffle_vector(
+            floor_splat, ir.Constant(_V16, ir.Undefined), ir.Constant(vi32, [0] * LANES)
+        )
+        return builder.select(builder.fcmp_ordered(">", v, floor_splat), value, splat(0.0))
+
+    return float32x16(x, floor), codegen
+
+
+vexp16: Any = intrinsic(_vexp16)

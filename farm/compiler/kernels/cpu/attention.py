@@ -238,6 +238,20 @@ def packed_parts(node: Node, inputs: Sequence[np.ndarray | None]) -> list[np.nda
     return [x[..., i * width : (i + 1) * width] for i in range(3)]
 
 
+def in_place_operands(
+    node: Node, inputs: Sequence[np.ndarray | None], hidden: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, tuple[int, int, int]]:
+    """Q, K, V for kernels that read them in place, as (q, k, v, Sk, row stride, offsets): C-contiguous
+    float32 arrays where row s of image b of Q starts at flat element ``offsets[0] + (b*Sq + s)
+    * stride`` (K, V likewise with Sk). A packed [B, S, 3*H*D] projection is one array for all
+    three (stride 3*H*D, offsets 0, H*D, 2*H*D); separate tensors have stride H*D, offsets 0."""
+    if node.attr("packed_qkv", 0):
+        qkv = np.ascontiguousarray(inputs[0], dtype=np.float32)
+        return qkv, qkv, qkv, qkv.shape[1], 3 * hidden, (0, hidden, 2 * hidden)
+    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
+    return q, k, v, k.shape[1], hidden, (0, 0, 0)
+
+
 def heads_and_scale(node: Node, hidden: int) -> tuple[int, np.float32]:
     """(H, the score scale): ``scale`` when given, else 1/sqrt(D) with D = hidden / H."""
     heads = int(node.attr("num_heads", 1))
@@ -304,12 +318,7 @@ class TiledAttention(Tactic):
         out = outputs[0]
         batch, sq, hidden = out.shape
         heads, scale = heads_and_scale(node, hidden)
-        if node.attr("packed_qkv", 0):  # Q, K, V read in place from the packed projection
-            qkv = np.ascontiguousarray(inputs[0], dtype=np.float32)
-            q, k, v, sk, ld, offsets = qkv, qkv, qkv, sq, 3 * hidden, (0, hidden, 2 * hidden)
-        else:
-            q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
-            sk, ld, offsets = k.shape[1], hidden, (0, 0, 0)
+        q, k, v, sk, ld, offsets = in_place_operands(node, inputs, hidden)
         mask4, has_mask = _mask_4d(inputs[3] if len(inputs) > 3 else None, (batch, heads, sq, sk))
         block = attention_block(batch, heads, sq, numba_thread_count())
         with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():
