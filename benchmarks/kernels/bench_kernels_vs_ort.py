@@ -289,6 +289,9 @@ LAYERS: list[Layer] = [
     gemm_layer(128, 256, 1024, act="Gelu"),  # BERT FFN up
     gemm_layer(128, 1024, 256, residual=True),  # BERT FFN down
     gemm_layer(197, 192, 576),  # ViT QKV
+    gemm_layer(197, 192, 192, residual=True),  # ViT attention output projection
+    gemm_layer(197, 192, 768, act="Gelu"),  # ViT MLP up
+    gemm_layer(197, 768, 192, residual=True),  # ViT MLP down
     gemm_layer(1, 512, 1000),  # classifier head
     gemm_layer(1, 512, 512),  # zoo MLP hidden layer (batch rows)
     attention_layer(128, 4, 64),  # BERT

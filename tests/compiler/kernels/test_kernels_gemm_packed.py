@@ -103,6 +103,19 @@ def test_micro_kernel_accumulates_k_blocks(rng: np.random.Generator, tile) -> No
     assert np.array_equal(rows, ap)
 
 
+@pytest.mark.parametrize(("m", "k"), [(197, 768), (24, 37), (12, 16), (13, 48), (5, 9), (36, 15)])
+def test_row_panels_match_the_layout(rng: np.random.Generator, m: int, k: int) -> None:
+    """``pack_row_panels`` (whole panels 16 columns at a time through register transposes, the
+    column tail and short panels element by element) against the layout written in numpy:
+    ``[ceil(M/12), K, 12]``, zero rows past M."""
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    got = np.full(-(-m // 12) * k * 12, np.nan, np.float32)
+    _microgemm.pack_row_panels(a, got)
+    padded = np.zeros((-(-m // 12) * 12, k), np.float32)
+    padded[:m] = a
+    assert np.array_equal(got, padded.reshape(-1, 12, k).transpose(0, 2, 1).reshape(-1))
+
+
 def test_row_chunks_give_every_thread_work() -> None:
     # BERT's output projection at batch 1 is 8 column panels: four tasks per thread on two
     # cores, row panels split in two on four cores.
