@@ -216,55 +216,51 @@ def store_tile_part(scratch, c, co, ldc, rows, cols):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def pack_panel(x, start, ld, rows, k_count, width, panel, po):
+    """``rows`` rows of ``k_count`` values, row r at flat ``x[start + r*ld:]``, transposed into
+    the panel ``panel[po:]``: element (k, r) at ``po + k*width + r``, zeros for the rows
+    ``rows .. width-1`` (an A panel of :func:`tile_12x32` at width 12; attention's 32-query
+    panels at width 32).
+
+    With AVX-512, 16 columns at a time: each group of 8 rows goes through an in-register
+    transpose (:func:`~._simd16.vtranspose8x16`, whose vector i holds columns i and i + 8),
+    stored as two 8-lane pieces. 0.11 ns per element where the scalar copy took 0.28 (one
+    Zen 5 core, 197 x 768: the A operand of a transformer's down projection, whose packing had
+    been 14 % of that GEMM's time)."""
+    vector_end = k_count - k_count % LANES if AVX512 else 0
+    z = vzero16()
+    for k0 in range(0, vector_end, LANES):
+        for g in range(0, width, 8):
+            at = start + g * ld + k0
+            t = vtranspose8x16(
+                vload16(x, at) if g < rows else z,
+                vload16(x, at + ld) if g + 1 < rows else z,
+                vload16(x, at + 2 * ld) if g + 2 < rows else z,
+                vload16(x, at + 3 * ld) if g + 3 < rows else z,
+                vload16(x, at + 4 * ld) if g + 4 < rows else z,
+                vload16(x, at + 5 * ld) if g + 5 < rows else z,
+                vload16(x, at + 6 * ld) if g + 6 < rows else z,
+                vload16(x, at + 7 * ld) if g + 7 < rows else z,
+            )
+            n = min(8, width - g)
+            for i in range(8):
+                dest = po + (k0 + i) * width + g  # column k0 + i; column k0 + i + 8 is 8 rows further
+                vstore16_lanes(panel, dest, t[i], 0, n)
+                vstore16_lanes(panel, dest + 8 * width - 8, t[i], 8, 8 + n)
+    for r in range(rows):
+        for k in range(vector_end, k_count):
+            panel[po + k * width + r] = x[start + r * ld + k]
+    for r in range(rows, width):
+        for k in range(vector_end, k_count):
+            panel[po + k * width + r] = 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def pack_row_panel(a, r0, rows, panel, po):
     """Rows ``r0 .. r0+rows-1`` of ``a`` [M, K] (C-contiguous) into the A panel at
-    ``panel[po:]`` (flat ``[K, 12]``, zeros in the rows past ``rows``).
-
-    A whole panel goes 16 columns at a time through two in-register transposes (rows 0-7, and
-    rows 8-11 with four zero rows: :func:`~._simd16.vtranspose8x16`, whose vector i holds
-    columns i and i + 8), each column's 12 values stored as an 8- and a 4-lane piece: 0.13 ns
-    per element where the scalar copy took 0.28 (one Zen 5 core, 197 x 768: the A operand of
-    a transformer's down projection, whose packing had been 14 % of that GEMM's time)."""
+    ``panel[po:]`` (flat ``[K, 12]``, zeros in the rows past ``rows``): :func:`pack_panel`."""
     k_count = a.shape[1]
-    vector_end = k_count - k_count % LANES if (AVX512 and rows == MR) else 0
-    if vector_end:
-        flat = a.reshape(-1)
-        z = vzero16()
-        for k0 in range(0, vector_end, LANES):
-            at = r0 * k_count + k0
-            low = vtranspose8x16(
-                vload16(flat, at),
-                vload16(flat, at + k_count),
-                vload16(flat, at + 2 * k_count),
-                vload16(flat, at + 3 * k_count),
-                vload16(flat, at + 4 * k_count),
-                vload16(flat, at + 5 * k_count),
-                vload16(flat, at + 6 * k_count),
-                vload16(flat, at + 7 * k_count),
-            )
-            high = vtranspose8x16(
-                vload16(flat, at + 8 * k_count),
-                vload16(flat, at + 9 * k_count),
-                vload16(flat, at + 10 * k_count),
-                vload16(flat, at + 11 * k_count),
-                z,
-                z,
-                z,
-                z,
-            )
-            for i in range(8):
-                dest = po + (k0 + i) * MR  # column k0 + i; column k0 + i + 8 is 8 * MR further
-                vstore16_lanes(panel, dest, low[i], 0, 8)
-                vstore16_lanes(panel, dest + 8 * MR - 8, low[i], 8, 16)
-                vstore16_lanes(panel, dest + 8, high[i], 0, 4)
-                vstore16_lanes(panel, dest + 8 * MR, high[i], 8, 12)
-    for r in range(rows):
-        src = a[r0 + r]
-        for k in range(vector_end, k_count):
-            panel[po + k * MR + r] = src[k]
-    for r in range(rows, MR):
-        for k in range(k_count):
-            panel[po + k * MR + r] = 0.0
+    pack_panel(a.reshape(-1), r0 * k_count, k_count, rows, k_count, MR, panel, po)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)

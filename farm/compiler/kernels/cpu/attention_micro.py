@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._microgemm import MR, NR, tile_12x32, tile_12x32_wide
+from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_panel, tile_12x32, tile_12x32_wide
 from farm.compiler.kernels.cpu._operands import workspace
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
@@ -61,21 +61,15 @@ _NEG_INF = np.float32(-np.inf)
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
-def _pack_transposed(x, x0, ld, b, s_count, h, d_count, width, dst, base):
+def _pack_head(x, x0, ld, b, s_count, h, d_count, width, dst, base):
     """Rows of one head of X [B, S, H*D] (row s of image b at flat ``x0 + (b*S + s)*ld``) as
     panels of ``width`` rows, each ``[D, width]``: element (d, j) of panel p at
-    ``dst[base + (p*D + d)*width + j]`` is ``X[b, p*width + j, h*D + d]``, 0 past S. Written
-    in order; the reads walk ``width`` rows at a time (all in L1)."""
-    panels = (s_count + width - 1) // width
-    for p in range(panels):
-        at = base + p * d_count * width
-        rows = min(width, s_count - p * width)
-        src = x0 + (b * s_count + p * width) * ld + h * d_count
-        for d in range(d_count):
-            for j in range(rows):
-                dst[at + d * width + j] = x[src + j * ld + d]
-            for j in range(rows, width):
-                dst[at + d * width + j] = 0.0
+    ``dst[base + (p*D + d)*width + j]`` is ``X[b, p*width + j, h*D + d]``, 0 past S
+    (``_microgemm.pack_panel``)."""
+    for p in range(0, (s_count + width - 1) // width):
+        first = p * width
+        start = x0 + (b * s_count + first) * ld + h * d_count
+        pack_panel(x, start, ld, min(width, s_count - first), d_count, width, dst, base + p * d_count * width)
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
@@ -88,8 +82,8 @@ def pack_heads(q, q0, k, k0, ld, batch, sq, sk, heads, d_count, qt, kp):
     for t in prange(batch * heads):
         b = t // heads
         h = t % heads
-        _pack_transposed(q, q0, ld, b, sq, h, d_count, NR, qt, t * q_size)
-        _pack_transposed(k, k0, ld, b, sk, h, d_count, MR, kp, t * k_size)
+        _pack_head(q, q0, ld, b, sq, h, d_count, NR, qt, t * q_size)
+        _pack_head(k, k0, ld, b, sk, h, d_count, MR, kp, t * k_size)
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
