@@ -65,13 +65,43 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("shape", "axis"),
-    [((3, 17), -1), ((2, 5, 7), 1), ((2, 3, 4, 5), 0), ((4, 4, 128, 128), -1), ((6, 300, 40), 1)],
+    [
+        ((3, 17), -1),
+        ((2, 5, 7), 1),
+        ((2, 3, 4, 5), 0),
+        ((4, 4, 128, 128), -1),
+        ((6, 300, 40), 1),
+        ((5, 3), -1),  # rows shorter than one vector
+        ((7, 32), -1),  # whole vectors, no tail
+        ((3, 1000), -1),  # a classifier's logits
+    ],
 )
 def test_softmax_any_axis(rng: np.random.Generator, shape: tuple, axis: int) -> None:
     x = (rng.standard_normal(shape) * 4).astype(np.float32)
     one = OneNode("Softmax", {"axis": axis}).feed("x", x)
     one.build(shape)
     assert_close(one.run_tactic("cpu.norm.softmax"), one.expected(lambda *_: _softmax(x, axis)))
+
+
+@pytest.mark.parametrize("length", [3, 16, 45])
+def test_softmax_rows_with_masked_logits(rng: np.random.Generator, length: int) -> None:
+    """Both row kernels (16-lane vectors on AVX-512 hosts, the row loops elsewhere) on logits
+    masked with -inf and with -1e4 as exporters write them: masked entries get exactly 0, a
+    row masked everywhere but one entry gets 1 there, and large logits do not overflow."""
+    from farm.compiler.kernels.cpu.norm import softmax_rows, softmax_rows_vector
+
+    x = (rng.standard_normal((9, length)) * 30).astype(np.float32)
+    x[0, ::2] = -np.inf
+    x[1, :] = -np.inf
+    x[1, length // 2] = 5.0
+    x[2, 1::2] = -10000.0
+    x[3] += 80.0
+    expected = _softmax(x, -1)
+    for kernel in (softmax_rows_vector, softmax_rows):
+        got = np.full_like(x, np.nan)
+        kernel(x, got)
+        assert_close(got, expected)
+        assert np.all(got[0, ::2] == 0) and got[1, length // 2] == 1.0
 
 
 def test_softmax_opset_11_flattens_from_axis(rng: np.random.Generator) -> None:

@@ -576,3 +576,29 @@ def _vexp16(typingctx: Any, x: Any, floor: Any) -> Any:
 
 
 vexp16: Any = intrinsic(_vexp16)
+
+
+def _reduce(kind: str) -> Any:
+    def typer(typingctx: Any, a: Any) -> Any:
+        if a != float32x16:
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            if kind == "max":
+                fnty = ir.FunctionType(_F32, [_V16])
+                fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fmax.v16f32")
+                return builder.call(fn, [args[0]])
+            fnty = ir.FunctionType(_F32, [_F32, _V16])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fadd.v16f32")
+            # reassoc: a tree of shuffles and adds, not 16 adds in lane order
+            return builder.call(fn, [ir.Constant(_F32, 0.0), args[0]], fastmath=("reassoc",))
+
+        return types.float32(a), codegen
+
+    return typer
+
+
+vhmax16: Any = intrinsic(_reduce("max"))
+"""The largest lane of ``a`` (a float32 scalar; NaN lanes are ignored)."""
+vhsum16: Any = intrinsic(_reduce("sum"))
+"""The sum of ``a``'s lanes (a float32 scalar, added pairwise in a tree)."""

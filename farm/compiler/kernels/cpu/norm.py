@@ -4,8 +4,9 @@
   (mean, then variance of the centred values: no catastrophic cancellation), then the affine
   output. Sums use reassociation (fastmath ``reassoc``) so they vectorize; the change in rounding
   is far below FP32 tolerance.
-* ``cpu.norm.softmax``: any axis. The last axis runs row by row; another axis runs on an
-  [outer, L, inner] view with the reduction vectorized across ``inner``. Opset < 13 Softmax
+* ``cpu.norm.softmax``: any axis. The last axis runs row by row (with AVX-512 in explicit
+  16-lane vectors, ``vexp16``: 2.4-2.8x ONNX Runtime's time before, on rows of 128); another
+  axis runs on an [outer, L, inner] view with the reduction vectorized across ``inner``. Opset < 13 Softmax
   (flatten from ``axis`` into rows) is the row case with longer rows.
 
 Pool: numba's.
@@ -21,6 +22,22 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._operands import float32_io, memo
+from farm.compiler.kernels.cpu._simd16 import (
+    AVX512,
+    LANES,
+    vadd16,
+    vexp16,
+    vhmax16,
+    vhsum16,
+    vload16,
+    vload16_masked,
+    vmax16,
+    vmul16,
+    vsplat16,
+    vstore16,
+    vstore16_masked,
+    vzero16,
+)
 from farm.compiler.kernels.cpu._threads import threads_for
 from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_row, exp_shift_sum_row, row_max
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -110,7 +127,9 @@ class LayerNormRows(Tactic):
         epsilon = memo(prepared, "epsilon", lambda: np.float32(node.attr("epsilon", 1e-5)))
         length = scale.shape[0]
         with threads_for(x.size):
-            layer_norm_rows(x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length))
+            layer_norm_rows(
+                x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length)
+            )
 
 
 def _flat_params(
@@ -142,6 +161,53 @@ def softmax_rows(x, out):
             inv = np.float32(1.0) / total
             for j in range(length):
                 dst[j] *= inv
+
+
+# Lanes 0..15: 0, then -inf: ``vload16(_TAIL_PENALTY, 16 - n)`` is 0 in the first n lanes and
+# -inf in the rest, added to a row's masked tail so that its padding lanes give exp = 0.
+_TAIL_PENALTY = np.array([0.0] * LANES + [-np.inf] * LANES, np.float32)
+_FLUSH = np.float32(-64.0)  # numerators below e^-64 of the row's largest are 0 (see _vecmath)
+
+
+@njit(error_model="numpy", parallel=True, cache=True, nogil=True)
+def softmax_rows_vector(x, out):
+    """Softmax along the last axis of x [R, L] (C-contiguous, as ``out``), 16 lanes at a time:
+    row maximum, ``vexp16`` of the shifted row with its sum, then the scale, each pass over the
+    row in registers; a row's last ``L % 16`` values through masked loads and stores, their
+    padding lanes pushed to -inf. AVX-512 hosts (elsewhere the masked moves are slow:
+    :func:`softmax_rows`). 8 rows per task."""
+    rows, length = x.shape
+    flat_x = x.reshape(-1)
+    flat_out = out.reshape(-1)
+    full = length - length % LANES
+    tail = length - full
+    penalty = vload16(_TAIL_PENALTY, LANES - tail)
+    tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in prange(tasks):
+        for r in range(t * _ROWS_PER_TASK, min(rows, (t + 1) * _ROWS_PER_TASK)):
+            at = r * length
+            top = vsplat16(-np.inf)
+            for j in range(0, full, LANES):
+                top = vmax16(top, vload16(flat_x, at + j))
+            if tail:
+                top = vmax16(top, vadd16(vload16_masked(flat_x, at + full, tail), penalty))
+            shift = vsplat16(-vhmax16(top))
+            total = vzero16()
+            for j in range(0, full, LANES):
+                e = vexp16(vadd16(vload16(flat_x, at + j), shift), _FLUSH)
+                vstore16(flat_out, at + j, e)
+                total = vadd16(total, e)
+            if tail:
+                e = vexp16(vadd16(vadd16(vload16_masked(flat_x, at + full, tail), penalty), shift), _FLUSH)
+                vstore16_masked(flat_out, at + full, e, tail)
+                total = vadd16(total, e)
+            inv = vsplat16(np.float32(1.0) / vhsum16(total))
+            for j in range(0, full, LANES):
+                vstore16(flat_out, at + j, vmul16(vload16(flat_out, at + j), inv))
+            if tail:
+                vstore16_masked(
+                    flat_out, at + full, vmul16(vload16_masked(flat_out, at + full, tail), inv), tail
+                )
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath=_SUM_FLAGS)
@@ -202,8 +268,9 @@ class SoftmaxAnyAxis(Tactic):
         outer = int(np.prod(x.shape[:axis]))
         if prepared.params.get("coerce_2d") or axis == x.ndim - 1:
             length = x.size // max(outer, 1)
+            rows = softmax_rows_vector if AVX512 and out.flags.c_contiguous else softmax_rows
             with threads_for(x.size):
-                softmax_rows(x.reshape(outer, length), out.reshape(outer, length))
+                rows(x.reshape(outer, length), out.reshape(outer, length))
             return
         length = x.shape[axis]
         inner = x.size // (outer * length)
