@@ -83,9 +83,18 @@ def _ir(
 
 
 def conv_layer(
-    c: int, m: int, hw: int, k: int, stride: int, *, group: int = 1, residual: bool = False, act: str = "Relu"
+    c: int,
+    m: int,
+    hw: int,
+    k: int,
+    stride: int,
+    *,
+    group: int = 1,
+    residual: bool = False,
+    act: str = "Relu",
+    pad: int | None = None,
 ) -> Layer:
-    pad = k // 2
+    pad = k // 2 if pad is None else pad
 
     def make(batch: int, rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray], Graph]:
         ho = (hw + 2 * pad - k) // stride + 1
@@ -260,6 +269,7 @@ def mul_layer(shape: tuple[int, ...], gate: tuple[int, ...]) -> Layer:
 LAYERS: list[Layer] = [
     conv_layer(3, 64, 224, 7, 2),  # ResNet stem
     conv_layer(3, 16, 224, 3, 2),  # MobileNet stem
+    conv_layer(3, 192, 224, 16, 16, act="none", pad=0),  # ViT patch embedding (kernel = stride)
     conv_layer(64, 64, 56, 3, 1),
     conv_layer(64, 64, 56, 3, 1, residual=True),
     conv_layer(128, 128, 28, 3, 1, residual=True),
