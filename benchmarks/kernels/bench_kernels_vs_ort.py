@@ -121,6 +121,8 @@ def conv_layer(
             nodes.append(helper.make_node("Relu", [last], ["y"]))
         elif act == "Clip":
             nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["y"]))
+        elif act == "HardSwish":
+            nodes.append(helper.make_node("HardSwish", [last], ["y"]))
         else:
             nodes.append(helper.make_node("Identity", [last], ["y"]))
         consts = {"w": w, "b": b}
@@ -269,6 +271,7 @@ def mul_layer(shape: tuple[int, ...], gate: tuple[int, ...]) -> Layer:
 LAYERS: list[Layer] = [
     conv_layer(3, 64, 224, 7, 2),  # ResNet stem
     conv_layer(3, 16, 224, 3, 2),  # MobileNet stem
+    conv_layer(3, 16, 224, 3, 2, act="HardSwish"),  # MobileNetV3 stem (the zoo MobileNet's)
     conv_layer(3, 192, 224, 16, 16, act="none", pad=0),  # ViT patch embedding (kernel = stride)
     conv_layer(64, 64, 56, 3, 1),
     conv_layer(64, 64, 56, 3, 1, residual=True),
