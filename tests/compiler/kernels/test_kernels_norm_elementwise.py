@@ -104,6 +104,20 @@ def test_softmax_rows_with_masked_logits(rng: np.random.Generator, length: int) 
         assert np.all(got[0, ::2] == 0) and got[1, length // 2] == 1.0
 
 
+def test_vector_softmax_keeps_nan_rows_nan(rng: np.random.Generator) -> None:
+    """A NaN logit makes its whole row NaN, as in float64 (``vexp16`` passes NaN through rather
+    than treating it as a masked value); the other rows are unaffected."""
+    from farm.compiler.kernels.cpu.norm import softmax_rows_vector
+
+    x = rng.standard_normal((3, 21)).astype(np.float32)
+    x[1, 4] = np.nan
+    x[2, 20] = np.nan  # in the masked tail
+    got = np.zeros_like(x)
+    softmax_rows_vector(x, got)
+    assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+    assert_close(got[0], _softmax(x[:1], -1)[0])
+
+
 def test_softmax_opset_11_flattens_from_axis(rng: np.random.Generator) -> None:
     """Softmax-11 coerces the input to 2-D [prod(shape[:axis]), prod(shape[axis:])]; checked
     against ONNX Runtime itself (the reference interpreter uses opset-13 semantics here)."""

@@ -534,7 +534,8 @@ _EXP_POLY = (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0)
 def _vexp16(typingctx: Any, x: Any, floor: Any) -> Any:
     """``exp(x)`` lane by lane, and exactly 0 in the lanes where ``x <= floor`` (a scalar of at least
     -86.5: softmax passes -64 so that no numerator is a denormal, see ``_vecmath._SOFTMAX_FLUSH``).
-    Inputs are clamped to [-86.5, 88.7]; relative error below 3e-7 (about two float32 ulps)."""
+    Inputs are clamped to [-86.5, 88.7]; relative error below 3e-7 (about two float32 ulps). NaN
+    gives NaN."""
     if x != float32x16 or not isinstance(floor, (types.Float, types.Integer)):
         return None
 
@@ -570,7 +571,8 @@ def _vexp16(typingctx: Any, x: Any, floor: Any) -> Any:
         floor_splat = builder.shuffle_vector(
             floor_splat, ir.Constant(_V16, ir.Undefined), ir.Constant(vi32, [0] * LANES)
         )
-        return builder.select(builder.fcmp_ordered(">", v, floor_splat), value, splat(0.0))
+        # unordered: a NaN input is no "at or below the floor" and stays NaN (through the clamps)
+        return builder.select(builder.fcmp_unordered(">", v, floor_splat), value, splat(0.0))
 
     return float32x16(x, floor), codegen
 

@@ -196,7 +196,8 @@ def blocks_per_task(batch: int, heads: int, sq: int, threads: int) -> int:
 
 @register_tactic
 class MicroAttention(Tactic):
-    """Own micro-kernel for both products, K^T packed per run, softmax 16 lanes wide in L1."""
+    """Own micro-kernel for both products (scores transposed), Q and K packed per run, the
+    softmax down 16-query lanes in L1."""
 
     name = "cpu.attention.micro"
     op_types = ("Attention",)

@@ -6,7 +6,8 @@
   is far below FP32 tolerance.
 * ``cpu.norm.softmax``: any axis. The last axis runs row by row (with AVX-512 in explicit
   16-lane vectors, ``vexp16``: 2.4-2.8x ONNX Runtime's time before, on rows of 128); another
-  axis runs on an [outer, L, inner] view with the reduction vectorized across ``inner``. Opset < 13 Softmax
+  axis runs on an [outer, L, inner] view with the reduction vectorized across ``inner``.
+  Opset < 13 Softmax
   (flatten from ``axis`` into rows) is the row case with longer rows.
 
 Pool: numba's.
