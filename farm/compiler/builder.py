@@ -135,6 +135,32 @@ def load_model(model: str | Path | bytes | Any) -> Graph:
         return load_onnx(path)
 
 
+def pin_static_inputs(graph: Graph, config: BuilderConfig) -> tuple[Graph, dict[str, list[int]]]:
+    """When every input's shape range is one shape (``--shapes``, a batch range of one size), the
+    graph with its symbolic input dims replaced by those sizes, and the pinned shapes.
+
+    The shape arithmetic exporters leave in models (``Shape -> Gather -> Concat -> Expand`` for a
+    ViT's class token, position ids sliced to the sequence length) then folds into constants
+    before the passes run, as in TensorRT's static-shape engines, instead of running as a chain
+    of small kernels on every inference. An engine whose ranges allow more than one shape keeps
+    the symbols (the graph is returned unchanged, and so is a graph whose ranges cannot be
+    resolved: the build reports that later with its own message)."""
+    try:
+        bindings = resolve_bindings(graph, config)
+    except BuildError:
+        return graph, {}
+    if any(b.min_shape != b.max_shape for b in bindings):
+        return graph, {}
+    shapes = {b.name: list(b.min_shape) for b in bindings if list(b.shape) != list(b.min_shape)}
+    if not shapes:
+        return graph, {}
+    from farm.compiler.frontend import infer_shapes
+
+    pinned = graph.copy()
+    infer_shapes(pinned, {name: tuple(shape) for name, shape in shapes.items()})
+    return pinned, shapes
+
+
 def _optimize(graph: Graph, disabled: Sequence[str]) -> tuple[Graph, dict[str, Any] | None]:
     from farm.compiler.passes import optimize
 
@@ -301,6 +327,7 @@ def build(
     graph = load_model(model)
     explicit = precision_lowering.extract_qdq(graph)
     half_model = widen_half_model(graph) if backend == "cpu" else {}
+    graph, pinned = pin_static_inputs(graph, config)
     timings["load_s"] = time.perf_counter() - started
 
     t = time.perf_counter()
@@ -415,6 +442,7 @@ def build(
         "precision": config.precision,
         "tuning_level": config.tuning_level,
         "shapes": {b.name: {"min": b.min_shape, "opt": b.opt_shape, "max": b.max_shape} for b in inputs},
+        "pinned_shapes": pinned,
         "passes": passes_report,
         "nodes": [c.to_json() for c in choices],
         "rejected": [

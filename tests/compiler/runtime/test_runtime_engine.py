@@ -301,3 +301,58 @@ def test_small_batch_mlp_runs_dot_rows_at_every_batch(optimize: bool, hidden: in
         want = reference.run(graph, {"x": x})["y"]
         assert got.shape == (batch, 5)
         assert _rel_l2(got, want) <= 1e-5
+
+
+def _shape_arithmetic_model() -> bytes:
+    """x [N, 4]; y = Concat(Expand(token, Concat(Shape(x)[:1], [1, 4])), x[:, None]) along axis
+    1: a ViT's class token broadcast to the batch through the shape arithmetic exporters write
+    (torch's ``token.expand(x.shape[0], -1, -1)``)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {
+        "token": np.arange(4, dtype=np.float32).reshape(1, 1, 4),
+        "zero": np.array(0, np.int64),
+        "axes": np.array([0], np.int64),
+        "axis1": np.array([1], np.int64),
+        "rest": np.array([1, 4], np.int64),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+        helper.make_node("Expand", ["token", "target"], ["tokens"]),
+        helper.make_node("Unsqueeze", ["x", "axis1"], ["x3"]),
+        helper.make_node("Concat", ["tokens", "x3"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape_arithmetic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 4])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
+def test_one_shape_per_input_folds_the_shape_arithmetic() -> None:
+    """A batch range of one size pins the graph's symbolic dims before the passes, so the Shape ->
+    Gather -> Concat chain folds into a constant and no Shape kernel runs; with a range the chain
+    stays and follows the batch. Both match ONNX Runtime, and the build report names the pins."""
+    import onnxruntime as ort
+
+    model = _shape_arithmetic_model()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    fixed = build(model, config=BuilderConfig(tuning_level=0, batch_range=(3, 3, 3)))
+    ranged = build(model, config=BuilderConfig(tuning_level=0, batch_range=(1, 3, 5)))
+    assert "Shape" not in {k.node.op_type for k in fixed.kernels}
+    assert "Shape" in {k.node.op_type for k in ranged.kernels}
+    assert fixed.report["pinned_shapes"] == {"x": [3, 4]} and ranged.report["pinned_shapes"] == {}
+    rng = np.random.default_rng(4)
+    for engine, batches in ((fixed, [3]), (ranged, [1, 3, 5])):
+        for batch in batches:
+            x = rng.standard_normal((batch, 4)).astype(np.float32)
+            assert np.array_equal(engine.run({"x": x})["y"], session.run(None, {"x": x})[0])
+    with pytest.raises(FeedError):
+        fixed.run({"x": np.ones((2, 4), np.float32)})
