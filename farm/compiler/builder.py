@@ -142,9 +142,12 @@ def pin_static_inputs(graph: Graph, config: BuilderConfig) -> tuple[Graph, dict[
     The shape arithmetic exporters leave in models (``Shape -> Gather -> Concat -> Expand`` for a
     ViT's class token, position ids sliced to the sequence length) then folds into constants
     before the passes run, as in TensorRT's static-shape engines, instead of running as a chain
-    of small kernels on every inference. An engine whose ranges allow more than one shape keeps
-    the symbols (the graph is returned unchanged, and so is a graph whose ranges cannot be
-    resolved: the build reports that later with its own message)."""
+    of small kernels on every inference. Kept symbolic (the graph returned unchanged): an engine
+    whose ranges allow more than one shape; a build that calibrates INT8 or searches an accuracy
+    budget (both run the graph on batches of their data, of any size); a graph whose ranges
+    cannot be resolved (the build reports that later with its own message)."""
+    if config.calibration is not None or config.accuracy_budget is not None:
+        return graph, {}
     try:
         bindings = resolve_bindings(graph, config)
     except BuildError:

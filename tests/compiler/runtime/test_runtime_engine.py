@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -356,3 +357,36 @@ def test_one_shape_per_input_folds_the_shape_arithmetic() -> None:
             assert np.array_equal(engine.run({"x": x})["y"], session.run(None, {"x": x})[0])
     with pytest.raises(FeedError):
         fixed.run({"x": np.ones((2, 4), np.float32)})
+
+
+def test_calibrated_static_builds_keep_their_symbols() -> None:
+    """INT8 calibration runs the optimized graph on batches of the calibration data, of any size,
+    so a calibrated build does not pin the shapes (a pinned class-token Expand would not
+    broadcast to a calibration batch of 5). The engine still runs its one shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx_model_with_head(_shape_arithmetic_model(), numpy_helper, helper, TensorProto)
+    rng = np.random.default_rng(5)
+    calibration = {"x": rng.standard_normal((5, 4)).astype(np.float32)}
+    engine = build(
+        proto,
+        config=BuilderConfig(
+            tuning_level=0, batch_range=(3, 3, 3), precision="int8", calibration=calibration
+        ),
+    )
+    assert engine.report["pinned_shapes"] == {}
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    assert engine.run({"x": x})["z"].shape == (3, 2, 8)
+
+
+def onnx_model_with_head(model: bytes, numpy_helper: Any, helper: Any, tensor_proto: Any) -> bytes:
+    """The shape-arithmetic model with a MatMul [4, 8] after it (a layer INT8 calibration observes)."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    weight = np.random.default_rng(6).standard_normal((4, 8)).astype(np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(weight, "w"))
+    proto.graph.node.append(helper.make_node("MatMul", ["y", "w"], ["z"]))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("z", tensor_proto.FLOAT, ["batch", 2, 8]))
+    return proto.SerializeToString()
