@@ -159,9 +159,8 @@ def pin_static_inputs(graph: Graph, config: BuilderConfig) -> tuple[Graph, dict[
         return graph, {}
     from farm.compiler.frontend import infer_shapes
 
-    pinned = graph.copy()
-    infer_shapes(pinned, {name: tuple(shape) for name, shape in shapes.items()})
-    return pinned, shapes
+    infer_shapes(graph, {name: tuple(shape) for name, shape in shapes.items()})  # the build's own copy
+    return graph, shapes
 
 
 def _optimize(graph: Graph, disabled: Sequence[str]) -> tuple[Graph, dict[str, Any] | None]:
