@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -363,9 +362,7 @@ def test_calibrated_static_builds_keep_their_symbols() -> None:
     """INT8 calibration runs the optimized graph on batches of the calibration data, of any size,
     so a calibrated build does not pin the shapes (a pinned class-token Expand would not
     broadcast to a calibration batch of 5). The engine still runs its one shape."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    proto = onnx_model_with_head(_shape_arithmetic_model(), numpy_helper, helper, TensorProto)
+    proto = _model_with_head(_shape_arithmetic_model())
     rng = np.random.default_rng(5)
     calibration = {"x": rng.standard_normal((5, 4)).astype(np.float32)}
     engine = build(
@@ -379,14 +376,15 @@ def test_calibrated_static_builds_keep_their_symbols() -> None:
     assert engine.run({"x": x})["z"].shape == (3, 2, 8)
 
 
-def onnx_model_with_head(model: bytes, numpy_helper: Any, helper: Any, tensor_proto: Any) -> bytes:
-    """The shape-arithmetic model with a MatMul [4, 8] after it (a layer INT8 calibration observes)."""
+def _model_with_head(model: bytes) -> bytes:
+    """``model`` with a MatMul [4, 8] after its output ``y`` (a layer INT8 calibration observes)."""
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
     proto = onnx.load_from_string(model)
     weight = np.random.default_rng(6).standard_normal((4, 8)).astype(np.float32)
     proto.graph.initializer.append(numpy_helper.from_array(weight, "w"))
     proto.graph.node.append(helper.make_node("MatMul", ["y", "w"], ["z"]))
     del proto.graph.output[:]
-    proto.graph.output.append(helper.make_tensor_value_info("z", tensor_proto.FLOAT, ["batch", 2, 8]))
+    proto.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 2, 8]))
     return proto.SerializeToString()

@@ -28,6 +28,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from farm.compiler.kernels.cpu import _vecmath as _vm
+
 LANES = 16
 
 _F32 = ir.FloatType()
@@ -523,17 +525,16 @@ def called_tile(fn: _F) -> _F:
 
 
 # exp: x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2 (Cody-Waite: ln2 in two parts), e^r
-# by its degree-6 Taylor polynomial (relative error < 2e-7), 2^k from exponent bits. The same
-# constants and clamp as ``_vecmath.exp_row``; k is rounded with the 1.5 * 2^23 shifter, whose
-# low mantissa bits then hold k, shifted straight into the exponent field.
-_EXP_CLAMP = (-86.5, 88.7)
+# by its degree-6 Taylor polynomial (relative error < 2e-7), 2^k from exponent bits: the constants
+# and clamp of ``_vecmath.exp_row``. k is rounded with the 1.5 * 2^23 shifter, whose low mantissa
+# bits then hold k, shifted straight into the exponent field.
 _EXP_SHIFTER = 12582912.0  # 1.5 * 2^23
-_EXP_POLY = (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0)
+_EXP_POLY = tuple(float(c) for c in (_vm._C6, _vm._C5, _vm._C4, _vm._C3, _vm._C2, _vm._ONE, _vm._ONE))
 
 
 def _vexp16(typingctx: Any, x: Any, floor: Any) -> Any:
     """``exp(x)`` lane by lane, and exactly 0 in the lanes where ``x <= floor`` (a scalar of at least
-    -86.5: softmax passes -64 so that no numerator is a denormal, see ``_vecmath._SOFTMAX_FLUSH``).
+    -86.5: softmax passes ``_vecmath.SOFTMAX_FLUSH`` so that no numerator is a denormal).
     Inputs are clamped to [-86.5, 88.7]; relative error below 3e-7 (about two float32 ulps). NaN
     gives NaN."""
     if x != float32x16 or not isinstance(floor, (types.Float, types.Integer)):
@@ -550,13 +551,13 @@ def _vexp16(typingctx: Any, x: Any, floor: Any) -> Any:
             )
 
         v = args[0]
-        lo, hi = _EXP_CLAMP
+        lo, hi = float(_vm._EXP_LO), float(_vm._EXP_HI)
         clamped = builder.select(builder.fcmp_ordered("<", v, splat(lo)), splat(lo), v)
         clamped = builder.select(builder.fcmp_ordered(">", clamped, splat(hi)), splat(hi), clamped)
-        shifted = fma(clamped, splat(1.4426950408889634), splat(_EXP_SHIFTER))
+        shifted = fma(clamped, splat(float(_vm._LOG2E)), splat(_EXP_SHIFTER))
         k = builder.fsub(shifted, splat(_EXP_SHIFTER))
-        r = fma(k, splat(-0.693359375), clamped)
-        r = fma(k, splat(2.12194440e-4), r)
+        r = fma(k, splat(-float(_vm._LN2_HI)), clamped)
+        r = fma(k, splat(-float(_vm._LN2_LO)), r)
         poly = splat(_EXP_POLY[0])
         for c in _EXP_POLY[1:]:
             poly = fma(poly, r, splat(c))

@@ -34,7 +34,7 @@ _ZERO = np.float32(0.0)
 # denormal, and one denormal row in P made the attention's P @ V GEMM 8x slower (BERT's padding
 # mask: 2.3 ms instead of 0.29 ms per layer at batch 1). e^-64 / row length stays normal for any
 # row shorter than 10^10; the dropped terms are far below float32 resolution of the sum.
-_SOFTMAX_FLUSH = np.float32(-64.0)
+SOFTMAX_FLUSH = np.float32(-64.0)
 _HALF = np.float32(0.5)
 _BIAS = np.int32(127)
 
@@ -98,7 +98,7 @@ def erf_row(src, dst):
 def exp_shift_sum_row(src, dst, shift, poly, bits):
     """dst[i] = exp(src[i] - shift); returns the sum of dst (softmax's numerator and denominator).
 
-    Terms with src[i] - shift <= -64 are exactly 0 (see ``_SOFTMAX_FLUSH``): ``shift`` must be
+    Terms with src[i] - shift <= -64 are exactly 0 (see ``SOFTMAX_FLUSH``): ``shift`` must be
     the row maximum (or larger), as in softmax.
 
     ``poly`` (float32) and ``bits`` (int32) are caller-owned workspaces of at least len(src)
@@ -112,7 +112,7 @@ def exp_shift_sum_row(src, dst, shift, poly, bits):
         k = np.floor(x * _LOG2E + _HALF)
         r = x - k * _LN2_HI - k * _LN2_LO
         p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * _C6)))))
-        poly[i] = p if shifted > _SOFTMAX_FLUSH else _ZERO
+        poly[i] = p if shifted > SOFTMAX_FLUSH else _ZERO
         bits[i] = (np.int32(k) + _BIAS) << np.int32(23)
     scale = bits[:n].view(np.float32)
     total = np.float32(0.0)

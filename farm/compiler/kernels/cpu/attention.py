@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -238,18 +239,36 @@ def packed_parts(node: Node, inputs: Sequence[np.ndarray | None]) -> list[np.nda
     return [x[..., i * width : (i + 1) * width] for i in range(3)]
 
 
-def in_place_operands(
-    node: Node, inputs: Sequence[np.ndarray | None], hidden: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, tuple[int, int, int]]:
-    """Q, K, V for kernels that read them in place, as (q, k, v, Sk, row stride, offsets): C-contiguous
-    float32 arrays where row s of image b of Q starts at flat element ``offsets[0] + (b*Sq + s)
-    * stride`` (K, V likewise with Sk). A packed [B, S, 3*H*D] projection is one array for all
-    three (stride 3*H*D, offsets 0, H*D, 2*H*D); separate tensors have stride H*D, offsets 0."""
+class InPlaceOperands(NamedTuple):
+    """Q, K, V for kernels that read them in place (:func:`in_place_operands`)."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    sk: int  # keys per image
+    ld: int  # row stride of all three
+    offsets: tuple[int, int, int]  # first element of Q, K, V
+    heads: int
+    scale: np.float32
+    mask: np.ndarray  # [B, H, Sq, Sk] view (zero strides where broadcast)
+    has_mask: bool
+
+
+def in_place_operands(node: Node, inputs: Sequence[np.ndarray | None], out: np.ndarray) -> InPlaceOperands:
+    """Q, K, V as C-contiguous float32 arrays where row s of image b of Q starts at flat element
+    ``offsets[0] + (b*Sq + s) * ld`` (K, V likewise with Sk), with the head count, the score
+    scale and the mask for ``out`` [B, Sq, H*D]. A packed [B, S, 3*H*D] projection is one array
+    for all three (ld 3*H*D, offsets 0, H*D, 2*H*D); separate tensors have ld H*D, offsets 0."""
+    batch, sq, hidden = out.shape
+    heads, scale = heads_and_scale(node, hidden)
     if node.attr("packed_qkv", 0):
         qkv = np.ascontiguousarray(inputs[0], dtype=np.float32)
-        return qkv, qkv, qkv, qkv.shape[1], 3 * hidden, (0, hidden, 2 * hidden)
-    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
-    return q, k, v, k.shape[1], hidden, (0, 0, 0)
+        q, k, v, sk, ld, offsets = qkv, qkv, qkv, qkv.shape[1], 3 * hidden, (0, hidden, 2 * hidden)
+    else:
+        q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in inputs[:3])
+        sk, ld, offsets = k.shape[1], hidden, (0, 0, 0)
+    mask, has_mask = _mask_4d(inputs[3] if len(inputs) > 3 else None, (batch, heads, sq, sk))
+    return InPlaceOperands(q, k, v, sk, ld, offsets, heads, scale, mask, has_mask)
 
 
 def heads_and_scale(node: Node, hidden: int) -> tuple[int, np.float32]:
@@ -317,12 +336,25 @@ class TiledAttention(Tactic):
     ) -> None:
         out = outputs[0]
         batch, sq, hidden = out.shape
-        heads, scale = heads_and_scale(node, hidden)
-        q, k, v, sk, ld, offsets = in_place_operands(node, inputs, hidden)
-        mask4, has_mask = _mask_4d(inputs[3] if len(inputs) > 3 else None, (batch, heads, sq, sk))
-        block = attention_block(batch, heads, sq, numba_thread_count())
-        with threads_for(batch * heads * sq * sk * (hidden // heads) // 8), blas_single_thread():
-            tiled_attention(q, k, v, mask4, has_mask, scale, out, heads, block, sq, sk, hidden, ld, *offsets)
+        o = in_place_operands(node, inputs, out)
+        block = attention_block(batch, o.heads, sq, numba_thread_count())
+        with threads_for(batch * o.heads * sq * o.sk * (hidden // o.heads) // 8), blas_single_thread():
+            tiled_attention(
+                o.q,
+                o.k,
+                o.v,
+                o.mask,
+                o.has_mask,
+                o.scale,
+                out,
+                o.heads,
+                block,
+                sq,
+                o.sk,
+                hidden,
+                o.ld,
+                *o.offsets,
+            )
 
 
 @register_tactic

@@ -50,13 +50,11 @@ from farm.compiler.kernels.cpu._simd16 import (
     vzero16,
 )
 from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
-from farm.compiler.kernels.cpu.attention import _mask_4d, _supports, heads_and_scale, in_place_operands
+from farm.compiler.kernels.cpu._vecmath import SOFTMAX_FLUSH
+from farm.compiler.kernels.cpu.attention import _supports, in_place_operands
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 OFFERED: bool = AVX512  # tests switch it on to check the kernel on any host
-# Numerators e^(x - max) at or below e^-64 are exactly 0, as in ``_vecmath.exp_shift_sum_row``:
-# a masked score's e^-10000 would otherwise be a denormal that slows the P @ V products.
-_FLUSH = np.float32(-64.0)
 _NEG_INF = np.float32(-np.inf)
 
 
@@ -124,8 +122,8 @@ def softmax_columns(st, sk, scale, mask, has_mask, query_mask, b, h, first, sq, 
     total1 = total0
     for key in range(sk):
         at = key * NR
-        e0 = vexp16(vadd16(vload16(st, at), shift0), _FLUSH)
-        e1 = vexp16(vadd16(vload16(st, at + LANES), shift1), _FLUSH)
+        e0 = vexp16(vadd16(vload16(st, at), shift0), SOFTMAX_FLUSH)
+        e1 = vexp16(vadd16(vload16(st, at + LANES), shift1), SOFTMAX_FLUSH)
         vstore16(st, at, e0)
         vstore16(st, at + LANES, e1)
         total0 = vadd16(total0, e0)
@@ -220,17 +218,16 @@ class MicroAttention(Tactic):
     ) -> None:
         out = outputs[0]
         batch, sq, hidden = out.shape
-        heads, scale = heads_and_scale(node, hidden)
-        q3, k3, v3, sk, ld, (q0, k0, v0) = in_place_operands(node, inputs, hidden)
-        q, k, v = q3.reshape(-1), k3.reshape(-1), v3.reshape(-1)
+        o = in_place_operands(node, inputs, out)
+        q, k, v = o.q.reshape(-1), o.k.reshape(-1), o.v.reshape(-1)
+        heads, sk, ld, (q0, k0, v0) = o.heads, o.sk, o.ld, o.offsets
         d_count = hidden // heads
-        mask4, has_mask = _mask_4d(inputs[3] if len(inputs) > 3 else None, (batch, heads, sq, sk))
-        query_mask = has_mask and mask4.strides[2] != 0
+        query_mask = o.has_mask and o.mask.strides[2] != 0
         qt = workspace(prepared, "query_panels", (batch * heads * -(-sq // NR) * d_count * NR,))
         kp = workspace(prepared, "key_panels", (batch * heads * -(-sk // MR) * d_count * MR,))
         per_task = blocks_per_task(batch, heads, sq, numba_thread_count())
         with threads_for(batch * heads * sq * sk * d_count // 8):
             pack_heads(q, q0, k, k0, ld, batch, sq, sk, heads, d_count, qt, kp)
             micro_attention(
-                qt, kp, v, v0, ld, mask4, has_mask, query_mask, scale, out, heads, sq, sk, per_task
+                qt, kp, v, v0, ld, o.mask, o.has_mask, query_mask, o.scale, out, heads, sq, sk, per_task
             )

@@ -40,7 +40,13 @@ from farm.compiler.kernels.cpu._simd16 import (
     vzero16,
 )
 from farm.compiler.kernels.cpu._threads import threads_for
-from farm.compiler.kernels.cpu._vecmath import ROW_MAX_LANES, exp_row, exp_shift_sum_row, row_max
+from farm.compiler.kernels.cpu._vecmath import (
+    ROW_MAX_LANES,
+    SOFTMAX_FLUSH,
+    exp_row,
+    exp_shift_sum_row,
+    row_max,
+)
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 # numba caches the kernels below by this file's *content* (a hash of it), not by the
@@ -167,7 +173,6 @@ def softmax_rows(x, out):
 # Lanes 0..15: 0, then -inf: ``vload16(_TAIL_PENALTY, 16 - n)`` is 0 in the first n lanes and
 # -inf in the rest, added to a row's masked tail so that its padding lanes give exp = 0.
 _TAIL_PENALTY = np.array([0.0] * LANES + [-np.inf] * LANES, np.float32)
-_FLUSH = np.float32(-64.0)  # numerators below e^-64 of the row's largest are 0 (see _vecmath)
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
@@ -195,11 +200,13 @@ def softmax_rows_vector(x, out):
             shift = vsplat16(-vhmax16(top))
             total = vzero16()
             for j in range(0, full, LANES):
-                e = vexp16(vadd16(vload16(flat_x, at + j), shift), _FLUSH)
+                e = vexp16(vadd16(vload16(flat_x, at + j), shift), SOFTMAX_FLUSH)
                 vstore16(flat_out, at + j, e)
                 total = vadd16(total, e)
             if tail:
-                e = vexp16(vadd16(vadd16(vload16_masked(flat_x, at + full, tail), penalty), shift), _FLUSH)
+                e = vexp16(
+                    vadd16(vadd16(vload16_masked(flat_x, at + full, tail), penalty), shift), SOFTMAX_FLUSH
+                )
                 vstore16_masked(flat_out, at + full, e, tail)
                 total = vadd16(total, e)
             inv = vsplat16(np.float32(1.0) / vhsum16(total))
