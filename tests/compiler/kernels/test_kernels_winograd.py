@@ -13,7 +13,15 @@ from farm.compiler.frontend.canonical import resolve_auto_pad
 from farm.compiler.kernels import get_tactic
 from farm.compiler.kernels.cpu.winograd import winograd_matrices
 
-TACTICS = ["cpu.conv.winograd", "cpu.conv.winograd_f2", "cpu.conv.winograd_1t", "cpu.conv.winograd_f2_1t"]
+TACTICS = [
+    "cpu.conv.winograd",
+    "cpu.conv.winograd_f2",
+    "cpu.conv.winograd_1t",
+    "cpu.conv.winograd_f2_1t",
+    "cpu.conv.winograd_fused",
+    "cpu.conv.winograd_fused_f2",
+]
+FUSED = TACTICS[4:]
 
 
 def _case(n: int, c: int, h: int, w: int, m: int, pads: tuple[int, int, int, int]) -> tuple:
@@ -50,7 +58,7 @@ EPILOGUES = [
 
 
 @pytest.mark.parametrize(("activation", "residual", "with_bias"), EPILOGUES)
-@pytest.mark.parametrize("tactic", TACTICS[:2])
+@pytest.mark.parametrize("tactic", TACTICS[:2] + FUSED)
 def test_winograd_epilogues(
     rng: np.random.Generator, activation: str, residual: str | None, with_bias: bool, tactic: str
 ) -> None:
@@ -65,7 +73,7 @@ def test_winograd_epilogues(
     assert_close(one.run_tactic(tactic), expected)
 
 
-@pytest.mark.parametrize("tactic", TACTICS[:2])
+@pytest.mark.parametrize("tactic", TACTICS[:2] + FUSED)
 def test_plain_conv_and_runtime_bias(rng: np.random.Generator, tactic: str) -> None:
     """A plain Conv without bias, and one whose bias is fed at run time (not packed)."""
     one, expected = _conv_case(rng, _case(2, 3, 8, 9, 4, (1, 1, 1, 1)), op_type="Conv", with_bias=False)
@@ -98,7 +106,7 @@ def test_auto_pad_resolved_by_the_frontend(rng: np.random.Generator, auto_pad: s
     assert_close(one.run_tactic(tactic), one.expected(lambda *_: z))
 
 
-@pytest.mark.parametrize("tactic", TACTICS[:2])
+@pytest.mark.parametrize("tactic", TACTICS[:2] + FUSED)
 def test_accuracy_on_a_resnet_layer(rng: np.random.Generator, tactic: str) -> None:
     """256 -> 256 channels at 14x14 (ResNet-18 stage 3), weights scaled as trained ones are:
     relative L2 error against a float64 direct conv well inside FP32's 1e-5 (measured: F(4x4)
@@ -111,7 +119,7 @@ def test_accuracy_on_a_resnet_layer(rng: np.random.Generator, tactic: str) -> No
     one.build(z.shape)
     got = one.run_tactic(tactic).astype(np.float64)
     rel_l2 = float(np.linalg.norm(got - z) / np.linalg.norm(z))
-    assert rel_l2 < (5e-6 if tactic == "cpu.conv.winograd" else 1e-6), rel_l2
+    assert rel_l2 < (5e-6 if tactic in ("cpu.conv.winograd", "cpu.conv.winograd_fused") else 1e-6), rel_l2
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -181,3 +189,57 @@ def test_gemm_stack_splits_match_matmul(
     out = np.full((16, 24, 37), np.nan, np.float32)
     winograd.gemm_stack(u, v, out, threads)
     np.testing.assert_allclose(out, np.matmul(u.astype(np.float64), v), rtol=1e-4, atol=1e-4)
+
+
+GROUPINGS = [
+    ("bands of 2 tile rows, the last one short", 2, 1, 2),
+    ("one tile row per band, panel runs", 1, 1, 3),
+    ("two images per group, the last group short", 0, 2, 1),
+    ("all images in one group, one panel per run", 0, 5, 4),
+]
+
+
+@pytest.mark.parametrize(("what", "band", "images", "runs"), GROUPINGS, ids=[g[0] for g in GROUPINGS])
+@pytest.mark.parametrize("tactic", FUSED)
+def test_fused_every_grouping(
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
+    band: int,
+    images: int,
+    runs: int,
+    tactic: str,
+) -> None:
+    """Whatever grouping the plan picks (bands of tile rows with a partial last band, several
+    images per group, output panels cut into runs), every output pixel and channel comes out
+    right: 3 images of 17 x 19 (5 x 5 tiles of F(4x4), 9 x 10 of F(2x2)), 40 channels (4 panels)
+    with a residual and bias."""
+    from farm.compiler.kernels.cpu import winograd_fused
+
+    def forced(
+        n: int, th: int, tw: int, c: int, a: int, panels: int, threads: int
+    ) -> winograd_fused.Grouping:
+        widest = band * tw if band else min(images, n) * th * tw
+        groups = n * -(-th // band) if band else -(-n // images)
+        return winograd_fused.Grouping(band, images if not band else 1, groups, -(-widest // 32) * 32, runs)
+
+    monkeypatch.setattr(winograd_fused, "plan_groups", forced)
+    one, expected = _conv_case(rng, _case(3, 6, 17, 19, 40, (1, 1, 1, 1)), activation="Relu", residual="post")
+    assert_close(one.run_tactic(tactic), expected)
+
+
+def test_fused_plan_keeps_v_in_l2_and_feeds_every_thread() -> None:
+    """The plan's groups: V within its budget where 32 columns allow it, little padding, and
+    output-panel runs only when the groups alone are fewer than two per thread."""
+    from farm.compiler.kernels.cpu.winograd_fused import MAX_COLS, V_BUDGET, plan_groups
+
+    # ResNet 64 @56, batch 8 (F(4x4): 14 x 14 tiles): bands, V in budget, many groups, no runs
+    plan = plan_groups(8, 14, 14, 64, 6, 6, 2)
+    assert plan.band > 0 and plan.runs == 1 and plan.groups >= 8
+    assert 36 * 64 * plan.cols * 4 <= V_BUDGET and plan.cols <= MAX_COLS and plan.cols % 32 == 0
+    # 512 @7, batch 8 (2 x 2 tiles an image): all 32 tiles in one group, panels split into runs
+    plan = plan_groups(8, 2, 2, 512, 6, 43, 2)
+    assert (plan.band, plan.images, plan.groups, plan.cols) == (0, 8, 1, 32) and plan.runs == 4
+    # batch 1: a few bands, runs so that both threads have work
+    plan = plan_groups(1, 14, 14, 64, 6, 6, 2)
+    assert plan.groups * plan.runs >= 4

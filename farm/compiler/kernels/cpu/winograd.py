@@ -218,12 +218,8 @@ def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
     [workers, a*m, (th+1)*tw] are per-worker workspaces; worker w takes the jobs (image,
     channel) w, w + workers, ...
     """
-    c_count, h, w = x.shape[1], x.shape[2], x.shape[3]
-    a = m + 2
+    c_count = x.shape[1]
     tpi = th * tw
-    cols = row_ws.shape[1]
-    lo = min(pl, cols)
-    hi = max(min(pl + w, cols), lo)
     workers = row_ws.shape[0]
     jobs = nb * c_count
     for wk in prange(workers):
@@ -233,51 +229,65 @@ def winograd_input(x, n0, nb, m, pt, pl, th, tw, v, row_ws, slot_ws, col_ws):
         for job in range(wk, jobs, workers):
             img = job // c_count
             c = job % c_count
-            plane = x[n0 + img, c]
-            for ty in range(th + 1):
-                for qr in range(m):
-                    iy = ty * m + qr - pt
-                    if iy < 0 or iy >= h:
-                        prow[:] = 0.0
-                    else:
-                        prow[:lo] = 0.0
-                        src = plane[iy, lo - pl : hi - pl]
-                        dst = prow[lo:hi]
-                        for q in range(hi - lo):
-                            dst[q] = src[q]
-                        prow[hi:] = 0.0
-                    _gather(slot, qr * a, prow, ty, m, tw)
-            # (1-D slices of C-contiguous rows only: a 2-D slice is typed 'A' (any strides) and
-            # its rows' loops become gathers and scatters.)
-            b = img * tpi
-            e = b + tpi
-            if m == 4:
-                for qr in range(4):
-                    s0 = qr * 6
-                    _bt4(col[qr], col[4 + qr], col[8 + qr], col[12 + qr], col[16 + qr], col[20 + qr],
-                         slot[s0], slot[s0 + 1], slot[s0 + 2], slot[s0 + 3], slot[s0 + 4], slot[s0 + 5])  # fmt: skip
-                for j in range(6):
-                    q = j * 4
-                    _bt4(v[j, c, b:e], v[6 + j, c, b:e], v[12 + j, c, b:e], v[18 + j, c, b:e], v[24 + j, c, b:e],
-                         v[30 + j, c, b:e], col[q, :tpi], col[q + 1, :tpi], col[q + 2, :tpi], col[q + 3, :tpi],
-                         col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
+            input_plane(x[n0 + img, c], m, pt, pl, th, tw, v, c, img * tpi, prow, slot, col)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
+def input_plane(plane, m, pt, pl, th, tw, v, c, b, prow, slot, col):
+    """``V[xi, c, b + t] = (B^T d_t B)[xi]`` for the th x tw tiles of one channel ``plane``
+    [H, W] whose padded input starts ``pt`` rows above and ``pl`` columns left of the plane
+    (tile (ty, tx) reads padded rows ty*m .. ty*m + m + 1; rows outside the plane are zeros,
+    so a band of tile rows is the plane with a smaller ``pt``). Workspaces: ``prow``
+    [(tw+1)*m], ``slot`` [m*a, (th+1)*tw + 1], ``col`` [a*m, (th+1)*tw] (a = m + 2)."""
+    h, w = plane.shape
+    a = m + 2
+    tpi = th * tw
+    cols = prow.shape[0]
+    lo = min(pl, cols)
+    hi = max(min(pl + w, cols), lo)
+    for ty in range(th + 1):
+        for qr in range(m):
+            iy = ty * m + qr - pt
+            if iy < 0 or iy >= h:
+                prow[:] = 0.0
             else:
-                for qr in range(2):
-                    s0 = qr * 4
-                    _bt2(
-                        col[qr],
-                        col[2 + qr],
-                        col[4 + qr],
-                        col[6 + qr],
-                        slot[s0],
-                        slot[s0 + 1],
-                        slot[s0 + 2],
-                        slot[s0 + 3],
-                    )
-                for j in range(4):
-                    q = j * 2
-                    _bt2(v[j, c, b:e], v[4 + j, c, b:e], v[8 + j, c, b:e], v[12 + j, c, b:e],
-                         col[q, :tpi], col[q + 1, :tpi], col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
+                prow[:lo] = 0.0
+                src = plane[iy, lo - pl : hi - pl]
+                dst = prow[lo:hi]
+                for q in range(hi - lo):
+                    dst[q] = src[q]
+                prow[hi:] = 0.0
+            _gather(slot, qr * a, prow, ty, m, tw)
+    # (1-D slices of C-contiguous rows only: a 2-D slice is typed 'A' (any strides) and
+    # its rows' loops become gathers and scatters.)
+    e = b + tpi
+    if m == 4:
+        for qr in range(4):
+            s0 = qr * 6
+            _bt4(col[qr], col[4 + qr], col[8 + qr], col[12 + qr], col[16 + qr], col[20 + qr],
+                 slot[s0], slot[s0 + 1], slot[s0 + 2], slot[s0 + 3], slot[s0 + 4], slot[s0 + 5])  # fmt: skip
+        for j in range(6):
+            q = j * 4
+            _bt4(v[j, c, b:e], v[6 + j, c, b:e], v[12 + j, c, b:e], v[18 + j, c, b:e], v[24 + j, c, b:e],
+                 v[30 + j, c, b:e], col[q, :tpi], col[q + 1, :tpi], col[q + 2, :tpi], col[q + 3, :tpi],
+                 col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
+    else:
+        for qr in range(2):
+            s0 = qr * 4
+            _bt2(
+                col[qr],
+                col[2 + qr],
+                col[4 + qr],
+                col[6 + qr],
+                slot[s0],
+                slot[s0 + 1],
+                slot[s0 + 2],
+                slot[s0 + 3],
+            )
+        for j in range(4):
+            q = j * 2
+            _bt2(v[j, c, b:e], v[4 + j, c, b:e], v[8 + j, c, b:e], v[12 + j, c, b:e],
+                 col[q, :tpi], col[q + 1, :tpi], col[q, tw : tw + tpi], col[q + 1, tw : tw + tpi])  # fmt: skip
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
@@ -389,34 +399,40 @@ def winograd_output(
         for job in range(wk, jobs, workers):
             img = job // k_count
             k = job % k_count
-            base = img * tpi
-            t0, t1 = base, base + tpi
-            if m == 4:
-                for j in range(6):
-                    _at4(z[j], z[6 + j], z[12 + j], z[18 + j], mm[j, k, t0:t1], mm[6 + j, k, t0:t1], mm[12 + j, k, t0:t1],
-                         mm[18 + j, k, t0:t1], mm[24 + j, k, t0:t1], mm[30 + j, k, t0:t1])  # fmt: skip
-            else:
-                for j in range(4):
-                    _at2(
-                        z[j],
-                        z[4 + j],
-                        mm[j, k, t0:t1],
-                        mm[4 + j, k, t0:t1],
-                        mm[8 + j, k, t0:t1],
-                        mm[12 + j, k, t0:t1],
-                    )
-                for o in range(2):
-                    q = o * 4
-                    _at2(y[o * 2], y[o * 2 + 1], z[q], z[q + 1], z[q + 2], z[q + 3])
             row = (n0 + img) * k_count + k
-            plane = out[row]
-            if m == 4:
-                _at4_store(plane, z.reshape(-1), th, tw, ho, wo)
-            else:
-                _store_tiles(plane, y.reshape(-1), m, th, tw, ho, wo)
-            b = bias[k] if has_bias else np.float32(0.0)
             res = residual[row] if res_mode != 0 else residual[0]
-            finish_row(plane, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+            output_plane(mm, k, img * tpi, m, th, tw, out[row], ho, wo, z, y)
+            b = bias[k] if has_bias else np.float32(0.0)
+            finish_row(out[row], b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
+def output_plane(mm, k, t0, m, th, tw, plane, ho, wo, z, y):
+    """The th x tw output tiles of channel ``k`` (``M[:, k, t0 : t0 + th*tw]``) into ``plane``
+    (flat, ``ho`` x ``wo``, clipped there): ``z[o*a + j] = sum_i A^T[o, i] M[i*a + j]`` and
+    ``y[o*m + p] = sum_j A^T[p, j] z[o*a + j]`` over all tiles at once (unit-stride loops).
+    ``z`` [m*a, th*tw] and ``y`` [m*m, th*tw] (m = 2 only: F(4x4) fuses its second pass into
+    the store) are workspaces."""
+    t1 = t0 + th * tw
+    if m == 4:
+        for j in range(6):
+            _at4(z[j], z[6 + j], z[12 + j], z[18 + j], mm[j, k, t0:t1], mm[6 + j, k, t0:t1], mm[12 + j, k, t0:t1],
+                 mm[18 + j, k, t0:t1], mm[24 + j, k, t0:t1], mm[30 + j, k, t0:t1])  # fmt: skip
+        _at4_store(plane, z.reshape(-1), th, tw, ho, wo)
+    else:
+        for j in range(4):
+            _at2(
+                z[j],
+                z[4 + j],
+                mm[j, k, t0:t1],
+                mm[4 + j, k, t0:t1],
+                mm[8 + j, k, t0:t1],
+                mm[12 + j, k, t0:t1],
+            )
+        for o in range(2):
+            q = o * 4
+            _at2(y[o * 2], y[o * 2 + 1], z[q], z[q + 1], z[q + 2], z[q + 3])
+        _store_tiles(plane, y.reshape(-1), m, th, tw, ho, wo)
 
 
 def winograd_geometry_ok(node: Node, graph: Graph) -> bool:

@@ -1,0 +1,265 @@
+"""Winograd conv with every stage of a tile group in one task: ``cpu.conv.winograd_fused``.
+
+``cpu.conv.winograd`` runs its three stages over the whole batch one after the other: the
+input transform writes V ``[a*a, C, tiles]``, BLAS multiplies it into M ``[a*a, K, tiles]``,
+the output transform reads M back. For ResNet's 64 @56 layer at batch 8 V and M are 14 MB
+each, so every stage streams memory, and the GEMMs (K = C = 64) run at ~100 GFLOP/s in
+OpenBLAS. Two threads took 5.1 ms where one took 9.9 (Xeon, 2 cores).
+
+Here the output tiles are cut into *groups* of at most a few hundred tiles: a band of tile
+rows of one image, or several whole images where a plane has few tiles. One task is one group
+x one run of 12-channel output panels, and does all three stages for it on its own thread:
+
+1. the input transform of the group's tiles (:func:`~.winograd.input_plane`, per channel),
+   into a task workspace V ``[a*a, C, cols]`` (``cols``: the group's tiles rounded up to 32);
+2. for each of the a*a points and each output panel, ``M = U[xi] V[xi]`` on ``_microgemm``'s
+   12 x 32 register tile: U is packed once at build time into 12-channel A panels, V's rows
+   are the B panel read in place (row offsets ``c * cols``);
+3. the output transform (:func:`~.winograd.output_plane`) and the fused epilogue, channel by
+   channel, into the NCHW output.
+
+V and M stay in the core's L2 (the group size is chosen for that), nothing crosses between
+threads, and the GEMMs run on the register tile. A group is transformed once per panel run,
+so the batch is cut into runs of panels only where there are too few groups for the threads.
+F(4x4, 3x3) (``cpu.conv.winograd_fused``) and F(2x2, 3x3) (``cpu.conv.winograd_fused_f2``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import epilogue_params, finish_row, residual_rows, vector_or_dummy
+from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, tile_12x32
+from farm.compiler.kernels.cpu._operands import memo, workspace
+from farm.compiler.kernels.cpu._threads import numba_thread_count
+from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry
+from farm.compiler.kernels.cpu.winograd import (
+    _FAST,
+    input_plane,
+    output_plane,
+    transform_filter,
+    winograd_geometry_ok,
+)
+from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+
+V_BUDGET = 1 << 20  # bytes of V per task at most (where 32 columns allow): it stays in L2
+MAX_COLS = 256  # tiles per group at most
+
+
+class Grouping(NamedTuple):
+    """How the output tiles are cut into groups: ``band`` tile rows of one image per group
+    (``band`` > 0), else ``images`` whole images per group; ``cols`` is the widest group's
+    tile count rounded up to 32 (V's and M's row stride); ``runs`` the output-panel runs."""
+
+    band: int
+    images: int
+    groups: int
+    cols: int
+    runs: int
+
+
+def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: int) -> Grouping:
+    """Pick the grouping with the least padded work: the columns past a group's tiles (up to
+    the next 32) are computed for nothing, and a band of b tile rows gathers b + 1 rows of
+    tiles. Candidates: bands of 1 .. th tile rows, and 1 .. n whole images per group, each with
+    V (``a*a * C * cols`` floats) within :data:`V_BUDGET` where 32 columns allow. Then
+    enough panel runs that there are two tasks per thread where the groups alone are fewer."""
+    tpi = th * tw
+    limit = max(NR, min(MAX_COLS, (V_BUDGET // (a * a * 4 * c)) // NR * NR))
+    best: tuple[float, Grouping] | None = None
+    candidates: list[tuple[int, int]] = [(b, 1) for b in range(1, th + 1)]
+    candidates += [(0, i) for i in range(2, n + 1)]
+    for band, images in candidates:
+        if band:
+            per_image = -(-th // band)
+            sizes = [min(band, th - i * band) * tw for i in range(per_image)] * n
+            gathered = n * (th + per_image)  # tile rows gathered: each band's own plus one
+        else:
+            groups = -(-n // images)
+            sizes = [min(images, n - g * images) * tpi for g in range(groups)]
+            gathered = n * (th + 1)
+        cols = -(-max(sizes) // NR) * NR
+        if cols > limit and not (band == 1 and images == 1):
+            continue
+        padded = sum(-(-s // NR) * NR for s in sizes)
+        cost = padded + 0.25 * gathered * tw  # a gathered tile row: about a quarter of a column's GEMM
+        grouping = Grouping(band, images if not band else 1, len(sizes), cols, 1)
+        if best is None or cost < best[0]:
+            best = (cost, grouping)
+    assert best is not None
+    grouping = best[1]
+    runs = 1
+    if grouping.groups < 2 * threads:
+        runs = max(1, min(panels, -(-2 * threads // grouping.groups)))
+    return grouping._replace(runs=runs)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
+def winograd_fused(
+    x, up, panels, offs, cols, m, pt, pl, th, tw, band, images, runs, out, k_count, ho, wo, bias, has_bias,
+    residual, res_mode, act, alpha, beta, v_ws, m_ws, row_ws, slot_ws, col_ws, z_ws, y_ws,
+):  # fmt: skip
+    """``out`` [N*K, Ho*Wo] (NCHW rows) = the F(m x m, 3 x 3) conv of ``x`` [N, C, H, W] with
+    the transformed filter packed as A panels ``up`` (flat ``[a*a, panels, C, 12]``), one task
+    per (tile group, run of output panels) (see :class:`Grouping`), worker w taking the tasks w,
+    w + workers, ... Per-worker workspaces: ``v_ws`` [workers, a*a*C*cols], ``m_ws``
+    [workers, a*a*(panels per run)*12*cols] and the transforms' own (:func:`~.winograd.input_plane`,
+    :func:`~.winograd.output_plane`, flat)."""
+    n, c_count = x.shape[0], x.shape[1]
+    a = m + 2
+    aa = a * a
+    per_image = -(-th // band) if band else 0
+    groups = n * per_image if band else -(-n // images)
+    tasks = groups * runs
+    workers = v_ws.shape[0]
+    per_run = -(-panels // runs)
+    for wk in prange(workers):
+        for task in range(wk, tasks, workers):
+            g = task // runs
+            p0 = (task % runs) * per_run
+            p1 = min(panels, p0 + per_run)
+            if p0 >= p1:
+                continue
+            if band:
+                img0 = g // per_image
+                count = 1
+                ty0 = (g % per_image) * band
+                rows = min(band, th - ty0)
+            else:
+                img0 = g * images
+                count = min(images, n - img0)
+                ty0 = 0
+                rows = th
+            tiles = rows * tw  # per image of the group
+            used = count * tiles
+            v = v_ws[wk][: aa * c_count * cols].reshape(aa, c_count, cols)
+            prow = row_ws[wk]
+            slot = slot_ws[wk][: m * a * ((rows + 1) * tw + 1)].reshape(m * a, (rows + 1) * tw + 1)
+            col = col_ws[wk][: a * m * (rows + 1) * tw].reshape(a * m, (rows + 1) * tw)
+            for i in range(count):
+                for c in range(c_count):
+                    input_plane(
+                        x[img0 + i, c], m, pt - ty0 * m, pl, rows, tw, v, c, i * tiles, prow, slot, col
+                    )
+            # the GEMMs: M[xi, channel, tile] for the run's panels, 12 x 32 register tiles
+            kr = (p1 - p0) * MR
+            mm = m_ws[wk][: aa * kr * cols].reshape(aa, kr, cols)
+            vf = v_ws[wk]
+            mf = m_ws[wk]
+            for xi in range(aa):
+                for p in range(p0, p1):
+                    ao = (xi * panels + p) * c_count * MR
+                    co = (xi * kr + (p - p0) * MR) * cols
+                    for q in range(0, used, NR):
+                        tile_12x32(
+                            up, ao, vf, xi * c_count * cols + q, offs, 0, c_count, mf, co + q, cols, False
+                        )
+            z = z_ws[wk][: m * a * tiles].reshape(m * a, tiles)
+            y = y_ws[wk][: m * m * tiles].reshape(m * m, tiles) if m == 2 else y_ws[wk][:1].reshape(1, 1)
+            o0 = ty0 * m * wo
+            o1 = min(ho, (ty0 + rows) * m) * wo
+            for kk in range(p0 * MR, min(k_count, p1 * MR)):
+                b = bias[kk] if has_bias else np.float32(0.0)
+                for i in range(count):
+                    r = (img0 + i) * k_count + kk
+                    plane = out[r, o0:o1]
+                    output_plane(mm, kk - p0 * MR, i * tiles, m, rows, tw, plane, (o1 - o0) // wo, wo, z, y)
+                    res = residual[r, o0:o1] if res_mode != 0 else residual[0]
+                    finish_row(plane, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
+
+
+def pack_filter(u: np.ndarray) -> np.ndarray:
+    """The transformed filter U ``[a*a, K, C]`` as A panels, flat ``[a*a, ceil(K/12), C, 12]``."""
+    return np.concatenate([pack_rows(u[xi]) for xi in range(u.shape[0])])
+
+
+class FusedWinogradConv(Tactic):
+    """F(4x4, 3x3) Winograd conv, one task per (tile group, output-panel run): input transform,
+    register-tile GEMMs and output transform + epilogue on one thread, in its L2."""
+
+    name = "cpu.conv.winograd_fused"
+    op_types = CONV_OPS
+    priority = 23
+    tile = 4
+
+    def supports(self, node: Node, graph: Graph) -> bool:
+        return winograd_geometry_ok(node, graph)
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        w = graph.const(node.input(1))
+        assert w is not None
+        w = np.asarray(w)
+        prepared = Prepared(params={"m": self.tile, "k": int(w.shape[0]), "c": int(w.shape[1])})
+        prepared.tensors["up"] = pack_filter(transform_filter(w, self.tile))
+        b = graph.const(node.input(2))
+        if b is not None:
+            prepared.tensors["bias"] = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+        prepared.replaces = frozenset(i for i, k in ((1, "up"), (2, "bias")) if k in prepared.tensors)
+        return prepared
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        m = int(prepared.params.get("m", self.tile))
+        a = m + 2
+        up = prepared.tensors["up"]
+        bias, has_bias = vector_or_dummy(prepared.tensors.get("bias", inputs[2] if len(inputs) > 2 else None))
+        x = np.ascontiguousarray(inputs[0], dtype=np.float32)
+        out = outputs[0]
+        n, k_count, ho, wo = out.shape
+        c_count = x.shape[1]
+        if n == 0 or ho == 0 or wo == 0:
+            return
+        geo = memo(prepared, "geo", lambda: ConvGeometry.of(node, (k_count, c_count, 3, 3)))
+        act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
+        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n * k_count)
+        th, tw = -(-ho // m), -(-wo // m)
+        panels = -(-k_count // MR)
+        threads = numba_thread_count()
+        plan = memo(
+            prepared,
+            ("plan", n, ho, wo, threads),
+            lambda: plan_groups(n, th, tw, c_count, a, panels, threads),
+        )
+        workers = max(1, min(threads, plan.groups * plan.runs))
+        cols = plan.cols
+        rows = plan.band if plan.band else th
+        tiles = rows * tw
+        offs = memo(prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * cols)
+        per_run = -(-panels // plan.runs)
+        # zeros once: the columns past a group's tiles are computed and dropped; keep them finite
+        v_ws = memo(
+            prepared, ("v_ws", workers, cols), lambda: np.zeros((workers, a * a * c_count * cols), np.float32)
+        )
+        m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols))
+        row_ws = workspace(prepared, "row_ws", (workers, (tw + 1) * m))
+        slot_ws = workspace(prepared, "slot_ws", (workers, m * a * ((rows + 1) * tw + 1)))
+        col_ws = workspace(prepared, "col_ws", (workers, a * m * (rows + 1) * tw))
+        z_ws = workspace(prepared, "z_ws", (workers, m * a * tiles))
+        y_ws = workspace(prepared, "y_ws", (workers, m * m * tiles if m == 2 else 1))
+        winograd_fused(
+            x, up, panels, offs, cols, m, geo.pad_top, geo.pad_left, th, tw, plan.band, plan.images, plan.runs,
+            out.reshape(n * k_count, ho * wo), k_count, ho, wo, bias, has_bias, residual, mode, act, alpha, beta,
+            v_ws, m_ws, row_ws, slot_ws, col_ws, z_ws, y_ws,
+        )  # fmt: skip
+
+
+register_tactic(FusedWinogradConv)
+
+
+@register_tactic
+class FusedWinogradF2Conv(FusedWinogradConv):
+    """:class:`FusedWinogradConv` on F(2x2, 3x3) tiles (smaller planes, more accurate)."""
+
+    name = "cpu.conv.winograd_fused_f2"
+    priority = 24
+    tile = 2
