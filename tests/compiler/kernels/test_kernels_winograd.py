@@ -36,6 +36,7 @@ CASES = [
     _case(2, 7, 4, 9, 9, (0, 2, 1, 0)),
     _case(5, 4, 30, 30, 6, (1, 1, 1, 1)),  # several image groups, the last one partial
     _case(2, 16, 33, 35, 24, (1, 1, 1, 1)),  # big enough for both pools' parallel paths
+    _case(1, 3, 6, 70, 13, (1, 2, 0, 1)),  # 18 F(4x4) tile columns: two 16-tile vectors a row
 ]
 
 
@@ -243,3 +244,37 @@ def test_fused_plan_keeps_v_in_l2_and_feeds_every_thread() -> None:
     # batch 1: a few bands, runs so that both threads have work
     plan = plan_groups(1, 14, 14, 64, 6, 6, 2)
     assert plan.groups * plan.runs >= 4
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(
+    ("h", "w", "pt", "pl"), [(9, 11, 1, 1), (6, 70, 2, 0), (13, 40, -3, 2), (5, 5, 0, 3)]
+)
+def test_vector_input_transform_matches_the_scalar_one(m: int, h: int, w: int, pt: int, pl: int) -> None:
+    """``input_tiles16`` (16 tiles in the lanes, V channel-major) computes the values of
+    ``input_plane`` (per-tile gather, V point-major) for every tile: one and several 16-tile
+    chunks a row, a band's negative top pad, pads wider than the kernel's half."""
+    from farm.compiler.kernels.cpu.winograd import input_plane
+    from farm.compiler.kernels.cpu.winograd_fused import input_tiles16, row_width
+
+    rng = np.random.default_rng(h * 100 + w + m)
+    a = m + 2
+    plane = rng.standard_normal((h, w)).astype(np.float32)
+    th, tw = -(-max(h + pt - 2, 1) // m), -(-(w + pl) // m)
+    tiles = th * tw
+    cols = -(-tiles // 32) * 32 + 32
+    b = 5  # where the plane's tiles start in a row of V
+    want = np.full((a * a, 1, cols), np.nan, np.float32)
+    input_plane(
+        plane, m, pt, pl, th, tw, want, 0, b,
+        np.zeros((tw + 1) * m, np.float32), np.zeros((m * a, (th + 1) * tw + 1), np.float32),
+        np.zeros((a * m, (th + 1) * tw), np.float32),
+    )  # fmt: skip
+    got = np.full(2 * a * a * cols, np.nan, np.float32)  # two channels: the plane is channel 1
+    hbuf = np.full((th * m + 2) * -(-tw // 16) * a * 16, np.nan, np.float32)
+    input_tiles16(
+        plane, m, pt, pl, th, tw, got, cols, 1, b, np.full(row_width(tw, m), np.nan, np.float32), hbuf
+    )
+    got = got.reshape(2, a * a, cols)
+    np.testing.assert_allclose(got[1, :, b : b + tiles], want[:, 0, b : b + tiles], rtol=1e-6, atol=1e-5)
+    assert np.isnan(got[0]).all() and np.isnan(got[1, :, :b]).all() and np.isnan(got[1, :, b + tiles :]).all()

@@ -12,7 +12,7 @@ Masked forms (``vload16_masked``/``vstore16_masked``: the first ``count`` lanes;
 lanes ``lo <= j < hi``) touch only the selected lanes, so a 16-lane access may start before or run
 past its array: AVX-512 masked moves (``vmaskmovps`` on AVX2 hosts) do not fault on the others.
 ``vevens16``/``vodds16`` de-interleave 32 consecutive floats (stride-2 columns), and
-``vadd16``/``vmul16``/``vdiv16``/``vmax16``/``vmin16``/``vsplat16`` are the lane-wise arithmetic an epilogue
+``vadd16``/``vsub16``/``vmul16``/``vdiv16``/``vmax16``/``vmin16``/``vsplat16`` are the lane-wise arithmetic an epilogue
 needs.
 
 All memory intrinsics index C-contiguous float32 arrays by flat element and are not bounds-checked.
@@ -481,6 +481,8 @@ def _binary(kind: str) -> Any:
             a_, b_ = args
             if kind == "add":
                 return builder.fadd(a_, b_)
+            if kind == "sub":
+                return builder.fsub(a_, b_)
             if kind == "mul":
                 return builder.fmul(a_, b_)
             if kind == "div":
@@ -496,6 +498,8 @@ def _binary(kind: str) -> Any:
 
 vadd16: Any = intrinsic(_binary("add"))
 """``a + b`` lane by lane."""
+vsub16: Any = intrinsic(_binary("sub"))
+"""``a - b`` lane by lane."""
 vmul16: Any = intrinsic(_binary("mul"))
 """``a * b`` lane by lane."""
 vdiv16: Any = intrinsic(_binary("div"))

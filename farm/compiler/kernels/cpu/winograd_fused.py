@@ -36,11 +36,22 @@ from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import epilogue_params, finish_row, residual_rows, vector_or_dummy
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
+from farm.compiler.kernels.cpu._simd16 import (
+    LANES,
+    vadd16,
+    vevens16,
+    vload16,
+    vmul16,
+    vodds16,
+    vsplat16,
+    vstore16,
+    vstore16_masked,
+    vsub16,
+)
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry
 from farm.compiler.kernels.cpu.winograd import (
     _FAST,
-    input_plane,
     output_plane,
     transform_filter,
     winograd_geometry_ok,
@@ -99,17 +110,145 @@ def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: 
     return grouping._replace(runs=runs)
 
 
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _bt4v(d0, d1, d2, d3, d4, d5):
+    """B^T d for F(4, 3) on six vectors (one per d row), lane by lane."""
+    four, five, two = vsplat16(4.0), vsplat16(5.0), vsplat16(2.0)
+    s12 = vadd16(d1, d2)
+    m12 = vsub16(d1, d2)
+    m13 = vsub16(d1, d3)
+    e42 = vsub16(d4, d2)
+    return (
+        vadd16(vsub16(vmul16(four, d0), vmul16(five, d2)), d4),
+        vsub16(vadd16(d3, d4), vmul16(four, s12)),
+        vadd16(vsub16(d4, d3), vmul16(four, m12)),
+        vsub16(e42, vmul16(two, m13)),
+        vadd16(e42, vmul16(two, m13)),
+        vadd16(vsub16(vmul16(four, d1), vmul16(five, d3)), d5),
+    )
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _bt2v(d0, d1, d2, d3):
+    """B^T d for F(2, 3) on four vectors."""
+    return vsub16(d0, d2), vadd16(d1, d2), vsub16(d2, d1), vsub16(d3, d1)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
+def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, prow, hbuf):
+    """:func:`~.winograd.input_plane` with 16 tiles of a tile row in the vector lanes: the same
+    values ``V[xi, c, b + t]``, stored channel-major into ``vf`` (flat ``[C, a*a, cols]``: one
+    channel's a*a rows are adjacent, so a plane's stores fill a few KiB in order instead of
+    a*a rows a whole V apart, which had cost an L2 write miss per store).
+
+    Each padded input row is copied once into ``prow`` (zeros left and right of the plane), and
+    its ``d B`` for 16 tiles at a time comes from whole-vector loads: tile tx's column s is
+    ``prow[tx*m + s]``, a stride-m de-interleave of 16*m consecutive floats (``vevens16`` /
+    ``vodds16``, twice for m = 4; columns m and m+1 from a second load m floats on). The rows'
+    ``d B`` go to ``hbuf`` ``[rows, chunks, a, 16]``, then ``B^T (d B)`` of each tile row
+    combines its a rows and stores the a*a results, masked to the row's tiles. Replaces the
+    scalar per-tile gather, whose 15-tile loops never reached LLVM's vector body."""
+    h, w = plane.shape
+    a = m + 2
+    chunks = (tw + LANES - 1) // LANES
+    n_rows = th * m + 2
+    width = prow.shape[0]
+    lo = min(pl, width)
+    hi = max(min(pl + w, width), lo)
+    for q in range(width):
+        prow[q] = 0.0
+    for r in range(n_rows):
+        iy = r - pt
+        if iy < 0 or iy >= h:
+            for q in range(lo, hi):
+                prow[q] = 0.0
+        else:
+            src = plane[iy]
+            for q in range(lo, hi):
+                prow[q] = src[q - pl]
+        for k in range(chunks):
+            base = k * LANES * m
+            at = (r * chunks + k) * a * LANES
+            if m == 4:
+                e0 = vevens16(vload16(prow, base), vload16(prow, base + 16))
+                o0 = vodds16(vload16(prow, base), vload16(prow, base + 16))
+                e1 = vevens16(vload16(prow, base + 32), vload16(prow, base + 48))
+                o1 = vodds16(vload16(prow, base + 32), vload16(prow, base + 48))
+                f0 = vevens16(vload16(prow, base + 4), vload16(prow, base + 20))
+                g0 = vodds16(vload16(prow, base + 4), vload16(prow, base + 20))
+                f1 = vevens16(vload16(prow, base + 36), vload16(prow, base + 52))
+                g1 = vodds16(vload16(prow, base + 36), vload16(prow, base + 52))
+                t = _bt4v(
+                    vevens16(e0, e1), vevens16(o0, o1), vodds16(e0, e1), vodds16(o0, o1),
+                    vevens16(f0, f1), vevens16(g0, g1),
+                )  # fmt: skip
+                vstore16(hbuf, at, t[0])
+                vstore16(hbuf, at + LANES, t[1])
+                vstore16(hbuf, at + 2 * LANES, t[2])
+                vstore16(hbuf, at + 3 * LANES, t[3])
+                vstore16(hbuf, at + 4 * LANES, t[4])
+                vstore16(hbuf, at + 5 * LANES, t[5])
+            else:
+                lo0, lo1 = vload16(prow, base), vload16(prow, base + 16)
+                hi0, hi1 = vload16(prow, base + 2), vload16(prow, base + 18)
+                t2 = _bt2v(vevens16(lo0, lo1), vodds16(lo0, lo1), vevens16(hi0, hi1), vodds16(hi0, hi1))
+                vstore16(hbuf, at, t2[0])
+                vstore16(hbuf, at + LANES, t2[1])
+                vstore16(hbuf, at + 2 * LANES, t2[2])
+                vstore16(hbuf, at + 3 * LANES, t2[3])
+    xi_stride = cols
+    for ty in range(th):
+        for k in range(chunks):
+            count = min(LANES, tw - k * LANES)
+            dst = c * a * a * cols + b + ty * tw + k * LANES
+            row0 = ty * m * chunks + k  # (row ty*m, chunk k) in hbuf's [rows, chunks] order
+            step = chunks * a * LANES  # one padded row on
+            for j in range(a):
+                at = row0 * a * LANES + j * LANES
+                if m == 4:
+                    t = _bt4v(
+                        vload16(hbuf, at), vload16(hbuf, at + step), vload16(hbuf, at + 2 * step),
+                        vload16(hbuf, at + 3 * step), vload16(hbuf, at + 4 * step), vload16(hbuf, at + 5 * step),
+                    )  # fmt: skip
+                    o = dst + j * xi_stride
+                    s6 = 6 * xi_stride
+                    vstore16_masked(vf, o, t[0], count)
+                    vstore16_masked(vf, o + s6, t[1], count)
+                    vstore16_masked(vf, o + 2 * s6, t[2], count)
+                    vstore16_masked(vf, o + 3 * s6, t[3], count)
+                    vstore16_masked(vf, o + 4 * s6, t[4], count)
+                    vstore16_masked(vf, o + 5 * s6, t[5], count)
+                else:
+                    t2 = _bt2v(
+                        vload16(hbuf, at), vload16(hbuf, at + step), vload16(hbuf, at + 2 * step),
+                        vload16(hbuf, at + 3 * step),
+                    )  # fmt: skip
+                    o = dst + j * xi_stride
+                    s4 = 4 * xi_stride
+                    vstore16_masked(vf, o, t2[0], count)
+                    vstore16_masked(vf, o + s4, t2[1], count)
+                    vstore16_masked(vf, o + 2 * s4, t2[2], count)
+                    vstore16_masked(vf, o + 3 * s4, t2[3], count)
+
+
+def row_width(tw: int, m: int) -> int:
+    """Floats of :func:`input_tiles16`'s padded row: 16 tiles per chunk, m columns each, plus
+    the second load's m-float offset (rounded up to a vector)."""
+    return (-(-tw // LANES) * LANES * m) + LANES
+
+
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def winograd_fused(
     x, up, panels, offs, cols, m, pt, pl, th, tw, band, images, runs, out, k_count, ho, wo, bias, has_bias,
-    residual, res_mode, act, alpha, beta, v_ws, m_ws, row_ws, slot_ws, col_ws, z_ws, y_ws,
+    residual, res_mode, act, alpha, beta, v_ws, m_ws, row_ws, h_ws, z_ws, y_ws,
 ):  # fmt: skip
     """``out`` [N*K, Ho*Wo] (NCHW rows) = the F(m x m, 3 x 3) conv of ``x`` [N, C, H, W] with
     the transformed filter packed as A panels ``up`` (flat ``[a*a, panels, C, 12]``), one task
     per (tile group, run of output panels) (see :class:`Grouping`), worker w taking the tasks w,
-    w + workers, ... Per-worker workspaces: ``v_ws`` [workers, a*a*C*cols], ``m_ws``
-    [workers, a*a*(panels per run)*12*cols] and the transforms' own (:func:`~.winograd.input_plane`,
-    :func:`~.winograd.output_plane`, flat)."""
+    w + workers, ... Per-worker workspaces: ``v_ws`` [workers, C*a*a*cols] (V channel-major,
+    :func:`input_tiles16`; ``offs[c] = c*a*a*cols``), ``m_ws`` [workers, a*a*(panels per
+    run)*12*cols], ``row_ws`` and ``h_ws`` (:func:`input_tiles16`), ``z_ws`` and ``y_ws``
+    (:func:`~.winograd.output_plane`)."""
     n, c_count = x.shape[0], x.shape[1]
     a = m + 2
     aa = a * a
@@ -119,6 +258,8 @@ def winograd_fused(
     workers = v_ws.shape[0]
     per_run = -(-panels // runs)
     for wk in prange(workers):
+        vf = v_ws[wk]
+        mf = m_ws[wk]
         for task in range(wk, tasks, workers):
             g = task // runs
             p0 = (task % runs) * per_run
@@ -137,28 +278,31 @@ def winograd_fused(
                 rows = th
             tiles = rows * tw  # per image of the group
             used = count * tiles
-            v = v_ws[wk][: aa * c_count * cols].reshape(aa, c_count, cols)
-            prow = row_ws[wk]
-            slot = slot_ws[wk][: m * a * ((rows + 1) * tw + 1)].reshape(m * a, (rows + 1) * tw + 1)
-            col = col_ws[wk][: a * m * (rows + 1) * tw].reshape(a * m, (rows + 1) * tw)
             for i in range(count):
                 for c in range(c_count):
-                    input_plane(
-                        x[img0 + i, c], m, pt - ty0 * m, pl, rows, tw, v, c, i * tiles, prow, slot, col
+                    input_tiles16(
+                        x[img0 + i, c],
+                        m,
+                        pt - ty0 * m,
+                        pl,
+                        rows,
+                        tw,
+                        vf,
+                        cols,
+                        c,
+                        i * tiles,
+                        row_ws[wk],
+                        h_ws[wk],
                     )
             # the GEMMs: M[xi, channel, tile] for the run's panels, 12 x 32 register tiles
             kr = (p1 - p0) * MR
-            mm = m_ws[wk][: aa * kr * cols].reshape(aa, kr, cols)
-            vf = v_ws[wk]
-            mf = m_ws[wk]
             for xi in range(aa):
                 for p in range(p0, p1):
                     ao = (xi * panels + p) * c_count * MR
                     co = (xi * kr + (p - p0) * MR) * cols
                     for q in range(0, used, NR):
-                        tile_12x32(
-                            up, ao, vf, xi * c_count * cols + q, offs, 0, c_count, mf, co + q, cols, False
-                        )
+                        tile_12x32(up, ao, vf, xi * cols + q, offs, 0, c_count, mf, co + q, cols, False)
+            mm = mf[: aa * kr * cols].reshape(aa, kr, cols)
             z = z_ws[wk][: m * a * tiles].reshape(m * a, tiles)
             y = y_ws[wk][: m * m * tiles].reshape(m * m, tiles) if m == 2 else y_ws[wk][:1].reshape(1, 1)
             o0 = ty0 * m * wo
@@ -234,22 +378,21 @@ class FusedWinogradConv(Tactic):
         cols = plan.cols
         rows = plan.band if plan.band else th
         tiles = rows * tw
-        offs = memo(prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * cols)
+        offs = memo(prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * (a * a * cols))
         per_run = -(-panels // plan.runs)
         # zeros once: the columns past a group's tiles are computed and dropped; keep them finite
         v_ws = memo(
-            prepared, ("v_ws", workers, cols), lambda: np.zeros((workers, a * a * c_count * cols), np.float32)
+            prepared, ("v_ws", workers, cols), lambda: np.zeros((workers, c_count * a * a * cols), np.float32)
         )
         m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols))
-        row_ws = workspace(prepared, "row_ws", (workers, (tw + 1) * m))
-        slot_ws = workspace(prepared, "slot_ws", (workers, m * a * ((rows + 1) * tw + 1)))
-        col_ws = workspace(prepared, "col_ws", (workers, a * m * (rows + 1) * tw))
+        row_ws = workspace(prepared, "row_ws", (workers, row_width(tw, m)))
+        h_ws = workspace(prepared, "h_ws", (workers, (rows * m + 2) * -(-tw // LANES) * a * LANES))
         z_ws = workspace(prepared, "z_ws", (workers, m * a * tiles))
         y_ws = workspace(prepared, "y_ws", (workers, m * m * tiles if m == 2 else 1))
         winograd_fused(
             x, up, panels, offs, cols, m, geo.pad_top, geo.pad_left, th, tw, plan.band, plan.images, plan.runs,
             out.reshape(n * k_count, ho * wo), k_count, ho, wo, bias, has_bias, residual, mode, act, alpha, beta,
-            v_ws, m_ws, row_ws, slot_ws, col_ws, z_ws, y_ws,
+            v_ws, m_ws, row_ws, h_ws, z_ws, y_ws,
         )  # fmt: skip
 
 
