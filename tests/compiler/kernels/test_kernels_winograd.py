@@ -255,7 +255,7 @@ def test_vector_input_transform_matches_the_scalar_one(m: int, h: int, w: int, p
     ``input_plane`` (per-tile gather, V point-major) for every tile: one and several 16-tile
     chunks a row, a band's negative top pad, pads wider than the kernel's half."""
     from farm.compiler.kernels.cpu.winograd import input_plane
-    from farm.compiler.kernels.cpu.winograd_fused import input_tiles16, row_width
+    from farm.compiler.kernels.cpu.winograd_fused import input_tiles16
 
     rng = np.random.default_rng(h * 100 + w + m)
     a = m + 2
@@ -272,9 +272,7 @@ def test_vector_input_transform_matches_the_scalar_one(m: int, h: int, w: int, p
     )  # fmt: skip
     got = np.full(2 * a * a * cols, np.nan, np.float32)  # two channels: the plane is channel 1
     hbuf = np.full((th * m + 2) * -(-tw // 16) * a * 16, np.nan, np.float32)
-    input_tiles16(
-        plane, m, pt, pl, th, tw, got, cols, 1, b, np.full(row_width(tw, m), np.nan, np.float32), hbuf
-    )
+    input_tiles16(plane, m, pt, pl, th, tw, got, cols, 1, b, hbuf)
     got = got.reshape(2, a * a, cols)
     np.testing.assert_allclose(got[1, :, b : b + tiles], want[:, 0, b : b + tiles], rtol=1e-6, atol=1e-5)
     assert np.isnan(got[0]).all() and np.isnan(got[1, :, :b]).all() and np.isnan(got[1, :, b + tiles :]).all()

@@ -41,6 +41,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vadd16,
     vevens16,
     vload16,
+    vload16_lanes,
     vmul16,
     vodds16,
     vsplat16,
@@ -134,16 +135,26 @@ def _bt2v(d0, d1, d2, d3):
     return vsub16(d0, d2), vadd16(d1, d2), vsub16(d2, d1), vsub16(d3, d1)
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _padded16(flat, row, p, pl, w, inside, z):
+    """Padded columns p .. p+15 of one input row (``flat[row + p + j]`` where the column
+    ``p + j - pl`` is inside the plane's ``w``, else 0; ``z`` where the row is outside): a
+    masked load straight from the plane, no copy of the row."""
+    if not inside:
+        return z
+    return vload16_lanes(flat, row + p, pl - p, w + pl - p)
+
+
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
-def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, prow, hbuf):
+def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, hbuf):
     """:func:`~.winograd.input_plane` with 16 tiles of a tile row in the vector lanes: the same
     values ``V[xi, c, b + t]``, stored channel-major into ``vf`` (flat ``[C, a*a, cols]``: one
     channel's a*a rows are adjacent, so a plane's stores fill a few KiB in order instead of
     a*a rows a whole V apart, which had cost an L2 write miss per store).
 
-    Each padded input row is copied once into ``prow`` (zeros left and right of the plane), and
-    its ``d B`` for 16 tiles at a time comes from whole-vector loads: tile tx's column s is
-    ``prow[tx*m + s]``, a stride-m de-interleave of 16*m consecutive floats (``vevens16`` /
+    Each padded input row's ``d B`` for 16 tiles at a time comes from vector loads straight from
+    the plane, masked at its left and right edges (:func:`_padded16`): tile tx's column s is
+    padded column ``tx*m + s``, a stride-m de-interleave of 16*m consecutive floats (``vevens16`` /
     ``vodds16``, twice for m = 4; columns m and m+1 from a second load m floats on). The rows'
     ``d B`` go to ``hbuf`` ``[rows, chunks, a, 16]``, then ``B^T (d B)`` of each tile row
     combines its a rows and stores the a*a results, masked to the row's tiles. Replaces the
@@ -152,32 +163,26 @@ def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, prow, hbuf):
     a = m + 2
     chunks = (tw + LANES - 1) // LANES
     n_rows = th * m + 2
-    width = prow.shape[0]
-    lo = min(pl, width)
-    hi = max(min(pl + w, width), lo)
-    for q in range(width):
-        prow[q] = 0.0
+    flat = plane.reshape(h * w)
+    z = vsplat16(0.0)
     for r in range(n_rows):
         iy = r - pt
-        if iy < 0 or iy >= h:
-            for q in range(lo, hi):
-                prow[q] = 0.0
-        else:
-            src = plane[iy]
-            for q in range(lo, hi):
-                prow[q] = src[q - pl]
+        inside = 0 <= iy < h
+        row = iy * w - pl  # flat index of padded column 0 of this row
         for k in range(chunks):
             base = k * LANES * m
             at = (r * chunks + k) * a * LANES
             if m == 4:
-                e0 = vevens16(vload16(prow, base), vload16(prow, base + 16))
-                o0 = vodds16(vload16(prow, base), vload16(prow, base + 16))
-                e1 = vevens16(vload16(prow, base + 32), vload16(prow, base + 48))
-                o1 = vodds16(vload16(prow, base + 32), vload16(prow, base + 48))
-                f0 = vevens16(vload16(prow, base + 4), vload16(prow, base + 20))
-                g0 = vodds16(vload16(prow, base + 4), vload16(prow, base + 20))
-                f1 = vevens16(vload16(prow, base + 36), vload16(prow, base + 52))
-                g1 = vodds16(vload16(prow, base + 36), vload16(prow, base + 52))
+                l0 = _padded16(flat, row, base, pl, w, inside, z)
+                l1 = _padded16(flat, row, base + 16, pl, w, inside, z)
+                l2 = _padded16(flat, row, base + 32, pl, w, inside, z)
+                l3 = _padded16(flat, row, base + 48, pl, w, inside, z)
+                e0, o0, e1, o1 = vevens16(l0, l1), vodds16(l0, l1), vevens16(l2, l3), vodds16(l2, l3)
+                l0 = _padded16(flat, row, base + 4, pl, w, inside, z)
+                l1 = _padded16(flat, row, base + 20, pl, w, inside, z)
+                l2 = _padded16(flat, row, base + 36, pl, w, inside, z)
+                l3 = _padded16(flat, row, base + 52, pl, w, inside, z)
+                f0, g0, f1, g1 = vevens16(l0, l1), vodds16(l0, l1), vevens16(l2, l3), vodds16(l2, l3)
                 t = _bt4v(
                     vevens16(e0, e1), vevens16(o0, o1), vodds16(e0, e1), vodds16(o0, o1),
                     vevens16(f0, f1), vevens16(g0, g1),
@@ -189,9 +194,11 @@ def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, prow, hbuf):
                 vstore16(hbuf, at + 4 * LANES, t[4])
                 vstore16(hbuf, at + 5 * LANES, t[5])
             else:
-                lo0, lo1 = vload16(prow, base), vload16(prow, base + 16)
-                hi0, hi1 = vload16(prow, base + 2), vload16(prow, base + 18)
-                t2 = _bt2v(vevens16(lo0, lo1), vodds16(lo0, lo1), vevens16(hi0, hi1), vodds16(hi0, hi1))
+                l0 = _padded16(flat, row, base, pl, w, inside, z)
+                l1 = _padded16(flat, row, base + 16, pl, w, inside, z)
+                l2 = _padded16(flat, row, base + 2, pl, w, inside, z)
+                l3 = _padded16(flat, row, base + 18, pl, w, inside, z)
+                t2 = _bt2v(vevens16(l0, l1), vodds16(l0, l1), vevens16(l2, l3), vodds16(l2, l3))
                 vstore16(hbuf, at, t2[0])
                 vstore16(hbuf, at + LANES, t2[1])
                 vstore16(hbuf, at + 2 * LANES, t2[2])
@@ -231,23 +238,17 @@ def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, prow, hbuf):
                     vstore16_masked(vf, o + 3 * s4, t2[3], count)
 
 
-def row_width(tw: int, m: int) -> int:
-    """Floats of :func:`input_tiles16`'s padded row: 16 tiles per chunk, m columns each, plus
-    the second load's m-float offset (rounded up to a vector)."""
-    return (-(-tw // LANES) * LANES * m) + LANES
-
-
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def winograd_fused(
     x, up, panels, offs, cols, m, pt, pl, th, tw, band, images, runs, out, k_count, ho, wo, bias, has_bias,
-    residual, res_mode, act, alpha, beta, v_ws, m_ws, row_ws, h_ws, z_ws, y_ws,
+    residual, res_mode, act, alpha, beta, v_ws, m_ws, h_ws, z_ws, y_ws,
 ):  # fmt: skip
     """``out`` [N*K, Ho*Wo] (NCHW rows) = the F(m x m, 3 x 3) conv of ``x`` [N, C, H, W] with
     the transformed filter packed as A panels ``up`` (flat ``[a*a, panels, C, 12]``), one task
     per (tile group, run of output panels) (see :class:`Grouping`), worker w taking the tasks w,
     w + workers, ... Per-worker workspaces: ``v_ws`` [workers, C*a*a*cols] (V channel-major,
     :func:`input_tiles16`; ``offs[c] = c*a*a*cols``), ``m_ws`` [workers, a*a*(panels per
-    run)*12*cols], ``row_ws`` and ``h_ws`` (:func:`input_tiles16`), ``z_ws`` and ``y_ws``
+    run)*12*cols], ``h_ws`` (:func:`input_tiles16`), ``z_ws`` and ``y_ws``
     (:func:`~.winograd.output_plane`)."""
     n, c_count = x.shape[0], x.shape[1]
     a = m + 2
@@ -280,20 +281,8 @@ def winograd_fused(
             used = count * tiles
             for i in range(count):
                 for c in range(c_count):
-                    input_tiles16(
-                        x[img0 + i, c],
-                        m,
-                        pt - ty0 * m,
-                        pl,
-                        rows,
-                        tw,
-                        vf,
-                        cols,
-                        c,
-                        i * tiles,
-                        row_ws[wk],
-                        h_ws[wk],
-                    )
+                    hb = h_ws[wk]
+                    input_tiles16(x[img0 + i, c], m, pt - ty0 * m, pl, rows, tw, vf, cols, c, i * tiles, hb)
             # the GEMMs: M[xi, channel, tile] for the run's panels, 12 x 32 register tiles
             kr = (p1 - p0) * MR
             for xi in range(aa):
@@ -385,14 +374,13 @@ class FusedWinogradConv(Tactic):
             prepared, ("v_ws", workers, cols), lambda: np.zeros((workers, c_count * a * a * cols), np.float32)
         )
         m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols))
-        row_ws = workspace(prepared, "row_ws", (workers, row_width(tw, m)))
         h_ws = workspace(prepared, "h_ws", (workers, (rows * m + 2) * -(-tw // LANES) * a * LANES))
         z_ws = workspace(prepared, "z_ws", (workers, m * a * tiles))
         y_ws = workspace(prepared, "y_ws", (workers, m * m * tiles if m == 2 else 1))
         winograd_fused(
             x, up, panels, offs, cols, m, geo.pad_top, geo.pad_left, th, tw, plan.band, plan.images, plan.runs,
             out.reshape(n * k_count, ho * wo), k_count, ho, wo, bias, has_bias, residual, mode, act, alpha, beta,
-            v_ws, m_ws, row_ws, h_ws, z_ws, y_ws,
+            v_ws, m_ws, h_ws, z_ws, y_ws,
         )  # fmt: skip
 
 
