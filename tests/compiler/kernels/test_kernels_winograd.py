@@ -229,21 +229,35 @@ def test_fused_every_grouping(
     assert_close(one.run_tactic(tactic), expected)
 
 
-def test_fused_plan_keeps_v_in_l2_and_feeds_every_thread() -> None:
-    """The plan's groups: V within its budget where 32 columns allow it, little padding, and
-    output-panel runs only when the groups alone are fewer than two per thread."""
-    from farm.compiler.kernels.cpu.winograd_fused import MAX_COLS, V_BUDGET, plan_groups
+def test_fused_plan_keeps_slabs_in_l2_and_feeds_every_thread() -> None:
+    """The plan's groups: whole 32-column panels, one point's V slab within its budget where 32
+    columns allow it, no more output-panel runs than needed to give each thread a task, and
+    fewer reads of a large U where the tiles are few."""
+    from farm.compiler.kernels.cpu.winograd_fused import MAX_COLS, SLAB_BUDGET, plan_groups
 
-    # ResNet 64 @56, batch 8 (F(4x4): 14 x 14 tiles): bands, V in budget, many groups, no runs
+    # ResNet 64 @56, batch 8 (F(4x4): 14 x 14 tiles an image): bands of tile rows, no runs
     plan = plan_groups(8, 14, 14, 64, 6, 6, 2)
     assert plan.band > 0 and plan.runs == 1 and plan.groups >= 8
-    assert 36 * 64 * plan.cols * 4 <= V_BUDGET and plan.cols <= MAX_COLS and plan.cols % 32 == 0
-    # 512 @7, batch 8 (2 x 2 tiles an image): all 32 tiles in one group, panels split into runs
+    assert 64 * plan.cols * 4 <= SLAB_BUDGET and plan.cols <= MAX_COLS and plan.cols % 32 == 0
+    # 512 @7, batch 8 (2 x 2 tiles an image): all 32 tiles in one group, so U (37.7 MB) is
+    # read once; two runs of output panels, one per thread
     plan = plan_groups(8, 2, 2, 512, 6, 43, 2)
-    assert (plan.band, plan.images, plan.groups, plan.cols) == (0, 8, 1, 32) and plan.runs == 4
-    # batch 1: a few bands, runs so that both threads have work
-    plan = plan_groups(1, 14, 14, 64, 6, 6, 2)
-    assert plan.groups * plan.runs >= 4
+    assert (plan.band, plan.images, plan.groups, plan.cols, plan.runs) == (0, 8, 1, 32, 2)
+    # batch 1: each of the two threads gets work
+    for th, c in ((14, 64), (7, 128), (4, 256), (2, 512)):
+        plan = plan_groups(1, th, th, c, 6, -(-c // 12), 2)
+        assert plan.groups * plan.runs >= 2, (th, c, plan)
+    # one thread: never cut the panels into runs (each run repeats the input transform)
+    assert plan_groups(1, 14, 14, 64, 6, 6, 1).runs == 1
+
+
+def test_channel_stride_is_never_a_multiple_of_4_kib() -> None:
+    """V's channel stride keeps a B panel's rows out of a single L1 set."""
+    from farm.compiler.kernels.cpu.winograd_fused import channel_stride
+
+    for a in (4, 6):
+        for cols in range(32, 257, 32):
+            assert (channel_stride(a, cols) * 4) % 4096 != 0
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -272,7 +286,7 @@ def test_vector_input_transform_matches_the_scalar_one(m: int, h: int, w: int, p
     )  # fmt: skip
     got = np.full(2 * a * a * cols, np.nan, np.float32)  # two channels: the plane is channel 1
     hbuf = np.full((th * m + 2) * -(-tw // 16) * a * 16, np.nan, np.float32)
-    input_tiles16(plane, m, pt, pl, th, tw, got, cols, 1, b, hbuf)
+    input_tiles16(plane, m, pt, pl, th, tw, got, cols, a * a * cols, 1, b, hbuf)
     got = got.reshape(2, a * a, cols)
     np.testing.assert_allclose(got[1, :, b : b + tiles], want[:, 0, b : b + tiles], rtol=1e-6, atol=1e-5)
     assert np.isnan(got[0]).all() and np.isnan(got[1, :, :b]).all() and np.isnan(got[1, :, b + tiles :]).all()

@@ -59,7 +59,7 @@ from farm.compiler.kernels.cpu.winograd import (
 )
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
-V_BUDGET = 1 << 20  # bytes of V per task at most (where 32 columns allow): it stays in L2
+SLAB_BUDGET = 256 << 10  # bytes of one point's V slab (C x cols) at most: it stays in L2
 MAX_COLS = 256  # tiles per group at most
 
 
@@ -75,14 +75,33 @@ class Grouping(NamedTuple):
     runs: int
 
 
+# The plan's cost model, per thread, in ns (2-core Xeon and Zen 5 figures, rounded):
+GEMM_NS_PER_FLOP = 1 / 145  # the 12 x 32 register tile on one core
+U_NS_PER_BYTE = 0.1  # U streamed from memory (~10 GB/s a core): in a model it is never cached
+INPUT_NS_PER_VALUE = 0.35  # input_tiles16, per V value
+OUTPUT_NS_PER_VALUE = 0.9  # output_plane + epilogue, per output value
+L2_BYTES = 1 << 21  # a task's V and M beyond this spill to L3 ...
+SPILL_NS_PER_BYTE = 0.3  # ... and are written and read back from there (measured: 4 GB/s)
+
+
 def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: int) -> Grouping:
-    """Pick the grouping with the least padded work: the columns past a group's tiles (up to
-    the next 32) are computed for nothing, and a band of b tile rows gathers b + 1 rows of
-    tiles. Candidates: bands of 1 .. th tile rows, and 1 .. n whole images per group, each with
-    V (``a*a * C * cols`` floats) within :data:`V_BUDGET` where 32 columns allow. Then
-    enough panel runs that there are two tasks per thread where the groups alone are fewer."""
+    """The grouping and panel runs with the least modelled time on ``threads`` threads.
+
+    Candidates: bands of 1 .. th tile rows, and 1 .. n whole images per group, each group's
+    columns rounded up to 32, one point's V slab (C x cols floats, what the GEMMs of a point
+    reuse across the output panels) within :data:`SLAB_BUDGET` where 32 columns allow; and
+    1 .. panels runs of output panels. A task's time (constants above) is its GEMMs
+    (padding included), its run's share of U, read once per task (so fewer, wider groups read
+    U fewer times: 512 channels at 7 x 7 is 16.7 MB of U for F(2x2)), its group's input
+    transform (repeated by every run; a band of b tile rows gathers b + 1), its output
+    transform, and the part of its V and M that does not fit in L2, written to L3 and read
+    back. The whole takes as long as the busiest worker, which takes every ``threads``-th task
+    (:func:`winograd_fused`'s static schedule)."""
     tpi = th * tw
-    limit = max(NR, min(MAX_COLS, (V_BUDGET // (a * a * 4 * c)) // NR * NR))
+    aa = a * a
+    m = a - 2
+    limit = max(NR, min(MAX_COLS, (SLAB_BUDGET // (4 * c)) // NR * NR))
+    u_bytes = aa * panels * MR * c * 4
     best: tuple[float, Grouping] | None = None
     candidates: list[tuple[int, int]] = [(b, 1) for b in range(1, th + 1)]
     candidates += [(0, i) for i in range(2, n + 1)]
@@ -90,25 +109,44 @@ def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: 
         if band:
             per_image = -(-th // band)
             sizes = [min(band, th - i * band) * tw for i in range(per_image)] * n
-            gathered = n * (th + per_image)  # tile rows gathered: each band's own plus one
+            gathered = n * (th + per_image) * tw  # tiles gathered: each band's own rows plus one
         else:
-            groups = -(-n // images)
-            sizes = [min(images, n - g * images) * tpi for g in range(groups)]
-            gathered = n * (th + 1)
+            count = -(-n // images)
+            sizes = [min(images, n - g * images) * tpi for g in range(count)]
+            gathered = n * (th + 1) * tw
         cols = -(-max(sizes) // NR) * NR
         if cols > limit and not (band == 1 and images == 1):
             continue
-        padded = sum(-(-s // NR) * NR for s in sizes)
-        cost = padded + 0.25 * gathered * tw  # a gathered tile row: about a quarter of a column's GEMM
-        grouping = Grouping(band, images if not band else 1, len(sizes), cols, 1)
-        if best is None or cost < best[0]:
-            best = (cost, grouping)
+        groups = len(sizes)
+        padded = [-(-z // NR) * NR for z in sizes]
+        gathered_per_group = gathered / groups
+        for runs in range(1, panels + 1):
+            per_run = -(-panels // runs)
+            if runs > 1 and -(-panels // (runs - 1)) == per_run:
+                continue  # the same runs as one fewer
+            spill = max(0, aa * (c + per_run * MR) * cols * 4 - L2_BYTES) * SPILL_NS_PER_BYTE
+            fixed = (
+                u_bytes * per_run / panels * U_NS_PER_BYTE + gathered_per_group * c * aa * INPUT_NS_PER_VALUE
+            )
+            per_col = (
+                aa * per_run * MR * c * 2 * GEMM_NS_PER_FLOP + per_run * MR * m * m * OUTPUT_NS_PER_VALUE
+            )
+            tasks = [fixed + spill + z * per_col for z in padded for _ in range(runs)]
+            cost = max(sum(tasks[w::threads]) for w in range(min(threads, len(tasks))))
+            if best is None or cost < best[0]:
+                best = (cost, Grouping(band, images if not band else 1, groups, cols, runs))
+            if len(tasks) >= 4 * threads:
+                break
     assert best is not None
-    grouping = best[1]
-    runs = 1
-    if grouping.groups < 2 * threads:
-        runs = max(1, min(panels, -(-2 * threads // grouping.groups)))
-    return grouping._replace(runs=runs)
+    return best[1]
+
+
+def channel_stride(a: int, cols: int) -> int:
+    """Floats between two channels of V (``[C, a*a, cols]`` plus 16 floats): the GEMMs read one
+    row of each channel, and ``a*a*cols`` alone is a multiple of 4 KiB for F(2x2) at 64 columns,
+    which put every row of a B panel in the same L1 set (512 channels at 7 x 7: 9.1 ms against
+    5.4 at 32 columns)."""
+    return a * a * cols + LANES
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
@@ -146,11 +184,12 @@ def _padded16(flat, row, p, pl, w, inside, z):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
-def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, hbuf):
+def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, cstride, c, b, hbuf):
     """:func:`~.winograd.input_plane` with 16 tiles of a tile row in the vector lanes: the same
-    values ``V[xi, c, b + t]``, stored channel-major into ``vf`` (flat ``[C, a*a, cols]``: one
-    channel's a*a rows are adjacent, so a plane's stores fill a few KiB in order instead of
-    a*a rows a whole V apart, which had cost an L2 write miss per store).
+    values ``V[xi, c, b + t]``, stored channel-major into ``vf`` (channel c from ``c * cstride``
+    on, then ``[a*a, cols]``): one channel's a*a rows are adjacent, so a plane's stores fill a
+    few KiB in order instead of a*a rows a whole V apart, which had cost an L2 write miss per
+    store.
 
     Each padded input row's ``d B`` for 16 tiles at a time comes from vector loads straight from
     the plane, masked at its left and right edges (:func:`_padded16`): tile tx's column s is
@@ -207,7 +246,7 @@ def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, c, b, hbuf):
     for ty in range(th):
         for k in range(chunks):
             count = min(LANES, tw - k * LANES)
-            dst = c * a * a * cols + b + ty * tw + k * LANES
+            dst = c * cstride + b + ty * tw + k * LANES
             row0 = ty * m * chunks + k  # (row ty*m, chunk k) in hbuf's [rows, chunks] order
             step = chunks * a * LANES  # one padded row on
             for j in range(a):
@@ -246,13 +285,14 @@ def winograd_fused(
     """``out`` [N*K, Ho*Wo] (NCHW rows) = the F(m x m, 3 x 3) conv of ``x`` [N, C, H, W] with
     the transformed filter packed as A panels ``up`` (flat ``[a*a, panels, C, 12]``), one task
     per (tile group, run of output panels) (see :class:`Grouping`), worker w taking the tasks w,
-    w + workers, ... Per-worker workspaces: ``v_ws`` [workers, C*a*a*cols] (V channel-major,
-    :func:`input_tiles16`; ``offs[c] = c*a*a*cols``), ``m_ws`` [workers, a*a*(panels per
+    w + workers, ... Per-worker workspaces: ``v_ws`` [workers, C * cstride] (V channel-major,
+    :func:`input_tiles16`; ``offs[c] = c * cstride``, :func:`channel_stride`), ``m_ws`` [workers, a*a*(panels per
     run)*12*cols], ``h_ws`` (:func:`input_tiles16`), ``z_ws`` and ``y_ws``
     (:func:`~.winograd.output_plane`)."""
     n, c_count = x.shape[0], x.shape[1]
     a = m + 2
     aa = a * a
+    cstride = aa * cols + LANES  # channel_stride
     per_image = -(-th // band) if band else 0
     groups = n * per_image if band else -(-n // images)
     tasks = groups * runs
@@ -282,7 +322,9 @@ def winograd_fused(
             for i in range(count):
                 for c in range(c_count):
                     hb = h_ws[wk]
-                    input_tiles16(x[img0 + i, c], m, pt - ty0 * m, pl, rows, tw, vf, cols, c, i * tiles, hb)
+                    input_tiles16(
+                        x[img0 + i, c], m, pt - ty0 * m, pl, rows, tw, vf, cols, cstride, c, i * tiles, hb
+                    )
             # the GEMMs: M[xi, channel, tile] for the run's panels, 12 x 32 register tiles
             kr = (p1 - p0) * MR
             for xi in range(aa):
@@ -367,11 +409,15 @@ class FusedWinogradConv(Tactic):
         cols = plan.cols
         rows = plan.band if plan.band else th
         tiles = rows * tw
-        offs = memo(prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * (a * a * cols))
+        offs = memo(
+            prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * channel_stride(a, cols)
+        )
         per_run = -(-panels // plan.runs)
         # zeros once: the columns past a group's tiles are computed and dropped; keep them finite
         v_ws = memo(
-            prepared, ("v_ws", workers, cols), lambda: np.zeros((workers, c_count * a * a * cols), np.float32)
+            prepared,
+            ("v_ws", workers, cols),
+            lambda: np.zeros((workers, c_count * channel_stride(a, cols)), np.float32),
         )
         m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols))
         h_ws = workspace(prepared, "h_ws", (workers, (rows * m + 2) * -(-tw // LANES) * a * LANES))
