@@ -290,3 +290,40 @@ def test_vector_input_transform_matches_the_scalar_one(m: int, h: int, w: int, p
     got = got.reshape(2, a * a, cols)
     np.testing.assert_allclose(got[1, :, b : b + tiles], want[:, 0, b : b + tiles], rtol=1e-6, atol=1e-5)
     assert np.isnan(got[0]).all() and np.isnan(got[1, :, :b]).all() and np.isnan(got[1, :, b + tiles :]).all()
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("ho", "wo"), [(9, 11), (6, 70), (4, 64), (1, 3)])
+def test_vector_output_transform_matches_the_scalar_one(m: int, ho: int, wo: int) -> None:
+    """``output_tiles16`` (16 tiles in the lanes, interleaved row stores) writes what
+    ``output_plane`` writes for every output pixel, clipped at the plane's bottom and right edges
+    (tiles that overhang), with one and several 16-tile chunks a row, and nothing past the plane."""
+    from farm.compiler.kernels.cpu.winograd import output_plane
+    from farm.compiler.kernels.cpu.winograd_fused import output_tiles16
+
+    rng = np.random.default_rng(ho * 100 + wo + m)
+    a = m + 2
+    th, tw = -(-ho // m), -(-wo // m)
+    tiles = th * tw
+    cols = -(-tiles // 32) * 32
+    t0 = 3  # where the plane's tiles start in M's rows
+    mm = rng.standard_normal((a * a, 2, cols + t0 + 16)).astype(np.float32)
+    want = np.full(ho * wo, np.nan, np.float32)
+    output_plane(
+        mm,
+        1,
+        t0,
+        m,
+        th,
+        tw,
+        want,
+        ho,
+        wo,
+        np.zeros((m * a, tiles), np.float32),
+        np.zeros((m * m, tiles), np.float32),
+    )
+    got = np.full(ho * wo + 80, np.nan, np.float32)
+    step = 2 * (cols + t0 + 16)  # one point on, in the flat M
+    output_tiles16(mm.reshape(-1), (cols + t0 + 16) + t0, step, m, th, tw, got, ho, wo)
+    np.testing.assert_allclose(got[: ho * wo], want, rtol=1e-5, atol=1e-5)
+    assert np.isnan(got[ho * wo :]).all()

@@ -448,6 +448,26 @@ def _lanes_of_pair(parity: int) -> Any:
     return typer
 
 
+def _zip_half(high: int) -> Any:
+    def typer(typingctx: Any, a: Any, b: Any) -> Any:
+        if not (a == float32x16 and b == float32x16):
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            base = 8 * high
+            picks = [lane for i in range(8) for lane in (base + i, LANES + base + i)]
+            return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(ir.IntType(32), LANES), picks))
+
+        return float32x16(a, b), codegen
+
+    return typer
+
+
+vziplo16: Any = intrinsic(_zip_half(0))
+"""``a0 b0 a1 b1 .. a7 b7``: the first halves of a and b interleaved (inverse of ``vevens16`` /
+``vodds16`` with :func:`vziphi16`)."""
+vziphi16: Any = intrinsic(_zip_half(1))
+"""``a8 b8 a9 b9 .. a15 b15``: the second halves of a and b interleaved."""
 vevens16: Any = intrinsic(_lanes_of_pair(0))
 """Lanes 0, 2, .., 30 of the 32-lane concatenation ``a ++ b`` (one ``vpermt2ps``): the even
 elements of 32 consecutive floats."""

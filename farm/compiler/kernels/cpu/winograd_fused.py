@@ -15,7 +15,7 @@ x one run of 12-channel output panels, and does all three stages for it on its o
 2. for each of the a*a points and each output panel, ``M = U[xi] V[xi]`` on ``_microgemm``'s
    12 x 32 register tile: U is packed once at build time into 12-channel A panels, V's rows
    are the B panel read in place (row offsets ``c * cols``);
-3. the output transform (:func:`~.winograd.output_plane`) and the fused epilogue, channel by
+3. the output transform (:func:`output_tiles16`) and the fused epilogue, channel by
    channel, into the NCHW output.
 
 V and M stay in the core's L2 (the group size is chosen for that), nothing crosses between
@@ -48,12 +48,13 @@ from farm.compiler.kernels.cpu._simd16 import (
     vstore16,
     vstore16_masked,
     vsub16,
+    vziphi16,
+    vziplo16,
 )
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry
 from farm.compiler.kernels.cpu.winograd import (
     _FAST,
-    output_plane,
     transform_filter,
     winograd_geometry_ok,
 )
@@ -79,7 +80,7 @@ class Grouping(NamedTuple):
 GEMM_NS_PER_FLOP = 1 / 145  # the 12 x 32 register tile on one core
 U_NS_PER_BYTE = 0.1  # U streamed from memory (~10 GB/s a core): in a model it is never cached
 INPUT_NS_PER_VALUE = 0.35  # input_tiles16, per V value
-OUTPUT_NS_PER_VALUE = 0.9  # output_plane + epilogue, per output value
+OUTPUT_NS_PER_VALUE = 0.5  # output_tiles16 + epilogue, per output value
 L2_BYTES = 1 << 21  # a task's V and M beyond this spill to L3 ...
 SPILL_NS_PER_BYTE = 0.3  # ... and are written and read back from there (measured: 4 GB/s)
 
@@ -139,6 +140,124 @@ def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: 
                 break
     assert best is not None
     return best[1]
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _at4v(m0, m1, m2, m3, m4, m5):
+    """A^T m for F(4, 3) on six vectors, lane by lane."""
+    two, four, eight = vsplat16(2.0), vsplat16(4.0), vsplat16(8.0)
+    s12, d12 = vadd16(m1, m2), vsub16(m1, m2)
+    s34, d34 = vadd16(m3, m4), vsub16(m3, m4)
+    return (
+        vadd16(vadd16(m0, s12), s34),
+        vadd16(d12, vmul16(two, d34)),
+        vadd16(s12, vmul16(four, s34)),
+        vadd16(vadd16(d12, vmul16(eight, d34)), m5),
+    )
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _store4(plane, at, y0, y1, y2, y3, count):
+    """Four vectors of 16 tiles' outputs p = 0 .. 3 (tile-major: y_p lane l is pixel 4l + p of
+    the row) interleaved into 64 consecutive floats at ``plane[at:]``, the first ``count``."""
+    u0, u1 = vziplo16(y0, y2), vziphi16(y0, y2)
+    v0, v1 = vziplo16(y1, y3), vziphi16(y1, y3)
+    vstore16_masked(plane, at, vziplo16(u0, v0), max(0, min(LANES, count)))
+    vstore16_masked(plane, at + 16, vziphi16(u0, v0), max(0, min(LANES, count - 16)))
+    vstore16_masked(plane, at + 32, vziplo16(u1, v1), max(0, min(LANES, count - 32)))
+    vstore16_masked(plane, at + 48, vziphi16(u1, v1), max(0, min(LANES, count - 48)))
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
+def output_tiles16(mf, at, step, m, th, tw, plane, ho, wo):
+    """:func:`~.winograd.output_plane` with 16 tiles of a tile row in the vector lanes: the th x
+    tw output tiles of one channel into ``plane`` (flat, ``ho`` x ``wo``, clipped there), from
+    ``M[xi, tile t]`` at ``mf[at + xi*step + t]`` (tile t = ty*tw + tx). For 16 tiles, the a*a
+    vectors of M go through ``A^T`` down the tile rows and across them in registers, and each
+    output row's m vectors (pixel p of 16 tiles) are interleaved (``vziplo16`` / ``vziphi16``)
+    into 16*m consecutive floats, stored masked at the plane's right edge."""
+    chunks = (tw + LANES - 1) // LANES
+    for ty in range(th):
+        rows = min(m, ho - ty * m)
+        for k in range(chunks):
+            t = at + ty * tw + k * LANES
+            x0 = k * LANES * m
+            count = wo - x0
+            if m == 4:
+                z0 = _at4v(
+                    vload16(mf, t), vload16(mf, t + 6 * step), vload16(mf, t + 12 * step),
+                    vload16(mf, t + 18 * step), vload16(mf, t + 24 * step), vload16(mf, t + 30 * step),
+                )  # fmt: skip
+                z1 = _at4v(
+                    vload16(mf, t + step), vload16(mf, t + 7 * step), vload16(mf, t + 13 * step),
+                    vload16(mf, t + 19 * step), vload16(mf, t + 25 * step), vload16(mf, t + 31 * step),
+                )  # fmt: skip
+                z2 = _at4v(
+                    vload16(mf, t + 2 * step), vload16(mf, t + 8 * step), vload16(mf, t + 14 * step),
+                    vload16(mf, t + 20 * step), vload16(mf, t + 26 * step), vload16(mf, t + 32 * step),
+                )  # fmt: skip
+                z3 = _at4v(
+                    vload16(mf, t + 3 * step), vload16(mf, t + 9 * step), vload16(mf, t + 15 * step),
+                    vload16(mf, t + 21 * step), vload16(mf, t + 27 * step), vload16(mf, t + 33 * step),
+                )  # fmt: skip
+                z4 = _at4v(
+                    vload16(mf, t + 4 * step), vload16(mf, t + 10 * step), vload16(mf, t + 16 * step),
+                    vload16(mf, t + 22 * step), vload16(mf, t + 28 * step), vload16(mf, t + 34 * step),
+                )  # fmt: skip
+                z5 = _at4v(
+                    vload16(mf, t + 5 * step), vload16(mf, t + 11 * step), vload16(mf, t + 17 * step),
+                    vload16(mf, t + 23 * step), vload16(mf, t + 29 * step), vload16(mf, t + 35 * step),
+                )  # fmt: skip
+                # z_j[o]: output row o, column j of the tiles' A^T M; now across the columns
+                r0 = ty * 4 * wo + x0
+                y = _at4v(z0[0], z1[0], z2[0], z3[0], z4[0], z5[0])
+                _store4(plane, r0, y[0], y[1], y[2], y[3], count)
+                if rows > 1:
+                    y = _at4v(z0[1], z1[1], z2[1], z3[1], z4[1], z5[1])
+                    _store4(plane, r0 + wo, y[0], y[1], y[2], y[3], count)
+                if rows > 2:
+                    y = _at4v(z0[2], z1[2], z2[2], z3[2], z4[2], z5[2])
+                    _store4(plane, r0 + 2 * wo, y[0], y[1], y[2], y[3], count)
+                if rows > 3:
+                    y = _at4v(z0[3], z1[3], z2[3], z3[3], z4[3], z5[3])
+                    _store4(plane, r0 + 3 * wo, y[0], y[1], y[2], y[3], count)
+            else:
+                c0 = _at2v(
+                    vload16(mf, t),
+                    vload16(mf, t + 4 * step),
+                    vload16(mf, t + 8 * step),
+                    vload16(mf, t + 12 * step),
+                )
+                c1 = _at2v(
+                    vload16(mf, t + step),
+                    vload16(mf, t + 5 * step),
+                    vload16(mf, t + 9 * step),
+                    vload16(mf, t + 13 * step),
+                )
+                c2 = _at2v(
+                    vload16(mf, t + 2 * step), vload16(mf, t + 6 * step), vload16(mf, t + 10 * step),
+                    vload16(mf, t + 14 * step),
+                )  # fmt: skip
+                c3 = _at2v(
+                    vload16(mf, t + 3 * step), vload16(mf, t + 7 * step), vload16(mf, t + 11 * step),
+                    vload16(mf, t + 15 * step),
+                )  # fmt: skip
+                r0 = ty * 2 * wo + x0
+                y2 = _at2v(c0[0], c1[0], c2[0], c3[0])
+                vstore16_masked(plane, r0, vziplo16(y2[0], y2[1]), max(0, min(LANES, count)))
+                vstore16_masked(plane, r0 + 16, vziphi16(y2[0], y2[1]), max(0, min(LANES, count - 16)))
+                if rows > 1:
+                    y2 = _at2v(c0[1], c1[1], c2[1], c3[1])
+                    vstore16_masked(plane, r0 + wo, vziplo16(y2[0], y2[1]), max(0, min(LANES, count)))
+                    vstore16_masked(
+                        plane, r0 + wo + 16, vziphi16(y2[0], y2[1]), max(0, min(LANES, count - 16))
+                    )
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _at2v(m0, m1, m2, m3):
+    """A^T m for F(2, 3) on four vectors."""
+    return vadd16(vadd16(m0, m1), m2), vadd16(vsub16(m1, m2), m3)
 
 
 def channel_stride(a: int, cols: int) -> int:
@@ -280,15 +399,15 @@ def input_tiles16(plane, m, pt, pl, th, tw, vf, cols, cstride, c, b, hbuf):
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def winograd_fused(
     x, up, panels, offs, cols, m, pt, pl, th, tw, band, images, runs, out, k_count, ho, wo, bias, has_bias,
-    residual, res_mode, act, alpha, beta, v_ws, m_ws, h_ws, z_ws, y_ws,
+    residual, res_mode, act, alpha, beta, v_ws, m_ws, h_ws,
 ):  # fmt: skip
     """``out`` [N*K, Ho*Wo] (NCHW rows) = the F(m x m, 3 x 3) conv of ``x`` [N, C, H, W] with
     the transformed filter packed as A panels ``up`` (flat ``[a*a, panels, C, 12]``), one task
     per (tile group, run of output panels) (see :class:`Grouping`), worker w taking the tasks w,
     w + workers, ... Per-worker workspaces: ``v_ws`` [workers, C * cstride] (V channel-major,
     :func:`input_tiles16`; ``offs[c] = c * cstride``, :func:`channel_stride`), ``m_ws`` [workers, a*a*(panels per
-    run)*12*cols], ``h_ws`` (:func:`input_tiles16`), ``z_ws`` and ``y_ws``
-    (:func:`~.winograd.output_plane`)."""
+    run)*12*cols + 16] (16 floats of slack: :func:`output_tiles16` reads whole vectors) and
+    ``h_ws`` (:func:`input_tiles16`)."""
     n, c_count = x.shape[0], x.shape[1]
     a = m + 2
     aa = a * a
@@ -333,9 +452,6 @@ def winograd_fused(
                     co = (xi * kr + (p - p0) * MR) * cols
                     for q in range(0, used, NR):
                         tile_12x32(up, ao, vf, xi * cols + q, offs, 0, c_count, mf, co + q, cols, False)
-            mm = mf[: aa * kr * cols].reshape(aa, kr, cols)
-            z = z_ws[wk][: m * a * tiles].reshape(m * a, tiles)
-            y = y_ws[wk][: m * m * tiles].reshape(m * m, tiles) if m == 2 else y_ws[wk][:1].reshape(1, 1)
             o0 = ty0 * m * wo
             o1 = min(ho, (ty0 + rows) * m) * wo
             for kk in range(p0 * MR, min(k_count, p1 * MR)):
@@ -343,7 +459,17 @@ def winograd_fused(
                 for i in range(count):
                     r = (img0 + i) * k_count + kk
                     plane = out[r, o0:o1]
-                    output_plane(mm, kk - p0 * MR, i * tiles, m, rows, tw, plane, (o1 - o0) // wo, wo, z, y)
+                    output_tiles16(
+                        mf,
+                        (kk - p0 * MR) * cols + i * tiles,
+                        kr * cols,
+                        m,
+                        rows,
+                        tw,
+                        plane,
+                        (o1 - o0) // wo,
+                        wo,
+                    )
                     res = residual[r, o0:o1] if res_mode != 0 else residual[0]
                     finish_row(plane, b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
 
@@ -408,7 +534,6 @@ class FusedWinogradConv(Tactic):
         workers = max(1, min(threads, plan.groups * plan.runs))
         cols = plan.cols
         rows = plan.band if plan.band else th
-        tiles = rows * tw
         offs = memo(
             prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * channel_stride(a, cols)
         )
@@ -419,14 +544,12 @@ class FusedWinogradConv(Tactic):
             ("v_ws", workers, cols),
             lambda: np.zeros((workers, c_count * channel_stride(a, cols)), np.float32),
         )
-        m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols))
+        m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols + LANES))
         h_ws = workspace(prepared, "h_ws", (workers, (rows * m + 2) * -(-tw // LANES) * a * LANES))
-        z_ws = workspace(prepared, "z_ws", (workers, m * a * tiles))
-        y_ws = workspace(prepared, "y_ws", (workers, m * m * tiles if m == 2 else 1))
         winograd_fused(
             x, up, panels, offs, cols, m, geo.pad_top, geo.pad_left, th, tw, plan.band, plan.images, plan.runs,
             out.reshape(n * k_count, ho * wo), k_count, ho, wo, bias, has_bias, residual, mode, act, alpha, beta,
-            v_ws, m_ws, h_ws, z_ws, y_ws,
+            v_ws, m_ws, h_ws,
         )  # fmt: skip
 
 
