@@ -509,15 +509,23 @@ class WinogradConv(Tactic):
     def supports(self, node: Node, graph: Graph) -> bool:
         return winograd_geometry_ok(node, graph)
 
+    filter_key = "u"  # the prepared tensor that replaces the weight
+
+    def transformed_filter(self, w: np.ndarray) -> np.ndarray:
+        """The weight as this tactic stores it: U ``[a*a, K, C]``."""
+        return transform_filter(w, self.tile)
+
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         w = graph.const(node.input(1))
         assert w is not None
         prepared = Prepared(params={"m": self.tile})
-        prepared.tensors["u"] = transform_filter(np.asarray(w), self.tile)
+        prepared.tensors[self.filter_key] = self.transformed_filter(np.asarray(w))
         b = graph.const(node.input(2))
         if b is not None:
             prepared.tensors["bias"] = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-        prepared.replaces = frozenset(i for i, k in ((1, "u"), (2, "bias")) if k in prepared.tensors)
+        prepared.replaces = frozenset(
+            i for i, k in ((1, self.filter_key), (2, "bias")) if k in prepared.tensors
+        )
         return prepared
 
     def run(

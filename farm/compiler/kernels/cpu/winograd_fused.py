@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from farm.compiler.ir import Graph, Node
+from farm.compiler.ir import Node
 from farm.compiler.kernels.cpu._epilogue import epilogue_params, finish_row, residual_rows, vector_or_dummy
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, tile_12x32
 from farm.compiler.kernels.cpu._operands import memo, workspace
@@ -52,13 +52,9 @@ from farm.compiler.kernels.cpu._simd16 import (
     vziplo16,
 )
 from farm.compiler.kernels.cpu._threads import numba_thread_count
-from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry
-from farm.compiler.kernels.cpu.winograd import (
-    _FAST,
-    transform_filter,
-    winograd_geometry_ok,
-)
-from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
+from farm.compiler.kernels.cpu.conv import ConvGeometry
+from farm.compiler.kernels.cpu.winograd import _FAST, WinogradConv, transform_filter
+from farm.compiler.kernels.registry import Prepared, register_tactic
 
 SLAB_BUDGET = 256 << 10  # bytes of one point's V slab (C x cols) at most: it stays in L2
 MAX_COLS = 256  # tiles per group at most
@@ -168,6 +164,24 @@ def _store4(plane, at, y0, y1, y2, y3, count):
     vstore16_masked(plane, at + 48, vziphi16(u1, v1), max(0, min(LANES, count - 48)))
 
 
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _column4(mf, t, step):
+    """A^T down column j of 16 F(4x4) tiles: the vectors of points j, 6 + j, .., 30 + j, which
+    are ``mf[t + 6*i*step]`` (t at point j)."""
+    return _at4v(
+        vload16(mf, t), vload16(mf, t + 6 * step), vload16(mf, t + 12 * step),
+        vload16(mf, t + 18 * step), vload16(mf, t + 24 * step), vload16(mf, t + 30 * step),
+    )  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _column2(mf, t, step):
+    """A^T down column j of 16 F(2x2) tiles: points j, 4 + j, 8 + j, 12 + j."""
+    return _at2v(
+        vload16(mf, t), vload16(mf, t + 4 * step), vload16(mf, t + 8 * step), vload16(mf, t + 12 * step)
+    )
+
+
 @njit(error_model="numpy", cache=True, nogil=True, fastmath=_FAST)
 def output_tiles16(mf, at, step, m, th, tw, plane, ho, wo):
     """:func:`~.winograd.output_plane` with 16 tiles of a tile row in the vector lanes: the th x
@@ -184,30 +198,12 @@ def output_tiles16(mf, at, step, m, th, tw, plane, ho, wo):
             x0 = k * LANES * m
             count = wo - x0
             if m == 4:
-                z0 = _at4v(
-                    vload16(mf, t), vload16(mf, t + 6 * step), vload16(mf, t + 12 * step),
-                    vload16(mf, t + 18 * step), vload16(mf, t + 24 * step), vload16(mf, t + 30 * step),
-                )  # fmt: skip
-                z1 = _at4v(
-                    vload16(mf, t + step), vload16(mf, t + 7 * step), vload16(mf, t + 13 * step),
-                    vload16(mf, t + 19 * step), vload16(mf, t + 25 * step), vload16(mf, t + 31 * step),
-                )  # fmt: skip
-                z2 = _at4v(
-                    vload16(mf, t + 2 * step), vload16(mf, t + 8 * step), vload16(mf, t + 14 * step),
-                    vload16(mf, t + 20 * step), vload16(mf, t + 26 * step), vload16(mf, t + 32 * step),
-                )  # fmt: skip
-                z3 = _at4v(
-                    vload16(mf, t + 3 * step), vload16(mf, t + 9 * step), vload16(mf, t + 15 * step),
-                    vload16(mf, t + 21 * step), vload16(mf, t + 27 * step), vload16(mf, t + 33 * step),
-                )  # fmt: skip
-                z4 = _at4v(
-                    vload16(mf, t + 4 * step), vload16(mf, t + 10 * step), vload16(mf, t + 16 * step),
-                    vload16(mf, t + 22 * step), vload16(mf, t + 28 * step), vload16(mf, t + 34 * step),
-                )  # fmt: skip
-                z5 = _at4v(
-                    vload16(mf, t + 5 * step), vload16(mf, t + 11 * step), vload16(mf, t + 17 * step),
-                    vload16(mf, t + 23 * step), vload16(mf, t + 29 * step), vload16(mf, t + 35 * step),
-                )  # fmt: skip
+                z0 = _column4(mf, t, step)
+                z1 = _column4(mf, t + step, step)
+                z2 = _column4(mf, t + 2 * step, step)
+                z3 = _column4(mf, t + 3 * step, step)
+                z4 = _column4(mf, t + 4 * step, step)
+                z5 = _column4(mf, t + 5 * step, step)
                 # z_j[o]: output row o, column j of the tiles' A^T M; now across the columns
                 r0 = ty * 4 * wo + x0
                 y = _at4v(z0[0], z1[0], z2[0], z3[0], z4[0], z5[0])
@@ -222,26 +218,10 @@ def output_tiles16(mf, at, step, m, th, tw, plane, ho, wo):
                     y = _at4v(z0[3], z1[3], z2[3], z3[3], z4[3], z5[3])
                     _store4(plane, r0 + 3 * wo, y[0], y[1], y[2], y[3], count)
             else:
-                c0 = _at2v(
-                    vload16(mf, t),
-                    vload16(mf, t + 4 * step),
-                    vload16(mf, t + 8 * step),
-                    vload16(mf, t + 12 * step),
-                )
-                c1 = _at2v(
-                    vload16(mf, t + step),
-                    vload16(mf, t + 5 * step),
-                    vload16(mf, t + 9 * step),
-                    vload16(mf, t + 13 * step),
-                )
-                c2 = _at2v(
-                    vload16(mf, t + 2 * step), vload16(mf, t + 6 * step), vload16(mf, t + 10 * step),
-                    vload16(mf, t + 14 * step),
-                )  # fmt: skip
-                c3 = _at2v(
-                    vload16(mf, t + 3 * step), vload16(mf, t + 7 * step), vload16(mf, t + 11 * step),
-                    vload16(mf, t + 15 * step),
-                )  # fmt: skip
+                c0 = _column2(mf, t, step)
+                c1 = _column2(mf, t + step, step)
+                c2 = _column2(mf, t + 2 * step, step)
+                c3 = _column2(mf, t + 3 * step, step)
                 r0 = ty * 2 * wo + x0
                 y2 = _at2v(c0[0], c1[0], c2[0], c3[0])
                 vstore16_masked(plane, r0, vziplo16(y2[0], y2[1]), max(0, min(LANES, count)))
@@ -479,29 +459,18 @@ def pack_filter(u: np.ndarray) -> np.ndarray:
     return np.concatenate([pack_rows(u[xi]) for xi in range(u.shape[0])])
 
 
-class FusedWinogradConv(Tactic):
+class FusedWinogradConv(WinogradConv):
     """F(4x4, 3x3) Winograd conv, one task per (tile group, output-panel run): input transform,
-    register-tile GEMMs and output transform + epilogue on one thread, in its L2."""
+    register-tile GEMMs and output transform + epilogue on one thread, in its L2. The rule and
+    the bias handling are :class:`~.winograd.WinogradConv`'s; U is stored as A panels."""
 
     name = "cpu.conv.winograd_fused"
-    op_types = CONV_OPS
     priority = 23
     tile = 4
+    filter_key = "up"
 
-    def supports(self, node: Node, graph: Graph) -> bool:
-        return winograd_geometry_ok(node, graph)
-
-    def prepare(self, node: Node, graph: Graph) -> Prepared:
-        w = graph.const(node.input(1))
-        assert w is not None
-        w = np.asarray(w)
-        prepared = Prepared(params={"m": self.tile, "k": int(w.shape[0]), "c": int(w.shape[1])})
-        prepared.tensors["up"] = pack_filter(transform_filter(w, self.tile))
-        b = graph.const(node.input(2))
-        if b is not None:
-            prepared.tensors["bias"] = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-        prepared.replaces = frozenset(i for i, k in ((1, "up"), (2, "bias")) if k in prepared.tensors)
-        return prepared
+    def transformed_filter(self, w: np.ndarray) -> np.ndarray:
+        return pack_filter(transform_filter(w, self.tile))
 
     def run(
         self,
