@@ -327,3 +327,20 @@ def test_vector_output_transform_matches_the_scalar_one(m: int, ho: int, wo: int
     output_tiles16(mm.reshape(-1), (cols + t0 + 16) + t0, step, m, th, tw, got, ho, wo)
     np.testing.assert_allclose(got[: ho * wo], want, rtol=1e-5, atol=1e-5)
     assert np.isnan(got[ho * wo :]).all()
+
+
+def test_zeroed_workspace_is_zero_when_allocated_and_kept_across_runs() -> None:
+    """``workspace(..., zeroed=True)`` (the fused Winograd's V, whose padding columns are
+    computed on): zeros on (re)allocation, the same buffer while the shape holds, one buffer per
+    key whatever the batch size (no buffer left behind per shape)."""
+    from farm.compiler.kernels.cpu._operands import workspace
+    from farm.compiler.kernels.registry import Prepared
+
+    prepared = Prepared()
+    first = workspace(prepared, "v", (2, 8), zeroed=True)
+    assert not first.any()
+    first[:] = 1.0
+    assert workspace(prepared, "v", (2, 8), zeroed=True) is first
+    second = workspace(prepared, "v", (2, 16), zeroed=True)
+    assert second is not first and not second.any()
+    assert list(prepared.scratch) == ["v"]

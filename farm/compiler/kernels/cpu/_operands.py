@@ -22,12 +22,16 @@ def float32_io(node: Node, graph: Graph, input_count: int | None = None) -> bool
     return bool(names) and all(graph.values[n].dtype in ("float32", None) for n in names if n in graph.values)
 
 
-def workspace(prepared: Prepared, key: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-    """An uninitialized buffer (float32 unless ``dtype`` says) kept in ``prepared.scratch`` across
-    runs, reallocated when the shape changes (a new batch size)."""
+def workspace(
+    prepared: Prepared, key: str, shape: tuple[int, ...], dtype: Any = np.float32, *, zeroed: bool = False
+) -> np.ndarray:
+    """A buffer (float32 unless ``dtype`` says) kept in ``prepared.scratch`` across runs,
+    reallocated when the shape changes (a new batch size): uninitialized, or zeros when it is
+    (re)allocated with ``zeroed`` (padding a kernel computes on but never stores must hold
+    finite values; later runs see what earlier ones left there)."""
     buf = prepared.scratch.get(key)
     if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = prepared.scratch[key] = np.empty(shape, dtype)
+        buf = prepared.scratch[key] = (np.zeros if zeroed else np.empty)(shape, dtype)
     return buf
 
 

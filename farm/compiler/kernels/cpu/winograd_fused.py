@@ -10,17 +10,18 @@ Here the output tiles are cut into *groups* of at most a few hundred tiles: a ba
 rows of one image, or several whole images where a plane has few tiles. One task is one group
 x one run of 12-channel output panels, and does all three stages for it on its own thread:
 
-1. the input transform of the group's tiles (:func:`~.winograd.input_plane`, per channel),
-   into a task workspace V ``[a*a, C, cols]`` (``cols``: the group's tiles rounded up to 32);
+1. the input transform of the group's tiles (:func:`input_tiles16`, per channel, 16 tiles in
+   the vector lanes), into a task workspace V, channel-major ``[C, a*a, cols]`` (``cols``: the
+   group's tiles rounded up to 32; channels :func:`channel_stride` apart);
 2. for each of the a*a points and each output panel, ``M = U[xi] V[xi]`` on ``_microgemm``'s
    12 x 32 register tile: U is packed once at build time into 12-channel A panels, V's rows
-   are the B panel read in place (row offsets ``c * cols``);
+   are the B panel read in place (row offsets ``c * channel_stride``);
 3. the output transform (:func:`output_tiles16`) and the fused epilogue, channel by
    channel, into the NCHW output.
 
-V and M stay in the core's L2 (the group size is chosen for that), nothing crosses between
-threads, and the GEMMs run on the register tile. A group is transformed once per panel run,
-so the batch is cut into runs of panels only where there are too few groups for the threads.
+V and M stay in the core's L2 where the plan (:func:`plan_groups`) can keep them there, nothing
+crosses between threads, and the GEMMs run on the register tile. A group is transformed once
+per panel run, so the plan cuts the panels into runs only where that pays.
 F(4x4, 3x3) (``cpu.conv.winograd_fused``) and F(2x2, 3x3) (``cpu.conv.winograd_fused_f2``).
 """
 
@@ -385,9 +386,9 @@ def winograd_fused(
     the transformed filter packed as A panels ``up`` (flat ``[a*a, panels, C, 12]``), one task
     per (tile group, run of output panels) (see :class:`Grouping`), worker w taking the tasks w,
     w + workers, ... Per-worker workspaces: ``v_ws`` [workers, C * cstride] (V channel-major,
-    :func:`input_tiles16`; ``offs[c] = c * cstride``, :func:`channel_stride`), ``m_ws`` [workers, a*a*(panels per
-    run)*12*cols + 16] (16 floats of slack: :func:`output_tiles16` reads whole vectors) and
-    ``h_ws`` (:func:`input_tiles16`)."""
+    :func:`input_tiles16`; ``offs[c] = c * cstride``, :func:`channel_stride`), ``m_ws``
+    [workers, a*a*(panels per run)*12*cols + 16] (16 floats of slack: :func:`output_tiles16`
+    reads whole vectors) and ``h_ws`` (:func:`input_tiles16`)."""
     n, c_count = x.shape[0], x.shape[1]
     a = m + 2
     aa = a * a
@@ -400,6 +401,7 @@ def winograd_fused(
     for wk in prange(workers):
         vf = v_ws[wk]
         mf = m_ws[wk]
+        hb = h_ws[wk]
         for task in range(wk, tasks, workers):
             g = task // runs
             p0 = (task % runs) * per_run
@@ -420,7 +422,6 @@ def winograd_fused(
             used = count * tiles
             for i in range(count):
                 for c in range(c_count):
-                    hb = h_ws[wk]
                     input_tiles16(
                         x[img0 + i, c], m, pt - ty0 * m, pl, rows, tw, vf, cols, cstride, c, i * tiles, hb
                     )
@@ -507,12 +508,8 @@ class FusedWinogradConv(WinogradConv):
             prepared, ("offs", cols), lambda: np.arange(c_count, dtype=np.int64) * channel_stride(a, cols)
         )
         per_run = -(-panels // plan.runs)
-        # zeros once: the columns past a group's tiles are computed and dropped; keep them finite
-        v_ws = memo(
-            prepared,
-            ("v_ws", workers, cols),
-            lambda: np.zeros((workers, c_count * channel_stride(a, cols)), np.float32),
-        )
+        # zeros: the columns past a group's tiles are computed and dropped; keep them finite
+        v_ws = workspace(prepared, "v_ws", (workers, c_count * channel_stride(a, cols)), zeroed=True)
         m_ws = workspace(prepared, "m_ws", (workers, a * a * per_run * MR * cols + LANES))
         h_ws = workspace(prepared, "h_ws", (workers, (rows * m + 2) * -(-tw // LANES) * a * LANES))
         winograd_fused(
