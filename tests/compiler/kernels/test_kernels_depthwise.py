@@ -1,4 +1,5 @@
-"""The depthwise tactics of ``cpu/depthwise.py`` and ``cpu/depthwise_rows.py`` against the
+"""The depthwise tactics of ``cpu/depthwise.py``, ``cpu/depthwise_rows.py`` and
+``cpu/depthwise_slide.py`` against the
 float64 direct convolution of test_kernels_conv.py and the reference: strides 1, 2, 3, (1, 2) and
 (2, 1), dilation 2, kernels 1/3/4/5/7 and non-square, symmetric and asymmetric pads, channel
 multiplier 2, batch 1 and 3, odd widths, widths of several 16-column blocks, every epilogue
@@ -20,7 +21,27 @@ TACTICS = [
     "cpu.conv.depthwise_plane_1t",
     "cpu.conv.depthwise_rows",
     "cpu.conv.depthwise_rows_1t",
+    "cpu.conv.depthwise_slide",
+    "cpu.conv.depthwise_slide_1t",
 ]
+
+
+def _declines(tactic: str, case: tuple) -> bool:
+    """Whether ``tactic`` leaves the geometry of ``case`` to the others (rows: width strides 1
+    and 2; slide: square 3x3 / 5x5 kernels, no dilation, the same stride 1 or 2 both ways)."""
+    kernel, strides, dilations = case[5], case[6], case[8]
+    if "depthwise_rows" in tactic:
+        return strides[1] not in (1, 2)
+    if "depthwise_slide" in tactic:
+        return not (
+            len(kernel) == 2
+            and kernel[0] == kernel[1]
+            and kernel[0] in (3, 5)
+            and strides[0] == strides[1]
+            and strides[0] in (1, 2)
+            and tuple(dilations) == (1, 1)
+        )
+    return False
 
 
 def _dw(
@@ -55,6 +76,15 @@ CASES = [
     _dw(2, 3, 9, 41, 1, (3, 4), (1, 2), (1, 2, 1, 1), (1, 2)),
     _dw(1, 4, 11, 37, 1, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1)),
     _dw(1, 4, 6, 33, 2, (1, 5), (1, 2), (0, 0, 2, 2), (1, 1)),
+    # the sliding window's edges: a 5x5 kernel over several blocks with uneven pads, pads wider
+    # than the kernel's reach, planes smaller than the kernel, a single output row or column
+    _dw(2, 3, 17, 45, 1, (5, 5), (1, 1), (2, 0, 1, 2), (1, 1)),
+    _dw(1, 4, 23, 35, 1, (5, 5), (2, 2), (0, 2, 2, 0), (1, 1)),
+    _dw(1, 5, 8, 9, 1, (3, 3), (1, 1), (3, 2, 2, 3), (1, 1)),
+    _dw(2, 3, 3, 4, 1, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+    _dw(1, 4, 2, 2, 1, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1)),
+    _dw(1, 3, 3, 40, 1, (3, 3), (1, 1), (0, 1, 0, 1), (1, 1)),
+    _dw(1, 3, 40, 3, 1, (3, 3), (2, 2), (1, 0, 1, 0), (1, 1)),
 ]
 
 EPILOGUES = [
@@ -76,8 +106,8 @@ EPILOGUES = [
 @pytest.mark.parametrize("tactic", TACTICS)
 def test_depthwise_geometries(rng: np.random.Generator, case: tuple, tactic: str) -> None:
     one, expected = _conv_case(rng, case, activation="Clip", beta=6.0)
-    if "depthwise_rows" in tactic and case[6][1] not in (1, 2):
-        assert not get_tactic(tactic).supports(one.node, one.graph)  # width strides 1 and 2 only
+    if _declines(tactic, case):
+        assert not get_tactic(tactic).supports(one.node, one.graph)
         return
     assert_close(one.run_tactic(tactic), expected)
 
@@ -135,7 +165,7 @@ def test_depthwise_new_input_shape_reuses_nothing_stale(rng: np.random.Generator
         assert_close(out, np.clip(z, 0.0, 6.0))
 
 
-@pytest.mark.parametrize("tactic", TACTICS)
+@pytest.mark.parametrize("tactic", [t for t in TACTICS if "depthwise_slide" not in t])  # 2-D only
 def test_depthwise_conv_1d(rng: np.random.Generator, tactic: str) -> None:
     """test_kernels_conv's 1-D depthwise case (stride 2, dilation 2, asymmetric pads) on these tactics."""
     conv_tests.test_depthwise_conv_1d(rng, tactic)
