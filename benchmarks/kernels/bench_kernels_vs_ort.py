@@ -287,6 +287,8 @@ LAYERS: list[Layer] = [
     conv_layer(240, 240, 28, 5, 1, group=240, act="Clip"),
     conv_layer(576, 576, 14, 5, 1, group=576, act="Clip"),
     conv_layer(288, 288, 28, 5, 2, group=288, act="Clip"),
+    conv_layer(96, 96, 56, 7, 1, group=96, act="none"),  # ConvNeXt-T stage 1 depthwise 7x7
+    conv_layer(384, 384, 14, 7, 1, group=384, act="none"),  # ConvNeXt-T stage 3
     conv_layer(16, 96, 112, 1, 1, act="Clip"),  # expansion 1x1
     conv_layer(16, 64, 112, 1, 1, act="Clip"),  # zoo mobilenet block 1 expansion
     conv_layer(96, 24, 56, 1, 1, act="none"),  # projection 1x1

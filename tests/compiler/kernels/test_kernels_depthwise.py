@@ -28,19 +28,16 @@ TACTICS = [
 
 def _declines(tactic: str, case: tuple) -> bool:
     """Whether ``tactic`` leaves the geometry of ``case`` to the others (rows: width strides 1
-    and 2; slide: square 3x3 / 5x5 kernels, no dilation, the same stride 1 or 2 both ways)."""
+    and 2; slide: square kernels without dilation, 3x3 / 5x5 at the same stride 1 or 2 both
+    ways, 7x7 at stride 1)."""
     kernel, strides, dilations = case[5], case[6], case[8]
     if "depthwise_rows" in tactic:
         return strides[1] not in (1, 2)
     if "depthwise_slide" in tactic:
-        return not (
-            len(kernel) == 2
-            and kernel[0] == kernel[1]
-            and kernel[0] in (3, 5)
-            and strides[0] == strides[1]
-            and strides[0] in (1, 2)
-            and tuple(dilations) == (1, 1)
-        )
+        square = len(kernel) == 2 and kernel[0] == kernel[1] and strides[0] == strides[1]
+        if not square or tuple(dilations) != (1, 1):
+            return True
+        return not ((kernel[0] in (3, 5) and strides[0] in (1, 2)) or (kernel[0] == 7 and strides[0] == 1))
     return False
 
 
@@ -85,6 +82,9 @@ CASES = [
     _dw(1, 4, 2, 2, 1, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1)),
     _dw(1, 3, 3, 40, 1, (3, 3), (1, 1), (0, 1, 0, 1), (1, 1)),
     _dw(1, 3, 40, 3, 1, (3, 3), (2, 2), (1, 0, 1, 0), (1, 1)),
+    # 7x7 at stride 1 (ConvNeXt): several blocks, uneven pads, a plane smaller than the kernel
+    _dw(2, 3, 20, 37, 1, (7, 7), (1, 1), (3, 2, 1, 3), (1, 1)),
+    _dw(1, 4, 5, 6, 2, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1)),
 ]
 
 EPILOGUES = [

@@ -1,4 +1,4 @@
-"""Depthwise 3x3 and 5x5 convolution with a window of output rows in registers.
+"""Depthwise 3x3, 5x5 and 7x7 convolution with a window of output rows in registers.
 
 ``cpu.conv.depthwise_rows`` loads every tap of every kernel row for every output row: a 5x5
 kernel reads each input vector five times, and each load is lane-masked, so on small planes
@@ -20,8 +20,11 @@ and walks a block's input rows once, top to bottom:
   residual before or after, are applied to the vector before its (masked) store; other
   activations run ``_epilogue.finish_row`` over the finished plane while it is in cache.
 
-Kernels 3x3 and 5x5 without dilation, strides 1 and 2 (the same in both directions), any pads:
-``supports`` declines the rest, which ``depthwise_rows`` and ``depthwise_plane`` cover.
+Kernels 3x3 and 5x5 at strides 1 and 2 (the same in both directions), 7x7 (ConvNeXt's) at
+stride 1, no dilation, any pads: ``supports`` declines the rest, which ``depthwise_rows`` and
+``depthwise_plane`` cover. 3x3 and 5x5 hold their weights in registers for the whole plane; a
+7x7 kernel's 49 weights do not fit beside its window, so each is an FMA's broadcast memory
+operand.
 
 ``cpu.conv.depthwise_slide_1t`` is the same on the calling thread only.
 
@@ -45,6 +48,7 @@ from farm.compiler.kernels.cpu._epilogue import (
 )
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
+    vbroadcast16,
     vevens16,
     vfma16,
     vload16,
@@ -209,10 +213,53 @@ def _plane5(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
                 b = _dot5(t, k0, start)
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _taps7(pb, at):
+    """The seven stride-1 taps of a kernel row for the 16 outputs whose window starts at ``at``."""
+    return _taps5(pb, at, 1) + (vload16(pb, at + 5), vload16(pb, at + 6))
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _dot7(t, wf, at, acc):
+    """acc + the seven taps ``t`` times wf[at .. at+6], each weight broadcast from memory (49
+    weights do not fit in the registers next to the window: each becomes an FMA's memory
+    operand)."""
+    acc = vfma16(t[0], vbroadcast16(wf, at), acc)
+    acc = vfma16(t[1], vbroadcast16(wf, at + 1), acc)
+    acc = vfma16(t[2], vbroadcast16(wf, at + 2), acc)
+    acc = vfma16(t[3], vbroadcast16(wf, at + 3), acc)
+    acc = vfma16(t[4], vbroadcast16(wf, at + 4), acc)
+    acc = vfma16(t[5], vbroadcast16(wf, at + 5), acc)
+    return vfma16(t[6], vbroadcast16(wf, at + 6), acc)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _plane7(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep):
+    """One output plane of a 7x7 kernel at stride 1 (ConvNeXt's depthwise layers) from the padded
+    plane at pb[base:]. The window starts six rows above the plane: those output rows are
+    computed on the padding and dropped, which spares a six-step prologue."""
+    start = vsplat16(bias)
+    for x0 in range(0, wo, LANES):
+        count = wo - x0
+        at = base + x0
+        # before row oy+6: a .. f are output rows oy .. oy+5 with rows up to oy+5 done
+        a = b = c = d = e = f = start
+        for oy in range(-6, ho):
+            t = _taps7(pb, at + (oy + 6) * wp)
+            if oy >= 0:
+                finish16(_dot7(t, wf, wb + 42, a), oplane, oy * wo + x0, count, res, ep)
+            a = _dot7(t, wf, wb + 35, b)
+            b = _dot7(t, wf, wb + 28, c)
+            c = _dot7(t, wf, wb + 21, d)
+            d = _dot7(t, wf, wb + 14, e)
+            e = _dot7(t, wf, wb + 7, f)
+            f = _dot7(t, wf, wb, start)
+
+
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def depthwise_slide(x, w, bias, residual, res_mode, act, alpha, beta, out, ho, wo, mult, s, pt, pl, wp, pb):
     """Depthwise conv of ``x`` [N*C, H, W] into ``out`` [N*M, Ho*Wo] (plane t = n*M + m reads
-    input plane n*C + m // mult); ``w`` [M, k, k] (k 3 or 5) and ``bias`` [M] float32,
+    input plane n*C + m // mult); ``w`` [M, k, k] (k 3, 5 or 7) and ``bias`` [M] float32,
     ``residual`` [N*M, Ho*Wo] or a dummy; stride ``s`` (1 or 2) both ways. ``pb`` [chunks, ...]
     holds each chunk's padded plane (row stride ``wp``), zero outside the image. Plane range
     k*P//T .. (k+1)*P//T goes to chunk k = 0 .. T-1, T = pb.shape[0]."""
@@ -239,10 +286,13 @@ def depthwise_slide(x, w, bias, residual, res_mode, act, alpha, beta, out, ho, w
                     _plane3(pbf, 0, wp, wf, m * 9, bias[m], oplane, ho, wo, res, ep, 1)
                 else:
                     _plane3(pbf, 0, wp, wf, m * 9, bias[m], oplane, ho, wo, res, ep, 2)
-            elif s == 1:
-                _plane5(pbf, 0, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 1)
+            elif k == 5:
+                if s == 1:
+                    _plane5(pbf, 0, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 1)
+                else:
+                    _plane5(pbf, 0, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 2)
             else:
-                _plane5(pbf, 0, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 2)
+                _plane7(pbf, 0, wp, wf, m * 49, bias[m], oplane, ho, wo, res, ep)
             if not vector:
                 finish_row(oplane, np.float32(0.0), bias, 0, res, res_mode, act, alpha, beta)
 
@@ -258,29 +308,24 @@ def padded_plane(geo: ConvGeometry, h: int, wi: int, ho: int, wo: int) -> tuple[
 
 @register_tactic
 class DepthwiseSlideConv(DepthwisePlaneConv):
-    """Depthwise 3x3 / 5x5 conv with a window of output rows in registers over a padded copy of
+    """Depthwise 3x3 / 5x5 / 7x7 conv with a window of output rows in registers over a padded copy of
     each plane: every input vector loaded once per kernel row (see the module docstring)."""
 
     name = "cpu.conv.depthwise_slide"
     priority = 36
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        """The plane tactic's depthwise convs with a square 3x3 or 5x5 kernel, no dilation, and
-        the same stride, 1 or 2, in both directions."""
+        """The plane tactic's depthwise convs with a square kernel and no dilation: 3x3 or 5x5
+        with the same stride, 1 or 2, in both directions, or 7x7 at stride 1."""
         if not super().supports(node, graph):
             return False
         w = graph.values[node.input(1)]
         if len(w.shape) != 4:  # type: ignore[arg-type]
             return False
         geo = ConvGeometry.of(node, w.shape)  # type: ignore[arg-type]
-        return (
-            geo.kh == geo.kw
-            and geo.kh in (3, 5)
-            and geo.sh == geo.sw
-            and geo.sh in (1, 2)
-            and geo.dh == 1
-            and geo.dw == 1
-        )
+        if geo.kh != geo.kw or geo.sh != geo.sw or geo.dh != 1 or geo.dw != 1:
+            return False
+        return (geo.kh in (3, 5) and geo.sh in (1, 2)) or (geo.kh == 7 and geo.sh == 1)
 
     def _launch(
         self,
