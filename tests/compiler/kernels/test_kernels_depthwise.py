@@ -183,3 +183,28 @@ def test_depthwise_declines_dense_and_grouped(rng: np.random.Generator) -> None:
         one, _ = _conv_case(rng, (1, 4, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), group))
         for tactic in TACTICS:
             assert not get_tactic(tactic).supports(one.node, one.graph)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not _declines("cpu.conv.depthwise_slide", c)])
+def test_slide_reads_and_writes_stay_in_its_buffer(case: tuple) -> None:
+    """The padded plane of ``depthwise_slide`` holds every element its loops touch: the last
+    block's 16 lanes (a stride-2 pair: 32 floats from its last tap's start) on the last row the
+    window reads, and the copy's 16-lane stores of the last image row."""
+    from farm.compiler.kernels.cpu.conv import ConvGeometry
+    from farm.compiler.kernels.cpu.depthwise_slide import SLACK, padded_plane
+
+    _, _, h, wi, _, kernel, strides, pads, _, _ = case
+    k, s = kernel[0], strides[0]
+    geo = ConvGeometry(k, k, s, s, pads[0], pads[1], pads[2], pads[3], 1, 1, case[9])
+    ho = (h + pads[0] + pads[2] - k) // s + 1
+    wo = (wi + pads[1] + pads[3] - k) // s + 1
+    rows, wp = padded_plane(geo, h, wi, ho, wo)
+    size = rows * wp + SLACK
+    last_block = (wo - 1) // 16 * 16
+    last_row = (ho - 1) * s + k - 1
+    lanes_read = 2 * 16 if s == 2 else 16
+    assert last_row < rows
+    assert last_row * wp + last_block * s + (k - 1) + lanes_read <= size
+    last_store = (pads[0] + h - 1) * wp + pads[1] + (wi - 1) // 16 * 16 + 16
+    assert last_store <= size
+    assert pads[1] + wi <= wp and (wo - 1) * s + k <= wp  # a valid output's taps stay in its row

@@ -62,20 +62,21 @@ from farm.compiler.kernels.cpu.depthwise import DepthwisePlaneConv
 from farm.compiler.kernels.cpu.depthwise_rows import _five, _three
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
-# Floats past the last padded row a block's junk lanes may read (a stride-2 pair at the last
-# block: up to 2 * 16 + 4 + 32 columns past the row's start).
+# Floats past the last padded row that a block's lanes past the output width read (a stride-2
+# pair of the last block: at most 36 - kw past the row's end) and that the copy's zero lanes
+# past the last image row fill (at most 15).
 SLACK = 4 * LANES + 8
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _copy_padded(xf, src, h, wi, pb, base, wp, pt, pl):
-    """Copy the plane xf[src : src + h*wi] into the padded plane at pb[base:] (row stride
+def _copy_padded(xf, src, h, wi, pb, wp, pt, pl):
+    """Copy the plane xf[src : src + h*wi] into the padded plane ``pb`` (row stride
     ``wp``, the image at row ``pt``, column ``pl``). Each row goes in 16-lane moves whose lanes
     past the row are zeros: they land in the row's right padding or the next row, which is
     written after it, so the padding stays zero."""
     for iy in range(h):
         row = src + iy * wi
-        dst = base + (iy + pt) * wp + pl
+        dst = (iy + pt) * wp + pl
         for c in range(0, wi, LANES):
             vstore16(pb, dst + c, vload16_masked(xf, row + c, wi - c))
 
@@ -128,15 +129,15 @@ def _dot5(t, k, acc):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
-def _plane3(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
-    """One output plane of a 3x3 kernel at stride ``s`` from the padded plane at pb[base:]."""
+def _plane3(pb, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
+    """One output plane of a 3x3 kernel at stride ``s`` from the padded plane ``pb``."""
     k0 = _three(wf, wb)
     k1 = _three(wf, wb + 3)
     k2 = _three(wf, wb + 6)
     start = vsplat16(bias)
     for x0 in range(0, wo, LANES):
         count = wo - x0
-        at = base + x0 * s
+        at = x0 * s
         if s == 1:
             # a: output row oy (input rows oy, oy+1 done); b: row oy+1 (row oy+1 done)
             a = _dot3(_taps3(pb, at, 1), k0, start)
@@ -159,8 +160,8 @@ def _plane3(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
-def _plane5(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
-    """One output plane of a 5x5 kernel at stride ``s`` from the padded plane at pb[base:]."""
+def _plane5(pb, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
+    """One output plane of a 5x5 kernel at stride ``s`` from the padded plane ``pb``."""
     # one assignment each: numba's parfor analysis mistakes a tuple of equal tuples for a shape
     k0 = _five(wf, wb)
     k1 = _five(wf, wb + 5)
@@ -170,7 +171,7 @@ def _plane5(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep, s):
     start = vsplat16(bias)
     for x0 in range(0, wo, LANES):
         count = wo - x0
-        at = base + x0 * s
+        at = x0 * s
         if s == 1:
             # before row oy+4: a, b, c, d are output rows oy .. oy+3 with rows up to oy+3 done
             t = _taps5(pb, at, 1)
@@ -234,14 +235,14 @@ def _dot7(t, wf, at, acc):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
-def _plane7(pb, base, wp, wf, wb, bias, oplane, ho, wo, res, ep):
+def _plane7(pb, wp, wf, wb, bias, oplane, ho, wo, res, ep):
     """One output plane of a 7x7 kernel at stride 1 (ConvNeXt's depthwise layers) from the padded
-    plane at pb[base:]. The window starts six rows above the plane: those output rows are
+    plane ``pb``. The window starts six rows above the plane: those output rows are
     computed on the padding and dropped, which spares a six-step prologue."""
     start = vsplat16(bias)
     for x0 in range(0, wo, LANES):
         count = wo - x0
-        at = base + x0
+        at = x0
         # before row oy+6: a .. f are output rows oy .. oy+5 with rows up to oy+5 done
         a = b = c = d = e = f = start
         for oy in range(-6, ho):
@@ -277,32 +278,33 @@ def depthwise_slide(x, w, bias, residual, res_mode, act, alpha, beta, out, ho, w
         for t in range(j * planes // chunks, (j + 1) * planes // chunks):
             m = t % m_count
             src = ((t // m_count) * c_count + m // mult) * h * wi
-            _copy_padded(xf, src, h, wi, pbf, 0, wp, pt, pl)
+            _copy_padded(xf, src, h, wi, pbf, wp, pt, pl)
             oplane = out[t]
             res = residual[t] if res_mode != RES_NONE else residual[0]
             # the kernel size and stride as constants in the inlined plane loops
             if k == 3:
                 if s == 1:
-                    _plane3(pbf, 0, wp, wf, m * 9, bias[m], oplane, ho, wo, res, ep, 1)
+                    _plane3(pbf, wp, wf, m * 9, bias[m], oplane, ho, wo, res, ep, 1)
                 else:
-                    _plane3(pbf, 0, wp, wf, m * 9, bias[m], oplane, ho, wo, res, ep, 2)
+                    _plane3(pbf, wp, wf, m * 9, bias[m], oplane, ho, wo, res, ep, 2)
             elif k == 5:
                 if s == 1:
-                    _plane5(pbf, 0, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 1)
+                    _plane5(pbf, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 1)
                 else:
-                    _plane5(pbf, 0, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 2)
+                    _plane5(pbf, wp, wf, m * 25, bias[m], oplane, ho, wo, res, ep, 2)
             else:
-                _plane7(pbf, 0, wp, wf, m * 49, bias[m], oplane, ho, wo, res, ep)
+                _plane7(pbf, wp, wf, m * 49, bias[m], oplane, ho, wo, res, ep)
             if not vector:
                 finish_row(oplane, np.float32(0.0), bias, 0, res, res_mode, act, alpha, beta)
 
 
 def padded_plane(geo: ConvGeometry, h: int, wi: int, ho: int, wo: int) -> tuple[int, int]:
     """(rows, row stride) of the padded plane: every input row and column a valid output reads
-    (the image, its top/left pads and what the bottom/right pads cover), plus one row so the
-    window's last step may read a row past the bottom."""
+    (the image, its top/left pads and what the bottom/right pads cover). What a block's lanes
+    past the plane's width read beyond the last row, and the copy's zero lanes past the last
+    image row, fall in the buffer's :data:`SLACK`."""
     wp = max(geo.pad_left + wi, (wo - 1) * geo.sw + geo.kw)
-    rows = max(geo.pad_top + h, (ho - 1) * geo.sh + geo.kh) + 1
+    rows = max(geo.pad_top + h, (ho - 1) * geo.sh + geo.kh)
     return rows, wp
 
 
