@@ -65,6 +65,37 @@ def test_packed_gemm_any_task_split(
     assert_close(one.run_tactic(TACTIC), expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("a_shape", "n", "activation", "residual"),
+    [
+        ((2, 100, 300), 70, "Relu", "pre"),  # 17 row tiles, the last of 8 rows; K blocks; N tail
+        ((197, 192), 96, "Gelu", "post"),  # a row activation after the product
+        ((61, 40), 32, "", None),  # 6 row tiles: a run shorter than the others
+    ],
+)
+def test_packed_gemm_own_runs(
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    a_shape: tuple,
+    n: int,
+    activation: str,
+    residual: str | None,
+) -> None:
+    """``gemm_runs`` (each thread packs its own runs of A), forced on small shapes: tiny runs, row
+    tiles split unevenly between the threads, edge tiles, every epilogue path."""
+    monkeypatch.setattr(gemm_packed, "numba_thread_count", lambda: threads)
+    monkeypatch.setattr(gemm_packed, "A_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(gemm_packed, "OWN_RUNS_FROM", 1)
+    calls: list[int] = []
+    runs = gemm_packed.gemm_runs
+    monkeypatch.setattr(gemm_packed, "gemm_runs", lambda *args: calls.append(1) or runs(*args))
+    one, expected = _fused_gemm(rng, a_shape, n, activation=activation, residual=residual)
+    assert_close(one.run_tactic(TACTIC), expected)
+    assert calls  # the own-runs path ran
+
+
 def test_packed_gemm_without_bias_and_plain_matmul(rng: np.random.Generator) -> None:
     one, expected = _fused_gemm(rng, (40, 33), 70, activation="", residual=None, with_bias=False)
     assert_close(one.run_tactic(TACTIC), expected)
