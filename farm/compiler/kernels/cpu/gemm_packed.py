@@ -96,18 +96,8 @@ def _run_task(
         last = k0 + kk >= k
         for i in range(i0, full_end):
             tile_12x32(
-                ap,
-                ((i - first) * k + k0) * MR,
-                wp,
-                j * k * NR,
-                offs,
-                k0,
-                kk,
-                flat,
-                i * MR * n + j0,
-                n,
-                k0 > 0,
-            )
+                ap, ((i - first) * k + k0) * MR, wp, j * k * NR, offs, k0, kk, flat, i * MR * n + j0, n, k0 > 0
+            )  # fmt: skip
             if last and epilogue:
                 _finish_tile(out, i * MR, MR, j0, cols, bias, has_bias, residual, res_mode, act, alpha, beta)
     if full_end < i1:
