@@ -506,14 +506,32 @@ def _choose_threads(
         context.threads = (blas, numba)
         context.run(feeds)
 
-    (blas, numba), timings_ms = choose_thread_counts(
-        run_with, cores, rounds=THREAD_ROUNDS.get(min(config.tuning_level, 3), 3)
+    choice = choose_thread_counts(
+        run_with,
+        cores,
+        rounds=THREAD_ROUNDS.get(min(config.tuning_level, 3), 3),
+        availability=lambda: _core_availability(cores),
     )
+    (blas, numba), timings_ms = choice.setting, choice.timings_ms
+    evidence = {"rounds": choice.rounds, "rounds_with_every_core": choice.clean_rounds}
+    if choice.contended:
+        # The machine lent a core elsewhere for the whole timing: keep the default, and cache
+        # nothing, so that the next build on a quieter machine times the setting again.
+        return {"blas": blas, "numba": numba, "source": "default (cores busy while timing)",
+                "timings_ms": timings_ms, **evidence}  # fmt: skip
     # The record's tactic name is the chosen setting, e.g. "blas=1,numba=2".
     label = thread_label(blas, numba)
     settings.cache.put(key, TimingRecord(label, timings_ms[label], True, len(timings_ms)))
     settings.cache.flush()
-    return {"blas": blas, "numba": numba, "source": "timed", "timings_ms": timings_ms}
+    return {"blas": blas, "numba": numba, "source": "timed", "timings_ms": timings_ms, **evidence}
+
+
+def _core_availability(cores: int) -> float:
+    """The CPU probe of how much of every core the machine lends right now (imported late: it
+    compiles a numba kernel, which a build without thread timing never needs)."""
+    from farm.compiler.kernels.cpu._core_probe import core_availability
+
+    return core_availability(cores)
 
 
 def batch_axes(inputs: Sequence[Binding]) -> dict[str, list[int]]:

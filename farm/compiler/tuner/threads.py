@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def thread_candidates(cores: int) -> list[tuple[int, int]]:
@@ -45,6 +45,33 @@ TURN_MS = 20.0
 BLAS_POOL_SETTLE_MS = 150.0
 
 
+# A round of turns counts only when the probe before it and the one after it found every core
+# at least this available (``core_availability``: ~0.95-1.0 on a quiet machine, ~0.3-0.5 while
+# another guest holds one of two vCPUs).
+MIN_AVAILABILITY = 0.8
+# Rounds that must count before a setting other than the default may be chosen.
+MIN_CLEAN_ROUNDS = 2
+# How long the timing may go on past its planned rounds waiting for rounds that count.
+EXTRA_WAIT_S = 2.0
+
+
+class ThreadChoice(NamedTuple):
+    """What :func:`choose_thread_counts` decided and on what evidence."""
+
+    setting: tuple[int, int]
+    # each setting's time in ms (keyed ``"blas=B,numba=N"``), over the rounds that counted, or
+    # over every round when none did
+    timings_ms: dict[str, float]
+    rounds: int
+    clean_rounds: int
+    needed: int  # rounds that had to count for a timed choice
+
+    @property
+    def contended(self) -> bool:
+        """Whether too few rounds had every core: the setting is then the default, untimed."""
+        return self.clean_rounds < self.needed
+
+
 def choose_thread_counts(
     run: Callable[[int, int], Any],
     cores: int,
@@ -53,10 +80,12 @@ def choose_thread_counts(
     runs_per_turn: int = 1,
     turn_ms: float = TURN_MS,
     settle_ms: float = BLAS_POOL_SETTLE_MS,
-) -> tuple[tuple[int, int], dict[str, float]]:
+    availability: Callable[[], float] | None = None,
+    extra_wait_s: float | None = None,
+) -> ThreadChoice:
     """Time ``run(blas_threads, numba_threads)`` (one inference with that setting) for each
-    candidate setting and return the fastest setting and every setting's time in ms (keyed
-    ``"blas=B,numba=N"``): the median of its runs in its best turn.
+    candidate setting and return the fastest setting with every setting's time in ms: the median
+    of its runs in its best turn.
 
     The settings take turns over ``rounds`` rounds; a turn is one untimed run (or untimed runs for
     ``settle_ms`` when the previous turn ran BLAS threads, see ``BLAS_POOL_SETTLE_MS``), then
@@ -69,12 +98,35 @@ def choose_thread_counts(
     100-200 us to wake, measured on the 2-core EPYC); a serving engine runs one setting run after
     run, so timing only that first run (round-robin run by run) favoured the single-threaded
     setting: BERT at batch 1 was built for (1, 1), 18.5 ms, where (2, 1) runs it in 13.7 ms.
+
+    A best turn does not help when the stretch without a core outlasts every round: the 2-core
+    EPYC built MobileNet for one thread that way again (4.4 against 5.3 ms while it lasted, then
+    4.7-4.9 ms on the quiet machine where two threads run it in 2.7-3.0). So with
+    ``availability`` (a probe returning the share of a core the slowest thread gets, see
+    ``kernels/cpu/_core_probe.py``), a round counts only when the probes before and after it both
+    read at least ``MIN_AVAILABILITY``; rounds go on for up to ``extra_wait_s`` (default
+    ``EXTRA_WAIT_S``) past ``rounds``
+    until ``MIN_CLEAN_ROUNDS`` count. When they never do, the machine is busy now, not the
+    schedule slow: the result is the default setting (the first candidate) and ``contended``.
     """
     settings = thread_candidates(cores)
     turns: dict[tuple[int, int], list[float]] = {s: [] for s in settings}  # each turn's median
+    clean: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
     previous_blas = 1
-    for round_index in range(rounds):
-        shift = round_index % len(settings)
+    needed = min(MIN_CLEAN_ROUNDS, rounds)
+    before = availability() if availability else 1.0
+    done = clean_rounds = 0
+    deadline: float | None = None
+    while True:
+        if done >= rounds:
+            if clean_rounds >= needed:
+                break
+            if deadline is None:
+                deadline = time.perf_counter() + (EXTRA_WAIT_S if extra_wait_s is None else extra_wait_s)
+            if time.perf_counter() >= deadline:
+                break
+        shift = done % len(settings)
+        medians: dict[tuple[int, int], float] = {}
         for blas, numba in settings[shift:] + settings[:shift]:
             switched = time.perf_counter()
             run(blas, numba)  # the switch
@@ -90,10 +142,21 @@ def choose_thread_counts(
                 run(blas, numba)
                 turn.append((time.perf_counter() - start) * 1e3)
                 timed += 1
-            turns[(blas, numba)].append(statistics.median(turn))
-    times = {s: min(v) for s, v in turns.items()}
-    best = min(settings, key=lambda s: times[s])
-    return best, {thread_label(b, n): ms for (b, n), ms in times.items()}
+            medians[(blas, numba)] = statistics.median(turn)
+        after = availability() if availability else 1.0
+        counts = min(before, after) >= MIN_AVAILABILITY
+        for setting, ms in medians.items():
+            turns[setting].append(ms)
+            if counts:
+                clean[setting].append(ms)
+        clean_rounds += counts
+        before = after
+        done += 1
+    times = {s: min(v) for s, v in (clean if clean_rounds else turns).items()}
+    best = min(settings, key=lambda s: times[s]) if clean_rounds >= needed else settings[0]
+    return ThreadChoice(
+        best, {thread_label(b, n): ms for (b, n), ms in times.items()}, done, clean_rounds, needed
+    )
 
 
 def thread_label(blas: int, numba: int) -> str:
