@@ -9,14 +9,14 @@ and each run only binds the feeds, allocates the outputs and calls the tactics i
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from farm.compiler.ir import Graph, Node, numpy_dtype, run_inputs
-from farm.compiler.kernels.registry import Prepared, Tactic
+from farm.compiler.kernels.registry import Prepared, Tactic, binds
 from farm.compiler.kernels.threads import configure_threads, resolve_threads
 from farm.compiler.memory.planner import ALIAS, ARENA, CONST, DYNAMIC, INPUT, OUTPUT, SLICE, MemoryPlan
 
@@ -70,6 +70,8 @@ class _Step:
     in_patch: list[tuple[int, str]]
     out_patch: list[tuple[int, str]]
     copies: list[tuple[int, tuple[slice, ...]]] = field(default_factory=list)
+    # The tactic's call bound to ``ins``/``outs`` (``Tactic.bind``) when nothing is patched.
+    call: Callable[[], None] | None = None
 
 
 @dataclass
@@ -146,7 +148,9 @@ class ExecutionContext:
             k.node.name: Prepared(k.prepared.tensors, k.prepared.params, k.prepared.replaces)
             for k in engine.kernels
         }
-        self._bound: dict[tuple[Shape, ...], _BoundShapes] = {}
+        # keyed by the shape signature and the thread setting: bound calls plan their parallel
+        # tasks for the numba thread count they were bound under
+        self._bound: dict[tuple[tuple[Shape, ...], tuple[int, int]], _BoundShapes] = {}
         self.layer_times_ms: dict[str, list[float]] = {}
 
     @property
@@ -249,7 +253,10 @@ class ExecutionContext:
                     outs.append(None)
                     if name:
                         out_patch.append((i, name))
-            steps.append(_Step(kernel, "kernel", prepared, ins, outs, in_patch, out_patch))
+            step = _Step(kernel, "kernel", prepared, ins, outs, in_patch, out_patch)
+            if not in_patch and not out_patch and binds(kernel.tactic):
+                step.call = kernel.tactic.bind(node, ins, outs, prepared)  # type: ignore[arg-type]
+            steps.append(step)
         results = []
         for name in engine.graph.outputs:
             out_place = plan.values.get(name)
@@ -277,9 +284,10 @@ class ExecutionContext:
         engine = self.engine
         configure_threads(*self._thread_args)
         arrays, signature = engine.checked_feeds(feeds)
-        bound = self._bound.get(signature)
+        key = (signature, self._thread_args)
+        bound = self._bound.get(key)
         if bound is None:
-            bound = self._bound[signature] = self._bind(signature)
+            bound = self._bound[key] = self._bind(signature)
         static = bound.static
         env: dict[str, np.ndarray] = dict(arrays)
         for name, shape, dtype in bound.allocations:
@@ -297,7 +305,9 @@ class ExecutionContext:
         perf_counter = time.perf_counter
         for step in bound.steps:
             started = perf_counter() if profile else 0.0
-            if step.mode == "kernel":
+            if step.call is not None:
+                step.call()
+            elif step.mode == "kernel":
                 # A patched name is never static (``_bind``): it is a feed, a fresh output, a
                 # view of one or a dynamic node's result, all in ``env``.
                 ins, outs = step.ins, step.outs

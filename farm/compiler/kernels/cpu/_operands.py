@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,3 +44,50 @@ def memo(prepared: Prepared, key: Any, make: Callable[[], T]) -> T:
     if value is _MISSING:
         value = prepared.scratch[key] = make()
     return value
+
+
+def dense(x: np.ndarray | None, shape: tuple[int, ...] | None = None) -> bool:
+    """Whether a kernel can read ``x`` in place as a C-contiguous float32 array (of ``shape``
+    when given): the test a tactic's ``bind`` makes before it keeps a reference to ``x``, since a
+    copy made while binding would go stale on the next run."""
+    return (
+        x is not None
+        and x.dtype == np.float32
+        and x.flags.c_contiguous
+        and (shape is None or tuple(x.shape) == tuple(shape))
+    )
+
+
+def nothing() -> None:
+    """The bound call of a node with an empty output."""
+
+
+def in_order(*calls: Callable[[], None]) -> Callable[[], None]:
+    """One bound call that makes ``calls`` one after the other (a tactic's pack, product and
+    epilogue kernels)."""
+    if len(calls) == 1:
+        return calls[0]
+
+    def run_all() -> None:
+        for call in calls:
+            call()
+
+    return run_all
+
+
+class RunsBound:
+    """Mixin for a tactic whose ``bind`` takes ``copies``: ``run`` binds with copies allowed and
+    calls the result once, so the tactic's per-call Python lives in ``bind`` alone. Its
+    ``bind(..., copies=True)`` copies what must be copied and never returns None."""
+
+    def run(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> None:
+        """Compute ``node`` once: ``bind(..., copies=True)`` then the call."""
+        call = self.bind(node, inputs, outputs, prepared, copies=True)  # type: ignore[attr-defined]
+        assert call is not None
+        call()

@@ -24,9 +24,10 @@ this module holds what the kernels themselves must do so that the two pools neve
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,6 +95,25 @@ def threads_for(elements: int) -> Iterator[None]:
         yield
     finally:
         put(previous)
+
+
+def bound_call(kernel: Callable[..., Any], args: tuple[Any, ...], elements: int) -> Callable[[], None]:
+    """``kernel(*args)`` as a call for ``Tactic.bind``, run as :func:`threads_for` would run it:
+    on the calling thread alone when ``elements`` is small (bind inside ``threads_for(elements)``
+    too, so that task plans see the thread count the kernel will run with)."""
+    if elements >= PARALLEL_MIN_ELEMENTS or numba_thread_count() == 1:
+        return functools.partial(kernel, *args)
+    get, put = _numba_threads()
+
+    def single_threaded() -> None:
+        previous = get()
+        put(1)
+        try:
+            kernel(*args)
+        finally:
+            put(previous)
+
+    return single_threaded
 
 
 @contextmanager
@@ -202,3 +222,22 @@ def blas_single_thread() -> Iterator[None]:
     finally:
         for lib, count in zip(libraries, previous, strict=True):
             lib.set_num_threads(count)
+
+
+def blas_single_thread_call(call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` as :func:`blas_single_thread` would run it, for ``Tactic.bind``: unchanged when
+    every BLAS library already runs on the calling thread alone (the default setting, one pool),
+    else inside :func:`blas_single_thread` on every call."""
+    switches = _raw_switches()
+    if switches:
+        single = all(int(get()) == 1 for get, _ in switches)
+    else:
+        single = all(lib.get_num_threads() == 1 for lib in _blas())
+    if single:
+        return call
+
+    def on_the_calling_thread() -> None:
+        with blas_single_thread():
+            call()
+
+    return on_the_calling_thread

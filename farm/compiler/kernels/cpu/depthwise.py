@@ -38,7 +38,7 @@ Pool: numba's (``prange`` over one contiguous run of planes per thread).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     residual_rows,
     vector_epilogue,
 )
+from farm.compiler.kernels.cpu._operands import RunsBound, dense
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
     vevens16,
@@ -61,7 +62,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vodds16,
     vstore16_masked,
 )
-from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._threads import bound_call, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu._windows import valid_columns
 from farm.compiler.kernels.cpu.conv import (
     CONV_OPS,
@@ -386,7 +387,7 @@ def _kernel_3d(w: np.ndarray) -> np.ndarray:
 
 
 @register_tactic
-class DepthwisePlaneConv(Tactic):
+class DepthwisePlaneConv(RunsBound, Tactic):
     """Depthwise conv per output plane on phase planes, kernel rows in one vectorized pass,
     thread-owned workspaces, epilogue per block of rows (see the module docstring)."""
 
@@ -438,28 +439,41 @@ class DepthwisePlaneConv(Tactic):
             prepared.scratch["operands"] = result
         return result
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """The kernel on these arrays. Without ``copies`` (the runtime's binding), None when an
+        operand would have to be copied first: a non-contiguous input, a broadcast residual, or
+        weights and bias that are run-time inputs."""
         out4 = _out_4d(outputs[0])
         n, m, ho, wo = out4.shape
         geo, w, bias, (act, alpha, beta, mode) = self._operands(node, inputs, prepared, m)
         x4 = _as_4d(inputs[0])  # type: ignore[arg-type]
+        residual_in = inputs[3] if len(inputs) > 3 else None
+        if not copies and (
+            "operands" not in prepared.scratch
+            or not dense(x4)
+            or (residual_in is not None and not dense(residual_in, outputs[0].shape))
+        ):
+            return None
         c, h, wi = x4.shape[1], x4.shape[2], x4.shape[3]
         x = np.ascontiguousarray(x4, np.float32).reshape(n * c, h, wi)
         out = out4.reshape(n * m, ho * wo)
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
-        with threads_for(self._elements(out.size, geo)):
+        residual = residual_rows(residual_in, outputs[0].shape, n * m)
+        elements = self._elements(out.size, geo)
+        with threads_for(elements):
             chunks = max(1, min(numba_thread_count(), n * m))  # 1 inside a single-threaded region
-            self._launch(
+            kernel, args = self._kernel(
                 prepared, geo, x, w, bias, residual, (mode, act, alpha, beta), out, (ho, wo), m // c, chunks
             )
+            return bound_call(kernel, args, elements)
 
-    def _launch(
+    def _kernel(
         self,
         prepared: Prepared,
         geo: ConvGeometry,
@@ -472,13 +486,13 @@ class DepthwisePlaneConv(Tactic):
         out_hw: tuple[int, int],
         mult: int,
         chunks: int,
-    ) -> None:
-        """The numba kernel over ``x`` [N*C, H, W] into ``out`` [N*M, Ho*Wo] in ``chunks`` runs of
-        planes; ``epilogue`` = (residual mode, activation, alpha, beta)."""
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The numba kernel and its arguments over ``x`` [N*C, H, W] into ``out`` [N*M, Ho*Wo]
+        in ``chunks`` runs of planes; ``epilogue`` = (residual mode, activation, alpha, beta)."""
         mode, act, alpha, beta = epilogue
         ho, wo = out_hw
         ph, acc, gather = self._workspaces(prepared, geo, x.shape, ho, wo, chunks)
-        depthwise_planes(
+        return depthwise_planes, (
             x, w, bias, residual, mode, act, alpha, beta, out, ho, wo, mult,
             geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, ph, acc, gather,
         )  # fmt: skip

@@ -30,6 +30,9 @@ Pool: numba's (``prange`` over one contiguous run of planes per thread).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
@@ -294,7 +297,7 @@ class DepthwiseRowsConv(DepthwisePlaneConv):
         w = graph.values[node.input(1)]
         return ConvGeometry.of(node, w.shape).sw in (1, 2)  # type: ignore[arg-type]
 
-    def _launch(
+    def _kernel(
         self,
         prepared: Prepared,
         geo: ConvGeometry,
@@ -307,9 +310,9 @@ class DepthwiseRowsConv(DepthwisePlaneConv):
         out_hw: tuple[int, int],
         mult: int,
         chunks: int,
-    ) -> None:
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         mode, act, alpha, beta = epilogue
-        depthwise_rows(
+        return depthwise_rows, (
             x, w, bias, residual, mode, act, alpha, beta, out, *out_hw, mult,
             geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, chunks, x.nbytes > STREAM_BYTES,
         )  # fmt: skip

@@ -33,6 +33,7 @@ Pool: numba's (``prange`` over one contiguous run of planes per thread).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -329,7 +330,7 @@ class DepthwiseSlideConv(DepthwisePlaneConv):
             return False
         return (geo.kh in (3, 5) and geo.sh in (1, 2)) or (geo.kh == 7 and geo.sh == 1)
 
-    def _launch(
+    def _kernel(
         self,
         prepared: Prepared,
         geo: ConvGeometry,
@@ -342,12 +343,12 @@ class DepthwiseSlideConv(DepthwisePlaneConv):
         out_hw: tuple[int, int],
         mult: int,
         chunks: int,
-    ) -> None:
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         mode, act, alpha, beta = epilogue
         ho, wo = out_hw
         rows, wp = padded_plane(geo, x.shape[1], x.shape[2], ho, wo)
         pb = self._padded(prepared, (chunks, rows * wp + SLACK), (x.shape[1], x.shape[2], rows, wp))
-        depthwise_slide(
+        return depthwise_slide, (
             x, w, bias, residual, mode, act, alpha, beta, out, ho, wo, mult, geo.sh, geo.pad_top, geo.pad_left, wp, pb
         )  # fmt: skip
 

@@ -13,7 +13,7 @@ Pool: numba's (single-threaded for small tensors, see ``_threads``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -31,8 +31,8 @@ from farm.compiler.kernels.cpu._epilogue import (
     ACT_TANH,
     activate_row,
 )
-from farm.compiler.kernels.cpu._operands import float32_io, memo
-from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._operands import dense, float32_io, memo
+from farm.compiler.kernels.cpu._threads import bound_call, threads_for
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 _CHUNK = 4096
@@ -67,6 +67,25 @@ def activation_flat(x, out, act, alpha, beta):
         activate_row(dst, act, alpha, beta)
 
 
+def _activation(node: Node, inputs: Sequence[np.ndarray | None]) -> tuple[int, float, float]:
+    """(activation code, alpha, beta) of an activation node (a Clip's bounds from its inputs
+    when given, else its attributes)."""
+    act = ACTIVATION_OPS[node.op_type]
+    alpha, beta = 0.0, 0.0
+    if node.op_type == "LeakyRelu":
+        alpha = float(node.attr("alpha", 0.01))
+    elif node.op_type == "HardSigmoid":
+        alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+    elif node.op_type == "Clip":
+        low = inputs[1] if len(inputs) > 1 else None
+        high = inputs[2] if len(inputs) > 2 else None
+        alpha = float(low.reshape(-1)[0]) if low is not None else float(node.attr("min", -np.inf))
+        beta = float(high.reshape(-1)[0]) if high is not None else float(node.attr("max", np.inf))
+    elif node.op_type == "Gelu" and node.attr("approximate", "none") == "tanh":
+        act = ACT_GELU_TANH
+    return act, alpha, beta
+
+
 @register_tactic
 class ActivationTactic(Tactic):
     """Unary activations and Gelu in numba, chunked over the flat tensor."""
@@ -86,23 +105,29 @@ class ActivationTactic(Tactic):
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
     ) -> None:
-        act = ACTIVATION_OPS[node.op_type]
-        alpha, beta = 0.0, 0.0
-        if node.op_type == "LeakyRelu":
-            alpha = float(node.attr("alpha", 0.01))
-        elif node.op_type == "HardSigmoid":
-            alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
-        elif node.op_type == "Clip":
-            low = inputs[1] if len(inputs) > 1 else None
-            high = inputs[2] if len(inputs) > 2 else None
-            alpha = float(low.reshape(-1)[0]) if low is not None else float(node.attr("min", -np.inf))
-            beta = float(high.reshape(-1)[0]) if high is not None else float(node.attr("max", np.inf))
-        elif node.op_type == "Gelu" and node.attr("approximate", "none") == "tanh":
-            act = ACT_GELU_TANH
+        act, alpha, beta = _activation(node, inputs)
         x = np.ascontiguousarray(inputs[0], dtype=np.float32).reshape(-1)
         out = outputs[0].reshape(-1)
         with threads_for(x.size):
             activation_flat(x, out, act, alpha, beta)
+
+    def bind(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> Callable[[], None] | None:
+        """``run`` on these arrays; None for a Clip whose bounds are inputs (read every run) or
+        an input that is not C-contiguous float32."""
+        x = inputs[0]
+        if any(v is not None for v in inputs[1:]) or not dense(x) or not outputs[0].flags.c_contiguous:
+            return None
+        assert x is not None
+        flat = x.reshape(-1)
+        with threads_for(flat.size):
+            act, alpha, beta = _activation(node, inputs)
+            return bound_call(activation_flat, (flat, outputs[0].reshape(-1), act, alpha, beta), flat.size)
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
@@ -240,3 +265,38 @@ class BinaryTactic(Tactic):
             b2 = np.full((1, rows), b.reshape(-1)[0], np.float32)
         with threads_for(out.size):
             binary_rows(a.reshape(rows, length), b2, pattern, op, reverse, out.reshape(rows, length))
+
+    def bind(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> Callable[[], None] | None:
+        """``run`` on these arrays; None when an input would be copied or expanded from a value
+        read at binding (a non-contiguous input, a scalar repeated per row), or for numpy's
+        general broadcast."""
+        a, b = inputs[0], inputs[1]
+        out = outputs[0]
+        if not dense(a) or not dense(b) or not out.flags.c_contiguous:
+            return None
+        assert a is not None and b is not None
+        reverse = a.shape != out.shape
+        if reverse:
+            a, b = b, a
+        plan = _broadcast_plan(out.shape, b.shape) if a.shape == out.shape else None
+        if plan is None:
+            return None
+        pattern, rows, length = plan
+        b2 = b.reshape(rows, length) if pattern == 0 else b.reshape(1, -1)
+        if pattern == 1 and b2.shape[1] != rows:
+            return None
+        args = (
+            a.reshape(rows, length),
+            b2,
+            pattern,
+            BINARY_OPS[node.op_type],
+            reverse,
+            out.reshape(rows, length),
+        )
+        return bound_call(binary_rows, args, out.size)

@@ -27,7 +27,8 @@ only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -53,7 +54,7 @@ from farm.compiler.kernels.cpu._microgemm import (
     store_tile_part,
     tile_12x32,
 )
-from farm.compiler.kernels.cpu._operands import float32_io, memo, workspace
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io, in_order, memo, workspace
 from farm.compiler.kernels.cpu._simd16 import LANES, vadd16, vload16_masked
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu.gemm import (
@@ -208,7 +209,7 @@ def row_chunks(m: int, n: int, k: int, threads: int) -> int:
 
 
 @register_tactic
-class PackedGemm(Tactic):
+class PackedGemm(RunsBound, Tactic):
     """Own 12 x 32 micro-kernel GEMM, weight prepacked, epilogue fused per tile (M >= 12 rows)."""
 
     name = "cpu.gemm.packed16"
@@ -227,19 +228,29 @@ class PackedGemm(Tactic):
         prepared.params["kn"] = [int(d) for d in kn.shape]
         return prepared
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """The pack, product and epilogue kernels on these arrays. Without ``copies`` (the
+        runtime's binding), None when A or the residual would have to be copied first or the
+        bias is a run-time input."""
         a, out = inputs[0], outputs[0]
         assert a is not None
         k, n = prepared.params["kn"]
+        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
+        if not copies and (
+            not dense(a)
+            or "epilogue" not in prepared.scratch
+            or (mode != RES_NONE and not dense(inputs[3], out.shape))
+        ):
+            return None
         a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, k)
         m = a2.shape[0]
-        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
         residual = residual_rows(inputs[3] if mode != RES_NONE else None, out.shape, m)
         threads = numba_thread_count()
         chunks = memo(prepared, ("chunks", m, threads), lambda: row_chunks(m, n, k, threads))
@@ -255,15 +266,21 @@ class PackedGemm(Tactic):
             else (bias, has_bias, residual, mode, act, alpha, beta)
         )
         row_tiles = -(-m // MR)
+        calls: list[Callable[[], None]] = []
         # A of at least two runs a thread (a packed copy larger than the threads' L2s, which the
         # tiles would read back from memory) and enough rows to split evenly: own runs
         if chunks >= 2 * threads and row_tiles >= OWN_RUNS_FROM * threads:
             per_run = -(-row_tiles // chunks)
             bufs = workspace(prepared, "a_runs", (threads, per_run * k * MR))
-            gemm_runs(a2, m, k, panels, offs, n, rows, *fused, per_run, bufs)
+            calls.append(functools.partial(gemm_runs, a2, m, k, panels, offs, n, rows, *fused, per_run, bufs))
         else:
             ap = workspace(prepared, "a_panels", (-(-m // MR) * k * MR,))
-            pack_row_panels(a2, ap)
-            gemm_panels(ap, m, k, panels, offs, n, rows, *fused, chunks)
+            calls.append(functools.partial(pack_row_panels, a2, ap))
+            calls.append(functools.partial(gemm_panels, ap, m, k, panels, offs, n, rows, *fused, chunks))
         if row_act:
-            epilogue_vector_rows(rows, bias, has_bias, residual, mode, act, alpha, beta)
+            calls.append(
+                functools.partial(
+                    epilogue_vector_rows, rows, bias, has_bias, residual, mode, act, alpha, beta
+                )
+            )
+        return in_order(*calls)

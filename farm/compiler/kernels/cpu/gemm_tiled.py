@@ -14,7 +14,8 @@ Pool: numba's only (BLAS must be held to one thread: :func:`~._threads.blas_sing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -22,8 +23,8 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, finish_row, residual_rows
-from farm.compiler.kernels.cpu._operands import float32_io
-from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io
+from farm.compiler.kernels.cpu._threads import blas_single_thread_call, numba_thread_count
 from farm.compiler.kernels.cpu.gemm import (
     GEMM_OPS,
     _cached_weight,
@@ -85,7 +86,7 @@ def tile_shape(m: int, n: int, k: int, threads: int) -> tuple[int, int]:
 
 
 @register_tactic
-class TiledGemm(Tactic):
+class TiledGemm(RunsBound, Tactic):
     """BLAS product + fused epilogue per output tile, all tiles in numba's pool (M >= 16 rows)."""
 
     name = "cpu.gemm.tiled"
@@ -100,23 +101,30 @@ class TiledGemm(Tactic):
     def prepare(self, node: Node, graph: Graph) -> Prepared:
         return _prepare_weight(node, graph, "kn")
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """The tile kernel on these arrays. Without ``copies`` (the runtime's binding), None
+        when A or the residual would have to be copied first or the bias is a run-time input."""
         a, out = inputs[0], outputs[0]
         assert a is not None
         w = _cached_weight(prepared)
         k, n = w.shape
+        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
+        if not copies and (
+            not dense(a)
+            or "epilogue" not in prepared.scratch
+            or (mode != RES_NONE and not dense(inputs[3], out.shape))
+        ):
+            return None
         a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, k)
         m = a2.shape[0]
-        bias, has_bias, act, alpha, beta, mode = _epilogue_operands(node, inputs, prepared, n)
         residual = residual_rows(inputs[3] if mode != RES_NONE else None, out.shape, m)
         tile_m, tile_n = tile_shape(m, n, k, numba_thread_count())
-        with blas_single_thread():
-            gemm_tiles(
-                a2, w, out.reshape(m, n), bias, has_bias, residual, mode, act, alpha, beta, tile_m, tile_n
-            )
+        args = (a2, w, out.reshape(m, n), bias, has_bias, residual, mode, act, alpha, beta, tile_m, tile_n)
+        return blas_single_thread_call(functools.partial(gemm_tiles, *args))

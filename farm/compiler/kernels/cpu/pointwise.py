@@ -34,8 +34,9 @@ reloads and stores its partial sums every step and reaches a third of the FMA ra
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,13 @@ from farm.compiler.kernels.cpu._epilogue import (
     finish_row,
     residual_rows,
 )
-from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, memo, nothing
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
-from farm.compiler.kernels.cpu._threads import PARALLEL_MIN_ELEMENTS, numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._threads import (
+    PARALLEL_MIN_ELEMENTS,
+    bound_call,
+    numba_thread_count,
+)
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _conv_node_ok
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -456,7 +461,7 @@ def _spatial(node: Node, graph: Graph) -> int | None:
 
 
 @register_tactic
-class PointwiseDirectConv(Tactic):
+class PointwiseDirectConv(RunsBound, Tactic):
     """1x1 conv (any stride, no pads, group 1) as register-blocked numba tiles, epilogue fused."""
 
     name = "cpu.conv.pointwise_direct"
@@ -532,19 +537,31 @@ class PointwiseDirectConv(Tactic):
             prepared.scratch[key] = (w, b)
         return w, b
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """The kernel on these arrays. Without ``copies`` (the runtime's binding), None when an
+        operand would have to be copied first: a strided layer's pixels, a non-contiguous
+        input, a broadcast residual, or weights and bias that are run-time inputs."""
         x = inputs[0]
         assert x is not None
         out = outputs[0]
         geo, (act, alpha, beta, mode) = memo(
             prepared, "geometry", lambda: (ConvGeometry.of(node, prepared.params["weight_shape"]), epilogue_params(node))
         )
+        residual_in = inputs[3] if len(inputs) > 3 else None
+        if not copies and (
+            geo.sh != 1
+            or geo.sw != 1
+            or not dense(x)
+            or (residual_in is not None and not dense(residual_in, out.shape))
+        ):
+            return None
         if x.ndim == 3:
             x = x[:, :, :: geo.sw] if geo.sw != 1 else x
         elif geo.sh != 1 or geo.sw != 1:
@@ -553,20 +570,23 @@ class PointwiseDirectConv(Tactic):
         m = out.shape[1]
         npix = out.size // (n * m) if n * m else 0
         if npix == 0:
-            return
+            return nothing
         x3 = np.ascontiguousarray(x, np.float32).reshape(n, cin, npix)
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, out.shape, n * m)
+        residual = residual_rows(residual_in, out.shape, n * m)
         gemv = npix == 1
         w, b = self._operands(inputs, prepared, gemv)
+        if not copies and ("operands_gemv" if gemv else "operands") not in prepared.scratch:
+            return None
         if gemv:
             if mode != RES_NONE:
                 residual = residual.reshape(n, m)
-            pointwise_gemv(x3.reshape(n, cin), w, b, out.reshape(n, m), residual, mode, act, alpha, beta)
-            return
+            return functools.partial(
+                pointwise_gemv, x3.reshape(n, cin), w, b, out.reshape(n, m), residual, mode, act, alpha, beta
+            )
         parallel = self.parallel(out.size * cin)
         pblock, chunks = _plan(n, cin, npix, w.shape[0], numba_thread_count() if parallel else 1)
-        with threads_for(PARALLEL_MIN_ELEMENTS if parallel else 0):
-            pointwise_conv(x3, w, b, out.reshape(n, m, npix), residual, mode, act, alpha, beta, pblock, chunks)
+        args = (x3, w, b, out.reshape(n, m, npix), residual, mode, act, alpha, beta, pblock, chunks)
+        return bound_call(pointwise_conv, args, PARALLEL_MIN_ELEMENTS if parallel else 0)
 
     def parallel(self, work: int) -> bool:
         """Whether a layer of ``work`` multiply-adds runs on numba's pool: not below ~1 MFLOP

@@ -27,7 +27,7 @@ layers and the model ran 5.5 % faster at batch 1 (in-process A/B).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -43,7 +43,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_epilogue,
 )
 from farm.compiler.kernels.cpu._microgemm import MR, pack_rows
-from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._operands import dense, memo, nothing
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
     LANES,
@@ -56,7 +56,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vzero16,
 )
 from farm.compiler.kernels.cpu._stream import STREAM_BYTES, stream_in
-from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._threads import bound_call, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _out_4d
 from farm.compiler.kernels.cpu.conv_rows import DirectRowsConv
 from farm.compiler.kernels.registry import Prepared, register_tactic
@@ -288,27 +288,57 @@ class PointwiseTilesConv(DirectRowsConv):
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
     ) -> None:
-        (act, alpha, beta, mode), geo = memo(
+        call = self.bind(node, inputs, outputs, prepared)
+        if call is None:  # a strided layer or a broadcast residual: make the dense operands first
+            geo = self._geometry(node, prepared)[1]
+            ho, wo = _out_4d(outputs[0]).shape[2:]
+            x4 = _as_4d(inputs[0])  # type: ignore[arg-type]
+            x4 = x4[:, :, : (ho - 1) * geo.sh + 1 : geo.sh, : (wo - 1) * geo.sw + 1 : geo.sw]
+            operands = [np.ascontiguousarray(x4, np.float32), *inputs[1:3]]
+            if len(inputs) > 3:
+                operands.append(residual_rows(inputs[3], outputs[0].shape, 1).reshape(outputs[0].shape))
+            call = self.bind(node, operands, outputs, prepared, strided=False)
+        if call is not None:
+            call()
+
+    @staticmethod
+    def _geometry(node: Node, prepared: Prepared) -> tuple[tuple[int, float, float, int], ConvGeometry]:
+        return memo(
             prepared,
             "epilogue",
             lambda: (epilogue_params(node), ConvGeometry.of(node, prepared.params["weight_shape"])),
         )
-        sh, sw = geo.sh, geo.sw
+
+    def bind(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+        strided: bool = True,
+    ) -> Callable[[], None] | None:
+        """The kernel on these arrays, or None when the input must first be copied (a strided
+        layer with ``strided``, a non-contiguous input) or the residual broadcast."""
+        (act, alpha, beta, mode), geo = self._geometry(node, prepared)
         x4 = _as_4d(inputs[0])  # type: ignore[arg-type]
         out4 = _out_4d(outputs[0])
         n, m, ho, wo = out4.shape
         if out4.size == 0:
-            return
-        if (sh, sw) != (1, 1):  # the pixels a 1 x 1 kernel reads, as a dense input
-            x4 = x4[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw]
-        x4 = np.ascontiguousarray(x4, np.float32)
+            return nothing
+        if strided and (geo.sh, geo.sw) != (1, 1):
+            return None
+        residual_in = inputs[3] if len(inputs) > 3 else None
+        if not dense(x4) or (residual_in is not None and not dense(residual_in, outputs[0].shape)):
+            return None
         plane = ho * wo
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
-        wp = np.asarray(prepared.tensors["weight"], np.float32)
+        residual = residual_rows(residual_in, outputs[0].shape, 1).reshape(-1)
         cin = x4.shape[1]
-        with threads_for(out4.size * cin):
+        elements = out4.size * cin
+        with threads_for(elements):
             runs, chunks = tile_tasks(n, m, plane)
-            pointwise_tiles_conv(
-                x4.reshape(n, cin, plane), wp, np.asarray(prepared.tensors["bias"], np.float32),
-                out4.reshape(-1), residual, mode, act, alpha, beta, m, runs, chunks, x4.nbytes > STREAM_BYTES,
+            args = (
+                x4.reshape(n, cin, plane), np.asarray(prepared.tensors["weight"], np.float32),
+                np.asarray(prepared.tensors["bias"], np.float32), out4.reshape(-1), residual, mode, act, alpha,
+                beta, m, runs, chunks, x4.nbytes > STREAM_BYTES,
             )  # fmt: skip
+            return bound_call(pointwise_tiles_conv, args, elements)

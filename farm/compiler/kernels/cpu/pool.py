@@ -19,14 +19,14 @@ Pool: numba's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import float32_io
-from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._operands import dense, float32_io
+from farm.compiler.kernels.cpu._threads import bound_call, threads_for
 from farm.compiler.kernels.cpu._windows import phase_geometry, phase_planes, pooled_taps, valid_columns
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -295,3 +295,18 @@ class GlobalAveragePoolTactic(Tactic):
         planes = x.shape[0] * x.shape[1]
         with threads_for(x.size):
             global_average(x.reshape(planes, -1), outputs[0].reshape(planes))
+
+    def bind(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> Callable[[], None] | None:
+        """``run`` on these arrays (None for an input that is not C-contiguous float32)."""
+        x = inputs[0]
+        if not dense(x) or not outputs[0].flags.c_contiguous:
+            return None
+        assert x is not None
+        planes = x.shape[0] * x.shape[1]
+        return bound_call(global_average, (x.reshape(planes, -1), outputs[0].reshape(planes)), x.size)

@@ -1,0 +1,157 @@
+"""Bound steps (``Tactic.bind``): a step whose arrays are the same every run calls the kernel
+bound once per shape signature and thread setting. A bound call must read the arena as it is
+at each run: a copy or a value taken while binding would go stale on the next run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from farm.compiler import reference
+from farm.compiler.builder import BuilderConfig, build
+from farm.compiler.frontend import infer_shapes
+from farm.compiler.ir import Graph
+from farm.compiler.kernels.registry import get_tactic
+
+
+def _inverted_residual(seed: int = 0) -> Graph:
+    """x [batch, 8, 12, 12] -> 1x1 conv 8->16 + Relu -> depthwise 3x3 + Clip -> 1x1 conv 16->8
+    + x -> Relu -> GlobalAveragePool, and a Mul by a per-channel scale (MobileNet's blocks)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("inverted_residual")
+    g.add_input("x", "float32", ("batch", 8, 12, 12))
+
+    def const(name: str, shape: tuple[int, ...]) -> None:
+        g.add_const(name, rng.standard_normal(shape).astype(np.float32) * 0.3)
+
+    const("w1", (16, 8, 1, 1))
+    const("b1", (16,))
+    const("w2", (16, 1, 3, 3))
+    const("b2", (16,))
+    const("w3", (8, 16, 1, 1))
+    const("b3", (8,))
+    const("scale", (1, 8, 1, 1))
+    g.add_const("lo", np.array(0.0, np.float32))
+    g.add_const("hi", np.array(6.0, np.float32))
+    g.add_node("Conv", ["x", "w1", "b1"], ["e"], {"kernel_shape": [1, 1]})
+    g.add_node("Relu", ["e"], ["er"])
+    g.add_node("Conv", ["er", "w2", "b2"], ["d"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 16})
+    g.add_node("Clip", ["d", "lo", "hi"], ["dc"])
+    g.add_node("Conv", ["dc", "w3", "b3"], ["p"], {"kernel_shape": [1, 1]})
+    g.add_node("Add", ["p", "x"], ["s"])
+    g.add_node("Relu", ["s"], ["sr"])
+    g.add_node("Mul", ["sr", "scale"], ["m"])
+    g.add_node("GlobalAveragePool", ["m"], ["y"])
+    g.outputs = ["y", "m"]
+    infer_shapes(g, {"x": ("batch", 8, 12, 12)})
+    return g
+
+
+def test_bound_steps_read_each_runs_inputs() -> None:
+    """Runs with new data, other batch sizes, back to an earlier one, and another thread
+    setting all match the reference: no bound call keeps what an earlier run left."""
+    graph = _inverted_residual()
+    engine = build(graph, config=BuilderConfig(tuning_level=0, batch_range=(1, 2, 3)))
+    context = engine.create_context()
+    schedule = [(2, 0), (2, 1), (1, 2), (3, 3), (2, 0), (2, 4)]
+    for batch, seed in schedule:
+        x = np.random.default_rng(seed).standard_normal((batch, 8, 12, 12)).astype(np.float32)
+        got, want = context.run({"x": x}), reference.run(graph, {"x": x})
+        for name in ("y", "m"):
+            np.testing.assert_allclose(
+                got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{name} b{batch} s{seed}"
+            )
+    bound = [s for b in context._bound.values() for s in b.steps if s.call is not None]
+    assert {s.kernel.tactic.name for s in bound} & {
+        "cpu.conv.pointwise_tiles", "cpu.conv.pointwise_direct", "cpu.conv.depthwise_slide",
+        "cpu.conv.depthwise_rows", "cpu.conv.depthwise_plane",
+    }  # fmt: skip
+    # another thread setting binds again (task plans depend on the thread count)
+    keys = len(context._bound)
+    context.threads = (1, 1) if context._thread_args != (1, 1) else (1, 2)
+    x = np.random.default_rng(9).standard_normal((2, 8, 12, 12)).astype(np.float32)
+    got, want = context.run({"x": x}), reference.run(graph, {"x": x})
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-5)
+    assert len(context._bound) == keys + 1
+
+
+@pytest.mark.parametrize(
+    "tactic",
+    [
+        "cpu.conv.pointwise_tiles",
+        "cpu.conv.pointwise_direct",
+        "cpu.conv.depthwise_slide",
+        "cpu.conv.depthwise_rows",
+        "cpu.elementwise.binary",
+        "cpu.elementwise.activation",
+        "cpu.pool.global_average",
+    ],
+)
+def test_bind_declines_what_it_would_have_to_copy(tactic: str) -> None:
+    """Given a non-contiguous input, ``bind`` returns None (the runtime then calls ``run``,
+    which copies every run) instead of binding a copy made once."""
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal((1, 8, 12, 24)).astype(np.float32)
+    x = wide[:, :, :, ::2]  # strided view: [1, 8, 12, 12]
+    assert not x.flags.c_contiguous
+    out = np.empty((1, 8, 12, 12), np.float32)
+    graph = Graph("one")
+    graph.add_input("x", "float32", (1, 8, 12, 12))
+    if tactic.startswith("cpu.conv.depthwise"):
+        graph.add_const("w", rng.standard_normal((8, 1, 3, 3)).astype(np.float32))
+        graph.add_node("Conv", ["x", "w"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 8})
+    elif tactic.startswith("cpu.conv"):
+        graph.add_const("w", rng.standard_normal((8, 8, 1, 1)).astype(np.float32))
+        graph.add_node("Conv", ["x", "w"], ["y"], {"kernel_shape": [1, 1]})
+    elif tactic == "cpu.elementwise.binary":
+        graph.add_node("Add", ["x", "x"], ["y"])
+    elif tactic == "cpu.elementwise.activation":
+        graph.add_node("Relu", ["x"], ["y"])
+    else:
+        graph.add_node("GlobalAveragePool", ["x"], ["y"])
+        out = np.empty((1, 8, 1, 1), np.float32)
+    graph.outputs = ["y"]
+    infer_shapes(graph, {"x": (1, 8, 12, 12)})
+    node = graph.nodes[0]
+    chosen = get_tactic(tactic)
+    assert chosen.supports(node, graph)
+    prepared = chosen.prepare(node, graph)
+    inputs = [
+        None if i in prepared.replaces else (x if name == "x" else graph.const(name))
+        for i, name in enumerate(node.inputs)
+    ]
+    assert chosen.bind(node, inputs, [out], prepared) is None
+    dense = [np.ascontiguousarray(v) if v is not None else None for v in inputs]
+    call = chosen.bind(node, dense, [out], prepared)
+    assert call is not None
+    call()
+    want = reference.run(graph, {"x": np.ascontiguousarray(x)})["y"]
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    # ``run`` still serves the strided input (it copies)
+    out2 = np.empty_like(out)
+    chosen.run(node, inputs, [out2], prepared)
+    np.testing.assert_allclose(out2, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_subclass_that_wraps_run_is_not_bypassed_by_an_inherited_bind() -> None:
+    """``SingleThreadBlas`` wraps its parent's ``run``; had the parent a ``bind``, the runtime
+    must still call the wrapper."""
+    from farm.compiler.kernels.cpu._threads import SingleThreadBlas
+    from farm.compiler.kernels.registry import Tactic, binds
+
+    class Parent(Tactic):
+        def run(self, node, inputs, outputs, prepared):  # type: ignore[no-untyped-def]
+            pass
+
+        def bind(self, node, inputs, outputs, prepared):  # type: ignore[no-untyped-def]
+            return lambda: None
+
+    class Wrapped(SingleThreadBlas, Parent):
+        pass
+
+    class Plain(Parent):
+        pass
+
+    assert binds(Parent()) and binds(Plain())
+    assert not binds(Wrapped())
+    assert not binds(Tactic())
