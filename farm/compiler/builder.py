@@ -510,7 +510,7 @@ def _choose_threads(
         run_with,
         cores,
         rounds=THREAD_ROUNDS.get(min(config.tuning_level, 3), 3),
-        availability=lambda: _core_availability(cores),
+        availability=_round_availability(cores),
     )
     (blas, numba), timings_ms = choice.setting, choice.timings_ms
     evidence = {"rounds": choice.rounds, "rounds_with_every_core": choice.clean_rounds}
@@ -526,12 +526,12 @@ def _choose_threads(
     return {"blas": blas, "numba": numba, "source": "timed", "timings_ms": timings_ms, **evidence}
 
 
-def _core_availability(cores: int) -> float:
-    """The CPU probe of how much of every core the machine lends right now (imported late: it
-    compiles a numba kernel, which a build without thread timing never needs)."""
-    from farm.compiler.kernels.cpu._core_probe import core_availability
+def _round_availability(cores: int) -> Callable[[], float]:
+    """The CPU probe of how much of every core the machine lent over each round of thread timing
+    (imported late: it compiles a numba kernel, which a build without thread timing never needs)."""
+    from farm.compiler.kernels.cpu._core_probe import round_availability
 
-    return core_availability(cores)
+    return round_availability(cores)
 
 
 def batch_axes(inputs: Sequence[Binding]) -> dict[str, list[int]]:

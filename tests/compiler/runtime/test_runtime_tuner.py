@@ -531,7 +531,7 @@ def test_the_builder_caches_no_thread_choice_made_while_a_core_was_busy(
     from farm.compiler.tuner import threads as thread_tuner
 
     monkeypatch.setattr(builder_module, "available_cores", lambda: 2)
-    monkeypatch.setattr(builder_module, "_core_availability", lambda cores: 0.4)
+    monkeypatch.setattr(builder_module, "_round_availability", lambda cores: lambda: 0.4)
     monkeypatch.setattr(thread_tuner, "EXTRA_WAIT_S", 0.0)
     cache_path = tmp_path / "cache.json"
     config = BuilderConfig(tuning_level=1, optimize=False, timing_cache=str(cache_path))
@@ -541,7 +541,7 @@ def test_the_builder_caches_no_thread_choice_made_while_a_core_was_busy(
     assert threads["rounds_with_every_core"] == 0
     assert (engine.threads, engine.numba_threads) == (1, 2)
 
-    monkeypatch.setattr(builder_module, "_core_availability", lambda cores: 1.0)
+    monkeypatch.setattr(builder_module, "_round_availability", lambda cores: lambda: 1.0)
     again = build(conv_mlp_graph(), config=config)
     assert again.report["threads"]["source"] == "timed"
     assert again.report["threads"]["rounds_with_every_core"] == again.report["threads"]["rounds"]
@@ -554,3 +554,28 @@ def test_core_availability_reads_a_free_machine_as_available() -> None:
     assert core_availability(1) == 1.0
     share = core_availability(2, steps=20_000)
     assert 0.0 < share <= 1.0
+
+
+def test_other_load_counts_a_busy_process_beside_this_one() -> None:
+    """``OtherLoad`` sees another process keep a core busy (the probe alone can miss it), and
+    this process's own work is not counted as someone else's."""
+    import subprocess
+    import sys
+    import time as clock
+
+    from farm.compiler.kernels.cpu._core_probe import OtherLoad
+
+    others = OtherLoad()
+    started = clock.perf_counter()
+    while clock.perf_counter() - started < 0.3:  # this process busy: not others' load
+        pass
+    assert others.since_last() < 0.5
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 2: pass"])
+    try:
+        clock.sleep(0.3)
+        others.since_last()
+        clock.sleep(0.6)
+        assert others.since_last() > 0.6
+    finally:
+        busy.kill()
+        busy.wait()

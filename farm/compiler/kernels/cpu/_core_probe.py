@@ -9,13 +9,17 @@ quiet machine, where two threads run it in 2.7-3.0 ms (2026-11-24). The builder 
 machine gave all its cores (``farm.compiler.tuner.threads``).
 
 The probe is a fixed scalar multiply-add chain per thread: no memory traffic and no vector
-width, so its time per thread depends only on whether the thread had a core.
+width, so its time per thread depends only on whether the thread had a core. A process busy in
+the same machine it can miss (:class:`OtherLoad`), so :func:`round_availability` also counts the
+CPU time everything else took.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -68,3 +72,52 @@ def core_availability(cores: int, steps: int = PROBE_STEPS, repeats: int = PROBE
     one = _median_time(out, 1, steps, repeats)
     many = _median_time(out, cores, steps, repeats)
     return float(min(1.0, one / max(many, 1e-9)))
+
+
+class OtherLoad:
+    """How much of a core everything but this process took (other processes, and time the
+    hypervisor reports as stolen) between two calls of :meth:`since_last`, from ``/proc/stat``
+    and ``os.times`` (10 ms ticks: read it over intervals of 100 ms or more).
+
+    The probe alone misses a busy process inside the same machine: the kernel's scheduler runs a
+    thread that slept (the probe's) ahead of one that kept a core busy, so a 4 ms probe found
+    every core free while the whole-schedule turns ran beside a test suite and ViT at batch 1 was
+    built for one thread (10.9 ms, where two threads run it in 7.5; 2-core EPYC, 2026-11-24)."""
+
+    def __init__(self) -> None:
+        self._last = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        """(busy CPU seconds of the whole machine, this process's CPU seconds, monotonic time),
+        or None where ``/proc/stat`` cannot be read."""
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = stat.readline().split()
+        except OSError:
+            return None
+        if len(fields) < 9 or fields[0] != "cpu":
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        hz = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return (user + nice + system + irq + softirq + steal) / hz, own.user + own.system, time.monotonic()
+
+    def since_last(self) -> float:
+        """Cores' worth of time others took since the previous call (0.0 when unknown)."""
+        now, last = self._snapshot(), self._last
+        self._last = now
+        if now is None or last is None or now[2] <= last[2]:
+            return 0.0
+        return max(0.0, ((now[0] - last[0]) - (now[1] - last[1])) / (now[2] - last[2]))
+
+
+def round_availability(cores: int) -> Callable[[], float]:
+    """The ``availability`` probe of ``choose_thread_counts``: the probe's reading, lowered by
+    the share of a core other work took since the previous reading (the round just timed)."""
+    others = OtherLoad()
+
+    def availability() -> float:
+        return max(0.0, min(core_availability(cores), 1.0 - others.since_last()))
+
+    return availability
