@@ -28,14 +28,15 @@ on AVX-512 hosts; elsewhere the other attention tactics run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_panel, tile_12x32, tile_12x32_wide
-from farm.compiler.kernels.cpu._operands import workspace
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, in_order, workspace
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
     LANES,
@@ -49,7 +50,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vstore16,
     vzero16,
 )
-from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._threads import bound_call, numba_thread_count
 from farm.compiler.kernels.cpu._vecmath import SOFTMAX_FLUSH
 from farm.compiler.kernels.cpu.attention import _supports, in_place_operands
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -193,7 +194,7 @@ def blocks_per_task(batch: int, heads: int, sq: int, threads: int) -> int:
 
 
 @register_tactic
-class MicroAttention(Tactic):
+class MicroAttention(RunsBound, Tactic):
     """Own micro-kernel for both products (scores transposed), Q and K packed per run, the
     softmax down 16-query lanes in L1."""
 
@@ -209,13 +210,21 @@ class MicroAttention(Tactic):
         hidden = int(q.shape[2]) // (3 if node.attr("packed_qkv", 0) else 1)
         return (hidden // int(node.attr("num_heads", 1))) % NR == 0
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """Packing and attention on these arrays. Without ``copies`` (the runtime's binding),
+        None when Q, K or V would have to be copied first or the mask is not float32."""
+        if not copies:
+            qkv = inputs[:1] if node.attr("packed_qkv", 0) else inputs[:3]
+            mask = inputs[3] if len(inputs) > 3 else None
+            if not all(dense(a) for a in qkv) or (mask is not None and mask.dtype != np.float32):
+                return None
         out = outputs[0]
         batch, sq, hidden = out.shape
         o = in_place_operands(node, inputs, out)
@@ -226,8 +235,11 @@ class MicroAttention(Tactic):
         qt = workspace(prepared, "query_panels", (batch * heads * -(-sq // NR) * d_count * NR,))
         kp = workspace(prepared, "key_panels", (batch * heads * -(-sk // MR) * d_count * MR,))
         per_task = blocks_per_task(batch, heads, sq, numba_thread_count())
-        with threads_for(batch * heads * sq * sk * d_count // 8):
-            pack_heads(q, q0, k, k0, ld, batch, sq, sk, heads, d_count, qt, kp)
-            micro_attention(
-                qt, kp, v, v0, ld, o.mask, o.has_mask, query_mask, o.scale, out, heads, sq, sk, per_task
-            )
+        calls = in_order(
+            functools.partial(pack_heads, q, q0, k, k0, ld, batch, sq, sk, heads, d_count, qt, kp),
+            functools.partial(
+                micro_attention,
+                qt, kp, v, v0, ld, o.mask, o.has_mask, query_mask, o.scale, out, heads, sq, sk, per_task,
+            ),
+        )  # fmt: skip
+        return bound_call(calls, (), batch * heads * sq * sk * d_count // 8)

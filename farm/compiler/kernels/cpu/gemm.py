@@ -35,7 +35,8 @@ thread); ``small_rows`` and ``dot_rows_split`` use numba's only; ``dot_rows`` no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     residual_rows,
     vector_or_dummy,
 )
-from farm.compiler.kernels.cpu._operands import float32_io
+from farm.compiler.kernels.cpu._operands import dense, float32_io
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
 from farm.compiler.kernels.cpu._threads import (
     PARALLEL_MIN_ELEMENTS,
@@ -578,7 +579,7 @@ class DotRowsGemm(Tactic):
         # The serving case: 2-D contiguous rows, every operand fixed. ~1 us of Python instead of
         # ~7 (at batch 1 the 256x10 classifier's product is ~1 us).
         if fixed and a.ndim == 2 and a.shape[0] <= DOT_ROWS_MAX and a.flags.c_contiguous:
-            self._dot(a, fixed[0], out, fixed[1])
+            self._dot(a, fixed[0], out, fixed[1])()
             return
         if node.op_type == "Gemm" and int(node.attr("transA", 0)):
             a = a.T
@@ -588,9 +589,26 @@ class DotRowsGemm(Tactic):
         rows = out2.shape[0]
         bias, has_bias, residual, mode, act, alpha, beta = self._operands(node, inputs, prepared, out, rows)
         if rows <= DOT_ROWS_MAX:
-            self._dot(a2, w, out2, (bias, has_bias, residual, mode, act, alpha, beta))
+            self._dot(a2, w, out2, (bias, has_bias, residual, mode, act, alpha, beta))()
         else:  # a batch past what it was tuned for
             self._many_rows(a2, w, out2, (bias, has_bias, residual, mode, act, alpha, beta))
+
+    def bind(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> Callable[[], None] | None:
+        """``run``'s serving case on these arrays (2-D C-contiguous float32 rows, every other
+        operand fixed), else None."""
+        a, out = inputs[0], outputs[0]
+        fixed = prepared.scratch.get("fixed")
+        if fixed is None:
+            fixed = prepared.scratch["fixed"] = self._fixed_operands(node, inputs, prepared)
+        if not fixed or not dense(a) or a.ndim != 2 or a.shape[0] > DOT_ROWS_MAX:  # type: ignore[union-attr]
+            return None
+        return self._dot(a, fixed[0], out, fixed[1])  # type: ignore[arg-type]
 
     def _columns(self, prepared: Prepared) -> int:
         """N, the output columns (the prepared weight's rows here)."""
@@ -602,9 +620,11 @@ class DotRowsGemm(Tactic):
             np.matmul(a, w.T, out=out)
         _epilogue_rows(out, *epilogue)
 
-    def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
-        """The product and epilogue into ``out`` (2-D), on the calling thread."""
-        dot_rows_gemm(a, w, out, *epilogue)
+    def _dot(
+        self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]
+    ) -> Callable[[], None]:
+        """The product and epilogue into ``out`` (2-D), on the calling thread, as a call."""
+        return functools.partial(dot_rows_gemm, a, w, out, *epilogue)
 
 
 # Fewest output columns per thread for the split form: below this a block's work (~a few us at
@@ -632,9 +652,10 @@ class DotRowsSplitGemm(DotRowsGemm):
         columns = w.shape[0] if transposed else w.shape[1]  # type: ignore[union-attr]
         return columns >= 2 * DOT_ROWS_SPLIT_MIN_COLUMNS
 
-    def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
+    def _dot(
+        self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]
+    ) -> Callable[[], None]:
         parts = min(numba_thread_count(), w.shape[0] // DOT_ROWS_SPLIT_MIN_COLUMNS)
         if parts <= 1:
-            dot_rows_gemm(a, w, out, *epilogue)
-        else:
-            dot_rows_split_gemm(a, w, out, *epilogue, parts)  # type: ignore[call-arg]
+            return functools.partial(dot_rows_gemm, a, w, out, *epilogue)
+        return functools.partial(dot_rows_split_gemm, a, w, out, *epilogue, parts)  # type: ignore[call-arg]

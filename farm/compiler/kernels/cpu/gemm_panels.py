@@ -21,6 +21,8 @@ runs on the calling thread (no pool wake-up: the better choice for small layers)
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -232,16 +234,17 @@ class PanelRowsGemm(DotRowsGemm):
     def _columns(self, prepared: Prepared) -> int:
         return int(prepared.params["columns"])
 
-    def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
+    def _dot(
+        self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]
+    ) -> Callable[[], None]:
         parts = min(numba_thread_count(), w.shape[0] // MIN_PANELS_PER_PART)
         if parts <= 1:
-            panel_gemm(a, w, out, *epilogue)
-        else:
-            panel_gemm_split(a, w, out, *epilogue, parts)  # type: ignore[call-arg]
+            return functools.partial(panel_gemm, a, w, out, *epilogue)
+        return functools.partial(panel_gemm_split, a, w, out, *epilogue, parts)  # type: ignore[call-arg]
 
     def _many_rows(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
         """More rows than the tuner saw: the same tiles."""
-        self._dot(a, w, out, epilogue)
+        self._dot(a, w, out, epilogue)()
 
 
 @register_tactic
@@ -251,5 +254,7 @@ class PanelRowsGemm1t(PanelRowsGemm):
     name = "cpu.gemm.panel_rows_1t"
     priority = 24
 
-    def _dot(self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]) -> None:
-        panel_gemm(a, w, out, *epilogue)
+    def _dot(
+        self, a: np.ndarray, w: np.ndarray, out: np.ndarray, epilogue: tuple[Any, ...]
+    ) -> Callable[[], None]:
+        return functools.partial(panel_gemm, a, w, out, *epilogue)

@@ -16,13 +16,13 @@ Pool: numba's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import float32_io, memo
+from farm.compiler.kernels.cpu._operands import dense, float32_io, memo
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
     LANES,
@@ -39,7 +39,7 @@ from farm.compiler.kernels.cpu._simd16 import (
     vstore16_masked,
     vzero16,
 )
-from farm.compiler.kernels.cpu._threads import threads_for
+from farm.compiler.kernels.cpu._threads import bound_call, threads_for
 from farm.compiler.kernels.cpu._vecmath import (
     ROW_MAX_LANES,
     SOFTMAX_FLUSH,
@@ -137,6 +137,28 @@ class LayerNormRows(Tactic):
             layer_norm_rows(
                 x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length)
             )
+
+    def bind(
+        self,
+        node: Node,
+        inputs: Sequence[np.ndarray | None],
+        outputs: Sequence[np.ndarray],
+        prepared: Prepared,
+    ) -> Callable[[], None] | None:
+        """``run`` on these arrays: with a constant scale (and bias) and an input that is
+        C-contiguous float32, else None."""
+        x = inputs[0]
+        if "scale" not in prepared.tensors or not dense(x) or not outputs[0].flags.c_contiguous:
+            return None
+        assert x is not None
+        scale = prepared.tensors["scale"]
+        has_bias = len(inputs) > 2 and bool(node.input(2))
+        length = scale.shape[0]
+        args = (
+            x.reshape(-1, length), scale, prepared.tensors.get("bias", scale), has_bias,
+            np.float32(node.attr("epsilon", 1e-5)), outputs[0].reshape(-1, length),
+        )  # fmt: skip
+        return bound_call(layer_norm_rows, args, x.size)
 
 
 def _flat_params(
