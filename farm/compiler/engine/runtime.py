@@ -83,9 +83,17 @@ class _BoundShapes:
     run_views: list[str]  # views of per-run arrays, dependencies first
     allocations: list[tuple[str, Shape, np.dtype]]  # arrays made fresh each run (graph outputs...)
     steps: list[_Step]
+    # feeds copied each run into a buffer of this binding (in ``static``): see ``STAGE_BYTES``
+    staged: list[str] = field(default_factory=list)
     # (graph output, whether a value made by this run may be returned as is rather than copied)
     results: list[tuple[str, bool]] = field(default_factory=list)
 
+
+# Feeds and graph outputs up to this size get a buffer of their own in each binding: a feed is
+# copied in at the start of a run, an output copied out at the end (a 256 KiB copy is ~10 us, the
+# zoo's classifier logits 4 KB well under 1 us). Their steps then read and write fixed arrays and
+# are bound (``Tactic.bind``) like every inner step; an MLP at batch 1 has only such steps.
+STAGE_BYTES = 1 << 18
 
 # Prepared weights start on a cache line: an AVX-512 load of 64 bytes that straddles two lines
 # costs two, and numpy's allocator (and a tensor's place in an engine file) gives only 16 or 8
@@ -125,6 +133,10 @@ def _read_only(array: Any) -> Any:
     view = array.view()
     view.flags.writeable = False
     return view
+
+
+def _nbytes(shape: Shape, dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def _tuple_shape(shape: Sequence[Any] | None) -> Shape | None:
@@ -175,9 +187,16 @@ class ExecutionContext:
         shapes = engine.infer_shapes(dict(zip(engine.input_names, signature, strict=True)))
         static: dict[str, np.ndarray] = dict(engine.constants)
         allocations: list[tuple[str, Shape, np.dtype]] = []
+        staged: list[str] = []
         for name, place in plan.values.items():
             shape = _tuple_shape(shapes.get(name))
-            if place.kind in (OUTPUT, DYNAMIC) and shape is not None:
+            small = shape is not None and _nbytes(shape, self._dtype(name)) <= STAGE_BYTES
+            if place.kind == INPUT and small and name in engine.input_names:
+                static[name] = np.empty(shape, dtype=self._dtype(name))  # type: ignore[arg-type]
+                staged.append(name)
+            elif place.kind == OUTPUT and small:
+                static[name] = np.empty(shape, dtype=self._dtype(name))  # type: ignore[arg-type]
+            elif place.kind in (OUTPUT, DYNAMIC) and shape is not None:
                 allocations.append((name, shape, self._dtype(name)))
             if place.kind != ARENA:
                 continue
@@ -262,7 +281,7 @@ class ExecutionContext:
             out_place = plan.values.get(name)
             fresh = out_place is None or out_place.kind in (OUTPUT, DYNAMIC)
             results.append((name, fresh and name not in engine.input_names))
-        return _BoundShapes(shapes, static, run_views, allocations, steps, results)
+        return _BoundShapes(shapes, static, run_views, allocations, steps, staged=staged, results=results)
 
     def _view(self, name: str, base: np.ndarray, shapes: dict[str, Shape]) -> np.ndarray:
         """The view ``name`` of its storage ``base`` (a reshape, or a slice of a concat output)."""
@@ -290,6 +309,8 @@ class ExecutionContext:
             bound = self._bound[key] = self._bind(signature)
         static = bound.static
         env: dict[str, np.ndarray] = dict(arrays)
+        for name in bound.staged:
+            np.copyto(static[name], env.pop(name))
         for name, shape, dtype in bound.allocations:
             env[name] = np.empty(shape, dtype=dtype)
         for name in bound.run_views:
