@@ -34,7 +34,7 @@ MobileNet's stem 0.199 -> 0.188 ms at batch 1 and 4.66 -> 3.42 ms at batch 8, Re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -49,9 +49,9 @@ from farm.compiler.kernels.cpu._epilogue import (
     residual_rows,
     vector_epilogue,
 )
-from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, memo, nothing
 from farm.compiler.kernels.cpu._simd16 import AVX512, LANES, vbroadcast16, vfma16
-from farm.compiler.kernels.cpu._threads import numba_thread_count, threads_for
+from farm.compiler.kernels.cpu._threads import bound_call, numba_thread_count, threads_for
 from farm.compiler.kernels.cpu.conv import CONV_OPS, ConvGeometry, _as_4d, _conv_node_ok, _out_4d, _weight_4d
 from farm.compiler.kernels.cpu.depthwise_rows import _tap
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -239,7 +239,7 @@ def pack_bias(b: np.ndarray | None, m: int) -> np.ndarray:
 
 
 @register_tactic
-class DirectRowsConv(Tactic):
+class DirectRowsConv(RunsBound, Tactic):
     """Direct conv of few-input-channel layers (stems): 16 channels x 16 columns in registers,
     one tap load per 16 FMAs, padding by lane masks (see the module docstring)."""
 
@@ -278,34 +278,44 @@ class DirectRowsConv(Tactic):
         """The constant weight in this tactic's layout: 16-channel panels (:func:`pack_weight`)."""
         return pack_weight(w)
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """The kernel on these arrays. Without ``copies`` (the runtime's binding), None when the
+        input or the residual would have to be copied first."""
         geo, (act, alpha, beta, mode) = memo(
             prepared,
             "geometry",
             lambda: (ConvGeometry.of(node, prepared.params["weight_shape"]), epilogue_params(node)),
         )
+        residual_in = inputs[3] if len(inputs) > 3 else None
+        if not copies and (
+            not dense(inputs[0]) or (residual_in is not None and not dense(residual_in, outputs[0].shape))
+        ):
+            return None
         x = np.ascontiguousarray(_as_4d(inputs[0]), np.float32)  # type: ignore[arg-type]
         out4 = _out_4d(outputs[0])
         n, m, ho, wo = out4.shape
         if out4.size == 0:
-            return
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, 1).reshape(-1)
+            return nothing
+        residual = residual_rows(residual_in, outputs[0].shape, 1).reshape(-1)
         wp = np.asarray(prepared.tensors["weight"], np.float32)
-        with threads_for(out4.size * wp.shape[1] if self.parallel() else 0):
+        elements = out4.size * wp.shape[1] if self.parallel() else 0
+        with threads_for(elements):
             tasks = n * wp.shape[0]
             bands = max(1, min(ho, -(-2 * numba_thread_count() // tasks)))  # two tasks a thread
             chunks = max(1, min(numba_thread_count(), tasks * bands))
-            direct_rows_conv(
+            args = (
                 x, wp, np.asarray(prepared.tensors["bias"], np.float32), out4.reshape(-1), residual,
                 mode, act, alpha, beta, m, ho, wo, geo.kh, geo.kw,
                 (geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw), chunks, bands,
             )  # fmt: skip
+            return bound_call(direct_rows_conv, args, elements)
 
     def parallel(self) -> bool:
         """Whether the layer runs on numba's pool."""
