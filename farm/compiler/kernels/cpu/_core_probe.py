@@ -27,9 +27,12 @@ from numba import prange
 
 from farm.compiler.kernels.cpu import _threads  # noqa: F401  (GOMP_SPINCOUNT before libgomp loads)
 
-# Steps of the chain per thread: ~0.1 ms at 4 cycles a step and ~3.5 GHz, long next to a parallel
-# launch (2-5 us with spinning workers) and short next to a thread-timing turn (20 ms).
-PROBE_STEPS = 100_000
+# Steps of the chain per thread: ~2 ms at 4 cycles a step and ~3.5 GHz, long next to a parallel
+# launch (2-5 us with spinning workers) and to the slices in which a hypervisor shares a vCPU:
+# probes of ~0.1 ms read 0.98-1.0 through a stretch in which two threads ran MobileNet b1 in
+# 5.0 ms instead of 2.4 (and one thread in 4.2), so the builder chose one thread four times in
+# a row (2-core EPYC, 2026-11-24); probes of ~3.5 ms read 0.46-0.47 in such stretches.
+PROBE_STEPS = 1_000_000
 # Probes per measurement; the median drops one probe that met a timer tick or a worker waking.
 PROBE_REPEATS = 3
 
