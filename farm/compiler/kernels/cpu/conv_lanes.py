@@ -23,6 +23,9 @@ accumulators would spill.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit, prange
 
@@ -37,7 +40,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_epilogue,
 )
 from farm.compiler.kernels.cpu._lanegemm import LANES32, SEG, TILE, pack_lanes, tile_7x32, tile_14x32
-from farm.compiler.kernels.cpu._operands import memo
+from farm.compiler.kernels.cpu._operands import in_order, memo
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
     LANES,
@@ -208,15 +211,16 @@ class ChannelLanesConv(PackedConv):
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
         has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
-    ) -> None:  # fmt: skip
+    ) -> Callable[[], None]:  # fmt: skip
         n, m, ho, wo = out.shape
-        b = self.b_operand(prepared, geo, x, ho, wo)
+        b, copy_in = self.b_operand(prepared, geo, x, ho, wo)
         threads = numba_thread_count()
         runs = memo(prepared, ("lane_runs", n, ho, wo, threads), lambda: task_split(n, m, ho, wo, threads))
         panels = memo(prepared, "lane_panels", lambda: pack_lanes(w2))
         bias32 = memo(prepared, "lane_bias", lambda: padded_bias(bias, has_bias, m))
         act, alpha, beta, mode = epilogue
-        conv_lanes(
+        return in_order(*copy_in, functools.partial(
+            conv_lanes,
             b.buf, b.image_size, b.offsets, panels, m, b.wq, b.wo, bias32, residual, mode, act, alpha, beta,
             out.reshape(n * m, ho * wo), runs, act in VECTOR_ACTS,
-        )  # fmt: skip
+        ))  # fmt: skip

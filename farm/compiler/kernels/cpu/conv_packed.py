@@ -39,6 +39,8 @@ input channels (16 -> 96: 3 x), so the tuner decides per layer.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -56,7 +58,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     vector_epilogue,
 )
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, panel_offsets, tile_12x32
-from farm.compiler.kernels.cpu._operands import memo, workspace
+from farm.compiler.kernels.cpu._operands import in_order, memo, workspace
 from farm.compiler.kernels.cpu._simd16 import LANES, vadd16, vload16_masked, vsplat16
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
@@ -336,29 +338,35 @@ class PackedConv(TiledGemmConv):
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
         has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
-    ) -> None:  # fmt: skip
+    ) -> Callable[[], None]:  # fmt: skip
         n, m, ho, wo = out.shape
-        b = self.b_operand(prepared, geo, x, ho, wo)
+        b, copy_in = self.b_operand(prepared, geo, x, ho, wo)
         threads = numba_thread_count()
         wide = ho * wo // b.wo * b.wq  # the grid's pixels: output rows of b.wo pixels, b.wq wide
         group, runs = memo(prepared, ("split", n, wide, threads), lambda: task_split(n, m, wide, threads))
         panels = memo(prepared, "weight_panels", lambda: pack_rows(w2))
         act, alpha, beta, mode = epilogue
-        conv_panels(
+        return in_order(*copy_in, functools.partial(
+            conv_panels,
             b.buf, b.image_size, b.offsets, panels, m, b.wq, b.wo, bias, has_bias, residual, mode, act, alpha,
             beta, out.reshape(n * m, ho * wo), group, runs, act not in ROW_ACTIVATIONS, b.full, b.tail_offsets,
-        )  # fmt: skip
+        ))  # fmt: skip
 
-    def b_operand(self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, ho: int, wo: int) -> BOperand:
+    def b_operand(
+        self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, ho: int, wo: int
+    ) -> tuple[BOperand, list[Callable[[], None]]]:
         """The input copied into its zero-padded stride phases (:func:`build_phases`), every panel
-        read in place (the phase buffer has slack after its last one)."""
+        read in place (the phase buffer has slack after its last one), and the copy to make
+        each run before the product."""
         c = x.shape[1]
         plan = memo(prepared, ("phases", x.shape[1:], ho, wo), lambda: phase_plan(c, ho, wo, geo))
         buf = workspace(prepared, "phases", (x.shape[0] * plan.image_size,))
-        build_phases(x, buf, plan.image_size, plan.phase_a, plan.phase_b, geo.sh, geo.sw, geo.pad_top,
-                     geo.pad_left, plan.hq, plan.wq)  # fmt: skip
+        copy_in = functools.partial(
+            build_phases, x, buf, plan.image_size, plan.phase_a, plan.phase_b, geo.sh, geo.sw, geo.pad_top,
+            geo.pad_left, plan.hq, plan.wq,
+        )  # fmt: skip
         every_panel = -(-ho * plan.wq // NR)
-        return BOperand(buf, plan.image_size, plan.offsets, plan.wq, wo, every_panel, plan.offsets)
+        return BOperand(buf, plan.image_size, plan.offsets, plan.wq, wo, every_panel, plan.offsets), [copy_in]
 
 
 @register_tactic
@@ -375,11 +383,14 @@ class PackedPointwiseConv(PackedConv):
         pads = (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         return len(w_shape) == 4 and w_shape[2:] == (1, 1) and (geo.sh, geo.sw) == (1, 1) and not any(pads)
 
-    def b_operand(self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, ho: int, wo: int) -> BOperand:
+    def b_operand(
+        self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, ho: int, wo: int
+    ) -> tuple[BOperand, list[Callable[[], None]]]:
         """The input itself: channel c of image n is B's row c, its map one row of H*W pixels;
-        only the ragged last panel is copied (reading 32 floats there runs past the input)."""
+        only the ragged last panel is copied, inside the kernel (reading 32 floats there runs
+        past the input). Nothing to do before the product."""
         c = x.shape[1]
         hw = ho * wo
         offsets = memo(prepared, ("offsets", c, hw), lambda: np.arange(c, dtype=np.int64) * hw)
         tail = memo(prepared, ("tail_offsets", c), lambda: panel_offsets(c))
-        return BOperand(x.reshape(-1), c * hw, offsets, hw, hw, hw // NR, tail)
+        return BOperand(x.reshape(-1), c * hw, offsets, hw, hw, hw // NR, tail), []

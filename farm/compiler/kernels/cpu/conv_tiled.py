@@ -20,8 +20,8 @@ Pool: numba's only (BLAS must be held to one thread: :func:`~._threads.blas_sing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
+import functools
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -30,8 +30,8 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
-from farm.compiler.kernels.cpu._operands import memo, workspace
-from farm.compiler.kernels.cpu._threads import blas_single_thread, numba_thread_count
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, in_order, memo, workspace
+from farm.compiler.kernels.cpu._threads import blas_single_thread_call, numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry, _as_4d, _GemmConvBase, _out_4d, im2col
 from farm.compiler.kernels.registry import Prepared, register_tactic
@@ -131,7 +131,7 @@ def tile_shape(n: int, m: int, k: int, p: int, threads: int) -> tuple[int, int]:
 
 
 @register_tactic
-class TiledGemmConv(_GemmConvBase):
+class TiledGemmConv(RunsBound, _GemmConvBase):
     """im2col + single-threaded BLAS + epilogue per output tile, all tiles in numba's pool."""
 
     name = "cpu.conv.tiled_gemm"
@@ -144,28 +144,39 @@ class TiledGemmConv(_GemmConvBase):
         w = graph.values[node.input(1)]
         return ConvGeometry.of(node, w.shape).group == 1  # type: ignore[arg-type]
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """The conv's kernels on these arrays. Without ``copies`` (the runtime's binding), None
+        when the input or the residual would have to be copied first or the weight or bias is
+        a run-time input."""
         geo, weight, bias, has_bias = self.operands(node, inputs, prepared)
+        residual_in = inputs[3] if len(inputs) > 3 else None
+        if not copies and (
+            "operands" not in prepared.scratch
+            or not dense(inputs[0])
+            or (residual_in is not None and not dense(residual_in, outputs[0].shape))
+        ):
+            return None
         x = np.ascontiguousarray(_as_4d(inputs[0]), dtype=np.float32)  # type: ignore[arg-type]
         out = _out_4d(outputs[0])
         n, m = out.shape[0], out.shape[1]
         epilogue = memo(prepared, "epilogue", lambda: epilogue_params(node))
-        residual = residual_rows(inputs[3] if len(inputs) > 3 else None, outputs[0].shape, n * m)
-        with blas_single_thread() if self.needs_blas else nullcontext():
-            self._conv(prepared, geo, x, weight.reshape(m, -1), bias, has_bias, residual, epilogue, out)
+        residual = residual_rows(residual_in, outputs[0].shape, n * m)
+        call = self._conv(prepared, geo, x, weight.reshape(m, -1), bias, has_bias, residual, epilogue, out)
+        return blas_single_thread_call(call) if self.needs_blas else call
 
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
         has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
-    ) -> None:  # fmt: skip
-        """The conv of x [N, C, H, W] into out [N, M, Ho, Wo] with the weight as [M, K]
-        (BLAS already held to one thread)."""
+    ) -> Callable[[], None]:  # fmt: skip
+        """The call that convolves x [N, C, H, W] into out [N, M, Ho, Wo] with the weight as
+        [M, K] (run with BLAS held to one thread)."""
         n, m, ho, wo = out.shape
         p = ho * wo
         k = w2.shape[1]
@@ -175,7 +186,8 @@ class TiledGemmConv(_GemmConvBase):
             (geo.pad_top, geo.pad_left, geo.pad_bottom, geo.pad_right)
         )
         act, alpha, beta, mode = epilogue
-        conv_tiles(
+        return functools.partial(
+            conv_tiles,
             x, w2, bias, has_bias, residual, mode, act, alpha, beta, out.reshape(n * m, p),
             geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw, wo,
             tile_p, tile_m, direct,
@@ -217,7 +229,7 @@ class Im2colTilesConv(TiledGemmConv):
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
         has_bias: bool, residual: np.ndarray, epilogue: tuple[int, float, float, int], out: np.ndarray,
-    ) -> None:  # fmt: skip
+    ) -> Callable[[], None]:  # fmt: skip
         n, m, ho, wo = out.shape
         p = ho * wo
         k = w2.shape[1]
@@ -226,11 +238,16 @@ class Im2colTilesConv(TiledGemmConv):
         cols = workspace(prepared, "cols", (k, p))
         act, alpha, beta, mode = epilogue
         rows = out.reshape(n * m, p)
+        calls: list[Callable[[], None]] = []
         for image in range(n):
-            im2col(x, cols, image, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left,
-                   geo.dh, geo.dw, ho, wo)  # fmt: skip
+            calls.append(functools.partial(
+                im2col, x, cols, image, geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left,
+                geo.dh, geo.dw, ho, wo,
+            ))  # fmt: skip
             image_residual = residual[image * m : (image + 1) * m] if mode != RES_NONE else residual
-            conv_tiles(
+            calls.append(functools.partial(
+                conv_tiles,
                 cols.reshape(1, k, 1, p), w2, bias, has_bias, image_residual, mode, act, alpha, beta,
                 rows[image * m : (image + 1) * m], 1, 1, 1, 1, 0, 0, 1, 1, p, tile_p, tile_m, 1,
-            )  # fmt: skip
+            ))  # fmt: skip
+        return in_order(*calls)
