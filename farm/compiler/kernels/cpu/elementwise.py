@@ -125,9 +125,8 @@ class ActivationTactic(Tactic):
             return None
         assert x is not None
         flat = x.reshape(-1)
-        with threads_for(flat.size):
-            act, alpha, beta = _activation(node, inputs)
-            return bound_call(activation_flat, (flat, outputs[0].reshape(-1), act, alpha, beta), flat.size)
+        act, alpha, beta = _activation(node, inputs)
+        return bound_call(activation_flat, (flat, outputs[0].reshape(-1), act, alpha, beta), flat.size)
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
