@@ -32,7 +32,11 @@ def test_layernorm_matches_oracle(
     mean = x64.mean(axis=axes, keepdims=True)
     var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
     expected = (x64 - mean) / np.sqrt(var + 1e-5) * scale + (0 if bias is None else bias)
-    one = OneNode(op_type, {"axis": axis, "epsilon": 1e-5}).feed("x", x).feed("scale", scale, const=const_params)
+    one = (
+        OneNode(op_type, {"axis": axis, "epsilon": 1e-5})
+        .feed("x", x)
+        .feed("scale", scale, const=const_params)
+    )
     if bias is not None:
         one.feed("bias", bias, const=const_params)
     one.build(shape)
@@ -228,3 +232,54 @@ def test_softmax_masked_entries_are_zero_not_subnormal(rng: np.random.Generator)
     tiny = np.finfo(np.float32).tiny
     assert not np.any((got != 0) & (np.abs(got) < tiny))
     assert np.all(got[..., 30:] == 0)
+
+
+@pytest.mark.parametrize(
+    ("op_type", "tactic_name"),
+    [
+        ("Relu", "cpu.elementwise.activation"),
+        ("Add", "cpu.elementwise.binary"),
+        ("LayerNormalization", "cpu.norm.layernorm"),
+        ("GlobalAveragePool", "cpu.pool.global_average"),
+    ],
+)
+def test_run_copies_strided_inputs(rng: np.random.Generator, op_type: str, tactic_name: str) -> None:
+    """``run`` (bind with copies) reads a transposed, non-contiguous input correctly, where the
+    runtime's binding (no copies) declines it."""
+    base = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+    x = base.transpose(0, 3, 2, 1)  # (2, 3, 5, 6), strided
+    assert not x.flags.c_contiguous
+    one = OneNode(op_type, {"axis": -1} if op_type == "LayerNormalization" else {}).feed(
+        "x", np.ascontiguousarray(x)
+    )
+    other = rng.standard_normal((6,)).astype(np.float32)
+    if op_type == "Add":
+        one.feed("b", other)
+    elif op_type == "LayerNormalization":
+        one.feed("scale", other, const=True)
+    out_shape = (2, 3, 1, 1) if op_type == "GlobalAveragePool" else x.shape
+    one.build(out_shape)
+    tactic = get_tactic(tactic_name)
+    prepared = tactic.prepare(one.node, one.graph)
+    inputs = [None if i in prepared.replaces else a for i, a in enumerate(one.arrays())]
+    inputs[0] = x
+    out = np.full(out_shape, np.nan, np.float32)
+    tactic.run(one.node, inputs, [out], prepared)
+    contiguous = np.full(out_shape, np.nan, np.float32)
+    tactic.run(one.node, [np.ascontiguousarray(x), *inputs[1:]], [contiguous], prepared)
+    np.testing.assert_array_equal(out, contiguous)
+    assert_close(out, one.expected(lambda *_: _reference(op_type, x, other)))
+    assert tactic.bind(one.node, inputs, [out], prepared) is None
+
+
+def _reference(op_type: str, x: np.ndarray, other: np.ndarray) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    if op_type == "Relu":
+        return np.maximum(x64, 0.0)
+    if op_type == "Add":
+        return x64 + other
+    if op_type == "GlobalAveragePool":
+        return x64.mean(axis=(2, 3), keepdims=True)
+    mean = x64.mean(axis=-1, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + 1e-5) * other

@@ -13,6 +13,7 @@ Pool: numba's (single-threaded for small tensors, see ``_threads``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,8 +32,8 @@ from farm.compiler.kernels.cpu._epilogue import (
     ACT_TANH,
     activate_row,
 )
-from farm.compiler.kernels.cpu._operands import dense, float32_io, memo
-from farm.compiler.kernels.cpu._threads import bound_call, threads_for
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io, memo
+from farm.compiler.kernels.cpu._threads import bound_call
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 _CHUNK = 4096
@@ -87,7 +88,7 @@ def _activation(node: Node, inputs: Sequence[np.ndarray | None]) -> tuple[int, f
 
 
 @register_tactic
-class ActivationTactic(Tactic):
+class ActivationTactic(RunsBound, Tactic):
     """Unary activations and Gelu in numba, chunked over the flat tensor."""
 
     name = "cpu.elementwise.activation"
@@ -98,33 +99,22 @@ class ActivationTactic(Tactic):
     def supports(self, node: Node, graph: Graph) -> bool:
         return float32_io(node, graph)
 
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        act, alpha, beta = _activation(node, inputs)
-        x = np.ascontiguousarray(inputs[0], dtype=np.float32).reshape(-1)
-        out = outputs[0].reshape(-1)
-        with threads_for(x.size):
-            activation_flat(x, out, act, alpha, beta)
-
     def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
+        copies: bool = False,
     ) -> Callable[[], None] | None:
-        """``run`` on these arrays; None for a Clip whose bounds are inputs (read every run) or
-        an input that is not C-contiguous float32."""
+        """The kernel on these arrays. Without ``copies`` (the runtime's binding), None for a Clip
+        whose bounds are inputs (read every run) or an input that is not C-contiguous float32."""
         x = inputs[0]
-        if any(v is not None for v in inputs[1:]) or not dense(x) or not outputs[0].flags.c_contiguous:
+        if not copies and (
+            any(v is not None for v in inputs[1:]) or not dense(x) or not outputs[0].flags.c_contiguous
+        ):
             return None
-        assert x is not None
-        flat = x.reshape(-1)
+        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         act, alpha, beta = _activation(node, inputs)
         return bound_call(activation_flat, (flat, outputs[0].reshape(-1), act, alpha, beta), flat.size)
 
@@ -225,7 +215,7 @@ def _broadcast_plan(big: tuple[int, ...], small: tuple[int, ...]) -> tuple[int, 
 
 
 @register_tactic
-class BinaryTactic(Tactic):
+class BinaryTactic(RunsBound, Tactic):
     """Add/Sub/Mul/Div with the common broadcasts as unit-stride numba loops; numpy otherwise."""
 
     name = "cpu.elementwise.binary"
@@ -236,60 +226,42 @@ class BinaryTactic(Tactic):
     def supports(self, node: Node, graph: Graph) -> bool:
         return len([i for i in node.inputs if i]) == 2 and float32_io(node, graph)
 
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        a, b = (np.ascontiguousarray(v, dtype=np.float32) for v in inputs[:2])
-        out = outputs[0]
-        op = BINARY_OPS[node.op_type]
-        reverse = False
-        if a.shape != out.shape:  # the big operand goes first
-            a, b, reverse = b, a, True
-        plan = (
-            memo(prepared, ("plan", out.shape, b.shape), lambda: _broadcast_plan(out.shape, b.shape))
-            if a.shape == out.shape and out.flags.c_contiguous
-            else None
-        )
-        if plan is None:
-            assert inputs[0] is not None and inputs[1] is not None
-            _UFUNCS[node.op_type](inputs[0], inputs[1], out=out)
-            return
-        pattern, rows, length = plan
-        b2 = b.reshape(rows, length) if pattern == 0 else b.reshape(1, -1)
-        if pattern == 1 and b2.shape[1] != rows:
-            b2 = np.full((1, rows), b.reshape(-1)[0], np.float32)
-        with threads_for(out.size):
-            binary_rows(a.reshape(rows, length), b2, pattern, op, reverse, out.reshape(rows, length))
-
     def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
+        copies: bool = False,
     ) -> Callable[[], None] | None:
-        """``run`` on these arrays; None when an input would be copied or expanded from a value
-        read at binding (a non-contiguous input, a scalar repeated per row), or for numpy's
-        general broadcast."""
-        a, b = inputs[0], inputs[1]
+        """The row kernel on these arrays, or numpy's general broadcast. Without ``copies`` (the
+        runtime's binding), None when an input would be copied or expanded from a value read at
+        binding (a non-contiguous input, a scalar repeated per row), or for numpy's broadcast."""
+        first, second = inputs[0], inputs[1]
+        assert first is not None and second is not None
         out = outputs[0]
-        if not dense(a) or not dense(b) or not out.flags.c_contiguous:
+        if not copies and (not dense(first) or not dense(second) or not out.flags.c_contiguous):
             return None
-        assert a is not None and b is not None
-        reverse = a.shape != out.shape
+        a, b = (np.ascontiguousarray(v, dtype=np.float32) for v in (first, second))
+        reverse = a.shape != out.shape  # the big operand goes first
         if reverse:
             a, b = b, a
-        plan = _broadcast_plan(out.shape, b.shape) if a.shape == out.shape else None
+        plan = (
+            memo(prepared, ("plan", out.shape, b.shape), lambda: _broadcast_plan(out.shape, b.shape))
+            if a.shape == out.shape and out.flags.c_contiguous
+            else None
+        )
         if plan is None:
-            return None
+            if not copies:
+                return None
+            ufunc = _UFUNCS[node.op_type]
+            return functools.partial(ufunc, first, second, out=out)
         pattern, rows, length = plan
         b2 = b.reshape(rows, length) if pattern == 0 else b.reshape(1, -1)
         if pattern == 1 and b2.shape[1] != rows:
-            return None
+            if not copies:
+                return None
+            b2 = np.full((1, rows), b.reshape(-1)[0], np.float32)
         args = (
             a.reshape(rows, length),
             b2,

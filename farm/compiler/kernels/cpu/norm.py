@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import dense, float32_io, memo
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io, memo
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
     LANES,
@@ -80,7 +80,7 @@ def layer_norm_rows(x, scale, bias, has_bias, epsilon, out):
 
 
 @register_tactic
-class LayerNormRows(Tactic):
+class LayerNormRows(RunsBound, Tactic):
     """LayerNorm over the trailing axes, one row per iteration, row kept in L1."""
 
     name = "cpu.norm.layernorm"
@@ -113,51 +113,34 @@ class LayerNormRows(Tactic):
         tensors = {"scale": flat_scale} | ({"bias": flat_bias} if has_bias else {})
         return Prepared(tensors=tensors, replaces=frozenset({1, 2} if has_bias else {1}))
 
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        x = inputs[0]
-        assert x is not None
-        if "scale" in prepared.tensors:
-            scale = prepared.tensors["scale"]
-            bias = prepared.tensors.get("bias", scale)
-        else:  # runtime scale or bias
-            axis = int(node.attr("axis", -1)) % x.ndim
-            scale, bias = _flat_params(inputs[1], inputs[2] if len(inputs) > 2 else None, x.shape[axis:])  # type: ignore[arg-type]
-        has_bias = len(inputs) > 2 and bool(node.input(2))
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        epsilon = memo(prepared, "epsilon", lambda: np.float32(node.attr("epsilon", 1e-5)))
-        length = scale.shape[0]
-        with threads_for(x.size):
-            layer_norm_rows(
-                x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length)
-            )
-
     def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
+        copies: bool = False,
     ) -> Callable[[], None] | None:
-        """``run`` on these arrays: with a constant scale (and bias) and an input that is
-        C-contiguous float32, else None."""
+        """The kernel on these arrays. Without ``copies`` (the runtime's binding), None for a scale
+        or bias that is a run-time input (broadcast every run) or an input that is not
+        C-contiguous float32."""
         x = inputs[0]
-        if "scale" not in prepared.tensors or not dense(x) or not outputs[0].flags.c_contiguous:
-            return None
         assert x is not None
-        scale = prepared.tensors["scale"]
+        if not copies and (
+            "scale" not in prepared.tensors or not dense(x) or not outputs[0].flags.c_contiguous
+        ):
+            return None
+        if "scale" in prepared.tensors:
+            scale = prepared.tensors["scale"]
+            bias = prepared.tensors.get("bias", scale)
+        else:  # run-time scale or bias
+            axis = int(node.attr("axis", -1)) % x.ndim
+            scale, bias = _flat_params(inputs[1], inputs[2] if len(inputs) > 2 else None, x.shape[axis:])  # type: ignore[arg-type]
         has_bias = len(inputs) > 2 and bool(node.input(2))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        epsilon = memo(prepared, "epsilon", lambda: np.float32(node.attr("epsilon", 1e-5)))
         length = scale.shape[0]
-        args = (
-            x.reshape(-1, length), scale, prepared.tensors.get("bias", scale), has_bias,
-            np.float32(node.attr("epsilon", 1e-5)), outputs[0].reshape(-1, length),
-        )  # fmt: skip
+        args = (x.reshape(-1, length), scale, bias, has_bias, epsilon, outputs[0].reshape(-1, length))
         return bound_call(layer_norm_rows, args, x.size)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import dense, float32_io
+from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io
 from farm.compiler.kernels.cpu._threads import bound_call, threads_for
 from farm.compiler.kernels.cpu._windows import phase_geometry, phase_planes, pooled_taps, valid_columns
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -49,7 +49,9 @@ def _divisors(h, w, ho, wo, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_includ
     """AveragePool's separable divisor: (taps per output row, taps per output column) inside the
     counted region (the padded input with ``count_include_pad``, the input otherwise)."""
     if count_include_pad:
-        return _tap_counts(ho, h, kh, sh, dh, pt, -pt, h + pb), _tap_counts(wo, w, kw, sw, dw, pl, -pl, w + pr)
+        return _tap_counts(ho, h, kh, sh, dh, pt, -pt, h + pb), _tap_counts(
+            wo, w, kw, sw, dw, pl, -pl, w + pr
+        )
     return _tap_counts(ho, h, kh, sh, dh, pt, 0, h), _tap_counts(wo, w, kw, sw, dw, pl, 0, w)
 
 
@@ -95,7 +97,9 @@ def pool_planes_phased(x, out, kh, kw, stride, pt, pl, pb, pr, dh, dw, is_max, c
     vectorized max/add per kernel tap over the whole output plane."""
     n_count, c_count, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    count_y, count_x = _divisors(h, w, ho, wo, kh, kw, stride, stride, dh, dw, pt, pl, pb, pr, count_include_pad)
+    count_y, count_x = _divisors(
+        h, w, ho, wo, kh, kw, stride, stride, dh, dw, pt, pl, pb, pr, count_include_pad
+    )
     rows, cols = phase_geometry(ho, wo, kh, kw, stride, dh, dw)
     length = ho * cols
     fill = np.float32(-np.inf) if is_max else np.float32(0.0)
@@ -273,7 +277,7 @@ def global_average(x, out):
 
 
 @register_tactic
-class GlobalAveragePoolTactic(Tactic):
+class GlobalAveragePoolTactic(RunsBound, Tactic):
     """GlobalAveragePool: the mean of every (image, channel) plane."""
 
     name = "cpu.pool.global_average"
@@ -284,29 +288,19 @@ class GlobalAveragePoolTactic(Tactic):
         x = graph.values.get(node.input(0))
         return float32_io(node, graph) and x is not None and x.rank is not None and x.rank >= 3
 
-    def run(
-        self,
-        node: Node,
-        inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
-        prepared: Prepared,
-    ) -> None:
-        x = np.ascontiguousarray(inputs[0], dtype=np.float32)
-        planes = x.shape[0] * x.shape[1]
-        with threads_for(x.size):
-            global_average(x.reshape(planes, -1), outputs[0].reshape(planes))
-
     def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
+        copies: bool = False,
     ) -> Callable[[], None] | None:
-        """``run`` on these arrays (None for an input that is not C-contiguous float32)."""
+        """The kernel on these arrays. Without ``copies`` (the runtime's binding), None for an
+        input that is not C-contiguous float32."""
         x = inputs[0]
-        if not dense(x) or not outputs[0].flags.c_contiguous:
+        if not copies and (not dense(x) or not outputs[0].flags.c_contiguous):
             return None
-        assert x is not None
+        x = np.ascontiguousarray(x, dtype=np.float32)
         planes = x.shape[0] * x.shape[1]
         return bound_call(global_average, (x.reshape(planes, -1), outputs[0].reshape(planes)), x.size)
