@@ -37,6 +37,7 @@ from farm.compiler.tuner import (
     timing_key,
     tune,
 )
+from farm.compiler.tuner.cold_cache import ColdCache
 from farm.compiler.tuner.threads import choose_thread_counts, parse_thread_label, thread_label
 
 # (min, opt, max) batch when the model's batch dim is symbolic and no range is given.
@@ -64,6 +65,9 @@ class BuilderConfig:
     ``disabled_passes``: optimization passes to skip, by name. ``threads``: cores the engine
     runs on, in numba's pool with BLAS on the calling thread (default: every available core, and
     the builder times one pool against BLAS's own pool and one thread and keeps the fastest).
+    ``cold_timing``: time each tactic with its weights out of the CPU's cache (True), hot
+    (False), or cold exactly when the model's weights exceed the last-level cache (None, the
+    default: then every run of the engine reads them from memory; see ``tuner.cold_cache``).
 
     Precision (see ``farm.compiler.precision`` and docs/PRECISION.md): ``precision`` allows that
     precision (TensorRT's meaning: the tuner picks the fastest allowed tactic per layer);
@@ -85,6 +89,7 @@ class BuilderConfig:
     precision: str = "fp32"
     optimize: bool = True
     threads: int | None = None
+    cold_timing: bool | None = None
     seed: int = 0
     strict: bool = False
     layer_precision: Mapping[str, str] | Sequence[str] = field(default_factory=dict)
@@ -379,6 +384,7 @@ def build(
         reduced_reference=precision_lowering.emulated_reference,
     )
     tune_graph = shaped["opt"]
+    settings.cold = ColdCache.for_graph(tune_graph, backend, config.cold_timing)
     plan_graph = shaped["max"]
     feeds = random_graph_inputs(tune_graph, {b.name: b.opt_shape for b in inputs}, seed=config.seed)
     # The runtime needs the graph with its symbolic shapes; dtypes come from inference.
@@ -453,6 +459,7 @@ def build(
             for tactic, reason in c.rejected.items()
         ],
         "timing_cache": {"hits": hits, "misses": misses},
+        "cache_state": settings.cold.describe(tune_graph) if settings.cold is not None else {"state": "warm"},
         "precision_layers": precision_report,
         "half_model": half_model,
         "memory": plan.summary(),

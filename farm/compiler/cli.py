@@ -148,6 +148,9 @@ def _calibrator_spec(ctx: click.Context, param: click.Parameter, value: str) -> 
               help="0 = heuristic tactic choice (no timing); 1-3 = more timed runs.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Engine file to write.")  # fmt: skip
+@click.option("--cache-state", type=click.Choice(["auto", "cold", "warm"]), default="auto", show_default=True,
+              help="Time tactics with their weights out of the CPU cache (cold) or in it (warm); auto: "
+                   "cold when the model's weights exceed the last-level cache.")  # fmt: skip
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "best"]), default="fp32",
               show_default=True, help="Allowed precision (the tuner picks the fastest allowed per layer).")  # fmt: skip
 @click.option("--strict", is_flag=True, help="Obey --precision exactly wherever a tactic exists.")
@@ -176,6 +179,7 @@ def build_cmd(
     timing_cache: Path | None,
     tuning_level: int,
     output: Path,
+    cache_state: str = "auto",
     precision: str = "fp32",
     strict: bool = False,
     layer_precision: tuple[str, ...] = (),
@@ -192,6 +196,7 @@ def build_cmd(
     config = BuilderConfig(
         tuning_level=tuning_level,
         timing_cache=timing_cache,
+        cold_timing={"auto": None, "cold": True, "warm": False}[cache_state],
         batch_range=parse_batch_range(batch_range),
         input_shapes=parse_shapes(shapes),
         precision=precision,
@@ -254,6 +259,12 @@ def _print_build_report(report: dict[str, Any]) -> None:
         f"timing cache: {cache['hits']} hits, {cache['misses']} misses; build {t['total_s']:.2f} s "
         f"(optimize {t['optimize_s']:.2f}, tune {t['tune_s']:.2f}, plan {t['plan_s']:.2f})"
     )
+    state = report.get("cache_state")
+    if state and state["state"] == "cold":
+        console.print(
+            f"tactics timed cold: weights {state['constants_bytes'] / 2**20:.1f} MiB, last-level cache "
+            f"{state['last_level_cache_bytes'] / 2**20:.1f} MiB"
+        )
     threads = report.get("threads")
     if threads:
         timed = ", ".join(f"{k}: {v:.3f} ms" for k, v in threads.get("timings_ms", {}).items())

@@ -7,7 +7,9 @@ tensors are right), with the graph's real constants. Each candidate's output is 
 ``reference.run_node`` on the same inputs; a wrong or crashing tactic is rejected and reported,
 never chosen. The others get warm-up runs, then timed runs (median; a candidate far slower than
 the best so far stops early). The fastest wins. Every measurement goes to the timing cache, so a
-rebuild with a warm cache times nothing (and does not even run the reference).
+rebuild with a warm cache times nothing (and does not even run the reference). When the model's
+weights exceed the CPU's last-level cache, each timed run finds its weights evicted and its
+activations cached, as in the engine (``cold_cache``).
 
 Tuning level 0 times nothing: each node gets its highest-priority candidate.
 """
@@ -27,6 +29,7 @@ from farm.compiler import __version__ as COMPILER_VERSION
 from farm.compiler.ir import Graph, Node, numpy_dtype, run_inputs
 from farm.compiler.kernels.registry import Tactic, candidates
 from farm.compiler.tuner.cache import MemoryTimingCache, TimingCache, TimingRecord, op_signature, timing_key
+from farm.compiler.tuner.cold_cache import ColdCache, cold_signature
 
 # (warm-up runs, timed runs) per tuning level.
 RUNS_PER_LEVEL = {1: (1, 3), 2: (2, 7), 3: (3, 15)}
@@ -178,6 +181,8 @@ class TunerSettings:
     reduced_reference: Callable[[Node, list[np.ndarray | None], Graph, str], Sequence[np.ndarray]] | None = (
         None
     )
+    # Time each candidate with its weights out of the cache (see ``cold_cache``); None: warm.
+    cold: ColdCache | None = None
 
 
 @dataclass
@@ -189,8 +194,12 @@ class _Candidate:
     inputs: list[np.ndarray | None]
     outputs: list[np.ndarray]
     samples: list[float] = field(default_factory=list)
+    cold: ColdCache | None = None
+    hot_inputs: list[np.ndarray | None] = field(default_factory=list)
 
     def run_timed(self, node: Node) -> None:
+        if self.cold is not None:
+            self.cold.prepare_timed_run(self.hot_inputs)
         start = time.perf_counter()
         self.tactic.run(node, self.inputs, self.outputs, self.prepared)
         self.samples.append((time.perf_counter() - start) * 1e3)
@@ -321,6 +330,8 @@ def _tune_node(
     prepared and before each timing round, so a cancelled build stops within one tactic, not one
     node (a node at tuning level 3 can take a minute on a loaded 2-core host)."""
     signature = op_signature(node, graph)
+    if settings.cold is not None:
+        signature = cold_signature(signature)
     choice = NodeChoice(node.name, node.op_type, "", "cache")
     records: dict[str, TimingRecord] = {}
     to_measure: list[Tactic] = []
@@ -351,6 +362,12 @@ def _tune_node(
                 )
             outcome = _validate_tactic(tactic, node, graph, inputs, references[precision], precision)
             if isinstance(outcome, _Candidate):
+                if settings.cold is not None:
+                    outcome.cold = settings.cold
+                    outcome.hot_inputs = [
+                        x for x, name in zip(outcome.inputs, run_inputs(node), strict=False)
+                        if name and graph.const(name) is None
+                    ]  # fmt: skip
                 to_time.append(outcome)
             else:
                 measured.append(outcome)

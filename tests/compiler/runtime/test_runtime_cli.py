@@ -48,6 +48,22 @@ def test_build_writes_engine_and_timing_cache_then_rebuilds_warm(built: dict[str
     assert "(cache)" in result.output
 
 
+def test_build_cache_state_cold_times_tactics_with_weights_out_of_cache(built: dict[str, Path]) -> None:
+    """``--cache-state cold`` tunes cold (the report and the summary line say so) under its own
+    timing-cache keys: the warm build's records answer none of its lookups."""
+    cold = built["folder"] / "cold.engine"
+    result = CliRunner().invoke(
+        farm_main, ["build", str(built["onnx"]), "--batch-range", "1:2:4", "--timing-cache", str(built["cache"]),
+                    "--cache-state", "cold", "-o", str(cold)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tactics timed cold" in result.output
+    assert " 0 hits," in result.output
+    from farm.compiler.engine.runtime import Engine
+
+    assert Engine.load(cold).report["cache_state"]["state"] == "cold"
+
+
 def test_run_writes_outputs_matching_onnxruntime(built: dict[str, Path]) -> None:
     x = np.random.default_rng(0).standard_normal((3, 32)).astype(np.float32)
     np.savez(built["folder"] / "in.npz", input=x)
