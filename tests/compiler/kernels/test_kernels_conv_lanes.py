@@ -20,6 +20,19 @@ TACTIC = "cpu.conv.channel_lanes"
 DENSE = [c for c in CASES if c[-1] == 1 and c[5] != (1, 1)]
 # (N, C, H, W, M, kernel, strides, pads, dilations, group)
 LANE_CASES = [
+    (
+        1,
+        16,
+        14,
+        14,
+        24,
+        (1, 1),
+        (2, 2),
+        (0, 0, 0, 0),
+        (1, 1),
+        1,
+    ),  # strided 1 x 1 (ResNet downsample): one phase
+    (2, 7, 9, 11, 13, (1, 1), (2, 3), (0, 0, 0, 0), (1, 1), 1),  # strided 1 x 1, unequal strides, odd sizes
     (1, 16, 7, 7, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 7 segments: 3 pairs + a single
     (2, 9, 14, 14, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 40 channels: an 8-channel panel
     (3, 5, 9, 11, 33, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 1),  # 6 wide: one short segment a row
@@ -96,8 +109,10 @@ def test_channel_lanes_is_offered_only_where_asked(
     monkeypatch.setattr(conv_lanes, "OFFERED", True)
     grouped, _ = _conv_case(rng, next(c for c in CASES if c[-1] > 1))
     assert not get_tactic(TACTIC).supports(grouped.node, grouped.graph)
-    pointwise, _ = _conv_case(rng, next(c for c in CASES if c[5] == (1, 1) and c[-1] == 1))
+    pointwise, _ = _conv_case(rng, next(c for c in CASES if c[5] == (1, 1) and c[6] == (1, 1) and c[-1] == 1))
     assert not get_tactic(TACTIC).supports(pointwise.node, pointwise.graph)
+    strided, _ = _conv_case(rng, (1, 16, 14, 14, 24, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1))
+    assert get_tactic(TACTIC).supports(strided.node, strided.graph)
 
 
 def test_channel_lanes_new_input_size_with_the_same_prepared(rng: np.random.Generator) -> None:

@@ -330,10 +330,13 @@ class PackedConv(TiledGemmConv):
         return self.geometry_ok(w.shape, ConvGeometry.of(node, w.shape))
 
     def geometry_ok(self, w_shape: tuple[int, ...], geo: ConvGeometry) -> bool:
-        """A kernel larger than 1 x 1: a 1 x 1 kernel's K (its input channels) is too short for
-        the phase copy to pay off (2-3 x ORT on MobileNet's); ``pointwise16`` reads those in
-        place."""
-        return int(np.prod(w_shape[2:])) > 1
+        """A kernel larger than 1 x 1, or a strided 1 x 1 one. A stride-1 1 x 1 kernel's K (its
+        input channels) is too short for the phase copy to pay off (2-3 x ORT on MobileNet's);
+        ``pointwise16`` reads those in place. A strided one (ResNet's downsample) needs a copy
+        anyway, and its one phase is a quarter of the input at stride 2: ``channel_lanes`` ran
+        ResNet-18's three at 0.046-0.057 ms against 0.049-0.074 for ``pointwise_tiles`` (one
+        Zen 5 core pair, batch 1, alone)."""
+        return int(np.prod(w_shape[2:])) > 1 or (geo.sh, geo.sw) != (1, 1)
 
     def _conv(
         self, prepared: Prepared, geo: ConvGeometry, x: np.ndarray, w2: np.ndarray, bias: np.ndarray,
