@@ -53,6 +53,13 @@ CASES = [
     (2, 3, 13, 5, 4, (5, 5), (3, 2), (2, 2, 1, 0), (1, 1), 1),
     (2, 16, 33, 35, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # big enough for both pools
 ]
+
+# Strided 1 x 1 convs, which the phase-copy tactics (packed16, channel_lanes) take too:
+# (N, C, H, W, M, kernel, strides, pads, dilations, group)
+STRIDED_POINTWISE_CASES = [
+    (1, 16, 14, 14, 24, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # ResNet's downsample: one phase
+    (2, 7, 9, 11, 13, (1, 1), (2, 3), (0, 0, 0, 0), (1, 1), 1),  # unequal strides, odd sizes
+]
 DEPTHWISE_CASES = [
     (1, 8, 11, 9, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
     (3, 6, 10, 13, 6, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 6),

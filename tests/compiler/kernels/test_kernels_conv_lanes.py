@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from kernels_harness import assert_close
-from test_kernels_conv import CASES, _conv_case, conv_oracle
+from test_kernels_conv import CASES, STRIDED_POINTWISE_CASES, _conv_case, conv_oracle
 
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
@@ -20,19 +20,6 @@ TACTIC = "cpu.conv.channel_lanes"
 DENSE = [c for c in CASES if c[-1] == 1 and c[5] != (1, 1)]
 # (N, C, H, W, M, kernel, strides, pads, dilations, group)
 LANE_CASES = [
-    (
-        1,
-        16,
-        14,
-        14,
-        24,
-        (1, 1),
-        (2, 2),
-        (0, 0, 0, 0),
-        (1, 1),
-        1,
-    ),  # strided 1 x 1 (ResNet downsample): one phase
-    (2, 7, 9, 11, 13, (1, 1), (2, 3), (0, 0, 0, 0), (1, 1), 1),  # strided 1 x 1, unequal strides, odd sizes
     (1, 16, 7, 7, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 7 segments: 3 pairs + a single
     (2, 9, 14, 14, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 40 channels: an 8-channel panel
     (3, 5, 9, 11, 33, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 1),  # 6 wide: one short segment a row
@@ -44,6 +31,7 @@ LANE_CASES = [
     (1, 6, 40, 9, 18, (5, 3), (1, 2), (2, 1, 2, 1), (2, 1), 1),  # dilation, asymmetric pads
     (5, 3, 3, 3, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 3 x 3 maps: five images, odd total
 ]
+LANE_CASES += STRIDED_POINTWISE_CASES
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +99,7 @@ def test_channel_lanes_is_offered_only_where_asked(
     assert not get_tactic(TACTIC).supports(grouped.node, grouped.graph)
     pointwise, _ = _conv_case(rng, next(c for c in CASES if c[5] == (1, 1) and c[6] == (1, 1) and c[-1] == 1))
     assert not get_tactic(TACTIC).supports(pointwise.node, pointwise.graph)
-    strided, _ = _conv_case(rng, (1, 16, 14, 14, 24, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1))
+    strided, _ = _conv_case(rng, STRIDED_POINTWISE_CASES[0])
     assert get_tactic(TACTIC).supports(strided.node, strided.graph)
 
 

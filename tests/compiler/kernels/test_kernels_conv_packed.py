@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from kernels_harness import assert_close
 from numba import njit
-from test_kernels_conv import CASES, _conv_case, conv_oracle
+from test_kernels_conv import CASES, STRIDED_POINTWISE_CASES, _conv_case, conv_oracle
 
 from farm.compiler.ir import ACTIVATIONS
 from farm.compiler.kernels import get_tactic
@@ -21,19 +21,6 @@ TACTIC = "cpu.conv.packed16"
 DENSE = [c for c in CASES if c[-1] == 1]
 # (N, C, H, W, M, kernel, strides, pads, dilations, group)
 PANEL_CASES = [
-    (
-        1,
-        16,
-        14,
-        14,
-        24,
-        (1, 1),
-        (2, 2),
-        (0, 0, 0, 0),
-        (1, 1),
-        1,
-    ),  # strided 1 x 1 (ResNet downsample): one phase
-    (2, 7, 9, 11, 13, (1, 1), (2, 3), (0, 0, 0, 0), (1, 1), 1),  # strided 1 x 1, unequal strides, odd sizes
     (1, 8, 30, 29, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 870 pixels: a 6-pixel last panel
     (3, 5, 23, 31, 37, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 1),  # 37 channels: a 1-channel last tile
     (2, 12, 16, 16, 24, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1),  # 16 x 18 wide pixels: 9 full panels
@@ -43,6 +30,7 @@ PANEL_CASES = [
     (1, 6, 40, 9, 18, (5, 3), (1, 2), (2, 1, 2, 1), (2, 1), 1),  # dilation, asymmetric pads
     (1, 40, 9, 9, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K = 360: two K blocks
 ]
+PANEL_CASES += STRIDED_POINTWISE_CASES
 
 POINTWISE = "cpu.conv.pointwise16"
 TILES = "cpu.conv.pointwise_tiles"
@@ -147,7 +135,7 @@ def test_packed_conv_declines_groups_and_1x1(rng: np.random.Generator) -> None:
     pointwise = next(c for c in DENSE if c[5] == (1, 1) and c[6] == (1, 1))
     one, _ = _conv_case(rng, pointwise)
     assert not get_tactic(TACTIC).supports(one.node, one.graph)
-    strided, _ = _conv_case(rng, (1, 16, 14, 14, 24, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1))
+    strided, _ = _conv_case(rng, STRIDED_POINTWISE_CASES[0])
     assert get_tactic(TACTIC).supports(strided.node, strided.graph)  # the phase copy is needed anyway
     dense, _ = _conv_case(rng, next(c for c in DENSE if c[5] != (1, 1)))
     assert get_tactic(TACTIC).supports(dense.node, dense.graph)
