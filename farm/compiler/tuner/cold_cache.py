@@ -32,6 +32,8 @@ LINE_BYTES = 64
 # The eviction reads this many times the last-level cache: LRU-like policies keep little of
 # what was there after one and a half capacities of other lines.
 EVICT_FACTOR = 1.5
+# The cache size a forced cold build assumes where the CPU does not report one.
+DEFAULT_LAST_LEVEL_BYTES = 32 << 20
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -96,11 +98,9 @@ class ColdCache:
         if backend != "cpu" or mode is False:
             return None
         llc = last_level_cache_bytes()
-        if llc is None:
-            if not mode:
-                return None
-            llc = 32 << 20
-        if mode or constant_bytes(graph) > llc:
+        if mode:
+            return cls(llc or DEFAULT_LAST_LEVEL_BYTES)
+        if llc is not None and constant_bytes(graph) > llc:
             return cls(llc)
         return None
 
