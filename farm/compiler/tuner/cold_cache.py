@@ -18,7 +18,6 @@ The state is part of each timing's cache key (:func:`cold_signature`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,23 +52,30 @@ def _read_lines(data, step):  # pragma: no cover - numba
     return total
 
 
-def last_level_cache_bytes() -> int | None:
-    """The size of the CPU's largest cache (L3, else L2) in bytes, or None when unknown."""
-    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+def cache_sizes() -> dict[int, int]:
+    """{level: bytes} of the first CPU's data and unified caches, from sysfs (Linux; empty
+    elsewhere). Python's ``os.sysconf`` knows no cache names (``SC_LEVEL3_CACHE_SIZE`` is glibc's
+    C name only)."""
+    sizes: dict[int, int] = {}
+    for entry in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            size = int(os.sysconf(name))
-        except (ValueError, OSError, AttributeError):
+            kind = (entry / "type").read_text().strip()
+            level = int((entry / "level").read_text())
+            text = (entry / "size").read_text().strip().upper()
+        except (OSError, ValueError):
             continue
-        if size > 0:
-            return size
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = entry.read_text().strip().upper()
         scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
         digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
-    return max(sizes) if sizes else None
+        if kind != "Instruction" and digits.isdigit():
+            sizes[level] = int(digits) * scale
+    return sizes
+
+
+def last_level_cache_bytes() -> int | None:
+    """The size of the CPU's last-level cache (its highest data or unified level) in bytes, or
+    None when unknown."""
+    sizes = cache_sizes()
+    return sizes[max(sizes)] if sizes else None
 
 
 def constant_bytes(graph: Graph) -> int:

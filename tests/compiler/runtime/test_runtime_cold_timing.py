@@ -49,6 +49,17 @@ def test_automatic_mode_times_cold_exactly_when_the_weights_exceed_the_cache(
     assert ColdCache.for_graph(graph, "cpu", True) is not None
 
 
+def test_cache_sizes_read_the_sysfs_levels() -> None:
+    """The data/unified caches of cpu0 by level, the instruction cache left out; the last level
+    is the highest level's size."""
+    sizes = cold_cache.cache_sizes()
+    if not sizes:
+        pytest.skip("no /sys/devices/system/cpu/cpu0/cache on this host")
+    assert all(size > 0 for size in sizes.values())
+    assert 1 in sizes
+    assert last_level_cache_bytes() == sizes[max(sizes)]
+
+
 def test_eviction_and_warming_read_real_buffers() -> None:
     """``evict`` reads 1.5x the cache it was given; ``warm`` reads contiguous arrays of any dtype
     and skips strided ones, empty ones and omitted inputs."""
