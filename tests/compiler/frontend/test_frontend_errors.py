@@ -110,11 +110,23 @@ def test_missing_file(tmp_path: Path) -> None:
         load_onnx(tmp_path / "missing.onnx")
 
 
-def test_negative_and_huge_dims() -> None:
+def test_negative_dims_read_as_dynamic() -> None:
+    """paddle2onnx and older converters write -1 for a dynamic dimension (ONNX Runtime accepts
+    it): such a model loads with a symbolic dimension, builds for a concrete shape and runs."""
+    from farm.compiler.builder import BuilderConfig, build
+
     model = relu_model()
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -3
-    with pytest.raises(ModelError, match="invalid dimension -3"):
-        load_onnx(model)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = -3
+    graph = load_onnx(model)
+    (dim,) = graph.values["x"].shape
+    assert isinstance(dim, str)
+    engine = build(model.SerializeToString(), "cpu", BuilderConfig(tuning_level=0, input_shapes={"x": [5]}))
+    x = np.random.default_rng(0).standard_normal(5).astype(np.float32)
+    np.testing.assert_array_equal(engine.create_context().run({"x": x})["y"], np.maximum(x, 0))
+
+
+def test_huge_dims() -> None:
     tensor = TensorProto(name="w", data_type=FLOAT, dims=[2**45, 2**45])
     model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", FLOAT, [2])], [("y", FLOAT, [2])])
     model.graph.initializer.append(tensor)
