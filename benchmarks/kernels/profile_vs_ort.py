@@ -17,6 +17,12 @@ for a Conv + BatchNormalization + Clip module); such a node is matched to ours b
 without its last index (``.../block.0``) when that path names one node on each side.
 
     .venv/bin/python benchmarks/kernels/profile_vs_ort.py mobilenet --batch 1 [--runs 200]
+
+``MODEL`` may also be an ``.onnx`` file, with ``--input NAME=1x3x320x320`` for each input whose
+shape is not fixed (random feeds: uniform in [0, 1) for floats, zeros for integers; ``--input
+NAME=16000`` sets a scalar integer input's value):
+
+    .venv/bin/python benchmarks/kernels/profile_vs_ort.py yolov8n.onnx --input images=1x3x320x320
 """
 
 from __future__ import annotations
@@ -75,6 +81,45 @@ def _unique_by_module(layers: dict) -> dict:
     return {module: values[0] for module, values in groups.items() if len(values) == 1}
 
 
+def _build_file_engine(path: str, specs: list[str], tuning_level: int):  # type: ignore[no-untyped-def]
+    """An engine of the ONNX file at ``path`` for the shapes in ``specs`` (``NAME=DxD..``), its
+    bytes and random feeds (floats uniform in [0, 1), integers zero or the given scalar)."""
+    import numpy as np
+    import onnx
+
+    from farm.compiler.builder import BuilderConfig, build
+    from farm.compiler.tuner import MemoryTimingCache
+
+    with open(path, "rb") as handle:
+        onnx_bytes = handle.read()
+    model = onnx.load_from_string(onnx_bytes)
+    given = dict(spec.split("=", 1) for spec in specs)
+    initializers = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for info in model.graph.input:
+        if info.name in initializers:
+            continue
+        tensor = info.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        text = given.get(info.name)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        if text is not None and "x" not in text and not dims:
+            feeds[info.name] = np.asarray(int(text) if dtype.kind in "iu" else float(text), dtype)
+            continue
+        shape = [int(v) for v in text.split("x")] if text else dims
+        if any(d is None for d in shape):
+            raise SystemExit(f"input {info.name!r} has dynamic dims {dims}: give --input {info.name}=DxDx..")
+        floats = dtype.kind == "f"
+        feeds[info.name] = rng.random(shape).astype(dtype) if floats else np.zeros(shape, dtype)
+    config = BuilderConfig(
+        tuning_level=tuning_level,
+        timing_cache=MemoryTimingCache(),
+        input_shapes={k: list(v.shape) for k, v in feeds.items()},
+    )
+    return build(onnx_bytes, "cpu", config), onnx_bytes, feeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -82,15 +127,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--tuning-level", type=int, default=2)
+    parser.add_argument("--input", action="append", default=[], help="NAME=DxDx.. (or NAME=VALUE for a scalar)")
     args = parser.parse_args()
 
     from benchmarks.zoo_vs_ort import build_zoo_engine
     from farm.compiler.kernels.threads import available_cores
     from farm.compiler.tuner import MemoryTimingCache
 
-    engine, onnx_bytes, feeds = build_zoo_engine(
-        args.model, args.batch, MemoryTimingCache(), args.tuning_level
-    )
+    if args.model.endswith(".onnx"):
+        engine, onnx_bytes, feeds = _build_file_engine(args.model, args.input, args.tuning_level)
+    else:
+        engine, onnx_bytes, feeds = build_zoo_engine(
+            args.model, args.batch, MemoryTimingCache(), args.tuning_level
+        )
     context = engine.create_context()
     for _ in range(20):
         context.run(feeds)

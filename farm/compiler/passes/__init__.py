@@ -6,7 +6,7 @@
     report.to_dict()                                 # the same as JSON-able data
 
 The pipeline order matters: cleanup and folding first (so patterns see constants and no
-Identity/Dropout), pattern fusions (LayerNorm, GELU, Softmax) before attention fusion (which
+Identity/Dropout), then If inlining (folding decides the conditions of exporters' shape guards), pattern fusions (LayerNorm, GELU, Softmax) before attention fusion (which
 matches the fused Softmax), attention before epilogue fusion (which would otherwise swallow the
 mask Add into the scores MatMul), GEMM layout after epilogue fusion (it needs FusedGemm; the
 epilogues it uncovers are fused in the next round), horizontal fusion after both (so Q/K/V projections already carry
@@ -31,6 +31,7 @@ from farm.compiler.passes.gelu_fusion import GeluFusion
 from farm.compiler.passes.gemm_canonicalization import GemmCanonicalization
 from farm.compiler.passes.gemm_layout import GemmLayout
 from farm.compiler.passes.horizontal_fusion import HorizontalFusion
+from farm.compiler.passes.if_inlining import IfInlining
 from farm.compiler.passes.layernorm_fusion import LayerNormFusion
 from farm.compiler.passes.manager import OptimizeReport, PassError, PassManager, PassReport
 from farm.compiler.passes.packed_attention import PackedAttention
@@ -58,6 +59,7 @@ def default_passes() -> list[Pass]:
     return [
         Cleanup(),
         ConstantFolding(),
+        IfInlining(),  # after folding, which decides shape-guard conditions
         DeadCodeElimination(),
         BatchNormFolding(),
         LayerNormFusion(),

@@ -133,3 +133,72 @@ def test_constant_if_condition_builds_only_the_taken_branch() -> None:
     assert list(kernel.prepared.params["tactics"]) == ["else_branch"] and 0 in kernel.prepared.replaces
     x = np.random.default_rng(0).standard_normal(3).astype(np.float32)
     np.testing.assert_array_equal(engine.run({"x": x})["out"], -x)
+
+
+def test_bodies_fold_what_enclosing_constants_and_fixed_shapes_decide() -> None:
+    """A Loop body written the way exporters write recurrent cells: the step's weight sliced
+    out of an enclosing constant at every iteration, and a shape guard (an If on
+    ``Size(Shape(x)) == 0``, x an enclosing value of fixed shape). The body is simplified once
+    when prepared: the slices become one constant, the guard is decided and inlined; a loaded
+    engine simplifies its stored body the same way."""
+    guard_then = helper.make_graph(
+        [helper.make_node("Neg", ["h_in"], ["g_then"])], "guard_then", [],
+        [helper.make_tensor_value_info("g_then", F, [2, 4])],
+    )  # fmt: skip
+    guard_else = helper.make_graph(
+        [helper.make_node("Tanh", ["h_in"], ["g_else"])], "guard_else", [],
+        [helper.make_tensor_value_info("g_else", F, [2, 4])],
+    )  # fmt: skip
+    body = helper.make_graph(
+        [
+            helper.make_node("Slice", ["W", "s0", "s1", "axis1"], ["w_a"]),
+            helper.make_node("Slice", ["W", "s1", "s2", "axis1"], ["w_b"]),
+            helper.make_node("Concat", ["w_b", "w_a"], ["w"], axis=1),
+            helper.make_node("Shape", ["x"], ["x_shape"]),
+            helper.make_node("Size", ["x_shape"], ["x_rank"]),
+            helper.make_node("Equal", ["x_rank", "zero"], ["empty"]),
+            helper.make_node("If", ["empty"], ["h_act"], then_branch=guard_then, else_branch=guard_else),
+            helper.make_node("MatMul", ["h_act", "w"], ["h_lin"]),
+            helper.make_node("Add", ["h_lin", "x"], ["h_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", B, []),
+         helper.make_tensor_value_info("h_in", F, [2, 4])],
+        [helper.make_tensor_value_info("cond_out", B, []), helper.make_tensor_value_info("h_out", F, [2, 4])],
+        initializer=[helper.make_tensor("s0", I64, [1], [0]), helper.make_tensor("s1", I64, [1], [2]),
+                     helper.make_tensor("s2", I64, [1], [4]), helper.make_tensor("axis1", I64, [1], [1]),
+                     helper.make_tensor("zero", I64, [], [0])],
+    )  # fmt: skip
+    rng = np.random.default_rng(11)
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "h0"], ["h"], body=body)],
+        "cell_loop",
+        [helper.make_tensor_value_info("x", F, [2, 4]), helper.make_tensor_value_info("n", I64, []),
+         helper.make_tensor_value_info("h0", F, [2, 4])],
+        [helper.make_tensor_value_info("h", F, [2, 4])],
+        initializer=[helper.make_tensor("W", F, [4, 4], (0.5 * rng.standard_normal(16)).astype(np.float32))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    engine = build(model, "cpu", BuilderConfig(tuning_level=0, input_shapes={"n": []}))
+    session = onnxruntime_session(model.SerializeToString(), threads=1)
+    names = [o.name for o in session.get_outputs()]
+
+    def check(runner: Engine, seed: int) -> list[str]:
+        feeds = {
+            "x": rng.standard_normal((2, 4)).astype(np.float32),
+            "n": np.array(3 + seed, np.int64),
+            "h0": rng.standard_normal((2, 4)).astype(np.float32),
+        }
+        context = runner.create_context()
+        got = context.run(feeds)
+        for name, want in zip(names, session.run(names, feeds), strict=True):
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+        (loop,) = [k for k in runner.kernels if k.node.op_type == "Loop"]
+        schedule = context.prepared[loop.node.name].scratch["schedules"]["body"]
+        return [step.node.op_type for step in schedule.steps]
+
+    steps = check(engine, 0)
+    assert steps == ["Tanh", "MatMul", "Add", "Identity"], steps
+    loaded = Engine.from_bytes(engine.to_bytes())
+    assert check(loaded, 1) == steps

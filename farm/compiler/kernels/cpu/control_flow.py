@@ -58,6 +58,8 @@ class NestedSchedule:
     """A control-flow body compiled into tactics; :meth:`run` maps feeds to the body's outputs.
 
     ``scope`` names the enclosing-scope values the body reads, with their (dtype, shape);
+    ``constants`` gives those that are constants of the enclosing graph (the body sees them as
+    its own constants, so what it computes from them alone is folded: :func:`simplify_body`);
     ``tactic_names`` (one per body node) restores a schedule chosen before (a loaded engine).
     """
 
@@ -66,17 +68,22 @@ class NestedSchedule:
         body: Graph,
         scope: Mapping[str, tuple[str | None, Sequence[int | str] | None]],
         tactic_names: Sequence[str] | None = None,
+        constants: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         graph = body.copy()
         for name, (dtype, shape) in scope.items():
-            graph.add_input(name, dtype or "float32", list(shape) if shape is not None else None)  # type: ignore[arg-type]
+            if constants is not None and name in constants:
+                graph.add_const(name, np.asarray(constants[name]))
+            else:
+                graph.add_input(name, dtype or "float32", list(shape) if shape is not None else None)  # type: ignore[arg-type]
+        graph = simplify_body(graph, own_inputs=body.inputs)
         self.graph = graph
         self.body_inputs = list(body.inputs)
         self.outputs = list(body.outputs)
         self.constants = {k: v.const for k, v in graph.values.items() if v.const is not None}
         self.steps: list[_BodyStep] = []
         for index, node in enumerate(graph.nodes):
-            if tactic_names is not None:
+            if tactic_names is not None and len(tactic_names) == len(graph.nodes):
                 tactic = get_tactic(tactic_names[index])
                 prepared = tactic.prepare(node, graph)
             else:
@@ -129,6 +136,38 @@ class NestedSchedule:
         return [env[name] for name in self.outputs]
 
 
+def simplify_body(body: Graph, own_inputs: Sequence[str] = ()) -> Graph:
+    """``body`` (its scope values declared as inputs) with what does not depend on run-time data
+    computed once: Identity and no-op chains removed, constant subgraphs folded (``Constant`` ->
+    ``Slice`` of weights, ``Shape``/``Size`` of values whose shapes the enclosing graph fixes),
+    nested Ifs whose condition that decides inlined, and the nodes no body output needs dropped (:class:`ConstantFolding`'s and the cleanup passes'
+    rules). Exporters write LSTM cells and shape checks into If/Loop bodies as dozens of such
+    nodes, each a call per run. The passes are deterministic, so a loaded engine simplifies its
+    stored bodies to the same nodes. Only the scope values' shapes count as known: they come from
+    the enclosing graph, whose shapes the engine checks; ``own_inputs`` (a Loop's iteration count,
+    condition and carried values) are taken as unknown whatever the body declares. The body is
+    returned as it was when a pass fails on it."""
+    from farm.compiler.frontend import infer_shapes
+    from farm.compiler.passes import Cleanup, ConstantFolding, DeadCodeElimination
+    from farm.compiler.passes.if_inlining import IfInlining
+    from farm.compiler.passes.manager import PassManager
+
+    simplified = body.copy()
+    for name in own_inputs:
+        simplified.values[name].shape = None
+    try:
+        static = {
+            name: tuple(int(d) for d in value.shape)
+            for name in simplified.inputs
+            if (value := simplified.values[name]).shape is not None and value.is_static
+        }
+        infer_shapes(simplified, static)
+        PassManager([Cleanup(), ConstantFolding(), IfInlining(), DeadCodeElimination()]).run(simplified)
+    except Exception:  # a body the passes cannot handle runs as it was exported
+        return body
+    return simplified
+
+
 def _run_allocating(
     tactic: Tactic, node: Node, ins: list[np.ndarray | None], prepared: Prepared, graph: Graph
 ) -> list[np.ndarray]:
@@ -164,27 +203,41 @@ class _ControlFlowTactic(Tactic):
         return self.body_attrs
 
     def prepare(self, node: Node, graph: Graph) -> Prepared:
-        """Compile every body into a nested schedule; the manifest keeps each body node's tactic."""
+        """Compile every body into a nested schedule; the manifest keeps each body node's tactic
+        and which scope values are constants of the enclosing graph."""
         meta = _scope_meta(node, graph)
+        constants = {name: c for name in meta if (c := graph.const(name)) is not None}
         schedules = {
-            attr: NestedSchedule(node.attrs[attr], {k: (v[0], v[1]) for k, v in meta.items()})
+            attr: NestedSchedule(node.attrs[attr], {k: (v[0], v[1]) for k, v in meta.items()}, None, constants)
             for attr in self.bodies_to_build(node, graph)
         }
         prepared = Prepared(
-            params={"scope": meta, "tactics": {attr: s.tactic_names for attr, s in schedules.items()}}
+            params={
+                "scope": meta,
+                "scope_constants": sorted(constants),
+                "tactics": {attr: s.tactic_names for attr, s in schedules.items()},
+            }
         )
         prepared.scratch["schedules"] = schedules
         return prepared
 
     @staticmethod
-    def schedules(node: Node, prepared: Prepared) -> dict[str, NestedSchedule]:
-        """The nested schedules, rebuilt from the stored tactic names after an engine load."""
+    def schedules(
+        node: Node, prepared: Prepared, scope: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, NestedSchedule]:
+        """The nested schedules, rebuilt after an engine load from the stored tactic names, with
+        the constant scope values taken from ``scope`` (the run's scope values: the engine passes
+        its constants as they are)."""
         schedules = prepared.scratch.get("schedules")
         if schedules is None:
             meta = prepared.params["scope"]
+            names = prepared.params.get("scope_constants", [])
+            constants = {name: scope[name] for name in names if scope is not None and name in scope}
             schedules = {
-                attr: NestedSchedule(node.attrs[attr], {k: (v[0], v[1]) for k, v in meta.items()}, names)
-                for attr, names in prepared.params["tactics"].items()
+                attr: NestedSchedule(
+                    node.attrs[attr], {k: (v[0], v[1]) for k, v in meta.items()}, tactics, constants
+                )
+                for attr, tactics in prepared.params["tactics"].items()
             }
             prepared.scratch["schedules"] = schedules
         return schedules
@@ -245,7 +298,7 @@ class IfTactic(_ControlFlowTactic):
         self, node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepared
     ) -> list[np.ndarray]:
         """Run the branch the condition selects."""
-        schedules = self.schedules(node, prepared)
+        schedules = self.schedules(node, prepared, self.scope_values(node, inputs))
         if len(schedules) == 1:
             (branch,) = schedules.values()
         else:
@@ -267,7 +320,7 @@ class LoopTactic(_ControlFlowTactic):
         self, node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepared
     ) -> list[np.ndarray]:
         """ONNX Loop semantics: trip count and/or condition, carried values, scan outputs."""
-        schedule = self.schedules(node, prepared)["body"]
+        schedule = self.schedules(node, prepared, self.scope_values(node, inputs))["body"]
         body: Graph = node.attrs["body"]
         own = list(inputs[: len(node.inputs)])
         trip_count = own[0] if own and own[0] is not None else None
@@ -314,7 +367,7 @@ class ScanTactic(_ControlFlowTactic):
     ) -> list[np.ndarray]:
         """State variables carried; scan inputs sliced along their axes/directions; scan outputs
         stacked along theirs."""
-        schedule = self.schedules(node, prepared)["body"]
+        schedule = self.schedules(node, prepared, self.scope_values(node, inputs))["body"]
         body: Graph = node.attrs["body"]
         own = [np.asarray(v) for v in inputs[: len(node.inputs)]]
         n_scan_inputs = int(node.attr("num_scan_inputs"))
