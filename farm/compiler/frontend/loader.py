@@ -253,12 +253,12 @@ def _value_type(info: ValueInfoProto, what: str) -> tuple[str | None, tuple[Dim,
     dims: list[Dim] = []
     for axis, d in enumerate(tt.shape.dim):
         which = d.WhichOneof("value")
-        if which == "dim_value" and d.dim_value < 0:
-            # paddle2onnx and older converters write -1 for a dynamic dimension; ONNX Runtime
-            # reads any negative value so, and so do we
+        if which == "dim_value" and d.dim_value == -1:
+            # paddle2onnx and older converters write -1 for a dynamic dimension (ONNX Runtime
+            # accepts it): read as a symbolic one; any other negative value is an error
             dims.append(f"{info.name}_dim{axis}")
         elif which == "dim_value":
-            if d.dim_value > MAX_DIM:
+            if d.dim_value < 0 or d.dim_value > MAX_DIM:
                 raise ModelError(f"{what} has an invalid dimension {d.dim_value}")
             dims.append(int(d.dim_value))
         elif which == "dim_param" and d.dim_param:

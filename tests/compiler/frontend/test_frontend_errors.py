@@ -110,14 +110,18 @@ def test_missing_file(tmp_path: Path) -> None:
         load_onnx(tmp_path / "missing.onnx")
 
 
-def test_negative_dims_read_as_dynamic() -> None:
+def test_minus_one_dims_read_as_dynamic() -> None:
     """paddle2onnx and older converters write -1 for a dynamic dimension (ONNX Runtime accepts
-    it): such a model loads with a symbolic dimension, builds for a concrete shape and runs."""
+    it): such a model loads with a symbolic dimension, builds for a concrete shape and runs.
+    Any other negative dimension is refused."""
     from farm.compiler.builder import BuilderConfig, build
 
     model = relu_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -3
+    with pytest.raises(ModelError, match="invalid dimension -3"):
+        load_onnx(model)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
-    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = -3
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = -1
     graph = load_onnx(model)
     (dim,) = graph.values["x"].shape
     assert isinstance(dim, str)
