@@ -35,6 +35,7 @@ from farm.compiler.passes.if_inlining import IfInlining
 from farm.compiler.passes.layernorm_fusion import LayerNormFusion
 from farm.compiler.passes.manager import OptimizeReport, PassError, PassManager, PassReport
 from farm.compiler.passes.packed_attention import PackedAttention
+from farm.compiler.passes.pad_fusion import PadFusion
 from farm.compiler.passes.recurrent_fusion import RecurrentFusion
 from farm.compiler.passes.softmax_fusion import SoftmaxFusion
 
@@ -61,6 +62,7 @@ def default_passes() -> list[Pass]:
         ConstantFolding(),
         IfInlining(),  # after folding, which decides shape-guard conditions
         DeadCodeElimination(),
+        PadFusion(),
         BatchNormFolding(),
         LayerNormFusion(),
         GeluFusion(),
