@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from farm.compiler import BuilderConfig, build, reference
+from farm.compiler import reference
 from farm.compiler.ir import Graph
 from farm.compiler.kernels import get_tactic
 from farm.compiler.kernels.registry import Prepared
@@ -93,25 +93,9 @@ BACKEND_CASES = _backend_cases()
 def test_onnx_backend_pad_cases_through_an_engine(case) -> None:  # type: ignore[no-untyped-def]
     """ONNX's Pad node tests with their pads/value/axes inputs made constants, built at tuning
     level 0: the tables run them and match ONNX's expected outputs."""
-    import onnx
-    from onnx import numpy_helper
-    from recurrent_engine_cases import _data_sets
+    from recurrent_engine_cases import engine_with_constant_side_inputs
 
-    model = onnx.load_model(case.folder / "model.onnx", load_external_data=False)
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            imp.version = case.opset or imp.version
-    (inputs, expected), *_ = _data_sets(case)
-    feeds = {}
-    for info, value in zip(list(model.graph.input), inputs, strict=True):
-        if info.name == model.graph.node[0].input[0]:
-            feeds[info.name] = value
-        else:
-            model.graph.initializer.append(numpy_helper.from_array(value, info.name))
-            model.graph.input.remove(info)
-    engine = build(
-        model, "cpu", BuilderConfig(tuning_level=0, input_shapes={k: list(v.shape) for k, v in feeds.items()})
-    )
+    engine, feeds, expected = engine_with_constant_side_inputs(case)
     (kernel,) = [k for k in engine.kernels if k.node.op_type == "Pad"]
     assert kernel.tactic.name == "cpu.pad.tables"
     got = engine.run(feeds)

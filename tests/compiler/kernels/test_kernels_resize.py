@@ -163,26 +163,10 @@ def test_onnx_backend_resize_cases_through_an_engine(case) -> None:  # type: ign
     the tables run every nearest and linear case, the reference the others."""
     import json
 
-    import onnx
-    from onnx import numpy_helper
-    from recurrent_engine_cases import _data_sets
+    from recurrent_engine_cases import engine_with_constant_side_inputs
 
-    model = onnx.load_model(case.folder / "model.onnx", load_external_data=False)
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            imp.version = case.opset or imp.version
-    (inputs, expected), *_ = _data_sets(case)
-    feeds = {}
-    for info, value in zip(list(model.graph.input), inputs, strict=True):
-        if info.name == model.graph.node[0].input[0]:
-            feeds[info.name] = value
-        else:
-            model.graph.initializer.append(numpy_helper.from_array(value, info.name))
-            model.graph.input.remove(info)
+    engine, feeds, expected = engine_with_constant_side_inputs(case)
     tolerance = json.loads((case.folder / "tolerance.json").read_text())
-    engine = build(
-        model, "cpu", BuilderConfig(tuning_level=0, input_shapes={k: list(v.shape) for k, v in feeds.items()})
-    )
     got = engine.run(feeds)
     for name, want in zip(engine.output_names, expected, strict=True):
         np.testing.assert_allclose(

@@ -84,6 +84,30 @@ def run_case_on_engine(case: Case, *, tuning_level: int = 0, report_key: str | N
     return {k.node.name: k.tactic.name for k in engine.kernels}
 
 
+def engine_with_constant_side_inputs(case: Case) -> tuple[Any, dict[str, np.ndarray], list[np.ndarray]]:
+    """The case's model with every input but the first node's data input made a constant from
+    its first data set (as exporters write scales, sizes and pads), built at tuning level 0;
+    returns (engine, feeds, expected outputs)."""
+    from onnx import numpy_helper
+
+    from farm.compiler import BuilderConfig, build
+
+    model = onnx.load_model(case.folder / "model.onnx", load_external_data=False)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = case.opset or imp.version
+    (inputs, expected), *_ = _data_sets(case)
+    feeds = {}
+    for info, value in zip(list(model.graph.input), inputs, strict=True):
+        if info.name == model.graph.node[0].input[0]:
+            feeds[info.name] = value
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(value, info.name))
+            model.graph.input.remove(info)
+    shapes = {k: list(v.shape) for k, v in feeds.items()}
+    return build(model, "cpu", BuilderConfig(tuning_level=0, input_shapes=shapes)), feeds, expected
+
+
 if __name__ == "__main__":
     for case in engine_cases():
         if case.name in NOT_RUN:
