@@ -181,3 +181,15 @@ def test_onnx_backend_resize_cases_through_an_engine(case) -> None:  # type: ign
         and not (attrs.get("antialias", 0) and attrs.get("mode") == "linear" and downsampling)
     )
     assert (kernel.tactic.name == "cpu.resize.tables") == runs_tables, kernel.tactic.name
+
+
+def test_plans_are_made_once_per_shape() -> None:
+    """The tuner times ``run``, which binds on every call: the plan (coordinate tables) is kept
+    per input shape in the step's scratch."""
+    g, node = resize_graph((1, 3, 5, 7), [1, 1, 2, 2], None, {"mode": "linear"})
+    prepared = Prepared()
+    for shape in ((1, 3, 5, 7), (1, 3, 5, 7), (2, 3, 5, 7)):
+        x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+        out = np.empty((shape[0], 3, 10, 14), np.float32)
+        TACTIC.run(node, [x, None, g.const("scales")], [out], prepared)
+    assert len(prepared.scratch["resize_plans"]) == 2

@@ -138,7 +138,11 @@ class PadTablesTactic(RunsBound, Tactic):
         axes = _ints(inputs[3]) if len(inputs) > 3 else None
         fill_input = inputs[2] if len(inputs) > 2 else None
         fill = fill_input.reshape(-1)[0] if fill_input is not None and fill_input.size else 0
-        rows, cols, out_shape = self._tables(node, tuple(x.shape), pads, axes)
+        key = (tuple(x.shape), tuple(pads), tuple(axes) if axes else None)
+        tables = prepared.scratch.setdefault("pad_tables", {})
+        if key not in tables:  # once per shape: the tuner times run(), which binds every call
+            tables[key] = self._tables(node, key[0], pads, axes)
+        rows, cols, out_shape = tables[key]
         if out_shape != tuple(out.shape):
             raise ValueError(f"Pad {node.name!r}: output {out.shape}, tables give {out_shape}")
         if out.size == 0:
