@@ -202,3 +202,20 @@ def test_bodies_fold_what_enclosing_constants_and_fixed_shapes_decide() -> None:
     assert steps == ["Tanh", "MatMul", "Add", "Identity"], steps
     loaded = Engine.from_bytes(engine.to_bytes())
     assert check(loaded, 1) == steps
+
+
+def test_stored_body_tactics_that_do_not_fit_the_body_are_picked_again() -> None:
+    """An engine whose stored body tactics no longer fit the simplified body (another compiler
+    simplified it differently: other node count, or another op at a position) rebuilds the
+    schedule by picking each node's tactic instead of running a wrong one."""
+    from farm.compiler.kernels.cpu.control_flow import NestedSchedule
+
+    model = nested_control_flow_model()
+    engine = build(model, "cpu", BuilderConfig(tuning_level=0, input_shapes={"n": []}))
+    (loop,) = [k for k in engine.kernels if k.node.op_type == "Loop"]
+    params = loop.prepared.params
+    scope = {k: (v[0], v[1]) for k, v in params["scope"].items()}
+    right = params["tactics"]["body"]
+    for wrong in (right[:-1], ["cpu.control_flow.scan"] * len(right)):
+        schedule = NestedSchedule(loop.node.attrs["body"], scope, wrong)
+        assert [s.tactic.name for s in schedule.steps] == right

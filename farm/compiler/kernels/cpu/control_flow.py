@@ -82,9 +82,10 @@ class NestedSchedule:
         self.outputs = list(body.outputs)
         self.constants = {k: v.const for k, v in graph.values.items() if v.const is not None}
         self.steps: list[_BodyStep] = []
+        stored = _stored_tactics(graph, tactic_names)
         for index, node in enumerate(graph.nodes):
-            if tactic_names is not None and len(tactic_names) == len(graph.nodes):
-                tactic = get_tactic(tactic_names[index])
+            if stored is not None:
+                tactic = stored[index]
                 prepared = tactic.prepare(node, graph)
             else:
                 tactic, prepared = _pick_tactic(node, graph)
@@ -136,12 +137,23 @@ class NestedSchedule:
         return [env[name] for name in self.outputs]
 
 
+def _stored_tactics(graph: Graph, names: Sequence[str] | None) -> list[Tactic] | None:
+    """The stored tactic of every body node, or None (pick them again) when there are none or
+    they do not fit the body: an engine made by a compiler that simplified bodies differently."""
+    if names is None or len(names) != len(graph.nodes):
+        return None
+    tactics = [get_tactic(name) for name in names]
+    if any(node.op_type not in tactic.op_types for node, tactic in zip(graph.nodes, tactics, strict=True)):
+        return None
+    return tactics
+
+
 def simplify_body(body: Graph, own_inputs: Sequence[str] = ()) -> Graph:
     """``body`` (its scope values declared as inputs) with what does not depend on run-time data
     computed once: Identity and no-op chains removed, constant subgraphs folded (``Constant`` ->
     ``Slice`` of weights, ``Shape``/``Size`` of values whose shapes the enclosing graph fixes),
-    nested Ifs whose condition that decides inlined, and the nodes no body output needs dropped (:class:`ConstantFolding`'s and the cleanup passes'
-    rules). Exporters write LSTM cells and shape checks into If/Loop bodies as dozens of such
+    nested Ifs whose condition folding decides inlined, and the nodes no body output needs
+    dropped (the rules of the cleanup, folding, If-inlining and dead-code passes). Exporters write LSTM cells and shape checks into If/Loop bodies as dozens of such
     nodes, each a call per run. The passes are deterministic, so a loaded engine simplifies its
     stored bodies to the same nodes. Only the scope values' shapes count as known: they come from
     the enclosing graph, whose shapes the engine checks; ``own_inputs`` (a Loop's iteration count,
