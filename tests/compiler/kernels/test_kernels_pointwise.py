@@ -97,6 +97,10 @@ EPILOGUES = [
     ("HardSigmoid", 0.2, 0.5),
     ("LeakyRelu", 0.1, 0.0),
     ("Sigmoid", 0.0, 0.0),
+    ("Tanh", 0.0, 0.0),
+    ("Silu", 0.0, 0.0),
+    ("Gelu", 0.0, 0.0),
+    ("GeluTanh", 0.0, 0.0),
 ]
 
 

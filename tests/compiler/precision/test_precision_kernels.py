@@ -99,6 +99,7 @@ GEMM_TACTICS = ["cpu.int8.gemm", pytest.param("cpu.int8.gemm_vnni", marks=NEEDS_
         ((1, 6, 10, 10), 12, 3, 2, 1, "", True, "FusedConv"),
         ((2, 8, 7, 7), 9, 1, 1, 0, "Clip", False, "FusedConv"),
         ((3, 4, 13), 6, 3, 1, 1, "Sigmoid", False, "FusedConv"),
+        ((2, 6, 9, 21), 10, 3, 1, 1, "Silu", True, "FusedConv"),  # YOLO's conv + SiLU, in the stores
         ((2, 8, 8, 8), 16, 1, 2, 0, "", False, "Conv"),
         ((1, 13, 9, 7), 53, 3, 1, 1, "Relu", True, "FusedConv"),  # 3 panels, a 13-row tail, odd K
         ((2, 5, 9, 37), 14, 3, 1, 1, "Relu", False, "FusedConv"),  # rows of 16 + 16 + 5 pixels

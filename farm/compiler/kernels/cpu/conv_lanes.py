@@ -12,8 +12,8 @@ A task is one channel panel x a run of consecutive tiles (:func:`task_split`), K
 layer at any batch size reads its weight from memory once per run. Tiles accumulate in a task
 scratch (pixel-major) and then go out to their NCHW pixels through an in-register transpose
 (:func:`_store_segment`): one 7-lane store per channel and segment, bias added before the
-transpose, residual and a ``VECTOR_ACTS`` activation after it (LeakyRelu and the
-transcendental ones: a scalar copy, then ``finish_row`` per segment).
+transpose, residual and a ``VECTOR_ACTS`` activation after it (LeakyRelu: a scalar copy, then
+``finish_row`` per segment).
 
 Where it wins (one thread each, interleaved with ORT on a Zen 5 EPYC): ResNet's 512 @7 3x3 conv
 1.55 -> 1.04x ORT, 256 @14 1.26 -> 1.08x, the 7x7 stem 1.36 -> 1.18x (docs/KERNELS.md,

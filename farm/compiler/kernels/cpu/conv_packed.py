@@ -17,8 +17,8 @@ image with the 12 x 32 micro-kernel of ``_microgemm``, without building ``cols``
    group's panels, so a late layer (7 x 7 maps at batch 1: one group, its 9.4 MB weight split
    into runs) reads its weight once.
 3. Finished tiles go to their output pixels (each panel's lanes are a few runs of consecutive
-   pixels) with bias, residual and a piecewise-linear activation applied on the way; a
-   transcendental activation runs once per output row over the group's pixels instead.
+   pixels) with bias, residual and the activation applied on the way, 16 lanes at a time
+   (:func:`_store_vectors`; LeakyRelu by a scalar loop).
 
 Measured on a 2-core AVX-512 Xeon (``bench_kernels_vs_ort.py``, interleaved with ORT): ResNet's
 512-channel 3 x 3 convs at batch 1 1.30 x ORT where Winograd F(2,3) took 1.63 x, its stride-2
@@ -48,18 +48,15 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import (
-    ACT_NONE,
     RES_NONE,
-    ROW_ACTIVATIONS,
     VECTOR_ACTS,
     finish16,
-    finish_row,
     finish_value,
     vector_epilogue,
 )
 from farm.compiler.kernels.cpu._microgemm import MR, NR, pack_rows, panel_offsets, tile_12x32
 from farm.compiler.kernels.cpu._operands import in_order, memo, workspace
-from farm.compiler.kernels.cpu._simd16 import LANES, vadd16, vload16_masked, vsplat16
+from farm.compiler.kernels.cpu._simd16 import LANES, called_tile, vadd16, vload16_masked, vsplat16
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu._windows import copy_window, valid_columns
 from farm.compiler.kernels.cpu.conv import ConvGeometry
@@ -110,14 +107,13 @@ def build_phases(x, buf, image_size, phase_a, phase_b, sh, sw, pt, pl, hq, wq):
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
 def conv_panels(
     buf, image_size, offs, wp, m, wq, wo, bias, has_bias, residual, res_mode, act, alpha, beta, out, group, runs,
-    fused, full, tail_offs,
+    full, tail_offs,
 ):  # fmt: skip
     """The conv as an implicit GEMM over the phases in ``buf`` (:func:`build_phases`): output
     pixel (oy, ox) is wide pixel ``v = oy*wq + ox`` and kernel row k of it reads
     ``buf[image + offs[k] + v]``, so 32 consecutive wide pixels are 32 consecutive floats. out
     [N*M, Ho*Wo] (NCHW rows) gets the pixels with ``ox < wo``; ``residual`` is [N*M, Ho*Wo] or a
-    dummy; the weight is packed by ``pack_rows`` (flat ``wp``, M channels); ``fused``: the
-    activation is piecewise linear (not one of ``ROW_ACTIVATIONS``) and goes into the stores.
+    dummy; the weight is packed by ``pack_rows`` (flat ``wp``, M channels).
 
     A task is one image's ``group`` consecutive 32-pixel panels x one of ``runs`` runs of weight
     panels. K goes in blocks of :data:`KC`: each weight panel's block is loaded once for the
@@ -170,32 +166,17 @@ def conv_panels(
                         tile_12x32(wp, (i * k + k0) * MR, tail, 0, tail_offs, k0, kk, tiles, to, NR, k0 > 0)
         for j in range(j0, j1):
             _store_panel(tiles, (j - j0) * MR * NR, panels * MR * NR, i0, i1, j * NR, min(j * NR + NR, wide), wq,
-                         wo, m, n, out, fused, bias, has_bias, residual, res_mode, act, alpha, beta)  # fmt: skip
-        if not fused:  # transcendental: once per output row over the group's pixels
-            c0 = _compact(j0 * NR, wq, wo)
-            c1 = _compact(min(j1 * NR, wide), wq, wo)
-            for mm in range(i0 * MR, min(m, i1 * MR)):
-                row = n * m + mm
-                res = residual[row, c0:c1] if res_mode != RES_NONE else residual[0]
-                b = bias[mm] if has_bias else np.float32(0.0)
-                finish_row(out[row, c0:c1], b, bias, 1 if has_bias else 0, res, res_mode, act, alpha, beta)
-
-
-@njit(error_model="numpy", cache=True, nogil=True, inline="always")
-def _compact(v, wq, wo):
-    """The index of the first output pixel at or after wide pixel ``v``."""
-    return (v // wq) * wo + min(v % wq, wo)
+                         wo, m, n, out, bias, has_bias, residual, res_mode, act, alpha, beta)  # fmt: skip
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
 def _store_panel(
-    tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out, fused, bias, has_bias, residual, res_mode, act, alpha,
-    beta,
+    tiles, first, stride, i0, i1, v0, v1, wq, wo, m, n, out, bias, has_bias, residual, res_mode, act, alpha, beta,
 ):  # fmt: skip
     """Weight tiles i0 .. i1-1 of one pixel panel (wide pixels v0 .. v1-1; tile i at
     ``tiles[first + (i - i0)*stride]``) into their output pixels: the panel's lanes fall into
     runs of consecutive output pixels (one run when ``wq == wo``), each copied as a block, with
-    bias, residual and a piecewise-linear activation applied on the way when ``fused``."""
+    bias, residual and the activation applied on the way."""
     starts = np.empty(NR, np.int64)  # run r: lanes starts[r] .. starts[r]+sizes[r]-1 -> pixels[r]..
     sizes = np.empty(NR, np.int64)
     pixels = np.empty(NR, np.int64)
@@ -219,8 +200,11 @@ def _store_panel(
     a = np.float32(alpha)
     c = np.float32(beta)
     zero = np.float32(0.0)
-    vector = not fused or act in VECTOR_ACTS
-    ep = vector_epilogue(res_mode if fused else RES_NONE, act if fused else ACT_NONE, alpha, beta)
+    if act in VECTOR_ACTS:  # 16 lanes at a time: bias, residual and activation on the vector
+        ep = vector_epilogue(res_mode, act, alpha, beta)
+        _store_vectors(tiles, first, stride, i0, i1, m, n, out.shape[1], out.reshape(-1), residual.reshape(-1),
+                       bias, has_bias, starts, sizes, pixels, runs, ep)  # fmt: skip
+        return
     for i in range(i0, i1):
         base = first + (i - i0) * stride
         for mm in range(i * MR, min(m, i * MR + MR)):
@@ -228,22 +212,35 @@ def _store_panel(
             dst = out[row]
             src = base + (mm - i * MR) * NR
             res = residual[row] if res_mode != RES_NONE else residual[0]
-            b = bias[mm] if has_bias and fused else zero
-            if vector:  # 16 lanes at a time: bias, residual and activation on the vector
-                bv = vsplat16(b)
-                for r in range(runs):
-                    d = pixels[r]
-                    s0 = src + starts[r]
-                    for e in range(0, sizes[r], LANES):
-                        count = sizes[r] - e
-                        finish16(vadd16(vload16_masked(tiles, s0 + e, count), bv), dst, d + e, count, res, ep)
-                continue
+            b = bias[mm] if has_bias else zero
             for r in range(runs):  # LeakyRelu: the scalar epilogue
                 d = pixels[r]
                 s0 = src + starts[r]
                 for e in range(sizes[r]):
                     rv = res[d + e] if res_mode != RES_NONE else zero
                     dst[d + e] = finish_value(tiles[s0 + e], b, rv, res_mode, act, a, c)
+
+
+@called_tile
+def _store_vectors(tiles, first, stride, i0, i1, m, n, p, of, rf, bias, use_bias, starts, sizes, pixels, runs, ep):
+    """The vector form of :func:`_store_panel`'s stores: tile row mm's run r of lanes into the
+    flat output ``of`` (rows of ``p`` pixels) at its row's offset plus ``pixels[r]``, with the
+    bias and ``finish16``'s epilogue (the residual ``rf`` has the output's layout). Compiled
+    without reference counting: in ``_store_panel`` each vector's store took an incref and a
+    decref of the row views, external calls that spilled the vectors, and a SiLU epilogue
+    there cost 2 ns an element where the same arithmetic alone takes 0.2."""
+    for i in range(i0, i1):
+        base = first + (i - i0) * stride
+        for mm in range(i * MR, min(m, i * MR + MR)):
+            row = (n * m + mm) * p
+            src = base + (mm - i * MR) * NR
+            bv = vsplat16(bias[mm] if use_bias else np.float32(0.0))
+            for r in range(runs):
+                d = row + pixels[r]
+                s0 = src + starts[r]
+                for e in range(0, sizes[r], LANES):
+                    count = sizes[r] - e
+                    finish16(vadd16(vload16_masked(tiles, s0 + e, count), bv), of, d + e, count, rf, ep)
 
 
 class PhasePlan(NamedTuple):
@@ -352,7 +349,7 @@ class PackedConv(TiledGemmConv):
         return in_order(*copy_in, functools.partial(
             conv_panels,
             b.buf, b.image_size, b.offsets, panels, m, b.wq, b.wo, bias, has_bias, residual, mode, act, alpha,
-            beta, out.reshape(n * m, ho * wo), group, runs, act not in ROW_ACTIVATIONS, b.full, b.tail_offsets,
+            beta, out.reshape(n * m, ho * wo), group, runs, b.full, b.tail_offsets,
         ))  # fmt: skip
 
     def b_operand(

@@ -18,9 +18,9 @@ rows are rows of the NCHW output plane.
 * Each step of four K values: two 64-byte loads, 12 broadcasts, 24 ``vpdpbusd`` (u8 pixels x
   s8 weights), 1,536 multiply-adds.
 * Epilogue on the accumulators: ``(acc - zp*colsum[m])`` in int32, converted, times
-  ``s_x * s_w[m]`` plus the bias in one FMA, then the residual and a piecewise-linear activation
-  (:func:`~._epilogue.finish16`), one masked store per vector into the output plane. Other
-  activations run over the task's finished rows (``finish_row``).
+  ``s_x * s_w[m]`` plus the bias in one FMA, then the residual and the activation
+  (:func:`~._epilogue.finish16`), one masked store per vector into the output plane. LeakyRelu
+  runs over the task's finished rows (``finish_row``).
 
 Tasks are (image, 12-channel panel, run of 32-pixel panels), as in ``pointwise_tiles``.
 Offered where the host has AVX-512 VNNI (:data:`~._vnni.VNNI`); group 1, 1-D or 2-D.

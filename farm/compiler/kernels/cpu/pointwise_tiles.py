@@ -8,7 +8,7 @@ pixels p of a plane. A tile is 12 output channels x 32 pixels in 24 sixteen-lane
 each input channel c adds two vector loads of x's row (32 consecutive pixels of channel c, read
 where they lie) times 12 broadcast weights (the weight packed once into 12-channel panels
 ``[ceil(M/12), C, 12]``, :func:`~._microgemm.pack_rows`), 24 FMAs. After the last channel each
-accumulator gets the channel's bias, the residual and a piecewise-linear activation
+accumulator gets the channel's bias, the residual and the activation
 (:func:`~._epilogue.finish16`) and is stored once, straight into the NCHW output: no tile
 scratch, no second pass. A plane's ragged last 32 pixels use masked loads and stores (they do
 not fault past the input); channels past M (the last panel's zero rows) are computed and not
@@ -18,8 +18,8 @@ stored.
 finishes tiles through a scratch and a per-element store; with MobileNet's short K (16-120 input
 channels) that store outweighs the arithmetic (16 -> 64 at 112 x 112: 28 GFLOP/s, 2-core Xeon).
 Tasks are (image, 12-channel panel, run of 32-pixel panels): the weight panel (C x 12 floats)
-stays in L1 while the task walks its pixels. Activations other than the piecewise-linear ones run
-over the task's finished rows. Without AVX-512 (:data:`~._simd16.AVX512`) the 24 accumulators
+stays in L1 while the task walks its pixels. LeakyRelu, which ``finish16`` lacks, runs over the
+task's finished rows. Without AVX-512 (:data:`~._simd16.AVX512`) the 24 accumulators
 would spill the 16 ``ymm`` registers, so there a tile runs as four 6-channel x 16-pixel quarters
 (:func:`_quarter`); on a 2-core AVX2 EPYC the tuner then picked it for 7 of MobileNet's 1 x 1
 layers and the model ran 5.5 % faster at batch 1 (in-process A/B).

@@ -35,8 +35,8 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._epilogue import ACT_SIGMOID, ACT_TANH, activate_row
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
-from farm.compiler.kernels.cpu._vecmath import exp_row
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -235,24 +235,18 @@ def _clip(x, limit):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _sigmoid_vec(x, out):
-    """out = 1 / (1 + exp(-x)) with the vectorizable exp (``out`` may be ``x``)."""
-    n = x.shape[0]
-    for i in range(n):
-        out[i] = -x[i]
-    exp_row(out, out)
-    for i in range(n):
-        out[i] = np.float32(1.0) / (np.float32(1.0) + out[i])
+    """out = 1 / (1 + exp(-x)) on 16-lane vectors (``_epilogue.activate_row``; ``out`` may be ``x``)."""
+    for i in range(x.shape[0]):
+        out[i] = x[i]
+    activate_row(out, ACT_SIGMOID, 0.0, 0.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _tanh_vec(x, out):
-    """out = tanh(x) = 2 / (1 + exp(-2x)) - 1 with the vectorizable exp (``out`` may be ``x``)."""
-    n = x.shape[0]
-    for i in range(n):
-        out[i] = np.float32(-2.0) * x[i]
-    exp_row(out, out)
-    for i in range(n):
-        out[i] = np.float32(2.0) / (np.float32(1.0) + out[i]) - np.float32(1.0)
+    """out = tanh(x) = 2 / (1 + exp(-2x)) - 1 on 16-lane vectors (``out`` may be ``x``)."""
+    for i in range(x.shape[0]):
+        out[i] = x[i]
+    activate_row(out, ACT_TANH, 0.0, 0.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
