@@ -38,6 +38,9 @@ from farm.compiler.kernels.cpu._simd16 import (
 ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_TANH = 0, 1, 2, 3, 4, 5
 ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_SILU, ACT_GELU, ACT_GELU_TANH = 6, 7, 8, 9, 10
 assert ACTIVATIONS[ACT_GELU_TANH] == "GeluTanh" and ACTIVATIONS[ACT_HARDSWISH] == "HardSwish"
+# activate_row, activate16 and _transcendental16 branch on every code above: an activation added to
+# ir.fused.ACTIVATIONS needs its own branch there (the transcendental branch would take it for SiLU)
+assert len(ACTIVATIONS) == ACT_GELU_TANH + 1, "a new activation needs its branches in _epilogue.py"
 
 RES_NONE, RES_PRE, RES_POST = 0, 1, 2
 
