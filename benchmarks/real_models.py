@@ -110,7 +110,7 @@ def make_feeds(model: RealModel, seed: int = 0) -> dict[str, np.ndarray]:
 
 def measure(model: RealModel, onnx_bytes: bytes, *, tuning_level: int, duration_s: float) -> dict[str, Any]:
     """Build, compare with ONNX Runtime, time both interleaved."""
-    from farm.compiler.accuracy import onnxruntime_session
+    from farm.compiler.accuracy import compare_arrays, onnxruntime_session
     from farm.compiler.builder import BuilderConfig, build
     from farm.compiler.engine.benchmark import measure_interleaved
     from farm.compiler.kernels.threads import available_cores
@@ -129,10 +129,10 @@ def measure(model: RealModel, onnx_bytes: bytes, *, tuning_level: int, duration_
     names = [o.name for o in session.get_outputs()]
     context = engine.create_context()
     got = context.run(feeds)
-    errors = {}
-    for name, want in zip(names, session.run(names, feeds), strict=True):
-        have = np.asarray(got[name], np.float64)
-        errors[name] = float(np.linalg.norm(have - want) / max(float(np.linalg.norm(want)), 1e-30))
+    errors = {
+        name: compare_arrays(name, np.asarray(got[name]), want).rel_l2
+        for name, want in zip(names, session.run(names, feeds), strict=True)
+    }
     stats = measure_interleaved(
         {"ours": lambda: context.run(feeds), "ort": lambda: session.run(names, feeds)},
         warmup_ms=300,

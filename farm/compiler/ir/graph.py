@@ -224,7 +224,7 @@ class Graph:
         for n in self.nodes:
             n.inputs = [new if i == old else i for i in n.inputs]
             for sub in subgraphs(n):
-                _rename_outer_reads(sub, old, new)
+                rename_outer_reads(sub, old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
 
     def remove_nodes(self, nodes: Iterable[Node]) -> None:
@@ -322,7 +322,9 @@ def _all_reads(node: Node) -> list[str]:
     return [i for i in node.inputs if i] + sorted(_outer_reads(node))
 
 
-def _rename_outer_reads(g: Graph, old: str, new: str) -> None:
+def rename_outer_reads(g: Graph, old: str, new: str) -> None:
+    """Make ``g`` (a body) and the bodies nested in it read ``new`` wherever they read the
+    enclosing-scope value ``old``; a body that defines ``old`` itself keeps it."""
     local = (
         set(g.inputs)
         | {o for n in g.nodes for o in n.outputs}
@@ -333,5 +335,5 @@ def _rename_outer_reads(g: Graph, old: str, new: str) -> None:
     for n in g.nodes:
         n.inputs = [new if i == old else i for i in n.inputs]
         for sub in subgraphs(n):
-            _rename_outer_reads(sub, old, new)
+            rename_outer_reads(sub, old, new)
     g.outputs = [new if o == old else o for o in g.outputs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from farm.compiler.ir import Graph, Node, subgraphs
-from farm.compiler.ir.graph import _rename_outer_reads
+from farm.compiler.ir.graph import rename_outer_reads
 from farm.compiler.passes.base import GraphEdit, GraphView, RewritePass
 
 
@@ -60,7 +60,7 @@ class IfInlining(RewritePass[_Inline]):
         for inner_node in branch.nodes:
             for sub in subgraphs(inner_node):
                 for old, new in names.items():
-                    _rename_outer_reads(sub, old, new)
+                    rename_outer_reads(sub, old, new)
             edit.new_node(
                 inner_node.op_type,
                 [names.get(i, i) if i else i for i in inner_node.inputs],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from farm.compiler.ir import Node
 from farm.compiler.passes.base import GraphEdit, GraphView, RewritePass
 
@@ -43,17 +41,17 @@ class PadFusion(RewritePass[PadMatch]):
             return None
         if out in conv.inputs[1:] or conv.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
             return None
-        pads = view.ints(node.input(1)) if len(node.inputs) > 1 and node.inputs[1] else None
+        pads = view.ints(node.input(1))
         if pads is None or any(p < 0 for p in pads) or len(pads) % 2:
             return None
-        if len(node.inputs) > 2 and node.inputs[2]:
-            fill = view.const(node.inputs[2])
+        if node.input(2):
+            fill = view.const(node.input(2))
             if fill is None or fill.size > 1 or (fill.size == 1 and float(fill.reshape(-1)[0]) != 0.0):
                 return None
         shape = view.shape(node.inputs[0])
         rank = len(shape) if shape is not None else len(pads) // 2
-        if len(node.inputs) > 3 and node.inputs[3]:
-            axes = view.ints(node.inputs[3])
+        if node.input(3):
+            axes = view.ints(node.input(3))
             if axes is None or shape is None:
                 return None
         else:
@@ -77,7 +75,7 @@ class PadFusion(RewritePass[PadMatch]):
         pads = [own[i] + found.begins[i] for i in range(spatial)]
         pads += [own[spatial + i] + found.ends[i] for i in range(spatial)]
         attrs = dict(conv.attrs)
-        attrs["pads"] = [int(p) for p in np.asarray(pads, dtype=np.int64)]
+        attrs["pads"] = pads
         attrs.pop("auto_pad", None)
         edit.new_node(
             conv.op_type,

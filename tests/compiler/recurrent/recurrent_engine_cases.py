@@ -56,15 +56,30 @@ def _data_sets(case: Case) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
     return [(read(d, "input"), read(d, "output")) for d in sorted(case.folder.glob("test_data_set_*"))]
 
 
-def run_case_on_engine(case: Case, *, tuning_level: int = 0, report_key: str | None = None) -> Any:
-    """Build the case's model as an engine and run every data set; returns the tactic chosen per
-    node (or ``engine.report[report_key]``). Raises AssertionError on a wrong output."""
-    from farm.compiler import BuilderConfig, build
-
+def _case_model(case: Case) -> onnx.ModelProto:
+    """The case's model, its default-domain opset set to the case's."""
     model = onnx.load_model(case.folder / "model.onnx", load_external_data=False)
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             imp.version = case.opset or imp.version
+    return model
+
+
+def run_case_on_engine(case: Case, *, tuning_level: int = 0, report_key: str | None = None) -> Any:
+    """Build the case's model as an engine and run every data set; returns the tactic chosen per
+    node (or ``engine.report[report_key]``). Raises AssertionError on a wrong output."""
+    engine = checked_case_engine(case, tuning_level=tuning_level)
+    if report_key is not None:
+        return engine.report[report_key]
+    return {k.node.name: k.tactic.name for k in engine.kernels}
+
+
+def checked_case_engine(case: Case, *, tuning_level: int = 0) -> Any:
+    """The case's model built as an engine, every data set run through it and checked against
+    ONNX's expected outputs (AssertionError on a wrong one)."""
+    from farm.compiler import BuilderConfig, build
+
+    model = _case_model(case)
     tolerance = json.loads((case.folder / "tolerance.json").read_text())
     data_sets = _data_sets(case)
     input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
@@ -79,9 +94,7 @@ def run_case_on_engine(case: Case, *, tuning_level: int = 0, report_key: str | N
             assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, expected {want.dtype}"
             assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
             np.testing.assert_allclose(got, want, rtol=tolerance["rtol"], atol=tolerance["atol"], err_msg=name)
-    if report_key is not None:
-        return engine.report[report_key]
-    return {k.node.name: k.tactic.name for k in engine.kernels}
+    return engine
 
 
 def engine_with_constant_side_inputs(case: Case) -> tuple[Any, dict[str, np.ndarray], list[np.ndarray]]:
@@ -92,10 +105,7 @@ def engine_with_constant_side_inputs(case: Case) -> tuple[Any, dict[str, np.ndar
 
     from farm.compiler import BuilderConfig, build
 
-    model = onnx.load_model(case.folder / "model.onnx", load_external_data=False)
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            imp.version = case.opset or imp.version
+    model = _case_model(case)
     (inputs, expected), *_ = _data_sets(case)
     feeds = {}
     for info, value in zip(list(model.graph.input), inputs, strict=True):

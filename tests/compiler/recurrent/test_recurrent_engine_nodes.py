@@ -15,6 +15,7 @@ from recurrent_engine_cases import (
     NON_TENSOR,
     NOT_RUN,
     RECURRENT_OPS,
+    checked_case_engine,
     engine_cases,
     op_types,
 )
@@ -39,9 +40,9 @@ def test_every_case_of_these_ops_is_run_or_listed() -> None:
 def test_node_case_through_engine(case) -> None:  # type: ignore[no-untyped-def]
     if case.name in NOT_RUN:
         pytest.skip(NOT_RUN[case.name])
-    passes = run_on_engine(case, tuning_level=0, report_key="passes")["passes"]
-    inlined = any(p["name"] == "if_inlining" and p["changed"] for p in passes)
-    tactics = run_on_engine(case, tuning_level=0)
+    engine = checked_case_engine(case, tuning_level=0)
+    inlined = any(p["name"] == "if_inlining" and p["changed"] for p in engine.report["passes"]["passes"])
+    tactics = {k.node.name: k.tactic.name for k in engine.kernels}
     chosen = " ".join(tactics.values())
     for op in op_types(case) & (RECURRENT_OPS | CONTROL_FLOW_OPS):
         if op == "If" and DEDICATED[op] not in chosen:

@@ -177,12 +177,11 @@ def finish_row(row, bias_scalar, bias_row, bias_mode, res_row, res_mode, act, al
             row[i] += res_row[i]
 
 
+# the activations computed through ``exp``/``erf`` (:func:`_transcendental16`)
+TRANSCENDENTAL_ACTS = (ACT_SIGMOID, ACT_TANH, ACT_SILU, ACT_GELU, ACT_GELU_TANH)
 # the activations ``finish16`` applies to float32x16 vectors before their store; the rest (LeakyRelu)
 # run per plane afterwards or through ``finish_value``
-VECTOR_ACTS = (
-    ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_SIGMOID, ACT_TANH, ACT_SILU, ACT_GELU,
-    ACT_GELU_TANH,
-)  # fmt: skip
+VECTOR_ACTS = (ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSIGMOID, ACT_HARDSWISH, *TRANSCENDENTAL_ACTS)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
@@ -205,7 +204,7 @@ def finish16(v, oplane, at, count, res, ep):
 def activate16(v, ep):
     """The activation of the epilogue ``ep`` (:func:`vector_epilogue`) on ``v``, lane by lane."""
     act, lov, hiv, slope, offset = ep[1], ep[2], ep[3], ep[4], ep[5]
-    if act >= ACT_SIGMOID and act != ACT_HARDSIGMOID and act != ACT_HARDSWISH:
+    if act in TRANSCENDENTAL_ACTS:
         return _transcendental16(v, act)
     if act == ACT_HARDSWISH:
         gate = vfma16(v, vsplat16(_SIXTH), vsplat16(_HALF))

@@ -22,6 +22,17 @@ def float32_io(node: Node, graph: Graph, input_count: int | None = None) -> bool
     return bool(names) and all(graph.values[n].dtype in ("float32", None) for n in names if n in graph.values)
 
 
+def constant_input(node: Node, graph: Graph, index: int) -> tuple[bool, np.ndarray | None]:
+    """(whether the node's input ``index`` is absent or a constant of the graph, its value: None
+    when absent or not a constant), for tactics whose tables are made from side inputs such as
+    pads, scales and sizes."""
+    name = node.input(index)
+    if not name:
+        return True, None
+    value = graph.const(name)
+    return value is not None, value
+
+
 def workspace(
     prepared: Prepared, key: str, shape: tuple[int, ...], dtype: Any = np.float32, *, zeroed: bool = False
 ) -> np.ndarray:

@@ -3,7 +3,8 @@
 numba calls libm's scalar ``expf``/``erff`` for ``math.exp``/``math.erf`` (no SVML here), which
 stops LLVM from vectorizing the loops around them: softmax, attention, sigmoid, SiLU and GELU
 ran 6-13x slower than ONNX Runtime's vectorized versions (bench_kernels_vs_ort.py --cpu-time).
-These row functions are written as plain arithmetic loops that LLVM turns into AVX2/AVX-512 code:
+These row functions are written as plain arithmetic loops that LLVM turns into AVX2/AVX-512 code
+(erf's constants are here too; ``_epilogue._transcendental16`` evaluates it on 16-lane vectors):
 
 * ``exp``: Cody-Waite range reduction x = k ln2 + r (|r| <= ln2/2), a degree-6 Taylor/minimax
   polynomial for e^r (relative error < 2e-7, about one float32 ulp), and 2^k built from its
@@ -72,26 +73,6 @@ def exp_row(src, dst):
     scale = bits.view(np.float32)
     for i in range(n):
         dst[i] = poly[i] * scale[i]
-
-
-@njit(error_model="numpy", cache=True, nogil=True)
-def erf_row(src, dst):
-    """dst[i] = erf(src[i]) for 1-D float32 arrays (``dst`` may be ``src``)."""
-    n = src.shape[0]
-    for i in range(n):
-        x = min(max(src[i], -_ERF_CLAMP), _ERF_CLAMP)
-        x2 = x * x
-        p = _ERF_A11 + x2 * _ERF_A13
-        p = _ERF_A9 + x2 * p
-        p = _ERF_A7 + x2 * p
-        p = _ERF_A5 + x2 * p
-        p = _ERF_A3 + x2 * p
-        p = _ERF_A1 + x2 * p
-        q = _ERF_B6 + x2 * _ERF_B8
-        q = _ERF_B4 + x2 * q
-        q = _ERF_B2 + x2 * q
-        q = _ERF_B0 + x2 * q
-        dst[i] = x * p / q
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath={"reassoc", "contract"})

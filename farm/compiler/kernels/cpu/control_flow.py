@@ -310,14 +310,15 @@ class IfTactic(_ControlFlowTactic):
         self, node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepared
     ) -> list[np.ndarray]:
         """Run the branch the condition selects."""
-        schedules = self.schedules(node, prepared, self.scope_values(node, inputs))
+        scope = self.scope_values(node, inputs)
+        schedules = self.schedules(node, prepared, scope)
         if len(schedules) == 1:
             (branch,) = schedules.values()
         else:
             condition = inputs[0]
             assert condition is not None
             branch = schedules["then_branch" if bool(_scalar(condition)) else "else_branch"]
-        return branch.run(self.scope_values(node, inputs))
+        return branch.run(scope)
 
 
 @register_tactic
@@ -332,7 +333,8 @@ class LoopTactic(_ControlFlowTactic):
         self, node: Node, inputs: Sequence[np.ndarray | None], prepared: Prepared
     ) -> list[np.ndarray]:
         """ONNX Loop semantics: trip count and/or condition, carried values, scan outputs."""
-        schedule = self.schedules(node, prepared, self.scope_values(node, inputs))["body"]
+        feeds = self.scope_values(node, inputs)
+        schedule = self.schedules(node, prepared, feeds)["body"]
         body: Graph = node.attrs["body"]
         own = list(inputs[: len(node.inputs)])
         trip_count = own[0] if own and own[0] is not None else None
@@ -341,7 +343,6 @@ class LoopTactic(_ControlFlowTactic):
         max_trips = int(_scalar(trip_count)) if trip_count is not None else None
         keep_going = bool(_scalar(condition)) if condition is not None else True
         n_carried = len(carried)
-        feeds = self.scope_values(node, inputs)
         scans: list[list[np.ndarray]] = [[] for _ in range(len(body.outputs) - 1 - n_carried)]
         iteration = 0
         while keep_going and (max_trips is None or iteration < max_trips):
@@ -379,7 +380,8 @@ class ScanTactic(_ControlFlowTactic):
     ) -> list[np.ndarray]:
         """State variables carried; scan inputs sliced along their axes/directions; scan outputs
         stacked along theirs."""
-        schedule = self.schedules(node, prepared, self.scope_values(node, inputs))["body"]
+        feeds = self.scope_values(node, inputs)
+        schedule = self.schedules(node, prepared, feeds)["body"]
         body: Graph = node.attrs["body"]
         own = [np.asarray(v) for v in inputs[: len(node.inputs)]]
         n_scan_inputs = int(node.attr("num_scan_inputs"))
@@ -393,7 +395,6 @@ class ScanTactic(_ControlFlowTactic):
         moved = [np.moveaxis(x, a % x.ndim, 0) for x, a in zip(own[n_state:], input_axes, strict=True)]
         moved = [x[::-1] if d else x for x, d in zip(moved, input_dirs, strict=True)]
         length = moved[0].shape[0] if moved else 0
-        feeds = self.scope_values(node, inputs)
         collected: list[list[np.ndarray]] = [[] for _ in range(n_scan_outputs)]
         for step in range(length):
             feeds.update(zip(body.inputs[:n_state], states, strict=True))

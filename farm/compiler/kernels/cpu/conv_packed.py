@@ -197,14 +197,14 @@ def _store_panel(
         runs += 1
         q += size
         ox += size
-    a = np.float32(alpha)
-    c = np.float32(beta)
-    zero = np.float32(0.0)
     if act in VECTOR_ACTS:  # 16 lanes at a time: bias, residual and activation on the vector
         ep = vector_epilogue(res_mode, act, alpha, beta)
         _store_vectors(tiles, first, stride, i0, i1, m, n, out.shape[1], out.reshape(-1), residual.reshape(-1),
                        bias, has_bias, starts, sizes, pixels, runs, ep)  # fmt: skip
         return
+    a = np.float32(alpha)
+    c = np.float32(beta)
+    zero = np.float32(0.0)
     for i in range(i0, i1):
         base = first + (i - i0) * stride
         for mm in range(i * MR, min(m, i * MR + MR)):

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import RunsBound
+from farm.compiler.kernels.cpu._operands import RunsBound, constant_input, memo
 from farm.compiler.kernels.cpu._threads import bound_call
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
@@ -61,14 +61,6 @@ def _ints(value: np.ndarray | None) -> list[int] | None:
     return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
 
 
-def _constant(graph: Graph, node: Node, index: int) -> tuple[bool, np.ndarray | None]:
-    """(whether input ``index`` is absent or a constant, its value)."""
-    if len(node.inputs) <= index or not node.inputs[index]:
-        return True, None
-    value = graph.const(node.inputs[index])
-    return value is not None, value
-
-
 @register_tactic
 class PadTablesTactic(RunsBound, Tactic):
     """Pad, any mode and rank, from per-axis source tables."""
@@ -83,9 +75,7 @@ class PadTablesTactic(RunsBound, Tactic):
             return False
         if node.attr("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
             return False
-        if not all(_constant(graph, node, i)[0] for i in (1, 2, 3)):
-            return False
-        if len(node.inputs) < 2 or not node.inputs[1]:
+        if not node.input(1) or not all(constant_input(node, graph, i)[0] for i in (1, 2, 3)):
             return False
         if x.is_static:  # reflect/edge/wrap of an empty axis, or reflect past the axis: the reference's error
             try:
@@ -96,7 +86,7 @@ class PadTablesTactic(RunsBound, Tactic):
 
     @staticmethod
     def _params(node: Node, graph: Graph) -> tuple[list[int], list[int] | None]:
-        return _ints(_constant(graph, node, 1)[1]) or [], _ints(_constant(graph, node, 3)[1])
+        return _ints(constant_input(node, graph, 1)[1]) or [], _ints(constant_input(node, graph, 3)[1])
 
     @staticmethod
     def _tables(
@@ -138,11 +128,12 @@ class PadTablesTactic(RunsBound, Tactic):
         axes = _ints(inputs[3]) if len(inputs) > 3 else None
         fill_input = inputs[2] if len(inputs) > 2 else None
         fill = fill_input.reshape(-1)[0] if fill_input is not None and fill_input.size else 0
-        key = (tuple(x.shape), tuple(pads), tuple(axes) if axes else None)
-        tables = prepared.scratch.setdefault("pad_tables", {})
-        if key not in tables:  # once per shape: the tuner times run(), which binds every call
-            tables[key] = self._tables(node, key[0], pads, axes)
-        rows, cols, out_shape = tables[key]
+        shape = tuple(x.shape)
+        rows, cols, out_shape = memo(  # once per shape: the tuner times run(), which binds every call
+            prepared,
+            ("pad_tables", shape, tuple(pads), tuple(axes) if axes else None),
+            lambda: self._tables(node, shape, pads, axes),
+        )
         if out_shape != tuple(out.shape):
             raise ValueError(f"Pad {node.name!r}: output {out.shape}, tables give {out_shape}")
         if out.size == 0:

@@ -234,19 +234,12 @@ def _clip(x, limit):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _sigmoid_vec(x, out):
-    """out = 1 / (1 + exp(-x)) on 16-lane vectors (``_epilogue.activate_row``; ``out`` may be ``x``)."""
+def _activate_into(x, out, act):
+    """out = act(x) for a gate's sigmoid or tanh written to another buffer (in place, the gate
+    code calls ``_epilogue.activate_row`` itself)."""
     for i in range(x.shape[0]):
         out[i] = x[i]
-    activate_row(out, ACT_SIGMOID, 0.0, 0.0)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _tanh_vec(x, out):
-    """out = tanh(x) = 2 / (1 + exp(-2x)) - 1 on 16-lane vectors (``out`` may be ``x``)."""
-    for i in range(x.shape[0]):
-        out[i] = x[i]
-    activate_row(out, ACT_TANH, 0.0, 0.0)
+    activate_row(out, act, 0.0, 0.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -263,44 +256,44 @@ def _fast_gates_row(kind, lbr, input_forget, f_code, d, acc_b, extra_b, h_b, c_b
             g1[j] = min(max(acc_b[j] + peep[d, j] * cj, -clip), clip)
             g2[j] = min(max(acc_b[2 * hidden + j] + peep[d, 2 * hidden + j] * cj, -clip), clip)
             g3[j] = min(max(acc_b[3 * hidden + j], -clip), clip)
-        _sigmoid_vec(g1, g1)
+        activate_row(g1, ACT_SIGMOID, 0.0, 0.0)
         if input_forget:
             for j in range(hidden):
                 g2[j] = one - g1[j]
         else:
-            _sigmoid_vec(g2, g2)
-        _tanh_vec(g3, g3)
+            activate_row(g2, ACT_SIGMOID, 0.0, 0.0)
+        activate_row(g3, ACT_TANH, 0.0, 0.0)
         for j in range(hidden):
             c_new = g2[j] * c_b[j] + g1[j] * g3[j]
             c_b[j] = c_new
             g4[j] = min(max(acc_b[hidden + j] + peep[d, hidden + j] * c_new, -clip), clip)
-        _sigmoid_vec(g4, g4)
-        _tanh_vec(c_b, g1)
+        activate_row(g4, ACT_SIGMOID, 0.0, 0.0)
+        _activate_into(c_b, g1, ACT_TANH)
         for j in range(hidden):
             h_b[j] = g4[j] * g1[j]
     elif kind == 1:
         for j in range(hidden):
             g1[j] = min(max(acc_b[j], -clip), clip)
-        _sigmoid_vec(g1, g1)
+        activate_row(g1, ACT_SIGMOID, 0.0, 0.0)
         if lbr:
             for j in range(hidden):
                 g2[j] = min(max(acc_b[hidden + j], -clip), clip)
-            _sigmoid_vec(g2, g2)
+            activate_row(g2, ACT_SIGMOID, 0.0, 0.0)
             for j in range(hidden):
                 g3[j] = min(max(acc_b[2 * hidden + j] + g2[j] * extra_b[j], -clip), clip)
         else:
             for j in range(hidden):
                 g3[j] = min(max(acc_b[2 * hidden + j], -clip), clip)
-        _tanh_vec(g3, g3)
+        activate_row(g3, ACT_TANH, 0.0, 0.0)
         for j in range(hidden):
             h_b[j] = (one - g1[j]) * g3[j] + g1[j] * h_b[j]
     else:
         for j in range(hidden):
             g1[j] = min(max(acc_b[j], -clip), clip)
         if f_code == 0:
-            _sigmoid_vec(g1, h_b)
+            _activate_into(g1, h_b, ACT_SIGMOID)
         else:
-            _tanh_vec(g1, h_b)
+            _activate_into(g1, h_b, ACT_TANH)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -309,7 +302,7 @@ def _fast_reset_row(acc_b, h_b, clip, g1, extra_b):
     hidden = h_b.shape[0]
     for j in range(hidden):
         g1[j] = min(max(acc_b[hidden + j], -clip), clip)
-    _sigmoid_vec(g1, g1)
+    activate_row(g1, ACT_SIGMOID, 0.0, 0.0)
     for j in range(hidden):
         extra_b[j] = g1[j] * h_b[j]
 

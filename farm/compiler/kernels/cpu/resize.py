@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io
+from farm.compiler.kernels.cpu._operands import RunsBound, constant_input, dense, float32_io, memo
 from farm.compiler.kernels.cpu._threads import bound_call
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 from farm.compiler.reference.resize import (
@@ -134,11 +134,13 @@ class _Plan:
         if rank == 1:  # one axis: a plane of one row
             self.tables.insert(0, (np.zeros(1, np.int64),) if mode == "nearest" else _identity_taps())
 
-    def planes(self, shape: Sequence[int]) -> tuple[int, int, int]:
-        """(planes, height, width) of ``shape`` seen as a stack of planes."""
-        if len(shape) == 1:
-            return 1, 1, int(shape[0])
-        return int(np.prod(shape[:-2], dtype=np.int64)), int(shape[-2]), int(shape[-1])
+
+
+def _as_planes(shape: Sequence[int]) -> tuple[int, int, int]:
+    """(planes, height, width) of ``shape`` seen as a stack of planes."""
+    if len(shape) == 1:
+        return 1, 1, int(shape[0])
+    return int(np.prod(shape[:-2], dtype=np.int64)), int(shape[-2]), int(shape[-1])
 
 
 def _identity_taps() -> tuple[np.ndarray, ...]:
@@ -161,9 +163,8 @@ class ResizeTablesTactic(RunsBound, Tactic):
             return False
         if node.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
             return False
-        for index in (2, 3):  # scales, sizes: constants (the tables are made at bind time)
-            if len(node.inputs) > index and node.inputs[index] and graph.const(node.inputs[index]) is None:
-                return False
+        if not (constant_input(node, graph, 2)[0] and constant_input(node, graph, 3)[0]):
+            return False  # scales and sizes must be constants: the tables are made at bind time
         x = graph.values.get(node.input(0))
         if x is None or x.shape is None:
             return False
@@ -207,22 +208,21 @@ class ResizeTablesTactic(RunsBound, Tactic):
         sizes = inputs[3] if len(inputs) > 3 else None
         if out.size == 0:
             return lambda: None
+        shape = tuple(x.shape)
         key = (
-            tuple(x.shape),
+            "resize_plan",
+            shape,
             None if scales is None else np.asarray(scales).tobytes(),
             None if sizes is None else np.asarray(sizes).tobytes(),
-        )
-        plans = prepared.scratch.setdefault("resize_plans", {})
-        if key not in plans:  # once per shape: the tuner times run(), which binds every call
-            plans[key] = self._plan(node, (scales, sizes), tuple(x.shape))
-        plan = plans[key]
+        )  # once per shape: the tuner times run(), which binds every call
+        plan = memo(prepared, key, lambda: self._plan(node, (scales, sizes), shape))
         if not plan.ok or plan.out_shape != tuple(out.shape):
             raise ValueError(
                 f"Resize {node.name!r}: this shape is not one cpu.resize.tables runs ({x.shape})"
             )
         x = np.ascontiguousarray(x, dtype=np.float32)
-        src = x.reshape(plan.planes(x.shape))
-        dst = out.reshape(plan.planes(out.shape))
+        src = x.reshape(_as_planes(x.shape))
+        dst = out.reshape(_as_planes(out.shape))
         if node.attr("mode", "nearest") == "nearest":
             (rows,), (cols,) = plan.tables
             return bound_call(_resize_nearest, (src, dst, rows, cols), out.size)
@@ -232,11 +232,8 @@ class ResizeTablesTactic(RunsBound, Tactic):
 
 def graph_inputs(node: Node, graph: Graph) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The node's constant scales and sizes (None when absent or empty)."""
-
-    def const(index: int) -> np.ndarray | None:
-        if len(node.inputs) <= index or not node.inputs[index]:
-            return None
-        value = graph.const(node.inputs[index])
-        return None if value is None or value.size == 0 else value
-
-    return const(2), const(3)
+    scales, sizes = constant_input(node, graph, 2)[1], constant_input(node, graph, 3)[1]
+    return (
+        None if scales is None or scales.size == 0 else scales,
+        None if sizes is None or sizes.size == 0 else sizes,
+    )
