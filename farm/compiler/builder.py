@@ -62,7 +62,9 @@ class BuilderConfig:
     ``batch_range``: (min, opt, max) for the models' symbolic batch dimension; tuned at opt,
     memory planned for max. ``input_shapes``: fixed shapes per input name (like ``--shapes``);
     a symbolic batch dim still follows ``batch_range`` when one is given.
-    ``disabled_passes``: optimization passes to skip, by name. ``threads``: cores the engine
+    ``disabled_passes``: optimization passes to skip, by name. ``disabled_tactics``: tactic name
+    globs the tuner never chooses for the graph's nodes (``"cpu.conv.winograd*"``; trtexec's
+    ``--tacticSources``); a node left with none is an error. ``threads``: cores the engine
     runs on, in numba's pool with BLAS on the calling thread (default: every available core, and
     the builder times one pool against BLAS's own pool and one thread and keeps the fastest).
     ``cold_timing``: time each tactic with its weights out of the CPU's cache (True), hot
@@ -84,6 +86,7 @@ class BuilderConfig:
     time_budget_s: float | None = None
     timing_cache: TimingCache | str | os.PathLike[str] | None = None
     disabled_passes: Sequence[str] = ()
+    disabled_tactics: Sequence[str] = ()
     batch_range: tuple[int, int, int] | None = None
     input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     precision: str = "fp32"
@@ -382,6 +385,7 @@ def build(
         fingerprint_id=fingerprint_id(fingerprint),
         node_precisions=precision_plan.node_precisions,
         reduced_reference=precision_lowering.emulated_reference,
+        disabled_tactics=tuple(config.disabled_tactics),
     )
     tune_graph = shaped["opt"]
     settings.cold = ColdCache.for_graph(tune_graph, backend, config.cold_timing)

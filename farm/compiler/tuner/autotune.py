@@ -16,6 +16,7 @@ Tuning level 0 times nothing: each node gets its highest-priority candidate.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import statistics
 import time
@@ -183,6 +184,13 @@ class TunerSettings:
     )
     # Time each candidate with its weights out of the cache (see ``cold_cache``); None: warm.
     cold: ColdCache | None = None
+    # Tactic name globs never chosen (trtexec's --tacticSources, by name): ``("cpu.conv.winograd*",)``.
+    disabled_tactics: tuple[str, ...] = ()
+
+    def offered(self, node: Node, graph: Graph, precisions: Sequence[str]) -> list[Tactic]:
+        """The node's candidate tactics in ``precisions``, less the disabled ones."""
+        found = candidates(node, graph, backend=self.backend, precisions=precisions)
+        return [t for t in found if not any(fnmatch.fnmatchcase(t.name, p) for p in self.disabled_tactics)]
 
 
 @dataclass
@@ -298,9 +306,9 @@ def tune(
         if progress is not None:
             progress(index, len(graph.nodes), node.name)
         allowed = settings.node_precisions.get(node.name, settings.precisions)
-        found = candidates(node, graph, backend=settings.backend, precisions=allowed)
+        found = settings.offered(node, graph, allowed)
         if not found and "fp32" not in allowed:  # no tactic in the asked precision: FP32 fallback
-            found = candidates(node, graph, backend=settings.backend, precisions=("fp32",))
+            found = settings.offered(node, graph, ("fp32",))
         if not found:
             raise TuningError(
                 f"no {settings.backend} tactic supports node {node.name!r} (op {node.op_type}, "

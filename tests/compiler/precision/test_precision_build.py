@@ -50,7 +50,11 @@ def _layer_precisions(engine: object) -> dict[str, str]:
 def test_reduced_float_engine_is_smaller_and_close_to_onnxruntime(resnet, precision) -> None:  # type: ignore[no-untyped-def]
     model, _, val = resnet
     fp32 = build(model, "cpu", _config())
-    engine = build(model, "cpu", _config(precision=precision, tuning_level=1))
+    # Winograd has no reduced-storage twin (its filters are transformed), so on these 4-channel
+    # layers it competes with the twins on timer noise: fp32 Winograd 0.0162 ms against the
+    # fastest fp16 twin's 0.0181 under load, and the layer went fp32. Without it, every weighted
+    # layer's fastest family has a twin, which the permission picks.
+    engine = build(model, "cpu", _config(precision=precision, tuning_level=1, disabled_tactics=["cpu.conv.winograd*"]))
     layers = _layer_precisions(engine)
     weighted = [n.name for n in engine.graph.nodes
                 if n.op_type in ("FusedConv", "Conv", "FusedGemm") and engine.graph.values[n.input(1)].const.size >= 64]  # fmt: skip

@@ -163,6 +163,24 @@ def test_time_budget_falls_back_to_heuristic_choices() -> None:
     np.testing.assert_allclose(engine.run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
 
 
+def test_disabled_tactics_are_never_chosen() -> None:
+    """``disabled_tactics`` (name globs) removes tactics from every node's candidates, at the
+    heuristic level and when timing; a node left with no candidate is a clear error."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = reference.run(conv_mlp_graph(), {"x": x})["y"]
+    for level in (0, 1):
+        free = build(conv_mlp_graph(), config=BuilderConfig(tuning_level=level, optimize=False))
+        conv = next(k.tactic.name for k in free.kernels if k.node.op_type == "Conv")
+        engine = build(
+            conv_mlp_graph(), config=BuilderConfig(tuning_level=level, optimize=False, disabled_tactics=[conv])
+        )
+        chosen = {k.node.op_type: k.tactic.name for k in engine.kernels}
+        assert chosen["Conv"] != conv, chosen
+        np.testing.assert_allclose(engine.run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TuningError, match="no cpu tactic supports node"):
+        build(conv_mlp_graph(), config=BuilderConfig(tuning_level=0, optimize=False, disabled_tactics=["cpu.*"]))
+
+
 def test_choose_thread_counts_keeps_the_fastest_whole_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     from farm.compiler.tuner import threads as thread_tuner
 
