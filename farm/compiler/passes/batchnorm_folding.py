@@ -15,22 +15,27 @@ PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 @dataclass
 class BatchNormMatch:
     nodes: list[Node]  # [producer, batchnorm]
-    scale: np.ndarray  # s = gamma / sqrt(var + eps), per output channel
+    scale: np.ndarray | None  # s = gamma / sqrt(var + eps), per output channel (None: a bias Add)
     shift: np.ndarray | None  # t = beta - mean * s (None for a plain per-channel Mul)
 
 
 class BatchNormFolding(RewritePass[BatchNormMatch]):
     """Conv(x, W, b) -> BatchNorm(γ, β, μ, σ²) => Conv(x, W*s, b*s + t) with s = γ/√(σ²+ε), t = β - μ*s
     (also ConvTranspose, Gemm, and rank-2 MatMul with constant weights, which becomes MatMul + Add);
-    Conv/ConvTranspose/Gemm/MatMul(x, W, b) -> Mul(per-channel constant s) => op(x, W*s, b*s).
+    Conv/ConvTranspose/Gemm/MatMul(x, W, b) -> Mul(per-channel constant s) => op(x, W*s, b*s);
+    Conv/ConvTranspose(x, W, b) -> Add(per-channel constant t) => op(x, W, b + t), the bias
+    PaddlePaddle and some TensorFlow converters export as a separate Add, often between the conv
+    and its BatchNorm, which can then fold too. (Gemm/MatMul bias Adds are epilogue_fusion's.)
     """
 
     name = "batchnorm_folding"
-    anchor_ops = ("BatchNormalization", "Mul")
+    anchor_ops = ("BatchNormalization", "Mul", "Add")
 
     def match(self, node: Node, view: GraphView) -> BatchNormMatch | None:
         if node.op_type == "Mul":
             return self._channel_scale(node, view)
+        if node.op_type == "Add":
+            return self._channel_shift(node, view)
         if len([o for o in node.outputs if o]) != 1 or int(node.attr("training_mode", 0)):
             return None
         x = node.inputs[0]
@@ -68,6 +73,25 @@ class BatchNormFolding(RewritePass[BatchNormMatch]):
             return BatchNormMatch([producer, mul], scale, None)
         return None
 
+    def _channel_shift(self, add: Node, view: GraphView) -> BatchNormMatch | None:
+        for x, c in (add.inputs, add.inputs[::-1]):
+            producer = view.producer_of(x, ("Conv", "ConvTranspose"))
+            data = view.const(c)
+            shape = view.shape(x)
+            if producer is None or data is None or shape is None or view.only_consumer(x) is not add:
+                continue
+            if data.dtype.kind != "f" or data.dtype != np.dtype(view.dtype(x) or "float32"):
+                continue
+            vector = channel_vector(data, len(shape), 1)
+            channels = shape[1]
+            if vector is None or not isinstance(channels, int) or vector.size not in (1, channels):
+                continue
+            if not self._weights_fold(producer, view, channels):
+                continue
+            shift = np.broadcast_to(vector.astype(np.float64), (channels,)).copy()
+            return BatchNormMatch([producer, add], None, shift)
+        return None
+
     def _weights_fold(self, producer: Node, view: GraphView, channels: int, any_rank: bool = False) -> bool:
         w = view.const(producer.input(1))
         if w is None or w.dtype.kind != "f":
@@ -95,12 +119,20 @@ class BatchNormFolding(RewritePass[BatchNormMatch]):
         w = view.const(producer.input(1))
         assert w is not None
         dtype = w.dtype
-        s = found.scale
-        t = found.shift if found.shift is not None else np.zeros_like(s)
         out = bn.outputs[0]
         inputs = list(producer.inputs)
         attrs = dict(producer.attrs)
         op = producer.op_type
+        if found.scale is None:  # a bias Add: the weight stays, the bias grows
+            assert found.shift is not None and op in ("Conv", "ConvTranspose")
+            b_new = (_vector(view, producer.input(2), found.shift.size) + found.shift).astype(dtype)
+            inputs = (inputs + [""])[:3]
+            inputs[2] = edit.new_const(f"{producer.name}_B_add", b_new)
+            edit.remove([producer, bn])
+            edit.new_node(op, inputs, [out], attrs, before=bn, name_hint=producer.name)
+            return f"folded a channel bias Add into {op}"
+        s = found.scale
+        t = found.shift if found.shift is not None else np.zeros_like(s)
         if op == "Conv":
             w_new = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
             b_old = _vector(view, producer.input(2), s.size)

@@ -145,12 +145,13 @@ def conv_transpose_nd(
     return y
 
 
-@op("ConvTranspose")
-def conv_transpose(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
-    x, w = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
-    n = w.ndim - 2
-    kernel = list(node.attr("kernel_shape", None) or w.shape[2:])
+def conv_transpose_geometry(
+    node: Node, in_sizes: tuple[int, ...] | list[int], kernel: list[int]
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(strides, dilations, pads, output_padding) of a ConvTranspose node for an input of spatial
+    size ``in_sizes``: ``output_shape`` and SAME auto_pad are resolved into explicit pads
+    ``[begins..., ends...]`` (negative where the requested output is larger than the full one)."""
+    n = len(kernel)
     strides = list(node.attr("strides", None) or [1] * n)
     dilations = list(node.attr("dilations", None) or [1] * n)
     output_padding = list(node.attr("output_padding", None) or [0] * n)
@@ -159,7 +160,6 @@ def conv_transpose(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     if output_shape is not None and len(output_shape) > n:
         output_shape = list(output_shape)[-n:]
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        in_sizes = x.shape[2:]
         targets = output_shape or [size * s for size, s in zip(in_sizes, strides, strict=True)]
         begins, ends = [], []
         for i in range(n):
@@ -174,5 +174,14 @@ def conv_transpose(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
         pads = [0] * (2 * n)
     else:
         pads = list(node.attr("pads", None) or [0] * (2 * n))
+    return strides, dilations, pads, output_padding
+
+
+@op("ConvTranspose")
+def conv_transpose(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    kernel = list(node.attr("kernel_shape", None) or w.shape[2:])
+    strides, dilations, pads, output_padding = conv_transpose_geometry(node, x.shape[2:], kernel)
     y = conv_transpose_nd(x, w, bias, strides, dilations, pads, output_padding, int(node.attr("group", 1)))
     return y.astype(x.dtype, copy=False)

@@ -130,18 +130,23 @@ def slice_bounds(dim: int, start: int, end: int, step: int) -> slice:
     return slice(start, end if end >= 0 else None, step)
 
 
-@op("Slice")
-def slice_op(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
-    x = inputs[0]
+def slice_index(shape: tuple[int, ...], inputs: Inputs) -> tuple[slice, ...]:
+    """The numpy index of a Slice of an array of ``shape`` by its ``starts, ends[, axes[, steps]]``
+    inputs (``inputs[1:]``; the data input is not read)."""
     starts = _int_list(inputs[1]) or []
     ends = _int_list(inputs[2]) or []
     axes = _int_list(inputs[3] if len(inputs) > 3 else None) or list(range(len(starts)))
     steps = _int_list(inputs[4] if len(inputs) > 4 else None) or [1] * len(starts)
-    index = [slice(None)] * x.ndim
+    index = [slice(None)] * len(shape)
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        axis %= x.ndim
-        index[axis] = slice_bounds(x.shape[axis], start, end, step)
-    return x[tuple(index)]
+        axis %= len(shape)
+        index[axis] = slice_bounds(shape[axis], start, end, step)
+    return tuple(index)
+
+
+@op("Slice")
+def slice_op(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
+    return inputs[0][slice_index(inputs[0].shape, inputs)]
 
 
 @op("Expand")

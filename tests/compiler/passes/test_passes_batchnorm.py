@@ -166,3 +166,58 @@ def test_mul_that_varies_over_other_axes_is_not_folded() -> None:
     m = b.op("MatMul", [x, b.input("w", (6, 5))], shape=(2, 5))  # weights not constant
     before = b.output(b.op("Mul", [m, b.const(np.float32(2.0))], shape=(2, 5)))
     assert run_pass(BatchNormFolding(), before)[1].changed == 0
+
+
+@pytest.mark.parametrize(("op", "group"), [("ConvTranspose", 1), ("ConvTranspose", 2), ("Conv", 1)])
+def test_bias_add_then_batchnorm_fold_into_the_conv(op: str, group: int) -> None:
+    """PaddlePaddle's ConvTranspose -> Add([1, C, 1, 1]) -> BatchNorm (the DB text detector's
+    head): the Add becomes the conv's bias, then the BatchNorm folds into weight and bias."""
+    if op == "ConvTranspose":
+        w = RNG.standard_normal((4, 3, 2, 2)).astype(np.float32)
+        channels, attrs, out_shape = 3 * group, {"strides": [2, 2], "group": group}, (2, 3 * group, 10, 10)
+    else:
+        w = RNG.standard_normal((5, 4, 3, 3)).astype(np.float32)
+        channels, attrs, out_shape = 5, {"pads": [1, 1, 1, 1]}, (2, 5, 5, 5)
+    shift = RNG.standard_normal((1, channels, 1, 1)).astype(np.float32)
+    b = Builder()
+    x = b.input("x", (2, 4, 5, 5))
+    c = b.op(op, [x, b.const(w)], attrs, shape=out_shape)
+    added = b.op("Add", [b.const(shift), c], shape=out_shape)
+    before = b.output(b.op("BatchNormalization", [added] + [b.const(p) for p in bn_params(channels)], shape=out_shape))
+    middle, first = run_pass(BatchNormFolding(), before)  # one sweep; the pipeline repeats it
+    after, second = run_pass(BatchNormFolding(), middle)
+    assert after.op_histogram() == {op: 1}
+    assert first.changes == {f"folded a channel bias Add into {op}": 1}
+    assert second.changes == {f"folded BatchNormalization into {op}": 1}
+    assert_same_numbers(before, after)
+
+
+def test_bias_add_with_an_existing_bias_and_a_scalar_add() -> None:
+    w = RNG.standard_normal((4, 3, 3)).astype(np.float32)  # 1-D ConvTranspose, C_out 3
+    bias = RNG.standard_normal(3).astype(np.float32)
+    b = Builder()
+    x = b.input("x", (1, 4, 7))
+    c = b.op("ConvTranspose", [x, b.const(w), b.const(bias)], {"strides": [2]}, shape=(1, 3, 15))
+    before = b.output(b.op("Add", [c, b.const(np.float32(0.75))], shape=(1, 3, 15)))
+    after, _ = run_pass(BatchNormFolding(), before)
+    assert after.op_histogram() == {"ConvTranspose": 1}
+    np.testing.assert_allclose(after.const(after.nodes[0].inputs[2]), bias + 0.75, rtol=1e-6)
+    assert_same_numbers(before, after)
+
+
+def test_adds_that_are_not_a_channel_bias_stay() -> None:
+    w = RNG.standard_normal((2, 3, 1, 1)).astype(np.float32)
+    for other, shape in (
+        (RNG.standard_normal((1, 1, 4, 4)).astype(np.float32), (1, 2, 4, 4)),  # varies over pixels
+        (np.ones((1, 2, 1, 1), np.float64), (1, 2, 4, 4)),  # another dtype
+    ):
+        b = Builder()
+        x = b.input("x", (1, 3, 4, 4))
+        c = b.op("Conv", [x, b.const(w)], shape=(1, 2, 4, 4))
+        before = b.output(b.op("Add", [c, b.const(other, dtype=other.dtype.name)], shape=shape))
+        assert run_pass(BatchNormFolding(), before)[1].changed == 0
+    b = Builder()  # the conv's output is read twice
+    x = b.input("x", (1, 3, 4, 4))
+    c = b.op("Conv", [x, b.const(w)], shape=(1, 2, 4, 4))
+    y = b.op("Add", [c, b.const(np.ones((1, 2, 1, 1), np.float32))], shape=(1, 2, 4, 4))
+    assert run_pass(BatchNormFolding(), b.output(y, c))[1].changed == 0

@@ -1,0 +1,119 @@
+"""``cpu.conv_transpose.bands`` against the reference ConvTranspose on fresh random inputs: 1-D
+and 2-D, strides, dilations, groups, asymmetric pads, ``output_padding``, ``output_shape`` (also
+larger than the full output), SAME auto_pad, with and without a bias, batch 1-3 and bands split
+across threads; and ONNX's own ConvTranspose node tests through an engine."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+from farm.compiler import reference
+from farm.compiler.ir import Graph
+from farm.compiler.kernels import get_tactic
+from farm.compiler.kernels.cpu.conv_transpose import band_plan
+
+TACTIC = get_tactic("cpu.conv_transpose.bands")
+
+# (input shape, weight shape [C, M/group, k..], attributes, bias)
+CASES: tuple[tuple[tuple[int, ...], tuple[int, ...], dict[str, Any], bool], ...] = (
+    ((1, 24, 20, 20), (24, 24, 2, 2), {"strides": [2, 2]}, True),  # the DB head's upsampling
+    ((1, 24, 16, 16), (24, 1, 2, 2), {"strides": [2, 2]}, False),  # one output channel
+    ((2, 8, 9, 7), (8, 5, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, True),
+    ((1, 6, 5, 6), (6, 4, 4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, True),  # GAN / U-Net k4 s2 p1
+    ((3, 4, 6, 5), (4, 3, 3, 2), {"strides": [3, 1], "pads": [0, 2, 1, 0], "dilations": [1, 2]}, True),
+    ((1, 8, 7, 7), (8, 3, 3, 3), {"group": 2, "strides": [2, 2]}, True),
+    ((2, 6, 8, 8), (6, 1, 4, 4), {"group": 6, "strides": [2, 2], "pads": [1, 1, 1, 1]}, False),  # depthwise
+    ((1, 5, 6, 7), (5, 4, 3, 3), {"strides": [2, 2], "output_shape": [14, 15]}, True),
+    ((1, 5, 6, 7), (5, 4, 3, 3), {"strides": [2, 2], "output_shape": [16, 18]}, True),  # negative pads
+    ((1, 5, 6, 7), (5, 2, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}, True),
+    ((1, 5, 6, 7), (5, 2, 4, 3), {"strides": [3, 2], "auto_pad": "SAME_LOWER"}, False),
+    ((1, 4, 5, 5), (4, 3, 3, 3), {}, True),  # stride 1: every output row reads three input rows
+    ((2, 16, 40), (16, 8, 4), {"strides": [2], "pads": [1, 1]}, True),  # 1-D (vocoders)
+    ((1, 3, 11), (3, 2, 5), {"strides": [3], "dilations": [2], "output_padding": [2]}, False),
+    ((1, 64, 3, 3), (64, 32, 3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}, True),
+)
+
+
+def convt_graph(
+    shape: tuple[int, ...], w: np.ndarray, attrs: dict[str, Any], bias: np.ndarray | None
+) -> Graph:
+    g = Graph("convt")
+    g.add_input("x", "float32", shape)
+    inputs = ["x", g.add_const("w", w).name]
+    if bias is not None:
+        inputs.append(g.add_const("b", bias).name)
+    g.add_node("ConvTranspose", inputs, ["y"], attrs)
+    g.add_value("y", "float32", None)
+    g.outputs = ["y"]
+    return g
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_matches_the_reference(case: tuple) -> None:  # type: ignore[type-arg]
+    shape, wshape, attrs, with_bias = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    w = rng.standard_normal(wshape).astype(np.float32)
+    channels = wshape[1] * int(attrs.get("group", 1))
+    bias = rng.standard_normal(channels).astype(np.float32) if with_bias else None
+    g = convt_graph(shape, w, attrs, bias)
+    (node,) = g.nodes
+    assert TACTIC.supports(node, g)
+    prepared = TACTIC.prepare(node, g)
+    for _ in range(2):  # fresh inputs, the same prepared step (its plan is kept)
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = reference.run(g, {"x": x})["y"]
+        out = np.full(want.shape, np.nan, np.float32)  # every element must be written
+        TACTIC.run(node, [x, None, None], [out], prepared)
+        np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
+
+
+def test_bands_and_channel_blocks_split_small_batches() -> None:
+    """One image, one group: output rows split into bands (at least 8 rows), then channels."""
+    assert band_plan(1, 1, 24, 320, 4, 160, 2) == (80, 24, 4)  # 4 rows: 24*4 x 640 floats, 240 KiB
+    band, block, _ = band_plan(1, 1, 4, 8, 9, 8, 2)  # 8 rows: one band, so channel blocks
+    assert (band, block) == (8, 1)
+    assert band_plan(8, 1, 16, 64, 4, 32, 2)[:2] == (64, 16)  # a batch gives the tasks alone
+
+
+def test_declines_run_time_weights_and_3d() -> None:
+    g = Graph("dynamic_w")
+    g.add_input("x", "float32", (1, 2, 4, 4))
+    g.add_input("w", "float32", (2, 3, 2, 2))
+    g.add_node("ConvTranspose", ["x", "w"], ["y"], {})
+    assert not TACTIC.supports(g.nodes[0], g)
+    g = convt_graph((1, 2, 3, 3, 3), np.ones((2, 2, 2, 2, 2), np.float32), {}, None)
+    assert not TACTIC.supports(g.nodes[0], g)
+
+
+def _backend_cases() -> list:  # type: ignore[type-arg]
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recurrent"))
+    from recurrent_engine_cases import engine_cases
+
+    return engine_cases(frozenset({"ConvTranspose"}))
+
+
+BACKEND_CASES = _backend_cases()
+
+
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=[c.name for c in BACKEND_CASES])
+def test_onnx_backend_cases_through_an_engine(case) -> None:  # type: ignore[no-untyped-def]
+    """ONNX's ConvTranspose node tests with the weight (and bias) made constants, built at tuning
+    level 0: the band tactic runs the 1-D and 2-D ones and matches ONNX's expected outputs."""
+    from recurrent_engine_cases import engine_with_constant_side_inputs
+
+    engine, feeds, expected = engine_with_constant_side_inputs(case)
+    (kernel,) = [k for k in engine.kernels if k.node.op_type == "ConvTranspose"]
+    if next(iter(feeds.values())).ndim == 5:  # 3-D: the reference
+        assert kernel.tactic.name != TACTIC.name
+    else:
+        assert kernel.tactic.name == TACTIC.name
+    got = engine.run(feeds)
+    for name, want in zip(engine.output_names, expected, strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
