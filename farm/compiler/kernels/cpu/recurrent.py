@@ -37,6 +37,7 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import ACT_SIGMOID, ACT_TANH, activate_row
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
+from farm.compiler.kernels.cpu._threads import blas_single_thread
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -65,19 +66,6 @@ CONCURRENT_DIRECTIONS_MIN_MACS = 1 << 20
 # saves on a shared 2-core machine (measured 0.2 ms on one thread, 45 ms on two under load for a
 # 128x128x384 projection).
 SINGLE_THREAD_PROJECTION_MACS = 1 << 25
-
-_blas_controller: Any = None
-
-
-def _blas_single_thread() -> Any:
-    """A context manager that limits BLAS to one thread (threadpoolctl, controller made once)."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController().select(user_api="blas")
-    return _blas_controller.limit(limits=1)
-
 
 # --------------------------------------------------------------------------- attributes
 @dataclass
@@ -585,7 +573,7 @@ class FusedRecurrentTactic(_RecurrentTactic):
             scratch["c"] = np.empty((dirs, batch, hidden), np.float32)
         proj = scratch["proj"]
         small = seq * batch * features * dirs * gh < SINGLE_THREAD_PROJECTION_MACS
-        with _blas_single_thread() if small else nullcontext():
+        with blas_single_thread() if small else nullcontext():
             np.matmul(x.reshape(seq * batch, features), weights.w_t, out=proj.reshape(seq * batch, dirs * gh))
         proj += weights.input_bias
         # Write straight into the outputs when they have the kernel's layout.
@@ -762,7 +750,7 @@ class FusedBlasStepRecurrentTactic(FusedRecurrentTactic):
         acc_row = np.empty(gh, np.float32)
         extra_row = np.empty(hidden, np.float32)
         gates = tuple(np.empty(hidden, np.float32) for _ in range(4))
-        with _blas_single_thread():
+        with blas_single_thread():
             for d in range(spec.directions):
                 reverse = spec.reverse[d]
                 r_t = weights.r_t[d]
