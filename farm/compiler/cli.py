@@ -171,6 +171,10 @@ def _calibrator_spec(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("--accuracy-budget", help='e.g. "cosine>=0.999", "rel_l2<=0.01", "top1>=0.99" (needs --val).')
 @click.option("--val", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Validation samples (.npz) for --accuracy-budget.")  # fmt: skip
+@click.option("--disable-tactic", multiple=True, metavar="GLOB",
+              help="Never choose tactics whose name matches (e.g. 'cpu.conv.winograd*'); repeatable.")  # fmt: skip
+@click.option("--disable-pass", multiple=True, metavar="NAME",
+              help="Skip an optimization pass (as the report names it); repeatable.")  # fmt: skip
 def build_cmd(
     model: Path,
     profile: str,
@@ -189,6 +193,8 @@ def build_cmd(
     calib_samples: int | None = None,
     accuracy_budget: str | None = None,
     val: Path | None = None,
+    disable_tactic: tuple[str, ...] = (),
+    disable_pass: tuple[str, ...] = (),
 ) -> None:
     """Compile MODEL (ONNX) into an optimized engine for PROFILE."""
     from farm.compiler.builder import BuilderConfig, BuildError, build
@@ -208,6 +214,8 @@ def build_cmd(
         calibration_limit=calib_samples,
         accuracy_budget=accuracy_budget,
         validation=val,
+        disabled_tactics=list(disable_tactic),
+        disabled_passes=list(disable_pass),
     )
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip

@@ -310,9 +310,12 @@ def tune(
         if not found and "fp32" not in allowed:  # no tactic in the asked precision: FP32 fallback
             found = settings.offered(node, graph, ("fp32",))
         if not found:
+            disabled = ""
+            if settings.disabled_tactics and candidates(node, graph, backend=settings.backend, precisions=allowed):
+                disabled = f"; every one that does is disabled by {list(settings.disabled_tactics)}"
             raise TuningError(
                 f"no {settings.backend} tactic supports node {node.name!r} (op {node.op_type}, "
-                f"precisions {list(allowed)})"
+                f"precisions {list(allowed)}){disabled}"
             )
         over_budget = (
             settings.time_budget_s is not None and time.perf_counter() - started > settings.time_budget_s

@@ -136,3 +136,33 @@ def test_inspect_rejects_a_non_engine(built: dict[str, Path]) -> None:
     result = CliRunner().invoke(farm_main, ["inspect", str(built["onnx"])])
     assert result.exit_code != 0
     assert "not an engine file" in result.output
+
+
+def test_build_disable_tactic_and_pass(built: dict[str, Path]) -> None:
+    """``--disable-tactic GLOB`` keeps every matching tactic out of the engine; ``--disable-pass``
+    skips a pass (the MLP's Gemm + Relu stay two steps); an unknown pass or a glob that leaves a
+    node no tactic is a clear error, not a traceback."""
+    from farm.compiler.engine.runtime import Engine
+
+    out = built["folder"] / "no_gemm_tactics.engine"
+    result = CliRunner().invoke(
+        farm_main, ["build", str(built["onnx"]), "--tuning-level", "0", "--disable-tactic", "cpu.gemm.*",
+                    "--disable-tactic", "cpu.elementwise.*", "--disable-pass", "epilogue_fusion", "-o", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = Engine.load(out)
+    tactics = {k.tactic.name for k in engine.kernels}
+    assert tactics and not any(t.startswith(("cpu.gemm.", "cpu.elementwise.")) for t in tactics)
+    assert "Relu" in {k.node.op_type for k in engine.kernels}  # not fused into the GEMM
+    x = np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)
+    (want,) = onnxruntime_outputs(built["onnx"].read_bytes(), {"input": x}).values()
+    (got,) = engine.run({"input": x}).values()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    for args, message in (
+        (["--disable-pass", "no_such_pass"], "no_such_pass"),
+        (["--disable-tactic", "*"], "is disabled by ['*']"),
+    ):
+        result = CliRunner().invoke(farm_main, ["build", str(built["onnx"]), *args, "-o", str(out)])
+        assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit)
+        assert message in result.output and "Traceback" not in result.output
