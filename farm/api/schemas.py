@@ -221,6 +221,9 @@ class SubmissionOptions(RequestModel):
     tuning_level: int | None = Field(None, ge=0, le=3)
     input_shapes: dict[str, list[Annotated[int, Field(ge=1, le=1_000_000)]]] | None = None
     disabled_passes: list[Annotated[str, Field(max_length=64)]] | None = None
+    disabled_tactics: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, max_length=64, description="Tactic name globs the tuner never chooses, e.g. 'cpu.conv.winograd*'."
+    )
     strict_precision: bool | None = None
     layer_precision: dict[str, Precision] | None = None
     calibrator: Calibrator | None = Field(None, description="INT8 calibration method (default entropy).")

@@ -59,6 +59,8 @@ def test_unknown_profile_is_400_naming_it(client: FlaskClient) -> None:
         ({"options": {"calibrator": "magic"}}, "options.calibrator"),
         ({"options": {"baseline": {"version": "1", "branch": "main"}}}, "options.baseline"),
         ({"options": {"surprise": 1}}, "options.surprise"),
+        ({"options": {"disabled_tactics": ["x" * 129]}}, "options.disabled_tactics.0"),
+        ({"options": {"disabled_tactics": [""]}}, "options.disabled_tactics.0"),
         ({"model": "bad name!"}, "model"),
         ({"dataset_id": "x"}, "dataset_id"),
     ],

@@ -109,6 +109,16 @@ def test_budgets_default_per_precision_and_overridable() -> None:
     assert BenchmarkSettings.from_options({"min_iterations": "5"}).min_iterations == 5
 
 
+def test_submission_options_reach_the_builder_config(db: Database) -> None:
+    from farm.worker.build import builder_config
+
+    options = {"tuning_level": 2, "disabled_passes": ["pad_fusion"], "disabled_tactics": ["cpu.conv.winograd*"]}
+    config = builder_config(precision="fp32", batch=4, options=options, timing_cache=DatabaseTimingCache(db, "cpu"))
+    assert config.tuning_level == 2 and config.batch_range == (1, 4, 4)
+    assert tuple(config.disabled_passes) == ("pad_fusion",)
+    assert tuple(config.disabled_tactics) == ("cpu.conv.winograd*",)
+
+
 def test_database_timing_cache_is_shared_per_profile(db: Database) -> None:
     first = DatabaseTimingCache(db, "cpu")
     assert first.get("k1") is None
