@@ -13,7 +13,8 @@ output channels of one image and group, so no two tasks write the same element:
    buffer that stays in L2;
 3. it adds each column row into the output row and columns it lands on (col2im): output pixel
    ``(iy*sh + ky*dh - pad_top, ix*sw + kx*dw - pad_left)`` of tap (ky, kx), skipping the
-   positions the pads crop.
+   positions the pads crop. The 2-wide stride-2 taps of decoder upsampling are added as one
+   interleave of the two tap rows, sixteen columns a step.
 
 Bands overlap in the input rows they read when ``(kh-1)*dh >= sh``; those few rows' products are
 computed once per band (a band is tens of rows). Any stride, dilation, group, asymmetric or
@@ -33,6 +34,7 @@ from numba import njit, prange
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
 from farm.compiler.kernels.cpu._operands import RunsBound, constant_input, dense, float32_io, memo
+from farm.compiler.kernels.cpu._simd16 import LANES, vadd16, vload16, vstore16, vziphi16, vziplo16
 from farm.compiler.kernels.cpu._threads import blas_single_thread_call, numba_thread_count
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 from farm.compiler.reference.nn_conv import conv_transpose_geometry
@@ -83,6 +85,9 @@ def conv_transpose_bands(x, wt, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band,
         for kx in range(kw):
             ix_lo[kx] = max(0, _ceil_div(pl - kx * dw, sw))
             ix_hi[kx] = min(w - 1, (wo - 1 + pl - kx * dw) // sw)
+        # 2-wide taps at stride 2 with nothing cropped at the sides (the k2 s2 upsampling of
+        # decoder heads): input column ix lands on output columns 2ix and 2ix+1, one interleave
+        pairs = kw == 2 and sw == 2 and dw == 1 and pl == 0 and wo >= 2 * w
         for r0 in range(iy_lo, iy_hi + 1, chunk):
             rn = min(chunk, iy_hi + 1 - r0)
             _blas.sgemm_at(
@@ -100,11 +105,30 @@ def conv_transpose_bands(x, wt, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band,
                             continue
                         dst = plane[oy]
                         base = (iy - r0) * w
+                        row = (m * kh + ky) * kw
+                        if pairs:
+                            _add_interleaved(dst, cols[row], cols[row + 1], base, w)
+                            continue
                         for kx in range(kw):
-                            src = cols[(m * kh + ky) * kw + kx]
+                            src = cols[row + kx]
                             shift = kx * dw - pl
                             for ix in range(ix_lo[kx], ix_hi[kx] + 1):
                                 dst[ix * sw + shift] += src[base + ix]
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _add_interleaved(dst, even, odd, base, w):
+    """``dst[2i] += even[base + i]``, ``dst[2i + 1] += odd[base + i]`` for i < w: sixteen of
+    each interleaved into two vectors (``vziplo16``/``vziphi16``) per step, the tail one by one."""
+    whole = w - w % LANES
+    for i in range(0, whole, LANES):
+        a = vload16(even, base + i)
+        b = vload16(odd, base + i)
+        vstore16(dst, 2 * i, vadd16(vload16(dst, 2 * i), vziplo16(a, b)))
+        vstore16(dst, 2 * i + LANES, vadd16(vload16(dst, 2 * i + LANES), vziphi16(a, b)))
+    for i in range(whole, w):
+        dst[2 * i] += even[base + i]
+        dst[2 * i + 1] += odd[base + i]
 
 
 def band_plan(n: int, groups: int, mg: int, ho: int, taps: int, w: int, threads: int) -> tuple[int, int, int]:

@@ -38,7 +38,7 @@ MIN_REDUCED_ELEMENTS = 64
 _WRAPPED_MODULES = tuple(
     importlib.import_module(f"farm.compiler.kernels.cpu.{name}").__name__  # imported: registered
     for name in (
-        "conv", "conv_lanes", "conv_packed", "conv_rows", "conv_tiled", "depthwise", "depthwise_rows",
+        "conv", "conv_lanes", "conv_packed", "conv_rows", "conv_small", "conv_tiled", "depthwise", "depthwise_rows",
         "gemm", "gemm_packed", "gemm_panels", "gemm_tiled", "generic", "pointwise", "pointwise_tiles",
     )
 )  # fmt: skip
