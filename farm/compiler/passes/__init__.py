@@ -30,6 +30,7 @@ from farm.compiler.passes.epilogue_fusion import EpilogueFusion
 from farm.compiler.passes.gelu_fusion import GeluFusion
 from farm.compiler.passes.gemm_canonicalization import GemmCanonicalization
 from farm.compiler.passes.gemm_layout import GemmLayout
+from farm.compiler.passes.hardswish_fusion import HardSwishFusion
 from farm.compiler.passes.horizontal_fusion import HorizontalFusion
 from farm.compiler.passes.if_inlining import IfInlining
 from farm.compiler.passes.layernorm_fusion import LayerNormFusion
@@ -66,6 +67,7 @@ def default_passes() -> list[Pass]:
         BatchNormFolding(),
         LayerNormFusion(),
         GeluFusion(),
+        HardSwishFusion(),
         SoftmaxFusion(),
         AttentionFusion(),
         RecurrentFusion(),  # matches raw Gemm: before gemm_canonicalization
