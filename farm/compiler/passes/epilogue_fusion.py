@@ -121,7 +121,7 @@ class EpilogueFusion(RewritePass[Epilogue]):
         if nxt is None or view.dtype(nxt.outputs[0]) != view.dtype(cur):
             return None
         if nxt.op_type in SIMPLE_ACTIVATIONS and not found.activation:
-            params = _activation(nxt, view)
+            params = activation_params(nxt, view)
             if params is None:
                 return None
             found.activation, found.act_alpha, found.act_beta = params
@@ -200,7 +200,7 @@ def _is_swish_gate(node: Node) -> bool:
     return is_close(alpha, 1 / 6, 1e-6) and is_close(beta, 0.5, 1e-6)
 
 
-def _activation(node: Node, view: GraphView) -> tuple[str, float, float] | None:
+def activation_params(node: Node, view: GraphView) -> tuple[str, float, float] | None:
     """(activation, alpha, beta) for an activation node, as fused.py names them."""
     op = node.op_type
     if op == "LeakyRelu":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from farm.compiler.ir import Node
 from farm.compiler.passes.base import GraphEdit, GraphView, RewritePass, is_close
+from farm.compiler.passes.epilogue_fusion import activation_params
 
 # HardSigmoid(x; 1/6, 1/2) = Clip(x + 3, 0, 6) / 6 exactly (ONNX HardSwish is x * that).
 SIXTH = 1.0 / 6.0
@@ -30,7 +31,7 @@ class HardSwishFusion(RewritePass[HardSwishMatch]):
     anchor_ops = ("Clip",)
 
     def match(self, node: Node, view: GraphView) -> HardSwishMatch | None:
-        if not _bounds_are(node, view, 0.0, 6.0):
+        if activation_params(node, view) != ("Clip", 0.0, 6.0):  # relu6 bounds, as inputs or attributes
             return None
         add = view.producer_of(node.inputs[0], "Add")
         if add is None or view.only_consumer(node.inputs[0]) is not node:
@@ -65,25 +66,6 @@ class HardSwishFusion(RewritePass[HardSwishMatch]):
 
     def nodes_of(self, found: HardSwishMatch) -> list[Node]:
         return found.nodes
-
-
-def _bounds_are(clip: Node, view: GraphView, low: float, high: float) -> bool:
-    """Whether a Clip's min and max (inputs, or opset-6 attributes) are ``low`` and ``high``."""
-    lo = (
-        clip.attr("min")
-        if clip.attr("min") is not None
-        else view.scalar(clip.input(1))
-        if clip.input(1)
-        else None
-    )
-    hi = (
-        clip.attr("max")
-        if clip.attr("max") is not None
-        else view.scalar(clip.input(2))
-        if clip.input(2)
-        else None
-    )
-    return lo is not None and hi is not None and float(lo) == low and float(hi) == high
 
 
 def _divides_by_six(node: Node, value: str, view: GraphView) -> bool:

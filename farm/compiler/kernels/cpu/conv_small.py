@@ -26,7 +26,13 @@ import numpy as np
 from numba import njit
 
 from farm.compiler.ir import Graph, Node
-from farm.compiler.kernels.cpu._epilogue import RES_NONE, epilogue_params, finish_row, residual_rows
+from farm.compiler.kernels.cpu._epilogue import (
+    RES_NONE,
+    epilogue_params,
+    finish_row,
+    residual_rows,
+    vector_or_dummy,
+)
 from farm.compiler.kernels.cpu._operands import RunsBound, dense, memo
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
@@ -165,17 +171,12 @@ class SmallDirectConv(RunsBound, _GemmConvBase):
         geo = memo(prepared, "geometry", lambda: ConvGeometry.of(node, prepared.params["weight_shape"]))
         x = np.ascontiguousarray(_as_4d(x_in), dtype=np.float32)  # type: ignore[arg-type]
         out = _out_4d(outputs[0])
-        raw_b = prepared.tensors.get("bias", inputs[2] if len(inputs) > 2 else None)
-        bias = (
-            np.zeros(1, np.float32)
-            if raw_b is None
-            else np.ascontiguousarray(raw_b, dtype=np.float32).reshape(-1)
-        )
+        bias, has_bias = vector_or_dummy(prepared.tensors.get("bias", inputs[2] if len(inputs) > 2 else None))
         act, alpha, beta, mode = memo(prepared, "epilogue", lambda: epilogue_params(node))
         residual = residual_rows(residual_in, outputs[0].shape, out.shape[0] * out.shape[1])
         return functools.partial(
             conv_small,
-            x, prepared.tensors["weight_t"], bias, raw_b is not None, residual, mode, act, alpha, beta, out,
+            x, prepared.tensors["weight_t"], bias, has_bias, residual, mode, act, alpha, beta, out,
             geo.kh, geo.kw, geo.sh, geo.sw, geo.pad_top, geo.pad_left, geo.dh, geo.dw,
         )  # fmt: skip
 
