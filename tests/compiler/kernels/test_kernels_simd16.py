@@ -1,12 +1,15 @@
 """The ``_simd16`` vector intrinsics the depthwise-rows tactic is built on, lane by lane against
 numpy: masked loads and stores at every count (including 0 and past 16), lane-range loads whose
 window starts before the array and ends past it, the even/odd de-interleave, and the lane-wise
-arithmetic (max/min keep numba's scalar semantics). The masked forms are checked in both of their
+arithmetic (max/min keep numba's scalar semantics, in both of their code generations, and a
+maximum kept in memory compiles to plain stores on AVX2 hosts). The masked forms are checked in both of their
 code generations, the pure masked one (AVX-512 hosts) and the one that moves whole vectors with
 plain loads and stores (:data:`~._simd16.PLAIN_WHOLE_VECTORS`, AVX2 hosts), whichever host runs
 the tests."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from numba import njit
 from farm.compiler.kernels.cpu import _simd16
 from farm.compiler.kernels.cpu._simd16 import (
     LANES,
+    max_into,
     vadd16,
     vevens16,
     vload16,
@@ -171,3 +175,86 @@ def test_lane_range_store_touches_only_the_selected_lanes(
     for j in range(lo, hi):
         want[at + j] = src[j]
     np.testing.assert_array_equal(dst, want)
+
+
+def _max_min(a, b, out):
+    x = vload16(a, 0)
+    y = vload16(b, 0)
+    vstore16(out, 0, vmax16(x, y))
+    vstore16(out, 16, vmin16(x, y))
+
+
+@pytest.fixture(params=[False, True], ids=["select", "vmaxps-halves"])
+def max_min(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    """``_max_min`` freshly compiled with ``vmax16``/``vmin16`` as a compare and select, or as
+    ``vmaxps``/``vminps`` on two halves (:data:`~._simd16.HALVES_MAX_MIN`, AVX2 hosts)."""
+    if request.param and not _simd16._host_has_avx():
+        pytest.skip("this CPU has no AVX")
+    monkeypatch.setattr(_simd16, "HALVES_MAX_MIN", request.param)
+    return njit(cache=False)(_max_min)
+
+
+def test_max_and_min_keep_the_select_rule_for_nan_and_signed_zeros(max_min: object) -> None:
+    """``vmax16(a, b)`` is ``a if a > b else b``: a NaN on either side gives ``b``, and of two
+    zeros the second; ``vmin16`` the same with ``<``."""
+    nan, inf = np.nan, np.inf
+    a = np.array(
+        [nan, 1.0, nan, -0.0, 0.0, inf, -inf, 2.0, -3.0, 5.0, nan, 0.5, -1.0, 7.0, -inf, 1e-30], np.float32
+    )
+    b = np.array(
+        [1.0, nan, nan, 0.0, -0.0, 1.0, 2.0, -inf, -3.0, 4.0, -2.0, 0.25, nan, 8.0, inf, -1e-30], np.float32
+    )
+    out = np.full(32, 99.0, np.float32)
+    max_min(a, b, out)  # type: ignore[operator]
+    for got, want in ((out[:16], np.where(a > b, a, b)), (out[16:], np.where(a < b, a, b))):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 40])
+def test_max_into_keeps_a_running_maximum_and_stops_at_its_end(rng: np.random.Generator, n: int) -> None:
+    buf = rng.standard_normal(n + 16).astype(np.float32)
+    buf[0] = np.nan  # a NaN already held stays
+    src = rng.standard_normal(n).astype(np.float32)
+    src[n // 2] = np.nan  # an arriving NaN does not replace
+    want = np.where(src > buf[:n], src, buf[:n])
+    tail = buf[n:].copy()
+    njit(cache=False)(lambda d, s: max_into(d, s))(buf[:n], src)
+    np.testing.assert_array_equal(buf[:n], want)
+    np.testing.assert_array_equal(buf[n:], tail)
+
+
+def _running_max(acc, rows):
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        for q in range(0, acc.shape[0], LANES):
+            vstore16(acc, q, vmax16(vload16(row, q), vload16(acc, q)))
+
+
+def _scalar_running_max(acc, rows):
+    for r in range(rows.shape[0]):
+        max_into(acc, rows[r])
+
+
+# the store form of vmaskmovps: the memory operand last (AT&T order)
+MASKED_STORE = re.compile(r"vmaskmovps\s+%ymm\d+,\s*%ymm\d+,\s*\S*\(")
+
+
+def masked_stores(fn: object, *args: object) -> int:
+    """Count of ``vmaskmovps`` stores in the machine code of ``fn`` compiled afresh for ``args``
+    (the functions it calls are linked into it)."""
+    compiled = njit(cache=False)(fn)
+    compiled(*args)
+    return sum(len(MASKED_STORE.findall(asm)) for asm in compiled.inspect_asm().values())
+
+
+@pytest.mark.skipif(
+    not _simd16.HALVES_MAX_MIN, reason="LLVM makes masked stores of selects on AVX hosts without AVX-512"
+)
+def test_a_maximum_kept_in_memory_compiles_to_plain_stores(rng: np.random.Generator) -> None:
+    """``store(p, max(load(p), x))`` as a compare and select is rewritten by LLVM into a masked
+    store of ``x``: ``vmaskmovps``, which AMD runs microcoded (a MaxPool pass 7x slower)."""
+    acc = rng.standard_normal(64).astype(np.float32)
+    rows = rng.standard_normal((3, 64)).astype(np.float32)
+    assert masked_stores(_running_max, acc, rows) == 0
+    assert masked_stores(_scalar_running_max, acc, rows) == 0

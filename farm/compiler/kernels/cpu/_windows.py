@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from farm.compiler.kernels.cpu._simd16 import max_into
+
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
 def valid_columns(offset, stride, in_width, out_width):
@@ -124,8 +126,7 @@ def pooled_taps(phases, kh, kw, stride, dh, dw, cols, length, is_max):
                 continue
             window = tap_window(phases, i, j, stride, dh, dw, cols, length)
             if is_max:
-                for q in range(length):
-                    acc[q] = max(acc[q], window[q])
+                max_into(acc, window)
             else:
                 for q in range(length):
                     acc[q] += window[q]

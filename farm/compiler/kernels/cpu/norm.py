@@ -26,6 +26,7 @@ from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io, me
 from farm.compiler.kernels.cpu._simd16 import (
     AVX512,
     LANES,
+    max_into,
     vadd16,
     vexp16,
     vhmax16,
@@ -230,9 +231,7 @@ def softmax_middle(x, out):
     for o in prange(outer):
         top = x[o, 0].copy()
         for j in range(1, length):
-            row = x[o, j]
-            for i in range(inner):
-                top[i] = max(top[i], row[i])
+            max_into(top, x[o, j])
         total = np.zeros(inner, np.float32)
         shifted = np.empty(inner, np.float32)
         for j in range(length):

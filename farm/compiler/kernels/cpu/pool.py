@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io
+from farm.compiler.kernels.cpu._simd16 import max_into
 from farm.compiler.kernels.cpu._threads import bound_call, threads_for
 from farm.compiler.kernels.cpu._windows import phase_geometry, phase_planes, pooled_taps, valid_columns
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -214,9 +215,7 @@ def pool_planes_separable(x, out, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, is_max
                 src = plane[iy, lo - pl : hi - pl]
                 dst = row[lo:hi]
                 if is_max:
-                    for q in range(hi - lo):
-                        v = src[q]
-                        dst[q] = v if v > dst[q] else dst[q]
+                    max_into(dst, src)
                 else:
                     for q in range(hi - lo):
                         dst[q] += src[q]
@@ -233,9 +232,7 @@ def pool_planes_separable(x, out, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, is_max
                 off = j * dw
                 tap = phases[off % sw, off // sw : off // sw + wo]
                 if is_max:
-                    for q in range(wo):
-                        v = tap[q]
-                        orow[q] = v if v > orow[q] else orow[q]
+                    max_into(orow, tap)
                 else:
                     for q in range(wo):
                         orow[q] += tap[q]
