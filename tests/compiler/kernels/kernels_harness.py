@@ -7,13 +7,27 @@ oracle (float64, written for clarity, not speed), which must agree with the refe
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels import get_tactic
+
+# the store form of vmaskmovps (the memory operand last, AT&T order): microcoded on AMD, and what
+# LLVM makes of a store of a select on AVX hosts without AVX-512 (``_simd16.HALVES_MAX_MIN``)
+MASKED_STORE = re.compile(r"vmaskmovps\s+%ymm\d+,\s*%ymm\d+,\s*\S*\(")
+
+
+def machine_code(fn: Callable[..., Any], *args: Any) -> str:
+    """The assembly of ``fn`` compiled afresh (no cache) for ``args`` and run once on them; the
+    numba functions it calls are linked into it."""
+    compiled = njit(cache=False)(fn)
+    compiled(*args)
+    return "".join(compiled.inspect_asm().values())
 
 
 def reference_run_node() -> Callable[..., Any] | None:

@@ -36,15 +36,16 @@ _F32 = ir.FloatType()
 _V16 = ir.VectorType(_F32, LANES)
 
 
-def _host_has_avx512() -> bool:
+def host_has(feature: str) -> bool:
+    """Whether LLVM's host features list ``feature`` (``"avx512f"``, ``"avx"``, ..)."""
     try:
         features = binding.get_host_cpu_features()
     except RuntimeError:  # LLVM cannot read the host's features: assume the worst
         return False
-    return bool(features.get("avx512f"))
+    return bool(features.get(feature))
 
 
-AVX512: bool = _host_has_avx512()
+AVX512: bool = host_has("avx512f")
 """True when this CPU runs 16-lane float32 vectors natively (LLVM's host features: ``avx512f``)."""
 
 PLAIN_WHOLE_VECTORS: bool = not AVX512
@@ -492,14 +493,7 @@ def _vsplat16(typingctx: Any, x: Any) -> Any:
 vsplat16: Any = intrinsic(_vsplat16)
 
 
-def _host_has_avx() -> bool:
-    try:
-        return bool(binding.get_host_cpu_features().get("avx"))
-    except RuntimeError:
-        return False
-
-
-HALVES_MAX_MIN: bool = not AVX512 and _host_has_avx()
+HALVES_MAX_MIN: bool = not AVX512 and host_has("avx")
 """``vmax16``/``vmin16`` call ``vmaxps``/``vminps`` on the two 8-lane halves instead of emitting a
 compare and select. Without AVX-512, LLVM rewrites ``store(p, select(x > load(p), x, load(p)))``
 (a running maximum kept in memory, as a pool's scratch row) into a masked store of ``x``, which is
@@ -661,6 +655,12 @@ def _reduce(kind: str) -> Any:
     return typer
 
 
+vhmax16: Any = intrinsic(_reduce("max"))
+"""The largest lane of ``a`` (a float32 scalar; NaN lanes are ignored)."""
+vhsum16: Any = intrinsic(_reduce("sum"))
+"""The sum of ``a``'s lanes (a float32 scalar, added pairwise in a tree)."""
+
+
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
 def max_into(dst: Any, src: Any) -> None:
     """``dst[i] = src[i] if src[i] > dst[i] else dst[i]`` over ``dst`` (1-D C arrays, ``src`` at
@@ -670,9 +670,3 @@ def max_into(dst: Any, src: Any) -> None:
     n = dst.shape[0]
     for q in range(0, n, LANES):
         vstore16_masked(dst, q, vmax16(vload16_masked(src, q, n - q), vload16_masked(dst, q, n - q)), n - q)
-
-
-vhmax16: Any = intrinsic(_reduce("max"))
-"""The largest lane of ``a`` (a float32 scalar; NaN lanes are ignored)."""
-vhsum16: Any = intrinsic(_reduce("sum"))
-"""The sum of ``a``'s lanes (a float32 scalar, added pairwise in a tree)."""
