@@ -131,10 +131,11 @@ def test_pack_lanes_is_aligned_and_zero_padded(rng: np.random.Generator) -> None
     assert not as3[1, :, 8:].any()
 
 
-@pytest.mark.parametrize("acc", [False, True])
-def test_lane_tiles_agree_with_numpy(rng: np.random.Generator, acc: bool) -> None:
+@pytest.mark.parametrize(("acc", "ahead"), [(False, 0), (True, 0), (False, 256 * 32), (True, 1 << 22)])
+def test_lane_tiles_agree_with_numpy(rng: np.random.Generator, acc: bool, ahead: int) -> None:
     """Both tile forms: rows from two segments a gap apart (or one), K rows through an offset
-    table, added to the tile's old values when ``acc``."""
+    table, added to the tile's old values when ``acc``; ``ahead`` > 0 prefetches the weight
+    that far on (past the panel here), which must change nothing."""
     k = 23
     x = rng.standard_normal(500).astype(np.float32)
     offs = rng.integers(0, 300, k).astype(np.int64)
@@ -144,10 +145,10 @@ def test_lane_tiles_agree_with_numpy(rng: np.random.Generator, acc: bool) -> Non
     old = rng.standard_normal((14, 32)).astype(np.float32)
     want = rows.astype(np.float64) @ w + (old if acc else 0.0)
     got = old.copy().reshape(-1)
-    tile_14x32(x, xo, gap, offs, 0, k, w.reshape(-1), 0, got, 0, acc)
+    tile_14x32(x, xo, gap, offs, 0, k, w.reshape(-1), 0, got, 0, acc, ahead)
     np.testing.assert_allclose(got.reshape(14, 32), want, rtol=1e-5, atol=1e-5)
     one = np.full(14 * 32, np.nan, np.float32)
     one[: 7 * 32] = old[:7].reshape(-1)
-    tile_7x32(x, xo, offs, 0, k, w.reshape(-1), 0, one, 0, acc)
+    tile_7x32(x, xo, offs, 0, k, w.reshape(-1), 0, one, 0, acc, ahead)
     np.testing.assert_allclose(one[: 7 * 32].reshape(7, 32), want[:7], rtol=1e-5, atol=1e-5)
     assert np.isnan(one[7 * 32 :]).all()

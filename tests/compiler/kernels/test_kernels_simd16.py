@@ -27,6 +27,8 @@ from farm.compiler.kernels.cpu._simd16 import (
     vmin16,
     vmul16,
     vodds16,
+    vprefetch,
+    vprefetch_l2,
     vsplat16,
     vstore16,
     vstore16_lanes,
@@ -245,3 +247,27 @@ def test_a_maximum_kept_in_memory_compiles_to_plain_stores(rng: np.random.Genera
     rows = rng.standard_normal((3, 64)).astype(np.float32)
     assert not MASKED_STORE.findall(machine_code(_running_max, acc, rows))
     assert not MASKED_STORE.findall(machine_code(_running_max_into, acc, rows))
+
+
+def _sum_with_prefetch(a, ahead):
+    total = 0.0
+    for i in range(a.size):
+        vprefetch(a, i + ahead)
+        vprefetch_l2(a, i + ahead)
+        total += a[i]
+    return total
+
+
+def test_prefetch_is_a_hint_past_the_array_and_compiles_to_prefetch_instructions(
+    rng: np.random.Generator,
+) -> None:
+    """``vprefetch``/``vprefetch_l2`` ask for lines far past the array's end (a tile's last
+    step prefetches the columns of a tile that does not exist): no fault, nothing changes, and
+    the machine code holds ``prefetcht0`` and ``prefetcht1``."""
+    a = rng.standard_normal(64 * LANES).astype(np.float32)
+    before = a.copy()
+    got = njit(cache=False)(_sum_with_prefetch)(a, 1 << 24)
+    np.testing.assert_allclose(got, float(a.astype(np.float64).sum()), rtol=1e-4)
+    np.testing.assert_array_equal(a, before)
+    asm = machine_code(_sum_with_prefetch, a, 1 << 24)
+    assert "prefetcht0" in asm and "prefetcht1" in asm

@@ -30,7 +30,7 @@ from numba import njit
 
 from farm.compiler.engine.runtime import aligned_weight
 from farm.compiler.kernels.cpu._microgemm import pack_cols
-from farm.compiler.kernels.cpu._simd16 import vbroadcast16, vfma16, vload16, vstore16, vzero16
+from farm.compiler.kernels.cpu._simd16 import vbroadcast16, vfma16, vload16, vprefetch_l2, vstore16, vzero16
 
 SEG = 7  # pixels per segment (one output-row piece)
 ROWS = 2 * SEG  # pixels per tile
@@ -39,7 +39,7 @@ TILE = ROWS * LANES32  # floats of a tile in scratch (pixel-major, row stride 32
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def tile_14x32(x, xo, gap, offs, o0, kc, w, wo, c, co, acc):
+def tile_14x32(x, xo, gap, offs, o0, kc, w, wo, c, co, acc, pf):
     """Two segments: pixels 0..6 read ``x[xo + offs[k] + j]``, pixels 7..13 ``x[xo + gap +
     offs[k] + j]``; K steps ``o0 .. o0+kc-1`` against weight rows from ``w[wo:]`` (32 floats
     each); the 14 x 32 tile to ``c[co:]`` (row stride 32), added to what it holds when ``acc``."""
@@ -76,6 +76,9 @@ def tile_14x32(x, xo, gap, offs, o0, kc, w, wo, c, co, acc):
         q = p + gap
         w0 = vload16(w, wo)
         w1 = vload16(w, wo + 16)
+        if pf:
+            vprefetch_l2(w, wo + pf)
+            vprefetch_l2(w, wo + pf + 16)
         wo += LANES32
         v = vbroadcast16(x, p)
         a00 = vfma16(v, w0, a00)
@@ -151,7 +154,7 @@ def tile_14x32(x, xo, gap, offs, o0, kc, w, wo, c, co, acc):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def tile_7x32(x, xo, offs, o0, kc, w, wo, c, co, acc):
+def tile_7x32(x, xo, offs, o0, kc, w, wo, c, co, acc, pf):
     """One segment (a tile's first 7 rows): :func:`tile_14x32` without the second."""
     z = vzero16()
     a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = a40 = a41 = a50 = a51 = a60 = a61 = z
@@ -174,6 +177,9 @@ def tile_7x32(x, xo, offs, o0, kc, w, wo, c, co, acc):
         p = xo + offs[kk]
         w0 = vload16(w, wo)
         w1 = vload16(w, wo + 16)
+        if pf:
+            vprefetch_l2(w, wo + pf)
+            vprefetch_l2(w, wo + pf + 16)
         wo += LANES32
         v = vbroadcast16(x, p)
         a00 = vfma16(v, w0, a00)

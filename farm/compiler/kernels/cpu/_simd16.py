@@ -13,7 +13,8 @@ lanes ``lo <= j < hi``) touch only the selected lanes, so a 16-lane access may s
 past its array: AVX-512 masked moves (``vmaskmovps`` on AVX2 hosts) do not fault on the others.
 ``vevens16``/``vodds16`` de-interleave 32 consecutive floats (stride-2 columns), and
 ``vadd16``/``vsub16``/``vmul16``/``vdiv16``/``vmax16``/``vmin16``/``vsplat16`` are the lane-wise arithmetic an epilogue
-needs.
+needs. ``vprefetch``/``vprefetch_l2`` are the software prefetch hints a tile uses for the next
+tile's data where the hardware prefetcher does not see the pattern.
 
 All memory intrinsics index C-contiguous float32 arrays by flat element and are not bounds-checked.
 """
@@ -128,6 +129,37 @@ def _vbroadcast16(typingctx: Any, arr: Any, index: Any) -> Any:
 
 
 vbroadcast16: Any = intrinsic(_vbroadcast16)
+
+
+def _prefetch(locality: int) -> Any:
+    def typer(typingctx: Any, arr: Any, index: Any) -> Any:
+        if not _is_f32_array(arr) or not isinstance(index, types.Integer):
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+            )
+            # read, the locality asked for, data cache
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
+
+        return types.none(arr, index), codegen
+
+    return intrinsic(typer)
+
+
+vprefetch: Any = _prefetch(3)
+"""Ask for the 64-byte line holding ``arr``'s flat element ``index`` in L1 (``prefetcht0``): a
+hint that never faults, so ``index`` may lie past the array. For data the next few hundred
+cycles read (a tile's next input columns)."""
+
+vprefetch_l2: Any = _prefetch(2)
+""":data:`vprefetch` into L2 (``prefetcht1``): for a block needed after the current one, which
+must not push the current one out of L1 (``conv_lanes``' next weight block)."""
 
 
 def _vzero16(typingctx: Any) -> Any:
