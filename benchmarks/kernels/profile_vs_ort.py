@@ -81,7 +81,7 @@ def _unique_by_module(layers: dict) -> dict:
     return {module: values[0] for module, values in groups.items() if len(values) == 1}
 
 
-def _build_file_engine(path: str, specs: list[str], tuning_level: int):  # type: ignore[no-untyped-def]
+def build_file_engine(path: str, specs: list[str], tuning_level: int):  # type: ignore[no-untyped-def]
     """An engine of the ONNX file at ``path`` for the shapes in ``specs`` (``NAME=DxD..``), its
     bytes and random feeds (floats uniform in [0, 1), integers zero or the given scalar)."""
     import numpy as np
@@ -120,6 +120,27 @@ def _build_file_engine(path: str, specs: list[str], tuning_level: int):  # type:
     return build(onnx_bytes, "cpu", config), onnx_bytes, feeds
 
 
+def build_engine(model: str, batch: int, specs: list[str], tuning_level: int):  # type: ignore[no-untyped-def]
+    """(engine, ONNX bytes, feeds): a zoo model built for ``batch``, or an ``.onnx`` file with
+    ``specs`` (``--input``) for its unfixed input shapes."""
+    from benchmarks.zoo_vs_ort import build_zoo_engine
+    from farm.compiler.tuner import MemoryTimingCache
+
+    if model.endswith(".onnx"):
+        return build_file_engine(model, specs, tuning_level)
+    return build_zoo_engine(model, batch, MemoryTimingCache(), tuning_level)
+
+
+def layer_medians(context, feeds: dict, runs: int, warmup: int = 20) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Median ms per layer over ``runs`` profiled runs, after ``warmup`` plain ones."""
+    for _ in range(warmup):
+        context.run(feeds)
+    context.layer_times_ms.clear()
+    for _ in range(runs):
+        context.run(feeds, profile=True)
+    return {name: statistics.median(v) for name, v in context.layer_times_ms.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -130,23 +151,11 @@ def main() -> None:
     parser.add_argument("--input", action="append", default=[], help="NAME=DxDx.. (or NAME=VALUE for a scalar)")
     args = parser.parse_args()
 
-    from benchmarks.zoo_vs_ort import build_zoo_engine
     from farm.compiler.kernels.threads import available_cores
-    from farm.compiler.tuner import MemoryTimingCache
 
-    if args.model.endswith(".onnx"):
-        engine, onnx_bytes, feeds = _build_file_engine(args.model, args.input, args.tuning_level)
-    else:
-        engine, onnx_bytes, feeds = build_zoo_engine(
-            args.model, args.batch, MemoryTimingCache(), args.tuning_level
-        )
+    engine, onnx_bytes, feeds = build_engine(args.model, args.batch, args.input, args.tuning_level)
     context = engine.create_context()
-    for _ in range(20):
-        context.run(feeds)
-    context.layer_times_ms.clear()
-    for _ in range(args.runs):
-        context.run(feeds, profile=True)
-    ours = {name: statistics.median(v) for name, v in context.layer_times_ms.items()}
+    ours = layer_medians(context, feeds, args.runs)
     kernels = {k.node.name: k for k in engine.kernels}
     theirs = _ort_layer_times(onnx_bytes, feeds, args.runs, available_cores())
 

@@ -347,6 +347,18 @@ class ExecutionContext:
         return base[(slice(None),) * axis + (slice(start, start + shapes[name][axis]),)]
 
     # ------------------------------------------------------------------ running
+    def bound_steps(self, feeds: Mapping[str, np.ndarray]) -> list[_Step]:
+        """The steps a run on feeds of these shapes makes, bound to this context's arena, in
+        order: for tools that time one step alone (``benchmarks/kernels/layer_cache_state.py``).
+        A step whose ``call`` is None and whose patch lists are not empty reads a feed or writes
+        a fresh output, arrays that exist only inside a run."""
+        _, signature = self.engine.checked_feeds(feeds)
+        key = (signature, self._thread_args)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = self._bind(signature)
+        return list(bound.steps)
+
     def run(self, feeds: Mapping[str, np.ndarray], *, profile: bool = False) -> dict[str, np.ndarray]:
         """Run the engine on ``feeds``; returns fresh arrays for every graph output.
 

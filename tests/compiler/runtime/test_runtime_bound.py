@@ -195,3 +195,31 @@ def test_small_feeds_and_outputs_are_staged_so_every_step_binds() -> None:
     results[1][:] = 0.0  # a returned array is the caller's: the next run is unaffected
     again = context.run({"x": np.ascontiguousarray(x)})["y"]
     assert np.abs(again).sum() > 0 and again is not results[1]
+
+
+def test_bound_steps_are_the_runs_steps_and_replay_alone() -> None:
+    """``bound_steps(feeds)`` lists the run's kernels in schedule order, bound to the context's
+    arena (asking before any run binds the signature once, and the run reuses it); replayed
+    one by one after a run, as ``layer_cache_state.py`` does, the steps leave every buffer as
+    the run left it."""
+    graph = _inverted_residual()
+    engine = build(graph, config=BuilderConfig(tuning_level=0, batch_range=(1, 2, 3)))
+    context = engine.create_context()
+    x = np.random.default_rng(5).standard_normal((2, 8, 12, 12)).astype(np.float32)
+    steps = context.bound_steps({"x": x})
+    assert [s.kernel.node.name for s in steps] == [k.node.name for k in engine.kernels]
+    context.run({"x": x})
+    assert len(context._bound) == 1 and context.bound_steps({"x": x})[0] is steps[0]
+    kernels = [s for s in steps if s.mode == "kernel"]
+    assert kernels and all(not s.in_patch and not s.out_patch for s in kernels)  # all staged
+    outs = [o for s in kernels for o in s.outs if o is not None]
+    after_run = [o.copy() for o in outs]
+    for o in outs:
+        o[...] = np.nan
+    for s in kernels:
+        if s.call is not None:
+            s.call()
+        else:
+            s.kernel.tactic.run(s.kernel.node, s.ins, s.outs, s.prepared)
+    for o, want in zip(outs, after_run, strict=True):
+        np.testing.assert_array_equal(o, want)
