@@ -82,6 +82,43 @@ def test_pointwise_tiles_strided_matches_oracle(
     assert_close(one.run_tactic(TILES), expected)
 
 
+@pytest.mark.parametrize("strides", [(2, 2), (1, 3)])
+def test_pointwise_tiles_binds_a_strided_layer_that_gathers_on_every_call(
+    rng: np.random.Generator, strides: tuple[int, int]
+) -> None:
+    """A strided 1 x 1 conv on a dense input binds (a ResNet downsample in an engine's arena):
+    the bound call gathers the pixels it reads into the context's buffer on every call, so new
+    input data gives new results, each matching the direct convolution."""
+    from farm.compiler.frontend import infer_shapes
+    from farm.compiler.ir import Graph
+
+    graph = Graph("downsample")
+    graph.add_input("x", "float32", (2, 9, 13, 14))
+    w = rng.standard_normal((20, 9, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    graph.add_const("w", w)
+    graph.add_const("b", b)
+    graph.add_node("Conv", ["x", "w", "b"], ["y"], {"kernel_shape": [1, 1], "strides": list(strides)})
+    graph.outputs = ["y"]
+    infer_shapes(graph, {"x": (2, 9, 13, 14)})
+    node = graph.nodes[0]
+    tactic = get_tactic(TILES)
+    prepared = tactic.prepare(node, graph)
+    x = np.empty((2, 9, 13, 14), np.float32)
+    out = np.empty(graph.values["y"].shape, np.float32)
+    inputs = [
+        None if i in prepared.replaces else (x if n == "x" else graph.const(n))
+        for i, n in enumerate(node.inputs)
+    ]
+    call = tactic.bind(node, inputs, [out], prepared)
+    assert call is not None
+    for _ in range(2):
+        x[...] = rng.standard_normal(x.shape)
+        call()
+        want = conv_oracle(x, w, b, strides, (0, 0, 0, 0), (1, 1), 1)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("tactic", "case"),
     [

@@ -249,6 +249,11 @@ def test_fused_plan_keeps_slabs_in_l2_and_feeds_every_thread() -> None:
         assert plan.groups * plan.runs >= 2, (th, c, plan)
     # one thread: never cut the panels into runs (each run repeats the input transform)
     assert plan_groups(1, 14, 14, 64, 6, 6, 1).runs == 1
+    # batch 1, where U is small beside the input (ResNet 64 @56 and 128 @28): one band per
+    # thread or more, in one run, so each worker reads and writes its own rows in a model
+    for th, c in ((14, 64), (7, 128)):
+        plan = plan_groups(1, th, th, c, 6, -(-c // 12), 2)
+        assert plan.runs == 1 and plan.band > 0 and plan.groups >= 2, (th, c, plan)
 
 
 def test_channel_stride_is_never_a_multiple_of_4_kib() -> None:

@@ -80,6 +80,7 @@ INPUT_NS_PER_VALUE = 0.35  # input_tiles16, per V value
 OUTPUT_NS_PER_VALUE = 0.5  # output_tiles16 + epilogue, per output value
 L2_BYTES = 1 << 21  # a task's V and M beyond this spill to L3 ...
 SPILL_NS_PER_BYTE = 0.3  # ... and are written and read back from there (measured: 4 GB/s)
+REMOTE_NS_PER_BYTE = 0.4  # input or output that crosses to another core's cache, in a model
 
 
 def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: int) -> Grouping:
@@ -94,7 +95,17 @@ def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: 
     transform (repeated by every run; a band of b tile rows gathers b + 1), its output
     transform, and the part of its V and M that does not fit in L2, written to L3 and read
     back. The whole takes as long as the busiest worker, which takes every ``threads``-th task
-    (:func:`winograd_fused`'s static schedule)."""
+    (:func:`winograd_fused`'s static schedule).
+
+    Runs cost more than their arithmetic in a model: with runs every worker transforms the
+    group's whole input and writes only its own output channels, so each layer reads most of its
+    input from, and leaves most of its output for, another core's cache (``REMOTE_NS_PER_BYTE``,
+    fitted to the next measurements); one run per group reads and writes its own band of rows,
+    where the next Winograd layer's band reads it. Timed on layers alone, the model without that
+    term chose two runs over two bands for ResNet-18's 3x3 layers at batch 1 (half of U per
+    worker); in the whole model, two bands ran the 64 @56 layers 15-20 % and the 128 @28 ones
+    about 5 % faster (Xeon with AVX-512, in-process A/B). Where U is large (512 channels at 7 x 7,
+    batch 8: 38 MB), runs still win: there two runs per group were 2 % faster on the whole model."""
     tpi = th * tw
     aa = a * a
     m = a - 2
@@ -129,7 +140,13 @@ def plan_groups(n: int, th: int, tw: int, c: int, a: int, panels: int, threads: 
             per_col = (
                 aa * per_run * MR * c * 2 * GEMM_NS_PER_FLOP + per_run * MR * m * m * OUTPUT_NS_PER_VALUE
             )
-            tasks = [fixed + spill + z * per_col for z in padded for _ in range(runs)]
+            # With runs, a task reads its group's whole input and writes only its run's
+            # channels: in a model all but 1/threads of both lie in (or go to) another core's
+            # cache. One run per group reads and writes its own band (see the docstring).
+            remote = REMOTE_NS_PER_BYTE * (threads - 1) / threads if runs > 1 else 0.0
+            across = remote * gathered_per_group * m * m * c * 4
+            per_col_across = per_col + remote * m * m * per_run * MR * 4
+            tasks = [fixed + spill + across + z * per_col_across for z in padded for _ in range(runs)]
             cost = max(sum(tasks[w::threads]) for w in range(min(threads, len(tasks))))
             if best is None or cost < best[0]:
                 best = (cost, Grouping(band, images if not band else 1, groups, cols, runs))
