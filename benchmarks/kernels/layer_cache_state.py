@@ -100,10 +100,10 @@ def main() -> None:
             f"{name[-48:]:48s} {tactic:30s} {model_ms:8.3f} {hot_ms:8.3f} {flushed_ms:8.3f} "
             f"{model_ms / max(hot_ms, 1e-9):9.2f}"
         )
-    total_model = sum(r[2] for r in rows)
-    total_hot = sum(r[3] for r in rows)
+    model_sum, hot_sum, flushed_sum = (sum(r[i] for r in rows) for i in (2, 3, 4))
     print(
-        f"these {len(rows)} layers: model {total_model:.3f} ms, hot {total_hot:.3f} ms, flushed {sum(r[4] for r in rows):.3f} ms"
+        f"these {len(rows)} layers: model {model_sum:.3f} ms, hot {hot_sum:.3f} ms, "
+        f"flushed {flushed_sum:.3f} ms"
     )
 
 

@@ -11,8 +11,8 @@ A task is one channel panel x a run of consecutive tiles (:func:`task_split`), K
 :data:`KC` with each weight block used for all of the run's tiles while it is in L1, so a late
 layer at any batch size reads its weight from memory once per run. The task's first tile over a
 block prefetches the next block into L2 (``vprefetch_l2``, two lines per K step): in a whole
-ResNet-18 run the weights come from L3 or memory, and without it layer4's 512 @7 convs took 1.55x
-their time with the weight hot (0.89 against 0.70 ms in-model at batch 1, Xeon with AVX-512, in-process A/B). Tiles accumulate in a task
+ResNet-18 run the weights come from L3 or memory, and layer4's 512 @7 convs went from 0.89 to
+0.70 ms in the model at batch 1 (Xeon with AVX-512, in-process A/B). Tiles accumulate in a task
 scratch (pixel-major) and then go out to their NCHW pixels through an in-register transpose
 (:func:`_store_segment`): one 7-lane store per channel and segment, bias added before the
 transpose, residual and a ``VECTOR_ACTS`` activation after it (LeakyRelu: a scalar copy, then

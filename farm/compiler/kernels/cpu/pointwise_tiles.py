@@ -1,8 +1,9 @@
 """1x1 convs as register tiles with the epilogue on the vectors (``cpu.conv.pointwise_tiles``).
 
 A strided 1 x 1 conv (a ResNet's downsample) first copies the pixels it reads into a dense
-input, planes split over the threads, into a buffer the execution context keeps (a fraction of the layer's arithmetic: 128 -> 256 at 28 x 28, stride 2, batch 1 0.93x ORT
-on the 2-core AVX2 EPYC, where the best tactic before took 1.06x); then it is the stride-1 case.
+input, planes split over the threads, in a buffer the execution context keeps (a fraction of
+the layer's arithmetic: 128 -> 256 at 28 x 28, stride 2, batch 1 0.93x ORT on the 2-core AVX2
+EPYC, where the best tactic before took 1.06x); then it is the stride-1 case.
 A 1 x 1, stride-1, unpadded conv is ``out[n, m, p] = sum_c W[m, c] * x[n, c, p]`` over the
 pixels p of a plane. A tile is 12 output channels x 32 pixels in 24 sixteen-lane accumulators:
 each input channel c adds two vector loads of x's row (32 consecutive pixels of channel c, read
