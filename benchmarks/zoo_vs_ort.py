@@ -53,9 +53,10 @@ CROSS_RUNTIME_BLOCK_MS = 250.0
 
 
 def build_zoo_engine(
-    name: str, batch: int, cache: TimingCache, tuning_level: int
+    name: str, batch: int, cache: TimingCache, tuning_level: int, disabled_tactics: tuple[str, ...] = ()
 ) -> tuple[Engine, bytes, dict]:
-    """The zoo model's ONNX bytes, an engine built for exactly ``batch``, and sample feeds."""
+    """The zoo model's ONNX bytes, an engine built for exactly ``batch`` (without the tactics
+    named in ``disabled_tactics``), and sample feeds."""
     onnx_bytes = zoo.build_model(name).SerializeToString()
     feeds = zoo.sample_inputs(name, batch, seed=0)
     config = BuilderConfig(
@@ -63,6 +64,7 @@ def build_zoo_engine(
         timing_cache=cache,
         batch_range=(batch, batch, batch),
         input_shapes={k: list(v.shape) for k, v in feeds.items()},
+        disabled_tactics=disabled_tactics,
     )
     return build(onnx_bytes, "cpu", config), onnx_bytes, feeds
 

@@ -61,13 +61,18 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--tuning-level", type=int, default=2)
     parser.add_argument(
+        "--disable-tactic", action="append", default=[], help="a tactic the tuner may not pick (repeatable)"
+    )
+    parser.add_argument(
         "--input", action="append", default=[], help="NAME=DxDx.. (or NAME=VALUE for a scalar)"
     )
     args = parser.parse_args()
 
     from benchmarks.kernels.profile_vs_ort import build_engine, layer_medians
 
-    engine, _, feeds = build_engine(args.model, args.batch, args.input, args.tuning_level)
+    engine, _, feeds = build_engine(
+        args.model, args.batch, args.input, args.tuning_level, tuple(args.disable_tactic)
+    )
     context = engine.create_context()
     in_model = layer_medians(context, feeds, args.runs, warmup=10)
 

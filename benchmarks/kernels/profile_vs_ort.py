@@ -81,7 +81,9 @@ def _unique_by_module(layers: dict) -> dict:
     return {module: values[0] for module, values in groups.items() if len(values) == 1}
 
 
-def build_file_engine(path: str, specs: list[str], tuning_level: int):  # type: ignore[no-untyped-def]
+def build_file_engine(  # type: ignore[no-untyped-def]
+    path: str, specs: list[str], tuning_level: int, disabled_tactics: tuple[str, ...] = ()
+):
     """An engine of the ONNX file at ``path`` for the shapes in ``specs`` (``NAME=DxD..``), its
     bytes and random feeds (floats uniform in [0, 1), integers zero or the given scalar)."""
     import numpy as np
@@ -103,7 +105,9 @@ def build_file_engine(path: str, specs: list[str], tuning_level: int):  # type: 
         tensor = info.type.tensor_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
         text = given.get(info.name)
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim
+        ]
         if text is not None and "x" not in text and not dims:
             feeds[info.name] = np.asarray(int(text) if dtype.kind in "iu" else float(text), dtype)
             continue
@@ -116,19 +120,22 @@ def build_file_engine(path: str, specs: list[str], tuning_level: int):  # type: 
         tuning_level=tuning_level,
         timing_cache=MemoryTimingCache(),
         input_shapes={k: list(v.shape) for k, v in feeds.items()},
+        disabled_tactics=disabled_tactics,
     )
     return build(onnx_bytes, "cpu", config), onnx_bytes, feeds
 
 
-def build_engine(model: str, batch: int, specs: list[str], tuning_level: int):  # type: ignore[no-untyped-def]
+def build_engine(  # type: ignore[no-untyped-def]
+    model: str, batch: int, specs: list[str], tuning_level: int, disabled_tactics: tuple[str, ...] = ()
+):
     """(engine, ONNX bytes, feeds): a zoo model built for ``batch``, or an ``.onnx`` file with
-    ``specs`` (``--input``) for its unfixed input shapes."""
+    ``specs`` (``--input``) for its unfixed input shapes; ``disabled_tactics`` are not considered."""
     from benchmarks.zoo_vs_ort import build_zoo_engine
     from farm.compiler.tuner import MemoryTimingCache
 
     if model.endswith(".onnx"):
-        return build_file_engine(model, specs, tuning_level)
-    return build_zoo_engine(model, batch, MemoryTimingCache(), tuning_level)
+        return build_file_engine(model, specs, tuning_level, disabled_tactics)
+    return build_zoo_engine(model, batch, MemoryTimingCache(), tuning_level, disabled_tactics)
 
 
 def layer_medians(context, feeds: dict, runs: int, warmup: int = 20) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -148,12 +155,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--tuning-level", type=int, default=2)
-    parser.add_argument("--input", action="append", default=[], help="NAME=DxDx.. (or NAME=VALUE for a scalar)")
+    parser.add_argument(
+        "--disable-tactic", action="append", default=[], help="a tactic the tuner may not pick (repeatable)"
+    )
+    parser.add_argument(
+        "--input", action="append", default=[], help="NAME=DxDx.. (or NAME=VALUE for a scalar)"
+    )
     args = parser.parse_args()
 
     from farm.compiler.kernels.threads import available_cores
 
-    engine, onnx_bytes, feeds = build_engine(args.model, args.batch, args.input, args.tuning_level)
+    engine, onnx_bytes, feeds = build_engine(
+        args.model, args.batch, args.input, args.tuning_level, tuple(args.disable_tactic)
+    )
     context = engine.create_context()
     ours = layer_medians(context, feeds, args.runs)
     kernels = {k.node.name: k for k in engine.kernels}

@@ -224,6 +224,9 @@ class SubmissionOptions(RequestModel):
     disabled_tactics: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, max_length=64, description="Tactic name globs the tuner never chooses, e.g. 'cpu.conv.winograd*'."
     )
+    in_engine_tuning: bool | None = Field(
+        None, description="Time close calls between a layer's tactics inside the whole engine (default true)."
+    )
     strict_precision: bool | None = None
     layer_precision: dict[str, Precision] | None = None
     calibrator: Calibrator | None = Field(None, description="INT8 calibration method (default entropy).")

@@ -38,6 +38,7 @@ from farm.compiler.tuner import (
     tune,
 )
 from farm.compiler.tuner.cold_cache import ColdCache
+from farm.compiler.tuner.in_engine import InEngineResult, refine_in_engine
 from farm.compiler.tuner.threads import choose_thread_counts, parse_thread_label, thread_label
 
 # (min, opt, max) batch when the model's batch dim is symbolic and no range is given.
@@ -70,6 +71,8 @@ class BuilderConfig:
     ``cold_timing``: time each tactic with its weights out of the CPU's cache (True), hot
     (False), or cold exactly when the model's weights exceed the last-level cache (None, the
     default: then every run of the engine reads them from memory; see ``tuner.cold_cache``).
+    ``in_engine_tuning``: settle close calls between a layer's tactics by timing them inside
+    the whole engine (``tuner.in_engine``; on by default at tuning levels 1-3 on the CPU).
 
     Precision (see ``farm.compiler.precision`` and docs/PRECISION.md): ``precision`` allows that
     precision (TensorRT's meaning: the tuner picks the fastest allowed tactic per layer);
@@ -93,6 +96,7 @@ class BuilderConfig:
     optimize: bool = True
     threads: int | None = None
     cold_timing: bool | None = None
+    in_engine_tuning: bool = True
     seed: int = 0
     strict: bool = False
     layer_precision: Mapping[str, str] | Sequence[str] = field(default_factory=dict)
@@ -428,6 +432,24 @@ def build(
     notify("tune", len(choices), len(choices), "tuned")
     timings["tune_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    in_engine = InEngineResult("off")
+    if config.in_engine_tuning and backend == "cpu" and config.tuning_level > 0:
+        notify("in-engine", 0, 1, "timing close calls inside the engine")
+        choices, in_engine = refine_in_engine(
+            choices,
+            make_engine=lambda node_choices: make_engine(*assemble(node_choices), {}),
+            feeds=feeds,
+            cache=settings.cache,
+            fingerprint_id=settings.fingerprint_id,
+            signature=_schedule_signature(choices, tune_graph),
+            precision_of=lambda name: (get_tactic(name).precisions or ("fp32",))[0],
+            level=config.tuning_level,
+            heartbeat=lambda: notify("in-engine", 0, 1, "timing close calls inside the engine"),
+        )
+        notify("in-engine", 1, 1, f"{len(in_engine.changed)} layers changed ({in_engine.source})")
+    timings["in_engine_s"] = time.perf_counter() - t
+
     precision_report = precision_plan.finalize(graph, choices, backend)
 
     t = time.perf_counter()
@@ -463,6 +485,7 @@ def build(
             for tactic, reason in c.rejected.items()
         ],
         "timing_cache": {"hits": hits, "misses": misses},
+        "in_engine": in_engine.to_json(),
         "cache_state": settings.cold.describe(tune_graph) if settings.cold is not None else {"state": "warm"},
         "precision_layers": precision_report,
         "half_model": half_model,
@@ -479,6 +502,23 @@ def build(
 THREAD_ROUNDS = {1: 3, 2: 5, 3: 9}
 
 
+def _schedule_signature(choices: Sequence[NodeChoice], tune_graph: Graph) -> dict[str, Any]:
+    """What identifies a tuned schedule in the timing cache: each node's op, tactic and output
+    shapes, and the cores it runs on."""
+    nodes = {n.name: n for n in tune_graph.nodes}
+    return {
+        "schedule": [
+            [
+                c.op_type,
+                c.tactic,
+                [list(tune_graph.values[o].shape or []) for o in nodes[c.node].outputs if o],
+            ]
+            for c in choices
+        ],
+        "cores": available_cores(),
+    }
+
+
 def _choose_threads(
     choices: list[NodeChoice],
     config: BuilderConfig,
@@ -492,19 +532,12 @@ def _choose_threads(
     cores = available_cores()
     if config.threads is not None or config.tuning_level <= 0 or cores <= 1:
         return {"blas": 1, "numba": config.threads, "source": "config"}
-    nodes = {n.name: n for n in tune_graph.nodes}
-    signature = {
-        "schedule": [
-            [
-                c.op_type,
-                c.tactic,
-                [list(tune_graph.values[o].shape or []) for o in nodes[c.node].outputs if o],
-            ]
-            for c in choices
-        ],
-        "cores": cores,
-    }
-    key = timing_key(settings.fingerprint_id, COMPILER_VERSION, signature, "schedule.threads")
+    key = timing_key(
+        settings.fingerprint_id,
+        COMPILER_VERSION,
+        _schedule_signature(choices, tune_graph),
+        "schedule.threads",
+    )
     cached = settings.cache.get(key)
     if cached is not None and cached.valid:
         blas, numba = parse_thread_label(cached.tactic)

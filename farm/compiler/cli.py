@@ -175,6 +175,8 @@ def _calibrator_spec(ctx: click.Context, param: click.Parameter, value: str) -> 
               help="Never choose tactics whose name matches (e.g. 'cpu.conv.winograd*'); repeatable.")  # fmt: skip
 @click.option("--disable-pass", multiple=True, metavar="NAME",
               help="Skip an optimization pass (as the report names it); repeatable.")  # fmt: skip
+@click.option("--in-engine-tuning/--no-in-engine-tuning", default=True, show_default=True,
+              help="Settle close calls between a layer's tactics by timing them inside the whole engine.")  # fmt: skip
 def build_cmd(
     model: Path,
     profile: str,
@@ -195,6 +197,7 @@ def build_cmd(
     val: Path | None = None,
     disable_tactic: tuple[str, ...] = (),
     disable_pass: tuple[str, ...] = (),
+    in_engine_tuning: bool = True,
 ) -> None:
     """Compile MODEL (ONNX) into an optimized engine for PROFILE."""
     from farm.compiler.builder import BuilderConfig, BuildError, build
@@ -216,6 +219,7 @@ def build_cmd(
         validation=val,
         disabled_tactics=list(disable_tactic),
         disabled_passes=list(disable_pass),
+        in_engine_tuning=in_engine_tuning,
     )
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
@@ -273,6 +277,24 @@ def _print_build_report(report: dict[str, Any]) -> None:
             f"tactics timed cold: weights {state['constants_bytes'] / 2**20:.1f} MiB, last-level cache "
             f"{state['last_level_cache_bytes'] / 2**20:.1f} MiB"
         )
+    in_engine = report.get("in_engine") or {}
+    if in_engine.get("contests"):
+        whole = in_engine.get("whole_ms") or {}
+        line = (
+            f"in-engine tuning ({in_engine['source']}): {len(in_engine['contests'])} close calls, "
+            f"{len(in_engine['changed'])} layers changed"
+        )
+        if whole:
+            line += f"; whole engine {whole['tuned']:.3f} -> {whole['in_engine']:.3f} ms"
+        console.print(line)
+        for node, (old, new) in in_engine["changed"].items():
+            times = in_engine.get("layer_ms", {}).get(node, {})
+            shown = (
+                f" ({times[old]:.3f} -> {times[new]:.3f} ms in the engine)"
+                if old in times and new in times
+                else ""
+            )
+            console.print(f"  {node}: {old} -> {new}{shown}")
     threads = report.get("threads")
     if threads:
         timed = ", ".join(f"{k}: {v:.3f} ms" for k, v in threads.get("timings_ms", {}).items())

@@ -7,8 +7,9 @@ reports the build time and the cache's hits and misses.
 
 Submission options read here (all optional): ``tuning_level`` (0-3, default 1), ``input_shapes``
 (``{"input_ids": [1, 128]}`` for models with symbolic dims other than the batch),
-``disabled_passes``, ``disabled_tactics`` (tactic name globs), ``strict_precision``, ``layer_precision``, ``calibrator``, ``threads`` (cores
-the engine runs on; default all).
+``disabled_passes``, ``disabled_tactics`` (tactic name globs), ``in_engine_tuning`` (default
+true), ``strict_precision``, ``layer_precision``, ``calibrator``, ``threads`` (cores the engine
+runs on; default all).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def builder_config(
         input_shapes={k: [int(d) for d in v] for k, v in dict(options.get("input_shapes") or {}).items()},
         disabled_passes=tuple(options.get("disabled_passes") or ()),
         disabled_tactics=tuple(options.get("disabled_tactics") or ()),
+        in_engine_tuning=options.get("in_engine_tuning") is not False,
         strict=bool(options.get("strict_precision", False)),
         layer_precision=options.get("layer_precision") or {},
         calibration=calibration if precision in ("int8", "best") else None,

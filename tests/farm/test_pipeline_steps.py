@@ -117,6 +117,12 @@ def test_submission_options_reach_the_builder_config(db: Database) -> None:
     assert config.tuning_level == 2 and config.batch_range == (1, 4, 4)
     assert tuple(config.disabled_passes) == ("pad_fusion",)
     assert tuple(config.disabled_tactics) == ("cpu.conv.winograd*",)
+    assert config.in_engine_tuning  # on unless a submission turns it off
+    for value, expected in ((None, True), (True, True), (False, False)):
+        config = builder_config(
+            precision="fp32", batch=1, options={"in_engine_tuning": value}, timing_cache=DatabaseTimingCache(db, "cpu")
+        )
+        assert config.in_engine_tuning is expected
 
 
 def test_database_timing_cache_is_shared_per_profile(db: Database) -> None:

@@ -166,3 +166,15 @@ def test_build_disable_tactic_and_pass(built: dict[str, Path]) -> None:
         result = CliRunner().invoke(farm_main, ["build", str(built["onnx"]), *args, "-o", str(out)])
         assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit)
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_build_without_in_engine_tuning(built: dict[str, Path]) -> None:
+    """``--no-in-engine-tuning`` skips the in-engine stage (the report says so); by default it runs
+    and the report names what it did."""
+    from farm.compiler.engine.runtime import Engine
+
+    for flag, allowed in ((["--no-in-engine-tuning"], {"off"}), ([], {"none", "timed", "kept", "cache"})):
+        out = built["folder"] / f"in_engine_{bool(flag)}.engine"
+        result = CliRunner().invoke(farm_main, ["build", str(built["onnx"]), *flag, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert Engine.load(out).report["in_engine"]["source"] in allowed
