@@ -400,14 +400,21 @@ def build(
         if value.dtype is None:
             value.dtype = plan_graph.values[name].dtype
 
+    # (node, tactic) -> what ``prepare`` made: the engines in-engine tuning assembles share the
+    # prepared weights of the layers they have in common (contexts keep their own scratch).
+    prepared_by_choice: dict[tuple[str, str], Any] = {}
+
     def assemble(node_choices: list[NodeChoice]) -> tuple[list[Kernel], MemoryPlan]:
         """Prepare the chosen tactics and plan the arena for the max shapes."""
         tune_nodes = {n.name: n for n in tune_graph.nodes}
         kernels = []
         for node, choice in zip(graph.nodes, node_choices, strict=True):
             tactic = get_tactic(choice.tactic)
-            prepared = tactic.prepare(tune_nodes[node.name], tune_graph)
-            prepared.scratch.clear()
+            prepared = prepared_by_choice.get((node.name, tactic.name))
+            if prepared is None:
+                prepared = tactic.prepare(tune_nodes[node.name], tune_graph)
+                prepared.scratch.clear()
+                prepared_by_choice[node.name, tactic.name] = prepared
             kernels.append(Kernel(node, tactic, prepared, dict(choice.timings_ms)))
         plan_nodes = {n.name: n for n in plan_graph.nodes}
         return kernels, plan_memory(plan_graph, [(plan_nodes[k.node.name], k.tactic) for k in kernels])
@@ -434,7 +441,9 @@ def build(
 
     t = time.perf_counter()
     in_engine = InEngineResult("off")
-    if config.in_engine_tuning and backend == "cpu" and config.tuning_level > 0:
+    if config.time_budget_s is not None and timings["tune_s"] > config.time_budget_s:
+        in_engine = InEngineResult("skipped: tuning used the time budget")
+    elif config.in_engine_tuning and backend == "cpu" and config.tuning_level > 0:
         notify("in-engine", 0, 1, "timing close calls inside the engine")
         choices, in_engine = refine_in_engine(
             choices,

@@ -54,7 +54,9 @@ RUNS_PER_LEVEL: dict[int, tuple[int, int, int, float]] = {
 class InEngineResult:
     """What in-engine tuning did, for the build report."""
 
-    source: str  # "timed", "cache", "none" (nothing contested), "kept" (refined lost as a whole)
+    # "timed", "cache", "none" (nothing contested), "kept" (the changes lost as a whole), "off",
+    # or "skipped: ..." (why the stage did not run)
+    source: str
     contests: dict[str, list[str]] = field(default_factory=dict)
     layer_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     changed: dict[str, list[str]] = field(default_factory=dict)  # node -> [hot winner, chosen]
@@ -113,6 +115,18 @@ def _with_tactics(choices: Sequence[NodeChoice], tactics: Mapping[str, str]) -> 
     return result
 
 
+def _with_tactics_rounds(
+    choices: Sequence[NodeChoice], contested: Mapping[str, Sequence[str]]
+) -> list[list[NodeChoice]]:
+    """The schedule of each round: round ``r`` gives every contested node its ``r``-th tactic (its
+    winner, the first, when it has fewer)."""
+    rounds = max(len(tactics) for tactics in contested.values())
+    return [
+        _with_tactics(choices, {n: t[min(r, len(t) - 1)] for n, t in contested.items()})
+        for r in range(rounds)
+    ]
+
+
 def _whole_medians(runners: Sequence[Callable[[], Any]], runs: int) -> list[float]:
     """Median ms of whole runs of each runner, in rotating turns."""
     samples: list[list[float]] = [[] for _ in runners]
@@ -161,10 +175,7 @@ def refine_in_engine(
             return _with_tactics(choices, changes), InEngineResult("cache", contested, changed=changed)
     warmup, least, most, seconds = RUNS_PER_LEVEL[min(level, 3)]
     rounds = max(len(tactics) for tactics in contested.values())
-    engines = [
-        make_engine(_with_tactics(choices, {n: t[min(r, len(t) - 1)] for n, t in contested.items()}))
-        for r in range(rounds)
-    ]
+    engines = [make_engine(schedule) for schedule in _with_tactics_rounds(choices, contested)]
     contexts = [engine.create_context() for engine in engines]
     last_s = []
     for context in contexts:
@@ -183,9 +194,11 @@ def refine_in_engine(
     layer_ms: dict[str, dict[str, float]] = {}
     chosen: dict[str, str] = {}
     for node, tactics in contested.items():
-        times: dict[str, float] = {}
-        for r, tactic in enumerate(tactics):
-            times[tactic] = statistics.median(contexts[r].layer_times_ms[node])
+        if any(node not in contexts[r].layer_times_ms for r in range(len(tactics))):
+            continue  # a layer some round runs as no step of its own (a view, an elided copy)
+        times = {
+            tactic: statistics.median(contexts[r].layer_times_ms[node]) for r, tactic in enumerate(tactics)
+        }
         layer_ms[node] = times
         best = min(times, key=lambda t: times[t])
         if best != tactics[0]:

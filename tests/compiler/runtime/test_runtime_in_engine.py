@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from farm.compiler.builder import BuilderConfig, build
-from farm.compiler.engine.runtime import ExecutionContext
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels import registry
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -25,6 +24,7 @@ from farm.compiler.tuner import in_engine as in_engine_module
 from farm.compiler.tuner.in_engine import contests
 
 _STATE: dict[str, object] = {"last_node": None, "penalty": False}
+PREPARED: list[tuple[str, str]] = []  # (node, tactic) of every prepare call
 
 
 def _busy(ms: float) -> None:
@@ -38,6 +38,10 @@ class _TestTactic(Tactic):
     """A correct kernel for its op whose time follows the rule of the subclass."""
 
     leaves_penalty = False
+
+    def prepare(self, node: Node, graph: Graph) -> Prepared:
+        PREPARED.append((node.name, self.name))
+        return Prepared()
 
     def cost_ms(self, node: Node) -> float:
         raise NotImplementedError
@@ -113,6 +117,7 @@ def state_tactics() -> Iterator[None]:
     for cls in TEST_TACTICS:
         register_tactic(cls)
     _STATE.update(last_node=None, penalty=False)
+    PREPARED.clear()
     yield
     for cls in TEST_TACTICS:
         registry._TACTICS.pop(cls.name, None)
@@ -167,6 +172,10 @@ def test_a_tactic_fast_only_alone_loses_to_one_that_is_fast_in_the_engine(
     assert all(report["layer_ms"][n][HotOnlyRelu.name] > 1.0 for n in nodes)
     assert report["whole_ms"]["in_engine"] < report["whole_ms"]["tuned"]
     assert _tactics(engine) == [SteadyRelu.name, SteadyRelu.name]
+    # each tactic prepared to validate it (on the first Relu: the second's timings are cache hits,
+    # same signature), then once per node for the engines, which share what it made
+    both = (HotOnlyRelu.name, SteadyRelu.name)
+    assert sorted(PREPARED) == sorted([(nodes[0], t) for t in both] + [(n, t) for n in nodes for t in both])
     assert [n["source"] for n in engine.report["nodes"]] == ["in-engine", "in-engine"]
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
     np.testing.assert_array_equal(engine.run({"x": x})["y"], np.maximum(x, 0))
@@ -175,7 +184,7 @@ def test_a_tactic_fast_only_alone_loses_to_one_that_is_fast_in_the_engine(
         raise AssertionError("a warm rebuild must not run an engine to tune it")
 
     monkeypatch.setattr(in_engine_module, "_whole_medians", no_runs)
-    monkeypatch.setattr(ExecutionContext, "run", no_runs)
+    monkeypatch.setattr(in_engine_module, "_with_tactics_rounds", no_runs)
     warm = build(
         graph, config=_config(graph, [HotOnlyRelu.name, SteadyRelu.name], timing_cache=JsonTimingCache(cache))
     )
@@ -205,6 +214,12 @@ def test_in_engine_tuning_can_be_turned_off(state_tactics: None) -> None:
     engine = build(graph, config=config)
     assert engine.report["in_engine"]["source"] == "off"
     assert _tactics(engine) == [HotOnlyRelu.name, HotOnlyRelu.name]
+
+
+def test_in_engine_tuning_is_skipped_when_tuning_used_the_time_budget(state_tactics: None) -> None:
+    graph = _chain(["Relu", "Relu"])
+    engine = build(graph, config=_config(graph, [HotOnlyRelu.name, SteadyRelu.name], time_budget_s=0.0))
+    assert engine.report["in_engine"]["source"].startswith("skipped")
 
 
 def _choice(node: str, tactic: str, timings: dict[str, float | None], **kwargs: object) -> NodeChoice:
