@@ -274,6 +274,7 @@ LAYERS: list[Layer] = [
     conv_layer(3, 16, 224, 3, 2, act="HardSwish"),  # MobileNetV3 stem (the zoo MobileNet's)
     conv_layer(3, 192, 224, 16, 16, act="none", pad=0),  # ViT patch embedding (kernel = stride)
     conv_layer(64, 64, 56, 3, 1),
+    conv_layer(64, 128, 56, 3, 2),  # ResNet layer2.0 conv1 (stride 2)
     conv_layer(64, 64, 56, 3, 1, residual=True),
     conv_layer(128, 128, 28, 3, 1, residual=True),
     conv_layer(256, 256, 14, 3, 1),

@@ -30,6 +30,7 @@ LANE_CASES = [
     (1, 3, 9, 11, 12, (3, 3), (3, 2), (0, 2, 1, 0), (2, 3), 1),  # strides and dilations mixed
     (1, 6, 40, 9, 18, (5, 3), (1, 2), (2, 1, 2, 1), (2, 1), 1),  # dilation, asymmetric pads
     (5, 3, 3, 3, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 3 x 3 maps: five images, odd total
+    (2, 40, 15, 17, 36, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2, K = 360 in address order
 ]
 LANE_CASES += STRIDED_POINTWISE_CASES
 

@@ -29,6 +29,7 @@ PANEL_CASES = [
     (1, 3, 9, 11, 12, (3, 3), (3, 2), (0, 2, 1, 0), (2, 3), 1),  # strides and dilations mixed
     (1, 6, 40, 9, 18, (5, 3), (1, 2), (2, 1, 2, 1), (2, 1), 1),  # dilation, asymmetric pads
     (1, 40, 9, 9, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K = 360: two K blocks
+    (2, 40, 15, 17, 36, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2, K = 360 in address order
 ]
 PANEL_CASES += STRIDED_POINTWISE_CASES
 
@@ -296,3 +297,26 @@ def test_pointwise_tile_forms_agree_with_numpy(rng: np.random.Generator, m: int,
     want[:, :pixels] = np.clip(w.astype(np.float64) @ x[:, :pixels] + bias[:m, None], -0.5, 0.75)
     for got in (zmm, quarters):
         np.testing.assert_allclose(got.reshape(m, plane), want, rtol=1e-5, atol=1e-5)
+
+
+def test_address_order_sorts_the_k_rows_of_a_strided_conv() -> None:
+    """A stride-2 3 x 3 conv's taps lie in four phase planes, so its (channel, ky, kx) rows read
+    out of address order; ``address_order`` gives the permutation that sorts them (stable), and
+    for a stride-1 conv the order it had."""
+    from farm.compiler.kernels.cpu.conv import ConvGeometry
+    from farm.compiler.kernels.registry import Prepared
+
+    def plan_offsets(stride: int) -> np.ndarray:
+        geo = ConvGeometry(3, 3, stride, stride, 1, 1, 1, 1, 1, 1, 1)
+        return conv_packed.phase_plan(8, 14 // stride, 14 // stride, geo).offsets
+
+    strided = plan_offsets(2)
+    assert np.any(np.diff(strided) < 0)
+    order, offsets = conv_packed.address_order(Prepared(), strided)
+    assert sorted(order.tolist()) == list(range(strided.size))
+    np.testing.assert_array_equal(offsets, strided[order])
+    assert np.all(np.diff(offsets) >= 0)
+    plain = plan_offsets(1)
+    order, offsets = conv_packed.address_order(Prepared(), plain)
+    np.testing.assert_array_equal(order, np.arange(plain.size))
+    np.testing.assert_array_equal(offsets, plain)

@@ -6,6 +6,7 @@ The input is copied once per run into its zero-padded stride phases, as ``conv_p
 panels ``[ceil(M/32), K, 32]``. The output rows are cut into *segments* of 7 pixels, the
 segments of the whole batch numbered in order (image, row, column) and taken in pairs: one
 pair x one channel panel is a 14 x 32 tile of ``_lanegemm`` (an odd last segment: a 7 x 32 one).
+K runs in the order of its rows' addresses in the phase buffer (:func:`~.conv_packed.address_order`).
 
 A task is one channel panel x a run of consecutive tiles (:func:`task_split`), K in blocks of
 :data:`KC` with each weight block used for all of the run's tiles while it is in L1, so a late
@@ -57,7 +58,7 @@ from farm.compiler.kernels.cpu._simd16 import (
 )
 from farm.compiler.kernels.cpu._threads import numba_thread_count
 from farm.compiler.kernels.cpu.conv import ConvGeometry
-from farm.compiler.kernels.cpu.conv_packed import PackedConv
+from farm.compiler.kernels.cpu.conv_packed import PackedConv, address_order
 from farm.compiler.kernels.registry import Prepared, register_tactic
 
 KC = 256  # K per block: a panel's weight block (32 KiB) stays in L1 across the task's tiles
@@ -221,11 +222,12 @@ class ChannelLanesConv(PackedConv):
         b, copy_in = self.b_operand(prepared, geo, x, ho, wo)
         threads = numba_thread_count()
         runs = memo(prepared, ("lane_runs", n, ho, wo, threads), lambda: task_split(n, m, ho, wo, threads))
-        panels = memo(prepared, "lane_panels", lambda: pack_lanes(w2))
+        order, offsets = address_order(prepared, b.offsets)
+        panels = memo(prepared, ("lane_panels", order.tobytes()), lambda: pack_lanes(w2[:, order].copy()))
         bias32 = memo(prepared, "lane_bias", lambda: padded_bias(bias, has_bias, m))
         act, alpha, beta, mode = epilogue
         return in_order(*copy_in, functools.partial(
             conv_lanes,
-            b.buf, b.image_size, b.offsets, panels, m, b.wq, b.wo, bias32, residual, mode, act, alpha, beta,
+            b.buf, b.image_size, offsets, panels, m, b.wq, b.wo, bias32, residual, mode, act, alpha, beta,
             out.reshape(n * m, ho * wo), runs, act in VECTOR_ACTS,
         ))  # fmt: skip

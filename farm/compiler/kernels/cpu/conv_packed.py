@@ -67,6 +67,24 @@ KC = 128  # K per block: a weight panel's block (6 KiB) stays in L1 across the g
 GROUP = 4  # 32-pixel panels per task, each weight block loaded once for all of them
 
 
+def address_order(prepared: Prepared, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, offsets[order]): the implicit GEMM's K rows sorted by where they read.
+
+    Rule: the sum over K is the same in any order, so the kernel walks K in the order of the
+    rows' offsets into the phase buffer (the weight's columns permuted alike at build time). For
+    a stride-1 conv that is the (channel, ky, kx) order it had; for a strided one the taps of a
+    channel lie in different phases, and in (channel, ky, kx) order each step jumped between
+    phase planes: sorted, a block of K reads one phase plane after another, the taps of a
+    channel's row next to each other. ResNet's stride-2 3x3 convs alone at batch 1 (AVX-512
+    Xeon, ``bench_kernels_vs_ort.py``): ``channel_lanes`` 64 -> 128 @56 0.52 -> 0.47 ms and
+    128 -> 256 @28 0.37 -> 0.32, ``packed16`` 1.44 -> 1.38x ORT, the 7x7 stem 1.13 -> 1.06x.
+    Inside whole ResNet-18 runs the same layers did not move (0.996-0.997 at batch 1 and 8):
+    there they wait on an input the layer before left in the other core's cache."""
+    order = memo(prepared, ("address_order", offsets.tobytes()), lambda: np.argsort(offsets, kind="stable"))
+    in_order_ = memo(prepared, ("offsets_in_order", offsets.tobytes()), lambda: offsets[order].copy())
+    return order, in_order_
+
+
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
 def build_phases(x, buf, image_size, phase_a, phase_b, sh, sw, pt, pl, hq, wq):
     """Each image of x [N, C, H, W], zero-padded and split into its stride phases: phase (a, b)
@@ -344,12 +362,15 @@ class PackedConv(TiledGemmConv):
         threads = numba_thread_count()
         wide = ho * wo // b.wo * b.wq  # the grid's pixels: output rows of b.wo pixels, b.wq wide
         group, runs = memo(prepared, ("split", n, wide, threads), lambda: task_split(n, m, wide, threads))
-        panels = memo(prepared, "weight_panels", lambda: pack_rows(w2))
+        order, offsets = address_order(prepared, b.offsets)
+        tail_key = ("tail_in_order", b.tail_offsets.tobytes(), order.tobytes())
+        tail = memo(prepared, tail_key, lambda: b.tail_offsets[order].copy())
+        panels = memo(prepared, ("weight_panels", order.tobytes()), lambda: pack_rows(w2[:, order].copy()))
         act, alpha, beta, mode = epilogue
         return in_order(*copy_in, functools.partial(
             conv_panels,
-            b.buf, b.image_size, b.offsets, panels, m, b.wq, b.wo, bias, has_bias, residual, mode, act, alpha,
-            beta, out.reshape(n * m, ho * wo), group, runs, b.full, b.tail_offsets,
+            b.buf, b.image_size, offsets, panels, m, b.wq, b.wo, bias, has_bias, residual, mode, act, alpha,
+            beta, out.reshape(n * m, ho * wo), group, runs, b.full, tail,
         ))  # fmt: skip
 
     def b_operand(
