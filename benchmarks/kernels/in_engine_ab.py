@@ -3,7 +3,7 @@
 Builds the model twice with one timing cache, in-engine tuning off and then on, so the per-layer
 tuning is the same and only the in-engine stage differs; prints the layers it changed with their
 times in the engine, then times whole runs of both engines in alternating turns for
-``--seconds`` and prints the medians and their ratio (on / off).
+``--seconds`` in all and prints the medians and their ratio (on / off).
 
     .venv/bin/python benchmarks/kernels/in_engine_ab.py resnet --batch 1 [--seconds 30]
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from dataclasses import replace
 
 # the repository root (this file runs as a script)
@@ -31,6 +29,7 @@ def main() -> None:
 
     from farm import zoo
     from farm.compiler.builder import BuilderConfig, build
+    from farm.compiler.engine.benchmark import measure_interleaved
     from farm.compiler.tuner import MemoryTimingCache
 
     onnx_bytes = zoo.build_model(args.model).SerializeToString()
@@ -55,22 +54,15 @@ def main() -> None:
         shown = ", ".join(f"{name} {ms:.3f}" for name, ms in sorted(times.items(), key=lambda kv: kv[1]))
         print(f"  {node}: {old} -> {new}  [ms in the engine: {shown}]")
 
-    contexts = {"off": off.create_context(), "on": on.create_context()}
-    for context in contexts.values():
-        for _ in range(10):
-            context.run(feeds)
-    samples: dict[str, list[float]] = {name: [] for name in contexts}
-    order = list(contexts)
-    end = time.time() + args.seconds
-    while time.time() < end:
-        for name in order:
-            started = time.perf_counter()
-            contexts[name].run(feeds)
-            samples[name].append((time.perf_counter() - started) * 1e3)
-        order.reverse()
-    off_ms, on_ms = statistics.median(samples["off"]), statistics.median(samples["on"])
+    off_context, on_context = off.create_context(), on.create_context()
+    stats = measure_interleaved(
+        {"off": lambda: off_context.run(feeds), "on": lambda: on_context.run(feeds)},
+        batch=args.batch,
+        duration_s=args.seconds / 2,
+    )
+    off_ms, on_ms = stats["off"].median_ms, stats["on"].median_ms
     print(
-        f"whole runs, {len(samples['on'])} each: off {off_ms:.3f} ms, on {on_ms:.3f} ms, "
+        f"whole runs, {len(stats['on'].samples_ms)} each: off {off_ms:.3f} ms, on {on_ms:.3f} ms, "
         f"ratio {on_ms / off_ms:.3f}"
     )
 

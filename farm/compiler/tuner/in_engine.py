@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from farm.compiler import __version__ as COMPILER_VERSION
+from farm.compiler.engine.benchmark import measure_interleaved
 from farm.compiler.tuner.autotune import NodeChoice
 from farm.compiler.tuner.cache import TimingCache, TimingRecord, timing_key
 
@@ -127,18 +128,6 @@ def _with_tactics_rounds(
     ]
 
 
-def _whole_medians(runners: Sequence[Callable[[], Any]], runs: int) -> list[float]:
-    """Median ms of whole runs of each runner, in rotating turns."""
-    samples: list[list[float]] = [[] for _ in runners]
-    for index in range(runs):
-        shift = index % len(runners)
-        for which in list(range(shift, len(runners))) + list(range(shift)):
-            start = time.perf_counter()
-            runners[which]()
-            samples[which].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(s) for s in samples]
-
-
 def refine_in_engine(
     choices: list[NodeChoice],
     *,
@@ -209,9 +198,13 @@ def refine_in_engine(
         refined = _with_tactics(choices, chosen)
         engine = engines[1] if rounds == 2 and len(chosen) == len(contested) else make_engine(refined)
         tuned_context, refined_context = contexts[0], engine.create_context()
-        tuned_ms, refined_ms = _whole_medians(
-            [lambda: tuned_context.run(feeds), lambda: refined_context.run(feeds)], max(least, runs // 2)
+        whole = measure_interleaved(
+            {"tuned": lambda: tuned_context.run(feeds), "in_engine": lambda: refined_context.run(feeds)},
+            warmup_ms=0.0,
+            duration_s=0.0,
+            iterations=max(least, runs // 2),
         )
+        tuned_ms, refined_ms = whole["tuned"].median_ms, whole["in_engine"].median_ms
         result.whole_ms = {"tuned": tuned_ms, "in_engine": refined_ms}
         if refined_ms < tuned_ms:
             result.changed = {node: [contested[node][0], tactic] for node, tactic in chosen.items()}

@@ -183,7 +183,7 @@ def test_a_tactic_fast_only_alone_loses_to_one_that_is_fast_in_the_engine(
     def no_runs(*args: object, **kwargs: object) -> None:
         raise AssertionError("a warm rebuild must not run an engine to tune it")
 
-    monkeypatch.setattr(in_engine_module, "_whole_medians", no_runs)
+    monkeypatch.setattr(in_engine_module, "measure_interleaved", no_runs)
     monkeypatch.setattr(in_engine_module, "_with_tactics_rounds", no_runs)
     warm = build(
         graph, config=_config(graph, [HotOnlyRelu.name, SteadyRelu.name], timing_cache=JsonTimingCache(cache))
