@@ -60,6 +60,7 @@ CASES = [
     (2, 3, 13, 17, (5, 4), (3, 2), (2, 1, 2, 3), (1, 2), True),  # generic taps, ceil_mode past the pad
     (1, 2, 6, 23, (1, 3), (1, 3), (0, 2, 0, 2), (1, 3), False),  # one-row window, stride 3
     (1, 4, 5, 5, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), False),  # window as large as the plane
+    (3, 7, 10, 10, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), False),  # YOLO SPPF, rows < 16
     (1, 3, 7, 37, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False),  # rows past one 16-lane block
     (2, 5, 23, 50, (3, 3), (2, 2), (1, 0, 1, 1), (1, 1), True),  # ResNet-like stride 2, ragged tail
     (1, 2, 4, 40, (2, 7), (1, 2), (0, 3, 1, 3), (1, 2), False),  # wide dilated taps, stride 2

@@ -90,6 +90,9 @@ def test_bound_steps_read_each_runs_inputs() -> None:
         "cpu.conv.packed16",
         "cpu.conv.channel_lanes",
         "cpu.conv.im2col_tiles",
+        "cpu.pool.window",
+        "cpu.pool.separable",
+        "cpu.pool.rows",
     ],
 )
 def test_bind_declines_what_it_would_have_to_copy(tactic: str) -> None:
@@ -116,6 +119,8 @@ def test_bind_declines_what_it_would_have_to_copy(tactic: str) -> None:
         graph.add_node("Add", ["x", "x"], ["y"])
     elif tactic == "cpu.elementwise.activation":
         graph.add_node("Relu", ["x"], ["y"])
+    elif tactic.startswith("cpu.pool.") and tactic != "cpu.pool.global_average":
+        graph.add_node("MaxPool", ["x"], ["y"], {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]})
     else:
         graph.add_node("GlobalAveragePool", ["x"], ["y"])
         out = np.empty((1, 8, 1, 1), np.float32)

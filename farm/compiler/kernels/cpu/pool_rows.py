@@ -24,7 +24,7 @@ Pool: numba's (``prange`` over the planes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -106,9 +106,21 @@ def _pool_plane(xf, of, rows, length, t, fill, h, w, ho, wo, kh, kw, sh, sw, pt,
     row by row, each tap loaded, at another offset, a vector stored moments before, which
     waits for the store instead of being forwarded; the two passes apart took 0.87-0.95 of
     that time (one node, interleaved with ORT: ResNet's stem pool 0.080 -> 0.070 ms, YOLO's
-    SPPF 5x5 on 128 @10x10 22 -> 21 us)."""
+    SPPF 5x5 on 128 @10x10 22 -> 21 us).
+
+    Down the window, the whole 16-column vectors go row after row through the scratch row (a
+    vector stored and reloaded a block later is forwarded). The ragged last ``w % 16`` columns
+    are reduced in a register instead: through the scratch row, each tap reloaded the *masked*
+    store of the tap just before, which the store buffer does not forward, and a 10 x 10 plane
+    (all of it ragged) took ~1,000 cycles. In-process A/B against the previous kernel (Zen 5,
+    2 threads, interleaved): the SPPF 5x5 on 128 @10x10 0.53-0.62 of its time at batch 1 and
+    8, 2x2 stride 2 on 256 @20x20 0.89-0.94; 5x5 on 32 @80x80 (no ragged columns) 0.96; the
+    stem pool 64 @112x112 (none either, the same instructions) 1.0 at batch 1, 1.04-1.09 at
+    batch 8 (code layout: a register-only variant of the whole vectors, tried too, lost up to
+    2x on the large planes)."""
     base_in = t * h * w
     base_out = t * ho * wo
+    tail = w - whole
     for oy in range(ho):
         at = oy * length + pl
         first = True
@@ -120,15 +132,20 @@ def _pool_plane(xf, of, rows, length, t, fill, h, w, ho, wo, kh, kw, sh, sw, pt,
             for c in range(0, whole, LANES):
                 v = vload16(xf, src + c)
                 vstore16(rows, at + c, v if first else _combine(vload16(rows, at + c), v, is_max))
-            if whole < w:
-                v = vload16_masked(xf, src + whole, w - whole)
-                if not first:
-                    v = _combine(vload16_masked(rows, at + whole, w - whole), v, is_max)
-                vstore16_masked(rows, at + whole, v, w - whole)
             first = False
         if first:  # no input row inside this window (pads as large as the kernel)
             for c in range(w):
                 rows[at + c] = fill
+        elif tail:  # the ragged last columns: reduced in a register, stored once
+            acc = vsplat16(fill)
+            first = True
+            for i in range(kh):
+                iy = oy * sh - pt + i * dh
+                if 0 <= iy < h:
+                    v = vload16_masked(xf, base_in + iy * w + whole, tail)
+                    acc = v if first else _combine(acc, v, is_max)
+                    first = False
+            vstore16_masked(rows, at + whole, acc, tail)
     for oy in range(ho):
         scale = vsplat16(count_y[oy])
         dst = base_out + oy * wo
@@ -159,11 +176,11 @@ class RowVectorPool(WindowPool):
         _, strides, _, _ = _window_geometry(node, x.rank or 4)
         return strides[1] in (1, 2)
 
-    def _pool(
+    def _kernel(
         self, x: np.ndarray, out: np.ndarray, kernel: list[int], strides: list[int], pads: list[int],
         dilations: list[int], is_max: bool, include_pad: bool,
-    ) -> None:  # fmt: skip
-        pool_rows(
+    ) -> tuple[Callable[..., None], tuple]:  # fmt: skip
+        return pool_rows, (
             x, out, kernel[0], kernel[1], strides[0], strides[1],
             pads[0], pads[1], pads[2], pads[3], dilations[0], dilations[1], is_max, include_pad,
             4 * numba_thread_count(),
