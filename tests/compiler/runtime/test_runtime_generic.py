@@ -121,3 +121,17 @@ def test_generic_depthwise_conv_matches_reference(strides: list[int]) -> None:
     out = np.full(want[0].shape, np.nan, dtype=np.float32)
     tactic.run(node, [x, w, b], [out], tactic.prepare(node, graph))
     assert compare_outputs(out, want[0]) is None
+
+
+@pytest.mark.parametrize("activation", ["Sigmoid", "Silu"])
+def test_sigmoid_and_silu_saturate_without_overflow_warnings(activation: str) -> None:
+    """Large negative inputs (a detector's logits) overflow exp(-z) to inf; the result is the
+    limit (0 or -0) and the build prints no RuntimeWarning for it."""
+    z = np.concatenate([np.array([-1000.0, -100.0, -89.0, 0.0, 100.0], F), rng.standard_normal(11).astype(F)])
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+    if activation == "Silu":
+        want = z * want
+    with np.errstate(over="raise"):
+        got = apply_activation(z.copy(), activation, 0.0, 0.0)
+    np.testing.assert_allclose(got, want.astype(F), rtol=1e-6, atol=1e-30)

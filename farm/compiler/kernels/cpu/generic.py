@@ -369,7 +369,8 @@ def apply_activation(z: np.ndarray, activation: str, alpha: float, beta: float) 
     if activation == "Clip":
         return np.clip(z, alpha, beta, out=z)
     if activation == "Sigmoid":
-        return (1.0 / (1.0 + np.exp(-z))).astype(z.dtype, copy=False)
+        with np.errstate(over="ignore"):  # exp(-z) = inf below z ~ -88: the limit, 0, is right
+            return (1.0 / (1.0 + np.exp(-z))).astype(z.dtype, copy=False)
     if activation == "Tanh":
         return np.tanh(z, out=z)
     if activation == "HardSigmoid":
@@ -377,7 +378,8 @@ def apply_activation(z: np.ndarray, activation: str, alpha: float, beta: float) 
     if activation == "HardSwish":
         return (z * np.clip(z / 6.0 + 0.5, 0.0, 1.0)).astype(z.dtype, copy=False)
     if activation == "Silu":
-        return (z / (1.0 + np.exp(-z))).astype(z.dtype, copy=False)
+        with np.errstate(over="ignore"):  # as Sigmoid's: z / inf is the limit, -0
+            return (z / (1.0 + np.exp(-z))).astype(z.dtype, copy=False)
     if activation == "Gelu":
         half = z * np.asarray(0.5, dtype=z.dtype)
         return np.multiply(half, 1.0 + erf_float32(z * np.asarray(1 / math.sqrt(2.0), dtype=z.dtype)), out=z)
