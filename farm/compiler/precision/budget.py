@@ -12,6 +12,14 @@ it against the FP32 reference on the validation data. When it misses the budget:
    tactics) and measured, assuming the metric improves as more layers stay in FP32. The smallest
    k that meets the budget wins.
 
+What the probes share so that only the first build pays for it: the timing cache, and the INT8
+calibration (when ``calibration_cache`` is not set, a private cache file for the search: every
+probe quantizes a subset of the first build's tensors with the same data and calibrator, so it
+would compute the same scales again). Probes skip in-engine tuning (it settles close calls
+between tactics of one precision and cannot change the metric beyond rounding); when the first
+build ran that stage and found contests, the winner is built once more with it and kept only if
+it still meets the budget (``final_build`` in the report says which).
+
 The report (``engine.report["accuracy_budget"]``) holds the budget, the metric of the first
 engine and the final one, the layers kept in FP32, each probe, and the per-layer sensitivity table.
 """
@@ -20,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,12 +176,39 @@ def build_with_budget(
 ) -> Any:
     """Build ``model`` and, when it misses ``config.accuracy_budget`` on ``config.validation``,
     pin the fewest most-sensitive layers to FP32 that meet it (see the module docstring)."""
-    from farm.compiler.builder import load_model
     from farm.compiler.tuner import MemoryTimingCache
 
     budget = AccuracyBudget.parse(config.accuracy_budget)
-    shared_cache = config.cache() if config.timing_cache is not None else MemoryTimingCache()
-    base = dataclasses.replace(config, accuracy_budget=None, timing_cache=shared_cache)
+    with tempfile.TemporaryDirectory(prefix="farm-budget-") as scratch:
+        own_calibration = config.calibration is not None and config.calibration_cache is None
+        shared_cache = config.cache() if config.timing_cache is not None else MemoryTimingCache()
+        base = dataclasses.replace(
+            config,
+            accuracy_budget=None,
+            timing_cache=shared_cache,
+            calibration_cache=os.path.join(scratch, "calibration.json")
+            if own_calibration
+            else config.calibration_cache,
+        )
+        engine = _search(model, profile, config, base, budget, build, progress)
+        calibration = engine.report.get("precision_layers", {}).get("calibration")
+        if own_calibration and calibration:
+            calibration["from_cache"] = False  # the search's own cache: calibrated in this build
+        return engine
+
+
+def _search(
+    model: Any,
+    profile: str,
+    config: Any,
+    base: Any,
+    budget: AccuracyBudget,
+    build: Callable[..., Any],
+    progress: Any,
+) -> Any:
+    """:func:`build_with_budget` with ``base`` (the shared timing and calibration caches)."""
+    from farm.compiler.builder import load_model
+
     engine = build(model, profile, base, progress=progress)
     input_axes = batch_axes(engine.graph, engine.graph.inputs)
     feeds = _validation_feeds(config.validation, [b.name for b in engine.inputs], input_axes)
@@ -197,10 +234,14 @@ def build_with_budget(
     base_overrides = dict(_as_mapping(config.layer_precision))
     probes: list[dict[str, Any]] = []
 
+    probe_config = dataclasses.replace(base, in_engine_tuning=False)
+
+    def overrides(k: int) -> dict[str, str]:
+        return dict(base_overrides, **{_exact(name): "fp32" for name in order[:k]})
+
     def probe(k: int) -> tuple[Any, float]:
-        overrides = dict(base_overrides, **{_exact(name): "fp32" for name in order[:k]})
         candidate = build(
-            model, profile, dataclasses.replace(base, layer_precision=overrides), progress=progress
+            model, profile, dataclasses.replace(probe_config, layer_precision=overrides(k)), progress=progress
         )
         value = measure(budget, _run_engine(candidate, feeds, batch), want)
         probes.append({"kept_fp32": k, budget.metric: value, "met": budget.met(value)})
@@ -219,9 +260,21 @@ def build_with_budget(
             hi, best_engine, best_value = mid, candidate, value
         else:
             lo = mid
+    final_build = "probe"
+    first_stage = engine.report.get("in_engine", {}).get("source")
+    if first_stage in ("timed", "cache", "kept"):  # the stage ran in the first build and had contests
+        tuned = build(
+            model, profile, dataclasses.replace(base, layer_precision=overrides(hi)), progress=progress
+        )
+        value = measure(budget, _run_engine(tuned, feeds, batch), want)
+        if budget.met(value):
+            best_engine, best_value, final_build = tuned, value, "rebuilt with in-engine tuning"
+        else:
+            final_build = f"probe (rebuilt with in-engine tuning it had {budget.metric} {value:.6g})"
     best_engine.report["accuracy_budget"] = dict(
-        section, met=True, final=best_value, kept_fp32=order[:hi], probes=probes, sensitivity=table
-    )
+        section, met=True, final=best_value, kept_fp32=order[:hi], probes=probes, sensitivity=table,
+        final_build=final_build,
+    )  # fmt: skip
     return best_engine
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from farm import zoo
 from farm.compiler.accuracy import compare_outputs, onnxruntime_outputs
 from farm.compiler.builder import BuilderConfig, BuildError, build
+from farm.compiler.precision import calibration as calibration_module
 from farm.compiler.precision.budget import AccuracyBudget, BudgetError
 
 RESNET = {"image_size": 32, "width": 4}
@@ -26,7 +27,9 @@ def test_budget_parsing() -> None:
             AccuracyBudget.parse(bad)
 
 
-def test_budget_search_finds_a_mixed_engine_the_pure_int8_engine_misses(tmp_path: Path) -> None:
+def test_budget_search_finds_a_mixed_engine_the_pure_int8_engine_misses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = zoo.build_model("resnet", **RESNET).SerializeToString()
     calib = zoo.sample_inputs("resnet", 32, seed=31, options=RESNET)
     val = zoo.sample_inputs("resnet", 8, seed=32, options=RESNET)
@@ -37,6 +40,14 @@ def test_budget_search_finds_a_mixed_engine_the_pure_int8_engine_misses(tmp_path
     (pure_acc,) = compare_outputs(pure.run(val), want)
     # a budget four times tighter (in 1 - cosine) than what pure INT8 reaches
     threshold = 1.0 - (1.0 - pure_acc.cosine) / 4
+    collected = []
+    real_collect = calibration_module.collect_statistics
+
+    def counting_collect(*args: object, **kwargs: object) -> object:
+        collected.append(1)
+        return real_collect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(calibration_module, "collect_statistics", counting_collect)
     engine = build(model, "cpu", BuilderConfig(**base, accuracy_budget=f"cosine>={threshold!r}", validation=val))  # type: ignore[arg-type]
     section = engine.report["accuracy_budget"]
     assert section["first_engine"] == pytest.approx(pure_acc.cosine, abs=1e-6)  # numpy reference vs ORT
@@ -57,6 +68,13 @@ def test_budget_search_finds_a_mixed_engine_the_pure_int8_engine_misses(tmp_path
     # fewest: one layer fewer in FP32 missed the budget (a probe recorded it)
     probes = {p["kept_fp32"]: p["met"] for p in section["probes"]}
     assert probes.get(len(kept) - 1, False) is False or len(kept) - 1 == 0
+    # the probes and the final build reuse the first build's calibration: the data ran once, and
+    # the report says the engine was calibrated on its samples, not read from a user's cache
+    assert len(section["probes"]) >= 2 and len(collected) == 1, (len(section["probes"]), len(collected))
+    calibration = engine.report["precision_layers"]["calibration"]
+    assert calibration["from_cache"] is False and calibration["samples"] == 32
+    # tuning level 0 runs no in-engine tuning: the winning probe is the engine
+    assert section["final_build"] == "probe"
 
 
 def test_budget_needs_validation_data_and_cli_accepts_it(tmp_path: Path) -> None:
@@ -93,3 +111,31 @@ def test_task_accuracy_and_top5_with_labels() -> None:
     expected_top1 = float(np.mean(np.argmax(got, axis=1) == labels))
     assert acc.task_top1 == pytest.approx(expected_top1) and acc.task_top5 >= acc.task_top1
     assert acc.top5 >= acc.top1 and acc.to_json()["task_top1"] == acc.task_top1
+
+
+def test_probes_skip_in_engine_tuning_and_the_winner_is_rebuilt_with_it() -> None:
+    """Probe builds run without the in-engine stage; when the first build ran it, the winning
+    layer set is built once more with it and that engine is returned (if it meets the budget)."""
+    from farm.compiler.precision.budget import build_with_budget
+
+    model = zoo.build_model("mlp", in_features=32, hidden=(32, 32), num_classes=4).SerializeToString()
+    val = zoo.sample_inputs("mlp", 16, seed=3, options={"in_features": 32})
+    config = BuilderConfig(precision="fp16", strict=True, tuning_level=0, accuracy_budget="rel_l2<=1e-5", validation=val)
+    calls: list[tuple[bool, object]] = []
+
+    def recording_build(model: bytes, profile: str, cfg: BuilderConfig, progress: object = None) -> object:
+        engine = build(model, profile, cfg, progress=progress)
+        if not calls:  # as if the first build's in-engine stage had run and found contests
+            engine.report["in_engine"] = dict(engine.report["in_engine"], source="timed")
+        calls.append((cfg.in_engine_tuning, engine))
+        return engine
+
+    engine = build_with_budget(model, "cpu", config, recording_build)
+    section = engine.report["accuracy_budget"]
+    assert section["first_engine"] > 1e-5 and section["met"], section  # FP16 alone misses rel_l2 <= 1e-5
+    flags = [flag for flag, _ in calls]
+    assert flags[0] is True and flags[-1] is True, flags
+    assert flags[1:-1] and not any(flags[1:-1]), flags  # every probe without the stage
+    assert len(section["probes"]) == len(flags) - 2
+    assert section["final_build"] == "rebuilt with in-engine tuning"
+    assert engine is calls[-1][1]
