@@ -225,7 +225,13 @@ def _search(
     }
     if budget.met(first):
         engine.report["accuracy_budget"] = dict(
-            section, met=True, final=first, kept_fp32=[], probes=[], sensitivity=[]
+            section,
+            met=True,
+            final=first,
+            kept_fp32=[],
+            probes=[],
+            sensitivity=[],
+            final_build="first engine",
         )
         return engine
 

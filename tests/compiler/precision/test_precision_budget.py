@@ -139,3 +139,14 @@ def test_probes_skip_in_engine_tuning_and_the_winner_is_rebuilt_with_it() -> Non
     assert len(section["probes"]) == len(flags) - 2
     assert section["final_build"] == "rebuilt with in-engine tuning"
     assert engine is calls[-1][1]
+
+
+def test_a_first_engine_that_meets_the_budget_is_the_engine() -> None:
+    model = zoo.build_model("mlp", in_features=32, hidden=(32,), num_classes=4).SerializeToString()
+    val = zoo.sample_inputs("mlp", 8, seed=4, options={"in_features": 32})
+    engine = build(
+        model, "cpu", BuilderConfig(precision="fp16", tuning_level=0, accuracy_budget="rel_l2<=0.05", validation=val)
+    )
+    section = engine.report["accuracy_budget"]
+    assert section["met"] and section["first_engine"] <= 0.05
+    assert section["probes"] == [] and section["kept_fp32"] == [] and section["final_build"] == "first engine"
