@@ -40,6 +40,7 @@ import numpy as np
 from farm.compiler.ir import Graph
 from farm.compiler.precision.calibration import calibration_batches
 from farm.compiler.precision.observe import BatchAxes, batch_axes, batch_size, batch_slice, concat_batches
+from farm.compiler.tuner.in_engine import CONTESTED_SOURCES
 
 # metric -> (direction, how to aggregate over outputs: the worst one counts)
 METRICS: dict[str, str] = {
@@ -267,8 +268,7 @@ def _search(
         else:
             lo = mid
     final_build = "probe"
-    first_stage = engine.report.get("in_engine", {}).get("source")
-    if first_stage in ("timed", "cache", "kept"):  # the stage ran in the first build and had contests
+    if engine.report.get("in_engine", {}).get("source") in CONTESTED_SOURCES:
         tuned = build(
             model, profile, dataclasses.replace(base, layer_precision=overrides(hi)), progress=progress
         )

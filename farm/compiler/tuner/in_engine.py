@@ -51,6 +51,11 @@ RUNS_PER_LEVEL: dict[int, tuple[int, int, int, float]] = {
 }
 
 
+# The report sources of a stage that ran and had layers to decide (a build report's
+# ``in_engine.source`` in these: a rebuild of other layer precisions may find contests too).
+CONTESTED_SOURCES = ("timed", "cache", "kept")
+
+
 @dataclass
 class InEngineResult:
     """What in-engine tuning did, for the build report."""
