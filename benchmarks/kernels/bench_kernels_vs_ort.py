@@ -144,6 +144,32 @@ def conv_layer(
     return Layer("conv", label, make)
 
 
+def conv_transpose_layer(c: int, m: int, size: tuple[int, ...], k: int, stride: int, pad: int = 0) -> Layer:
+    """ConvTranspose with a bias (a decoder's upsampling), 2-D or (one ``size``) 1-D."""
+
+    def make(batch: int, rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray], Graph]:
+        dims = len(size)
+        out_shape = (batch, m, *((s - 1) * stride - 2 * pad + k for s in size))
+        x = rng.standard_normal((batch, c, *size)).astype(np.float32)
+        w = (rng.standard_normal((c, m, *([k] * dims))) / math.sqrt(c)).astype(np.float32)
+        b = rng.standard_normal(m).astype(np.float32)
+        attrs: dict[str, Any] = {
+            "kernel_shape": [k] * dims,
+            "strides": [stride] * dims,
+            "pads": [pad] * (2 * dims),
+        }
+        node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
+        model = _model([node], {"x": x}, {"w": w, "b": b}, out_shape)
+        return (
+            model,
+            {"x": x},
+            _ir("ConvTranspose", attrs, {"x": x}, {"w": w, "b": b}, ["x", "w", "b"], out_shape),
+        )
+
+    where = "x".join(map(str, size))
+    return Layer("conv_transpose", f"convT {k}/{stride} {c}->{m} @{where}", make)
+
+
 def gemm_layer(rows: int, k: int, n: int, *, act: str = "", residual: bool = False) -> Layer:
     """[batch, rows, k] x [k, n] + bias (+ GELU / + residual): a transformer projection."""
 
@@ -301,6 +327,10 @@ LAYERS: list[Layer] = [
     conv_layer(960, 160, 7, 1, 1, act="none"),
     conv_layer(576, 144, 1, 1, 1, act="Relu"),  # squeeze-excite FCs (1x1 convs on 1x1 maps)
     conv_layer(144, 576, 1, 1, 1, act="Clip"),
+    conv_transpose_layer(256, 128, (32, 32), 2, 2),  # U-Net decoder upsampling
+    conv_transpose_layer(64, 32, (64, 64), 4, 2, pad=1),  # DCGAN / FCN-style 4x4 stride 2
+    conv_transpose_layer(24, 24, (160, 160), 2, 2),  # PP-OCR DB head
+    conv_transpose_layer(128, 64, (256,), 16, 8, pad=4),  # 1-D vocoder upsampler
     gemm_layer(128, 256, 768),  # BERT fused QKV
     gemm_layer(128, 256, 1024, act="Gelu"),  # BERT FFN up
     gemm_layer(128, 1024, 256, residual=True),  # BERT FFN down

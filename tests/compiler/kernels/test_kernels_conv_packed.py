@@ -265,7 +265,7 @@ def _tile_forms(xf, plane, cin, wp, bias, m, n0, n1, zmm, quarters, lo, hi):
     """Tile 0 (channels 0 .. 11, the first 32 pixels) in its AVX-512 form into ``zmm`` and as the
     AVX2 hosts' four quarters into ``quarters``, both through a Clip to [lo, hi]."""
     ep = vector_epilogue(RES_NONE, ACT_CLIP, lo, hi)
-    pointwise_tiles._tile_zmm(xf, 0, plane, cin, wp, 0, bias, 0, m, zmm, 0, n0, n1, zmm, ep)
+    pointwise_tiles._tile_zmm(xf, 0, plane, cin, wp, 0, bias, 0, m, zmm, 0, plane, n0, n1, zmm, ep)
     half = pointwise_tiles.HALF
     lanes = pointwise_tiles.LANES
     for h in range(2):
@@ -275,7 +275,7 @@ def _tile_forms(xf, plane, cin, wp, bias, m, n0, n1, zmm, quarters, lo, hi):
                 if n > 0:
                     pointwise_tiles._quarter(
                         xf, q * lanes, plane, cin, wp, h * half, bias, h * half, m, quarters,
-                        h * half * plane + q * lanes, n, quarters, ep,
+                        h * half * plane + q * lanes, plane, n, quarters, ep,
                     )  # fmt: skip
 
 

@@ -16,7 +16,8 @@ from farm.compiler.ir import Graph
 from farm.compiler.kernels import get_tactic
 from farm.compiler.kernels.cpu.conv_transpose import band_plan
 
-TACTIC = get_tactic("cpu.conv_transpose.bands")
+TACTICS = [get_tactic("cpu.conv_transpose.bands"), get_tactic("cpu.conv_transpose.tiles")]
+TACTIC = TACTICS[1]  # the one a level-0 build picks
 
 # (input shape, weight shape [C, M/group, k..], attributes, bias)
 CASES: tuple[tuple[tuple[int, ...], tuple[int, ...], dict[str, Any], bool], ...] = (
@@ -35,6 +36,16 @@ CASES: tuple[tuple[tuple[int, ...], tuple[int, ...], dict[str, Any], bool], ...]
     ((2, 16, 40), (16, 8, 4), {"strides": [2], "pads": [1, 1]}, True),  # 1-D (vocoders)
     ((1, 3, 11), (3, 2, 5), {"strides": [3], "dilations": [2], "output_padding": [2]}, False),
     ((1, 64, 3, 3), (64, 32, 3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}, True),
+    ((1, 8, 3, 3), (8, 10, 3, 3), {"strides": [2, 2]}, True),  # channel blocks of 4: 36 rows, 3 panels
+    # rows wide enough for the sixteen-column steps of stride 1 and 2 and their ragged ends
+    ((1, 6, 5, 37), (6, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, True),
+    ((1, 4, 3, 50), (4, 3, 4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
+    ((1, 3, 4, 40), (3, 2, 5, 5), {"strides": [2, 2], "pads": [0, 3, 1, 0]}, True),
+    ((1, 3, 2, 41), (3, 2, 3, 3), {"strides": [2, 2]}, False),  # a lone even tap reaching the last column
+    ((1, 3, 2, 41), (3, 2, 3, 3), {"strides": [2, 2], "output_shape": [4, 78]}, True),  # cropped right
+    ((1, 4, 3, 45), (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}, True),  # stride 1
+    ((1, 4, 3, 45), (4, 3, 3, 3), {"strides": [2, 2], "dilations": [1, 2]}, True),  # dilated: one by one
+    ((2, 20, 70), (20, 6, 16), {"strides": [8], "pads": [4, 4]}, True),  # a vocoder's k16 s8
 )
 
 
@@ -52,8 +63,9 @@ def convt_graph(
     return g
 
 
+@pytest.mark.parametrize("tactic", TACTICS, ids=[t.name.split(".")[-1] for t in TACTICS])
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
-def test_matches_the_reference(case: tuple) -> None:  # type: ignore[type-arg]
+def test_matches_the_reference(case: tuple, tactic: Any) -> None:  # type: ignore[type-arg]
     shape, wshape, attrs, with_bias = case
     rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     w = rng.standard_normal(wshape).astype(np.float32)
@@ -61,13 +73,13 @@ def test_matches_the_reference(case: tuple) -> None:  # type: ignore[type-arg]
     bias = rng.standard_normal(channels).astype(np.float32) if with_bias else None
     g = convt_graph(shape, w, attrs, bias)
     (node,) = g.nodes
-    assert TACTIC.supports(node, g)
-    prepared = TACTIC.prepare(node, g)
+    assert tactic.supports(node, g)
+    prepared = tactic.prepare(node, g)
     for _ in range(2):  # fresh inputs, the same prepared step (its plan is kept)
         x = rng.standard_normal(shape).astype(np.float32)
         want = reference.run(g, {"x": x})["y"]
         out = np.full(want.shape, np.nan, np.float32)  # every element must be written
-        TACTIC.run(node, [x, None, None], [out], prepared)
+        tactic.run(node, [x, None, None], [out], prepared)
         np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
 
 
@@ -77,6 +89,19 @@ def test_bands_and_channel_blocks_split_small_batches() -> None:
     band, block, _ = band_plan(1, 1, 4, 8, 9, 8, 2)  # 8 rows: one band, so channel blocks
     assert (band, block) == (8, 1)
     assert band_plan(8, 1, 16, 64, 4, 32, 2)[:2] == (64, 16)  # a batch gives the tasks alone
+
+
+def test_channel_blocks_come_to_whole_tile_panels() -> None:
+    """The tile tactic's blocks hold a multiple of 12 GEMM rows (its A panels), unless one block
+    is the whole group: 3 x 3 taps need blocks of 4 channels (36 rows), 2 x 2 taps of 3."""
+    for mg, taps in ((32, 9), (10, 4), (7, 16), (5, 2), (64, 1)):
+        _, block, _ = band_plan(1, 1, mg, 6, taps, 3, 2, align=12)
+        assert block == mg or (block * taps) % 12 == 0, (mg, taps, block)
+    assert band_plan(1, 1, 32, 6, 9, 3, 2, align=12)[1] == 8  # 32 channels in 4 blocks: 8 = 2 x 4
+    assert band_plan(1, 1, 32, 6, 9, 3, 2)[1] == 8
+    assert band_plan(1, 1, 10, 6, 4, 3, 2, align=12)[1] == 3  # ceil(10 / 4) = 3 channels, 12 rows
+    assert band_plan(1, 1, 10, 6, 9, 3, 2)[1] == 3  # 27 rows: not whole panels ...
+    assert band_plan(1, 1, 10, 6, 9, 3, 2, align=12)[1] == 4  # ... so 4 channels, 36 rows
 
 
 def test_declines_run_time_weights_and_3d() -> None:
@@ -113,7 +138,7 @@ def test_onnx_backend_cases_through_an_engine(case) -> None:  # type: ignore[no-
     if next(iter(feeds.values())).ndim == 5:  # 3-D: the reference
         assert kernel.tactic.name != TACTIC.name
     else:
-        assert kernel.tactic.name == TACTIC.name
+        assert kernel.tactic.name == TACTIC.name, kernel.tactic.name
     got = engine.run(feeds)
     for name, want in zip(engine.output_names, expected, strict=True):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)

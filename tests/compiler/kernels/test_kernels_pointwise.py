@@ -186,27 +186,28 @@ def test_pointwise_tiles_quarter_compiles_and_matches_on_any_host(
 ) -> None:
     """The AVX2 hosts' 6 x 16 tile, called directly (an AVX-512 host never reaches it through
     the tactic): it is compiled without numba's reference counting (``_nrt=False``), which must
-    hold on every host, and stores ``valid`` pixels of ``m_rows`` channels, Relu applied."""
+    hold on every host, and stores ``valid`` pixels of ``m_rows`` channels, Relu applied, rows
+    ``ldo`` apart (a ConvTranspose column buffer's row length, not the input's plane)."""
     from numba import njit
 
     from farm.compiler.kernels.cpu._epilogue import RES_NONE, activation_code, vector_epilogue
     from farm.compiler.kernels.cpu.pointwise_tiles import MR, _quarter
 
     @njit
-    def run_quarter(xf, plane, cin, wf, bias, m, of, n, res, act):  # type: ignore[no-untyped-def]
+    def run_quarter(xf, plane, cin, wf, bias, m, of, ldo, n, res, act):  # type: ignore[no-untyped-def]
         ep = vector_epilogue(RES_NONE, act, 0.0, 0.0)
-        _quarter(xf, 3, plane, cin, wf, MR // 2, bias, 2, m, of, 5, n, res, ep)
+        _quarter(xf, 3, plane, cin, wf, MR // 2, bias, 2, m, of, 5, ldo, n, res, ep)
 
-    cin, plane = 7, 40
+    cin, plane, ldo = 7, 40, 24
     x = rng.standard_normal(3 + cin * plane).astype(np.float32)
     w = rng.standard_normal(cin * MR + MR).astype(np.float32)
     bias = rng.standard_normal(16).astype(np.float32)
-    out = np.full(5 + 6 * plane + 16, np.nan, np.float32)
+    out = np.full(5 + 6 * ldo + 16, np.nan, np.float32)
     run_quarter(
-        x, plane, cin, w, bias, 2 + m_rows, out, valid, np.zeros(1, np.float32), activation_code("Relu")
+        x, plane, cin, w, bias, 2 + m_rows, out, ldo, valid, np.zeros(1, np.float32), activation_code("Relu")
     )
     for r in range(6):
-        got = out[5 + r * plane : 5 + r * plane + 16]
+        got = out[5 + r * ldo : 5 + r * ldo + 16]
         if r >= m_rows:
             assert np.isnan(got).all()  # channels past the layer's end are not stored
             continue

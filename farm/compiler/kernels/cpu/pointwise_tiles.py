@@ -82,31 +82,31 @@ def _row_out(v0, v1, bias, m, of, at, n0, n1, res, ep):
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
-def _tile(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep):
+def _tile(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, ldo, n0, n1, res, ep):
     """12 channels from m0 x 32 pixels: x rows at xf[x_at + c*plane] (n0 + n1 valid pixels),
-    weight panel wf[w_at:] ([cin, 12]), output at of[o_at + r*plane]. With AVX-512 one pass in
+    weight panel wf[w_at:] ([cin, 12]), output at of[o_at + r*ldo] (``ldo`` is ``plane`` for a
+    conv's output, a column buffer's row length for ConvTranspose's GEMM). With AVX-512 one pass in
     24 accumulators; without it four 6-channel x 16-pixel quarters (:func:`_quarter`), and the
     same quarters on AVX-512 for a plane's last 16 or fewer pixels (n1 = 0), which the 24
     accumulators would compute twice over: a 14 x 14 plane's 196 pixels cost 208 columns of
     FMAs instead of 224."""
     if AVX512 and n1 > 0:
-        _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep)
+        _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, ldo, n0, n1, res, ep)
         return
-    _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, res, ep)
+    _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, ldo, n0, res, ep)
     if n1 > 0:
-        _quarter(xf, x_at + LANES, plane, cin, wf, w_at, bias, m0, m, of, o_at + LANES, n1, res, ep)
+        _quarter(xf, x_at + LANES, plane, cin, wf, w_at, bias, m0, m, of, o_at + LANES, ldo, n1, res, ep)
     if m > m0 + HALF:
         w_half = w_at + HALF
-        o_half = o_at + HALF * plane
-        _quarter(xf, x_at, plane, cin, wf, w_half, bias, m0 + HALF, m, of, o_half, n0, res, ep)
+        o_half = o_at + HALF * ldo
+        _quarter(xf, x_at, plane, cin, wf, w_half, bias, m0 + HALF, m, of, o_half, ldo, n0, res, ep)
         if n1 > 0:
-            _quarter(
-                xf, x_at + LANES, plane, cin, wf, w_half, bias, m0 + HALF, m, of, o_half + LANES, n1, res, ep
-            )
+            _quarter(xf, x_at + LANES, plane, cin, wf, w_half, bias, m0 + HALF, m, of, o_half + LANES,
+                     ldo, n1, res, ep)  # fmt: skip
 
 
 @called_tile
-def _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n, res, ep):
+def _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, ldo, n, res, ep):
     """6 channels from m0 (fewer where the layer's end, ``m``, is nearer) x 16 pixels (``n``
     valid) in six sixteen-lane accumulators: 12 ``ymm`` registers on an AVX2 host, with the
     input row's two halves and one broadcast 15 of its 16. The weight panel's row stride stays
@@ -125,19 +125,19 @@ def _quarter(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n, res, ep):
     rows = m - m0
     finish16(vadd16(a0, vsplat16(bias[m0])), of, o_at, n, res, ep)
     if rows > 1:
-        finish16(vadd16(a1, vsplat16(bias[m0 + 1])), of, o_at + plane, n, res, ep)
+        finish16(vadd16(a1, vsplat16(bias[m0 + 1])), of, o_at + ldo, n, res, ep)
     if rows > 2:
-        finish16(vadd16(a2, vsplat16(bias[m0 + 2])), of, o_at + 2 * plane, n, res, ep)
+        finish16(vadd16(a2, vsplat16(bias[m0 + 2])), of, o_at + 2 * ldo, n, res, ep)
     if rows > 3:
-        finish16(vadd16(a3, vsplat16(bias[m0 + 3])), of, o_at + 3 * plane, n, res, ep)
+        finish16(vadd16(a3, vsplat16(bias[m0 + 3])), of, o_at + 3 * ldo, n, res, ep)
     if rows > 4:
-        finish16(vadd16(a4, vsplat16(bias[m0 + 4])), of, o_at + 4 * plane, n, res, ep)
+        finish16(vadd16(a4, vsplat16(bias[m0 + 4])), of, o_at + 4 * ldo, n, res, ep)
     if rows > 5:
-        finish16(vadd16(a5, vsplat16(bias[m0 + 5])), of, o_at + 5 * plane, n, res, ep)
+        finish16(vadd16(a5, vsplat16(bias[m0 + 5])), of, o_at + 5 * ldo, n, res, ep)
 
 
 @called_tile
-def _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res, ep):
+def _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, ldo, n0, n1, res, ep):
     """:func:`_tile` in one pass: 24 accumulators (AVX-512's 32 registers).
 
     A :func:`~._simd16.called_tile`: inlined, ``pointwise_tiles_conv`` took 82 s to compile
@@ -191,27 +191,27 @@ def _tile_zmm(xf, x_at, plane, cin, wf, w_at, bias, m0, m, of, o_at, n0, n1, res
     rows = m - m0  # channels of this panel that exist (12 but in the last panel)
     _row_out(a0, b0, bias, m0, of, o_at, n0, n1, res, ep)
     if rows > 1:
-        _row_out(a1, b1, bias, m0 + 1, of, o_at + plane, n0, n1, res, ep)
+        _row_out(a1, b1, bias, m0 + 1, of, o_at + ldo, n0, n1, res, ep)
     if rows > 2:
-        _row_out(a2, b2, bias, m0 + 2, of, o_at + 2 * plane, n0, n1, res, ep)
+        _row_out(a2, b2, bias, m0 + 2, of, o_at + 2 * ldo, n0, n1, res, ep)
     if rows > 3:
-        _row_out(a3, b3, bias, m0 + 3, of, o_at + 3 * plane, n0, n1, res, ep)
+        _row_out(a3, b3, bias, m0 + 3, of, o_at + 3 * ldo, n0, n1, res, ep)
     if rows > 4:
-        _row_out(a4, b4, bias, m0 + 4, of, o_at + 4 * plane, n0, n1, res, ep)
+        _row_out(a4, b4, bias, m0 + 4, of, o_at + 4 * ldo, n0, n1, res, ep)
     if rows > 5:
-        _row_out(a5, b5, bias, m0 + 5, of, o_at + 5 * plane, n0, n1, res, ep)
+        _row_out(a5, b5, bias, m0 + 5, of, o_at + 5 * ldo, n0, n1, res, ep)
     if rows > 6:
-        _row_out(a6, b6, bias, m0 + 6, of, o_at + 6 * plane, n0, n1, res, ep)
+        _row_out(a6, b6, bias, m0 + 6, of, o_at + 6 * ldo, n0, n1, res, ep)
     if rows > 7:
-        _row_out(a7, b7, bias, m0 + 7, of, o_at + 7 * plane, n0, n1, res, ep)
+        _row_out(a7, b7, bias, m0 + 7, of, o_at + 7 * ldo, n0, n1, res, ep)
     if rows > 8:
-        _row_out(a8, b8, bias, m0 + 8, of, o_at + 8 * plane, n0, n1, res, ep)
+        _row_out(a8, b8, bias, m0 + 8, of, o_at + 8 * ldo, n0, n1, res, ep)
     if rows > 9:
-        _row_out(a9, b9, bias, m0 + 9, of, o_at + 9 * plane, n0, n1, res, ep)
+        _row_out(a9, b9, bias, m0 + 9, of, o_at + 9 * ldo, n0, n1, res, ep)
     if rows > 10:
-        _row_out(a10, b10, bias, m0 + 10, of, o_at + 10 * plane, n0, n1, res, ep)
+        _row_out(a10, b10, bias, m0 + 10, of, o_at + 10 * ldo, n0, n1, res, ep)
     if rows > 11:
-        _row_out(a11, b11, bias, m0 + 11, of, o_at + 11 * plane, n0, n1, res, ep)
+        _row_out(a11, b11, bias, m0 + 11, of, o_at + 11 * ldo, n0, n1, res, ep)
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
@@ -250,7 +250,7 @@ def pointwise_tiles_conv(x, wp, bias, out, residual, res_mode, act, alpha, beta,
                 n0 = min(left, LANES)
                 n1 = min(max(left - LANES, 0), LANES)
                 _tile(xf, x_at + p0, plane, cin, wp, blk * cin * MR, bias, m0, min(m, m0 + MR), out,
-                      o_base + p0, n0, n1, residual, ep)  # fmt: skip
+                      o_base + p0, plane, n0, n1, residual, ep)  # fmt: skip
             if not vector:
                 p0 = j0 * PIXELS
                 p1 = min(plane, j1 * PIXELS)
