@@ -26,11 +26,13 @@ from farm.compiler.kernels.cpu._simd16 import (
     vdiv16,
     vexp16,
     vfma16,
+    vload16,
     vload16_masked,
     vmax16,
     vmin16,
     vmul16,
     vsplat16,
+    vstore16,
     vstore16_masked,
     vsub16,
 )
@@ -108,9 +110,22 @@ def activate_row(row, act, alpha, beta):
             v = row[i]
             row[i] = v * (_F1 if v >= _F0 else a)
         return
+    activate_into(row, row, act, alpha, beta)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always", fastmath={"contract"})
+def activate_into(src, dst, act, alpha, beta):
+    """``dst = act(src)`` over 1-D float32 arrays of one length (``src`` may be ``dst``), for the
+    activations of :func:`activate_row` but LeakyRelu: whole 16-lane vectors with plain loads
+    and stores, the ragged tail masked (a masked store on every step, even one of all lanes,
+    kept a large ReLU at 1.3x ONNX Runtime's time)."""
+    n = src.shape[0]
     ep = vector_epilogue(RES_NONE, act, alpha, beta)
-    for q in range(0, n, LANES):
-        vstore16_masked(row, q, activate16(vload16_masked(row, q, n - q), ep), n - q)
+    whole = n - n % LANES
+    for q in range(0, whole, LANES):
+        vstore16(dst, q, activate16(vload16(src, q), ep))
+    if whole < n:
+        vstore16_masked(dst, whole, activate16(vload16_masked(src, whole, n - whole), ep), n - whole)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")

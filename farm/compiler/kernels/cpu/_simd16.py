@@ -700,5 +700,9 @@ def max_into(dst: Any, src: Any) -> None:
     scalar loop ``dst[i] = max(dst[i], src[i])`` is the store-of-a-select pattern that LLVM turns
     into ``vmaskmovps`` stores without AVX-512 (:data:`HALVES_MAX_MIN`)."""
     n = dst.shape[0]
-    for q in range(0, n, LANES):
-        vstore16_masked(dst, q, vmax16(vload16_masked(src, q, n - q), vload16_masked(dst, q, n - q)), n - q)
+    whole = n - n % LANES  # plain loads and stores for whole vectors, masked ones for the tail
+    for q in range(0, whole, LANES):
+        vstore16(dst, q, vmax16(vload16(src, q), vload16(dst, q)))
+    if whole < n:
+        k = n - whole
+        vstore16_masked(dst, whole, vmax16(vload16_masked(src, whole, k), vload16_masked(dst, whole, k)), k)

@@ -30,6 +30,7 @@ from farm.compiler.kernels.cpu._epilogue import (
     ACT_RELU,
     ACT_SIGMOID,
     ACT_TANH,
+    activate_into,
     activate_row,
 )
 from farm.compiler.kernels.cpu._operands import RunsBound, dense, float32_io, memo
@@ -55,7 +56,8 @@ _UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divi
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
 def activation_flat(x, out, act, alpha, beta):
-    """out = act(x) over flat float32 arrays, in chunks (``x`` may be ``out``)."""
+    """out = act(x) over flat float32 arrays, in chunks (``x`` may be ``out``): one vector pass
+    (``activate_into``), LeakyRelu a copy then a pass in place."""
     n = x.shape[0]
     chunks = (n + _CHUNK - 1) // _CHUNK
     for c in prange(chunks):
@@ -63,6 +65,9 @@ def activation_flat(x, out, act, alpha, beta):
         hi = min(n, lo + _CHUNK)
         dst = out[lo:hi]
         src = x[lo:hi]
+        if act != ACT_LEAKY:
+            activate_into(src, dst, act, alpha, beta)
+            continue
         for i in range(hi - lo):
             dst[i] = src[i]
         activate_row(dst, act, alpha, beta)
