@@ -87,6 +87,23 @@ def test_softmax_any_axis(rng: np.random.Generator, shape: tuple, axis: int) -> 
     assert_close(one.run_tactic("cpu.norm.softmax"), one.expected(lambda *_: _softmax(x, axis)))
 
 
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_softmax_into_a_strided_output(rng: np.random.Generator, axis: int) -> None:
+    """``run`` into an output view that is not C-contiguous: the kernel writes a dense buffer
+    that is copied into the view (a reshape of the view would have been a copy, and the result
+    lost)."""
+    x = (rng.standard_normal((3, 6, 40)) * 4).astype(np.float32)
+    one = OneNode("Softmax", {"axis": axis}).feed("x", x)
+    one.build(x.shape)
+    tactic = get_tactic("cpu.norm.softmax")
+    prepared = tactic.prepare(one.node, one.graph)
+    wide = np.full((3, 6, 80), np.nan, np.float32)
+    view = wide[:, :, ::2]
+    tactic.run(one.node, [x], [view], prepared)
+    assert_close(view, one.expected(lambda *_: _softmax(x, axis)))
+    assert np.isnan(wide[:, :, 1::2]).all()
+
+
 @pytest.mark.parametrize("length", [3, 16, 45])
 def test_softmax_rows_with_masked_logits(rng: np.random.Generator, length: int) -> None:
     """Both row kernels (16-lane vectors on AVX-512 hosts, the row loops elsewhere) on logits

@@ -93,6 +93,9 @@ def test_bound_steps_read_each_runs_inputs() -> None:
         "cpu.pool.window",
         "cpu.pool.separable",
         "cpu.pool.rows",
+        "cpu.norm.softmax",
+        "cpu.conv_transpose.tiles",
+        "cpu.conv_transpose.bands",
     ],
 )
 def test_bind_declines_what_it_would_have_to_copy(tactic: str) -> None:
@@ -105,7 +108,11 @@ def test_bind_declines_what_it_would_have_to_copy(tactic: str) -> None:
     out = np.empty((1, 8, 12, 12), np.float32)
     graph = Graph("one")
     graph.add_input("x", "float32", (1, 8, 12, 12))
-    if tactic.startswith("cpu.conv.depthwise"):
+    if tactic.startswith("cpu.conv_transpose"):
+        graph.add_const("w", rng.standard_normal((8, 4, 2, 2)).astype(np.float32))
+        graph.add_node("ConvTranspose", ["x", "w"], ["y"], {"strides": [2, 2]})
+        out = np.empty((1, 4, 24, 24), np.float32)
+    elif tactic.startswith("cpu.conv.depthwise"):
         graph.add_const("w", rng.standard_normal((8, 1, 3, 3)).astype(np.float32))
         graph.add_node("Conv", ["x", "w"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 8})
     elif tactic in ("cpu.conv.packed16", "cpu.conv.channel_lanes", "cpu.conv.im2col_tiles"):
@@ -119,6 +126,8 @@ def test_bind_declines_what_it_would_have_to_copy(tactic: str) -> None:
         graph.add_node("Add", ["x", "x"], ["y"])
     elif tactic == "cpu.elementwise.activation":
         graph.add_node("Relu", ["x"], ["y"])
+    elif tactic == "cpu.norm.softmax":
+        graph.add_node("Softmax", ["x"], ["y"], {"axis": -1})
     elif tactic.startswith("cpu.pool.") and tactic != "cpu.pool.global_average":
         graph.add_node("MaxPool", ["x"], ["y"], {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]})
     else:
