@@ -561,7 +561,7 @@ def _conv(node: Node, ins: list[Info]) -> list[tuple[str | None, Shape | None]]:
     return [(dtype, (x.shape[0], w.shape[0], *_window_out(node, x.shape, kernel)))]
 
 
-@rule("ConvTranspose")
+@rule("ConvTranspose", "FusedConvTranspose")
 def _conv_transpose(node: Node, ins: list[Info]) -> list[tuple[str | None, Shape | None]]:
     x, w = ins[0], ins[1]
     kernel = _kernel(node, w)

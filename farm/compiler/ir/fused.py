@@ -35,6 +35,15 @@ plus ``activation``, ``alpha``, ``beta`` and ``residual`` (``"pre"`` or ``"post"
     y = act(z) + R      if residual == "post"
     y = act(z)          when R is absent
 
+FusedConvTranspose
+------------------
+inputs ``(X, W, B?)``; attributes: every ONNX ConvTranspose attribute (``auto_pad`` resolved as
+for ConvTranspose), plus ``activation``, ``alpha``, ``beta``::
+
+    y = act(conv_transpose(X, W) + B)       # B broadcast over channels, absent = 0
+
+No residual: a decoder adds its skip connection after a Concat or a Conv, not here.
+
 FusedGemm
 ---------
 inputs ``(A, B, bias?, R?)``; attributes ``transB`` (0/1), ``activation``, ``alpha``, ``beta``,
@@ -91,6 +100,6 @@ ACTIVATIONS = (
     "GeluTanh",
 )
 
-FUSED_OPS = ("FusedConv", "FusedGemm", "LayerNorm", "Gelu", "Attention")
+FUSED_OPS = ("FusedConv", "FusedConvTranspose", "FusedGemm", "LayerNorm", "Gelu", "Attention")
 
 RESIDUAL_MODES = ("pre", "post")

@@ -1,4 +1,5 @@
-"""Epilogue fusion: bias, activation and residual add folded into Conv / Gemm / MatMul."""
+"""Epilogue fusion: bias, activation and residual add folded into Conv / Gemm / MatMul; bias and
+activation into ConvTranspose."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 from farm.compiler.ir import Node
 from farm.compiler.passes.base import GraphEdit, GraphView, RewritePass, channel_vector, fits_into, is_close
 
-ANCHORS = ("Conv", "FusedConv", "MatMul", "FusedGemm")
+ANCHORS = ("Conv", "FusedConv", "ConvTranspose", "FusedConvTranspose", "MatMul", "FusedGemm")
+CHANNEL_OPS = ("FusedConv", "FusedConvTranspose")  # NCHW outputs: the bias runs along axis 1
 SIMPLE_ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -19,7 +21,7 @@ class Epilogue:
     """An anchor and what follows it. ``nodes[0]`` is the anchor, the rest are absorbed nodes."""
 
     nodes: list[Node]
-    op: str  # FusedConv or FusedGemm
+    op: str  # FusedConv, FusedConvTranspose or FusedGemm
     inputs: list[str]  # X, W
     attrs: dict[str, object]
     bias: np.ndarray | None = None
@@ -37,6 +39,8 @@ class EpilogueFusion(RewritePass[Epilogue]):
     FusedConv/FusedGemm(x, W, bias, R; activation, residual="post"); an Add(R) before the activation
     gives residual="pre". Activations: Relu, LeakyRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
     Gelu (both forms), Silu written as x * Sigmoid(x) and HardSwish written as x * HardSigmoid(x).
+    ConvTranspose(x, W) -> Add(per-channel constant) -> activation => FusedConvTranspose(x, W,
+    bias; activation): no residual (``ir.fused``).
     """
 
     name = "epilogue_fusion"
@@ -82,14 +86,12 @@ class EpilogueFusion(RewritePass[Epilogue]):
         out = node.outputs[0]
         if not view.is_float(out) or view.shape(out) is None:
             return None
-        if node.op_type in ("Conv", "MatMul"):
+        if node.op_type in ("Conv", "ConvTranspose", "MatMul"):
             if node.op_type == "MatMul" and min(len(view.shape(x) or ()), len(view.shape(w) or ())) < 2:
                 return None  # 1-D MatMul operands are not FusedGemm's broadcasting
-            op = "FusedConv" if node.op_type == "Conv" else "FusedGemm"
-            attrs: dict[str, object] = dict(node.attrs) if node.op_type == "Conv" else {"transB": 0}
-            return Epilogue(
-                [node], op, [x, w], attrs, bias_name=node.input(2) if node.op_type == "Conv" else ""
-            )
+            if node.op_type == "MatMul":
+                return Epilogue([node], "FusedGemm", [x, w], {"transB": 0})
+            return Epilogue([node], f"Fused{node.op_type}", [x, w], dict(node.attrs), bias_name=node.input(2))
         found = Epilogue(
             [node],
             node.op_type,
@@ -137,6 +139,8 @@ class EpilogueFusion(RewritePass[Epilogue]):
             found.nodes.append(nxt)
             found.absorbed.append("bias")
             return nxt.outputs[0]
+        if found.op == "FusedConvTranspose":
+            return None  # no residual input
         if not fits_into(view.shape(other), view.shape(cur)) or view.dtype(other) != view.dtype(cur):
             return None
         found.residual = other
@@ -151,7 +155,7 @@ class EpilogueFusion(RewritePass[Epilogue]):
         if data is None or shape is None or data.ndim > len(shape):
             return False
         channels = self._channels(found, view)
-        axis = 1 if found.op == "FusedConv" else len(shape) - 1
+        axis = 1 if found.op in CHANNEL_OPS else len(shape) - 1
         vector = channel_vector(data, len(shape), axis)
         if channels is None or vector is None or vector.size not in (1, channels):
             return False
@@ -173,7 +177,7 @@ class EpilogueFusion(RewritePass[Epilogue]):
         out_shape = view.shape(found.nodes[0].outputs[0])
         if not out_shape:
             return None
-        dim = out_shape[1] if found.op == "FusedConv" else out_shape[-1]
+        dim = out_shape[1] if found.op in CHANNEL_OPS else out_shape[-1]
         return dim if isinstance(dim, int) else None
 
     @staticmethod

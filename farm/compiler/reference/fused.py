@@ -1,5 +1,5 @@
 """The fused ops of ``farm.compiler.ir.fused``, exactly as that module defines them:
-FusedConv, FusedGemm, LayerNorm and Attention (Gelu is the ONNX op, in ``activations``)."""
+FusedConv, FusedConvTranspose, FusedGemm, LayerNorm and Attention (Gelu is the ONNX op, in ``activations``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from farm.compiler.ir.graph import Node
 from farm.compiler.reference.activations import apply_activation, softmax
-from farm.compiler.reference.nn_conv import conv_nd, window_params
+from farm.compiler.reference.nn_conv import conv_nd, conv_transpose, window_params
 from farm.compiler.reference.normalization import layer_norm
 from farm.compiler.reference.registry import Context, Inputs, op
 
@@ -35,6 +35,13 @@ def fused_conv(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
     strides, dilations, pads = window_params(node, x.shape[2:], kernel)
     z = conv_nd(x, w, _optional(inputs, 2), strides, dilations, pads, int(node.attr("group", 1))).astype(x.dtype)
     return epilogue(node, z, _optional(inputs, 3))
+
+
+@op("FusedConvTranspose")
+def fused_conv_transpose(node: Node, inputs: Inputs, ctx: Context) -> np.ndarray:
+    z = conv_transpose(node, inputs[:3], ctx)
+    assert isinstance(z, np.ndarray)
+    return epilogue(node, z, None)
 
 
 @op("FusedGemm")

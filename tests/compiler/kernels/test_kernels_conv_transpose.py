@@ -50,14 +50,18 @@ CASES: tuple[tuple[tuple[int, ...], tuple[int, ...], dict[str, Any], bool], ...]
 
 
 def convt_graph(
-    shape: tuple[int, ...], w: np.ndarray, attrs: dict[str, Any], bias: np.ndarray | None
+    shape: tuple[int, ...],
+    w: np.ndarray,
+    attrs: dict[str, Any],
+    bias: np.ndarray | None,
+    op_type: str = "ConvTranspose",
 ) -> Graph:
     g = Graph("convt")
     g.add_input("x", "float32", shape)
     inputs = ["x", g.add_const("w", w).name]
     if bias is not None:
         inputs.append(g.add_const("b", bias).name)
-    g.add_node("ConvTranspose", inputs, ["y"], attrs)
+    g.add_node(op_type, inputs, ["y"], attrs)
     g.add_value("y", "float32", None)
     g.outputs = ["y"]
     return g
@@ -81,6 +85,57 @@ def test_matches_the_reference(case: tuple, tactic: Any) -> None:  # type: ignor
         out = np.full(want.shape, np.nan, np.float32)  # every element must be written
         tactic.run(node, [x, None, None], [out], prepared)
         np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
+
+
+EPILOGUES = (
+    ("Relu", 0.0, 0.0),
+    ("LeakyRelu", 0.1, 0.0),
+    ("Clip", -0.5, 0.75),
+    ("Sigmoid", 0.0, 0.0),
+    ("HardSwish", 0.0, 0.0),
+    ("Silu", 0.0, 0.0),
+)
+EPILOGUE_CASES = (
+    ((1, 6, 9, 37), (6, 5, 4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, True),  # rows overlap
+    ((2, 4, 7, 20), (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}, False),  # stride 1: three input rows a row
+    ((1, 5, 3, 3), (5, 4, 3, 3), {"strides": [2, 2], "output_shape": [11, 11]}, True),  # unreached rows
+    ((1, 8, 40), (8, 3, 16), {"strides": [8], "pads": [4, 4]}, True),  # 1-D
+)
+
+
+@pytest.mark.parametrize("column_bytes", [1, None], ids=["one-input-row-chunks", "planned-chunks"])
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=[e[0] for e in EPILOGUES])
+@pytest.mark.parametrize("tactic", TACTICS, ids=[t.name.split(".")[-1] for t in TACTICS])
+def test_fused_activation_matches_the_reference(
+    tactic: Any, epilogue: tuple[str, float, float], column_bytes: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FusedConvTranspose: the activation is applied to each output row once the last input row
+    that reaches it has been added, chunk by chunk (one input row a chunk makes every overlap a
+    chunk boundary), and to rows no input row reaches (they hold act(bias))."""
+    from farm.compiler.kernels.cpu import conv_transpose
+
+    if column_bytes is not None:
+        monkeypatch.setattr(conv_transpose, "COLUMN_BYTES", column_bytes)
+    name, alpha, beta = epilogue
+    for case in EPILOGUE_CASES:
+        shape, wshape, attrs, with_bias = case
+        rng = np.random.default_rng(zlib.crc32(repr((case, name)).encode()))
+        w = rng.standard_normal(wshape).astype(np.float32)
+        bias = rng.standard_normal(wshape[1]).astype(np.float32) if with_bias else None
+        fused = dict(attrs, activation=name, alpha=alpha, beta=beta)
+        g = convt_graph(shape, w, fused, bias, op_type="FusedConvTranspose")
+        (node,) = g.nodes
+        assert tactic.supports(node, g)
+        prepared = tactic.prepare(node, g)
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = reference.run(g, {"x": x})["y"]
+        plain = reference.run(convt_graph(shape, w, attrs, bias), {"x": x})["y"]
+        assert not np.allclose(want, plain)  # the activation changed something
+        out = np.full(want.shape, np.nan, np.float32)
+        tactic.run(node, [x, None, None], [out], prepared)
+        np.testing.assert_allclose(
+            out, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()), err_msg=str(case)
+        )
 
 
 def test_bands_and_channel_blocks_split_small_batches() -> None:
@@ -142,3 +197,45 @@ def test_onnx_backend_cases_through_an_engine(case) -> None:  # type: ignore[no-
     got = engine.run(feeds)
     for name, want in zip(engine.output_names, expected, strict=True):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_decoder_block_builds_one_fused_step_and_matches_onnxruntime() -> None:
+    """ConvTranspose -> BatchNormalization -> Relu (a GAN generator's or DB head's upsampling
+    block) as an ONNX model: the build folds the BatchNorm and fuses the Relu, so the engine runs
+    one FusedConvTranspose step, and its output matches ONNX Runtime's on fresh inputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from farm.compiler import BuilderConfig, build
+
+    rng = np.random.default_rng(11)
+    c, m = 16, 8
+    consts = {
+        "w": rng.standard_normal((c, m, 4, 4)).astype(np.float32) / 8,
+        "b": rng.standard_normal(m).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, m).astype(np.float32),
+        "shift": rng.standard_normal(m).astype(np.float32),
+        "mean": rng.standard_normal(m).astype(np.float32),
+        "var": rng.uniform(0.5, 2.0, m).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["t", "scale", "shift", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "decoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 12, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, 24, 40])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    engine = build(model, "cpu", BuilderConfig(tuning_level=0))
+    assert [k.node.op_type for k in engine.kernels] == ["FusedConvTranspose"]
+    assert engine.kernels[0].tactic.name.startswith("cpu.conv_transpose.")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        x = rng.standard_normal((1, c, 12, 20)).astype(np.float32)
+        (want,) = session.run(None, {"x": x})
+        np.testing.assert_allclose(engine.run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)

@@ -131,6 +131,57 @@ def test_matmul_bias_activation_residual_post(
     assert_same_numbers(before, after, {"batch": 3})
 
 
+CONVT = {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0]}
+
+
+def test_conv_transpose_bias_and_activation() -> None:
+    """A decoder's ConvTranspose -> Add(per-channel bias) -> Relu => FusedConvTranspose(bias, Relu)."""
+    wt, bias, extra = w(4, 3, 2, 2), w(3), w(1, 3, 1, 1)
+    b = Builder()
+    x = b.input("x", ("n", 4, 5, 5))
+    c = b.op("ConvTranspose", [x, b.const(wt), b.const(bias)], CONVT, shape=("n", 3, 10, 10))
+    c2 = b.op("Add", [c, b.const(extra)], shape=("n", 3, 10, 10))
+    before = b.output(b.op("Relu", [c2], shape=("n", 3, 10, 10)))
+    e = Builder()
+    ex = e.input("x", ("n", 4, 5, 5))
+    attrs = {**CONVT, **NONE, "activation": "Relu"}
+    expected = e.output(
+        e.op(
+            "FusedConvTranspose",
+            [ex, e.const(wt), e.const(bias + extra.reshape(3))],
+            attrs,
+            shape=("n", 3, 10, 10),
+        )
+    )
+    after, result = run_pass(EpilogueFusion(), before)
+    assert_same_graph(after, expected)
+    assert result.changes == {"fused FusedConvTranspose epilogues (bias+Relu)": 1}
+    assert_same_numbers(before, after, {"n": 2})
+
+
+def test_conv_transpose_takes_no_residual() -> None:
+    """ConvTranspose -> Add(skip) -> Sigmoid: FusedConvTranspose has no residual input, so the Add
+    stays and the Sigmoid after it is not the ConvTranspose's; a Silu gate right after it is."""
+    wt = w(4, 4, 2, 2)
+    b = Builder()
+    x = b.input("x", (1, 4, 5, 5))
+    skip = b.input("skip", (1, 4, 10, 10))
+    c = b.op("ConvTranspose", [x, b.const(wt)], CONVT, shape=(1, 4, 10, 10))
+    s = b.op("Add", [c, skip], shape=(1, 4, 10, 10))
+    before = b.output(b.op("Sigmoid", [s], shape=(1, 4, 10, 10)))
+    after, result = run_pass(EpilogueFusion(), before)
+    assert not result.changes
+    assert [n.op_type for n in after.nodes] == ["ConvTranspose", "Add", "Sigmoid"]
+    b = Builder()
+    x = b.input("x", (1, 4, 5, 5))
+    c = b.op("ConvTranspose", [x, b.const(wt)], CONVT, shape=(1, 4, 10, 10))
+    g = b.op("Sigmoid", [c], shape=(1, 4, 10, 10))
+    before = b.output(b.op("Mul", [c, g], shape=(1, 4, 10, 10)))
+    after, _ = run_pass(EpilogueFusion(), before)
+    assert [(n.op_type, n.attr("activation")) for n in after.nodes] == [("FusedConvTranspose", "Silu")]
+    assert_same_numbers(before, after)
+
+
 def test_silu_written_as_x_times_sigmoid() -> None:
     wc = w(4, 3, 3, 3)
     b = Builder()

@@ -19,7 +19,10 @@ output channels of one image and group, so no two tasks write the same element:
    ``(iy*sh + ky*dh - pad_top, ix*sw + kx*dw - pad_left)`` of tap (ky, kx), skipping the
    positions the pads crop. At stride 1 a tap's row is one shifted vector add; at stride 2 an
    even-column tap and an odd-column one are added as one interleave, sixteen column pairs a
-   step (the k2, k3 and k4 stride-2 upsamplers); other strides go column by column.
+   step (the k2, k3 and k4 stride-2 upsamplers); other strides go column by column;
+4. FusedConvTranspose (``epilogue_fusion``: ConvTranspose -> bias Add -> activation) applies its
+   activation to each output row once no later input row reaches it, chunk by chunk, while the
+   row is still in cache; rows no input row reaches get act(bias).
 
 Bands overlap in the input rows they read when ``(kh-1)*dh >= sh``; those few rows' products are
 computed once per band (a band is tens of rows). Any stride, dilation, group, asymmetric or
@@ -39,7 +42,13 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu import _blas
-from farm.compiler.kernels.cpu._epilogue import ACT_NONE, RES_NONE, vector_epilogue
+from farm.compiler.kernels.cpu._epilogue import (
+    ACT_NONE,
+    RES_NONE,
+    activate_row,
+    epilogue_params,
+    vector_epilogue,
+)
 from farm.compiler.kernels.cpu._microgemm import MR, pack_rows
 from farm.compiler.kernels.cpu._operands import RunsBound, constant_input, dense, float32_io, memo
 from farm.compiler.kernels.cpu._simd16 import LANES, vadd16, vload16, vstore16, vziphi16, vziplo16
@@ -58,10 +67,14 @@ def _ceil_div(a, b):
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True)
-def conv_transpose_bands(x, wt, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band, block, chunk):
+def conv_transpose_bands(
+    x, wt, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band, block, chunk, act, alpha, beta
+):
     """ConvTranspose of x [N, C, H, W] with wt [G, Mg*kh*kw, Cg] (row ``(m*kh + ky)*kw + kx`` is
     output channel m's tap (ky, kx)) plus ``bias`` [M] into out [N, M, Ho, Wo]: tasks of ``band``
-    output rows x ``block`` output channels, input rows ``chunk`` at a time."""
+    output rows x ``block`` output channels, input rows ``chunk`` at a time; the activation
+    ``act`` (an ``_epilogue`` code with ``alpha``/``beta``) on each output row once no later
+    input row reaches it, while the task's last chunk left it in cache."""
     n_count, c_count, h, w = x.shape
     groups, _, cg = wt.shape
     m_count, ho, wo = out.shape[1], out.shape[2], out.shape[3]
@@ -78,8 +91,10 @@ def conv_transpose_bands(x, wt, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band,
         n, g, m0, mn, o_plane, oy0, oy1, iy_lo, iy_hi = _task(
             t, out, bias, h, groups, blocks, bands, band, block, kh, sh, dh, pt
         )
-        if iy_hi < iy_lo:
+        if iy_hi < iy_lo:  # rows no input row reaches: the bias, activated
+            _activate_rows(of, o_plane, ho, wo, mn, oy0, oy1, act, alpha, beta)
             continue
+        done = oy0  # output rows before this one are final and activated
         cf = _column_buffer(mn * taps, ldc)
         for r0 in range(iy_lo, iy_hi + 1, chunk):
             rn = min(chunk, iy_hi + 1 - r0)
@@ -91,10 +106,16 @@ def conv_transpose_bands(x, wt, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band,
             )  # fmt: skip
             _col2im(of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1,
                     r0, rn, w, ranges, phases)  # fmt: skip
+            # rows below the next input row's first output row are final
+            final = oy1 if r0 + rn > iy_hi else max(done, min(oy1, (r0 + rn) * sh - pt))
+            _activate_rows(of, o_plane, ho, wo, mn, done, final, act, alpha, beta)
+            done = final
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv_transpose_tiles(x, wp, zeros, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band, block, chunk):
+def conv_transpose_tiles(
+    x, wp, zeros, bias, out, kh, kw, sh, sw, pt, pl, dh, dw, band, block, chunk, act, alpha, beta
+):
     """:func:`conv_transpose_bands` with the GEMM to columns in register tiles instead of BLAS:
     ``wp`` holds each group's [Mg*kh*kw, Cg] weight as 12-row A panels (flat [G, P, Cg, 12]), a
     tile is 12 column rows x 32 pixels of the chunk's input rows (``pointwise_tiles._tile``, the
@@ -121,8 +142,10 @@ def conv_transpose_tiles(x, wp, zeros, bias, out, kh, kw, sh, sw, pt, pl, dh, dw
         n, g, m0, mn, o_plane, oy0, oy1, iy_lo, iy_hi = _task(
             t, out, bias, h, groups, blocks, bands, band, block, kh, sh, dh, pt
         )
-        if iy_hi < iy_lo:
+        if iy_hi < iy_lo:  # rows no input row reaches: the bias, activated
+            _activate_rows(of, o_plane, ho, wo, mn, oy0, oy1, act, alpha, beta)
             continue
+        done = oy0  # output rows before this one are final and activated
         cf = _column_buffer(mn * taps, ldc)
         row_lo = m0 * taps
         row_hi = row_lo + mn * taps
@@ -141,6 +164,21 @@ def conv_transpose_tiles(x, wp, zeros, bias, out, kh, kw, sh, sw, pt, pl, dh, dw
                           cf, o_row + p0, ldc, n0, n1, zeros, ep)  # fmt: skip
             _col2im(of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1,
                     r0, rn, w, ranges, phases)  # fmt: skip
+            # rows below the next input row's first output row are final
+            final = oy1 if r0 + rn > iy_hi else max(done, min(oy1, (r0 + rn) * sh - pt))
+            _activate_rows(of, o_plane, ho, wo, mn, done, final, act, alpha, beta)
+            done = final
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _activate_rows(of, o_plane, ho, wo, mn, lo, hi, act, alpha, beta):
+    """The activation on output rows ``lo .. hi-1`` of the ``mn`` channel planes from flat
+    ``of[o_plane:]`` ([ho, wo] each); nothing for ``ACT_NONE``."""
+    if act == ACT_NONE or hi <= lo:
+        return
+    for m in range(mn):
+        at = o_plane + m * ho * wo
+        activate_row(of[at + lo * wo : at + hi * wo], act, alpha, beta)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
@@ -313,13 +351,14 @@ class _BandsTactic(RunsBound, Tactic):
     """What the two ConvTranspose tactics share: the node they take, the bias, the plan and the
     binding; :meth:`_weight` and :meth:`_kernel` are the GEMM's own."""
 
-    op_types = ("ConvTranspose",)
+    op_types = ("ConvTranspose", "FusedConvTranspose")
     align = 1  # rows of the GEMM a channel block must come to a multiple of
     uses_blas = False  # BLAS is held to one thread around the call
 
     def supports(self, node: Node, graph: Graph) -> bool:
-        """Float32, 1-D or 2-D, a constant weight and a constant bias or none."""
-        if not float32_io(node, graph):
+        """Float32, 1-D or 2-D, a constant weight and a constant bias or none (FusedConvTranspose:
+        any epilogue activation, no residual input)."""
+        if not float32_io(node, graph) or node.input(3):
             return False
         x = graph.values[node.input(0)]
         w = graph.const(node.input(1))
@@ -392,7 +431,10 @@ class _BandsTactic(RunsBound, Tactic):
             return kh, kw, sh, sw, pt, pl, dh, dw, band, block, chunk
 
         geometry = memo(prepared, ("convt_plan", x.shape, out.shape, threads), plan)
-        call = functools.partial(fn, x4, *weights, prepared.tensors["bias"], out4, *geometry)
+        act, alpha, beta, _ = epilogue_params(node)
+        call = functools.partial(
+            fn, x4, *weights, prepared.tensors["bias"], out4, *geometry, act, alpha, beta
+        )
         return blas_single_thread_call(call) if self.uses_blas else call
 
 

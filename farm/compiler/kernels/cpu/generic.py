@@ -47,7 +47,7 @@ REFERENCE_OPS: tuple[str, ...] = (
     "Pad", "Shape", "Size", "ConstantOfShape", "Range", "Constant", "DepthToSpace",
     "SpaceToDepth", "Resize", "TopK", "NonZero", "OneHot", "Einsum", "Trilu",
     # neural-network ops without a dedicated generic tactic
-    "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "ConvTranspose", "FusedConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
     "LRN", "Softmax", "LogSoftmax", "Hardmax", "LpNormalization", "LayerNorm",
     "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "If", "Loop", "Scan",
