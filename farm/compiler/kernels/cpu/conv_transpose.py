@@ -104,12 +104,8 @@ def conv_transpose_bands(
                 xf, ((n * c_count + g * cg) * h + r0) * w, h * w,
                 0.0, cf, 0, ldc,
             )  # fmt: skip
-            _col2im(of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1,
-                    r0, rn, w, ranges, phases)  # fmt: skip
-            # rows below the next input row's first output row are final
-            final = oy1 if r0 + rn > iy_hi else max(done, min(oy1, (r0 + rn) * sh - pt))
-            _activate_rows(of, o_plane, ho, wo, mn, done, final, act, alpha, beta)
-            done = final
+            done = _add_chunk(of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1,
+                              r0, rn, w, ranges, phases, iy_hi, done, act, alpha, beta)  # fmt: skip
 
 
 @njit(error_model="numpy", parallel=True, cache=True, nogil=True, fastmath={"contract"})
@@ -162,12 +158,25 @@ def conv_transpose_tiles(
                     n1 = min(max(left - LANES, 0), LANES)
                     _tile(xf, x_at + p0, plane, cg, wf, w_at, zeros, p * MR, min(row_hi, p * MR + MR),
                           cf, o_row + p0, ldc, n0, n1, zeros, ep)  # fmt: skip
-            _col2im(of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1,
-                    r0, rn, w, ranges, phases)  # fmt: skip
-            # rows below the next input row's first output row are final
-            final = oy1 if r0 + rn > iy_hi else max(done, min(oy1, (r0 + rn) * sh - pt))
-            _activate_rows(of, o_plane, ho, wo, mn, done, final, act, alpha, beta)
-            done = final
+            done = _add_chunk(of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1,
+                              r0, rn, w, ranges, phases, iy_hi, done, act, alpha, beta)  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _add_chunk(
+    of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1, r0, rn, w, ranges, phases,
+    iy_hi, done, act, alpha, beta,
+):  # fmt: skip
+    """The chunk of input rows ``r0 .. r0+rn-1`` into the output (:func:`_col2im`), then the
+    activation on the rows it made final: those below the next input row's first output row
+    (all of the band after its last input row ``iy_hi``), from ``done`` on. Returns the new
+    ``done``."""
+    _col2im(
+        of, o_plane, ho, wo, cf, ldc, mn, kh, kw, sh, sw, dh, dw, pt, pl, oy0, oy1, r0, rn, w, ranges, phases
+    )
+    final = oy1 if r0 + rn > iy_hi else max(done, min(oy1, (r0 + rn) * sh - pt))
+    _activate_rows(of, o_plane, ho, wo, mn, done, final, act, alpha, beta)
+    return final
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
