@@ -2,7 +2,7 @@
 float64 direct convolution of test_kernels_conv.py: Silero VAD's encoder convs (stride 2 down to
 lengths 2 and 1), output channels below 16, a ragged last block and more than four 16-channel
 blocks, strides, dilation, asymmetric pads whose windows lie partly or wholly outside the input,
-batch 1 and 3, 1-D, every epilogue activation and residual mode, with and without bias; and
+batch 1 and 3, pixels in groups of four and alone, 1-D, every epilogue activation and residual mode, with and without bias; and
 what it declines."""
 
 from __future__ import annotations
@@ -26,6 +26,19 @@ CASES = [
     (2, 9, 5, 3, 83, (3, 2), (1, 2), (2, 0, 1, 1), (2, 1), 1),  # 5 blocks + a ragged one, dilation
     (1, 4, 2, 2, 16, (5, 5), (1, 1), (3, 3, 3, 3), (1, 1), 1),  # windows wholly in the padding
     (1, 16, 7, 7, 32, (7, 7), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # one pixel: a 7x7 "dense" conv
+    (1, 8, 1, 7, 70, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1),  # 7 pixels: a group of four, then three alone
+    (
+        1,
+        1,
+        1,
+        640,
+        258,
+        (1, 256),
+        (1, 128),
+        (0, 0, 0, 0),
+        (1, 1),
+        1,
+    ),  # Silero's STFT: 258 x 256 taps, 4 pixels
 ]
 
 

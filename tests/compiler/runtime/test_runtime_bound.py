@@ -237,3 +237,61 @@ def test_bound_steps_are_the_runs_steps_and_replay_alone() -> None:
             s.kernel.tactic.run(s.kernel.node, s.ins, s.outs, s.prepared)
     for o, want in zip(outs, after_run, strict=True):
         np.testing.assert_array_equal(o, want)
+
+
+def _light_ops_and_lstm() -> Graph:
+    """A streaming audio model's light ops around one LSTM (Silero VAD's shape of graph):
+    Pow, Sqrt, Gather of the state, LSTM with initial states, Concat of the new state,
+    ReduceMean, Greater/Where, Cast, Split and Transpose."""
+    rng = np.random.default_rng(3)
+    g = Graph("light_ops_lstm", opset=18)
+    g.add_input("x", "float32", (5, 2, 8))
+    g.add_input("state", "float32", (2, 1, 2, 16))
+    g.add_const("two", np.array(2.0, np.float32))
+    g.add_const("zero", np.array(0.0, np.float32))
+    g.add_const("first", np.array(0, np.int64))
+    g.add_const("second", np.array(1, np.int64))
+    g.add_const("W", (rng.standard_normal((1, 64, 8)) * 0.3).astype(np.float32))
+    g.add_const("R", (rng.standard_normal((1, 64, 16)) * 0.3).astype(np.float32))
+    g.add_const("B", (rng.standard_normal((1, 128)) * 0.1).astype(np.float32))
+    g.add_node("Pow", ["x", "two"], ["p"])
+    g.add_node("Sqrt", ["p"], ["q"])
+    g.add_node("Gather", ["state", "first"], ["h0"], {"axis": 0})
+    g.add_node("Gather", ["state", "second"], ["c0"], {"axis": 0})
+    g.add_node("LSTM", ["q", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"], {"hidden_size": 16})
+    g.add_node("Concat", ["yh", "yc"], ["new_state"], {"axis": 0})
+    g.add_node("ReduceMean", ["y"], ["mean"], {"axes": [0], "keepdims": 0})
+    g.add_node("Greater", ["mean", "zero"], ["positive"])
+    g.add_node("Neg", ["mean"], ["negative"])
+    g.add_node("Where", ["positive", "mean", "negative"], ["magnitude"])
+    g.add_node("Cast", ["magnitude"], ["wide"], {"to": 11})
+    g.add_node("Split", ["yh"], ["left", "right"], {"axis": 2, "num_outputs": 2})
+    g.add_node("Transpose", ["left"], ["left_t"], {"perm": [2, 1, 0]})
+    g.outputs = ["new_state", "wide", "left_t", "right"]
+    infer_shapes(g, {"x": (5, 2, 8), "state": (2, 1, 2, 16)})
+    return g
+
+
+def test_light_ops_and_recurrent_layers_bind_and_read_each_runs_data() -> None:
+    """The numpy tactics of the light ops and the fused LSTM bind (a streaming model's run is
+    mostly such steps, ~1-15 us of Python each when unbound), and bound they compute each
+    run's data: several runs with new feeds match the reference."""
+    graph = _light_ops_and_lstm()
+    engine = build(graph, config=BuilderConfig(tuning_level=0))
+    context = engine.create_context()
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        feeds = {
+            "x": rng.standard_normal((5, 2, 8)).astype(np.float32),
+            "state": rng.standard_normal((2, 1, 2, 16)).astype(np.float32),
+        }
+        got, want = context.run(feeds), reference.run(graph, feeds)
+        for name in graph.outputs:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=f"{name} s{seed}")
+    (bound,) = context._bound.values()
+    steps = {s.kernel.tactic.name: s for s in bound.steps if s.mode == "kernel"}
+    light = {"cpu.numpy.unary", "cpu.numpy.binary", "cpu.numpy.copy", "cpu.numpy.where", "cpu.numpy.reduce"}
+    assert light | {"cpu.recurrent.fused"} <= set(steps)
+    assert all(
+        s.call is not None for s in bound.steps if s.kernel.tactic.name in light | {"cpu.recurrent.fused"}
+    )

@@ -35,6 +35,7 @@ from farm.compiler.kernels.cpu._epilogue import (
 )
 from farm.compiler.kernels.cpu._operands import RunsBound, dense, memo
 from farm.compiler.kernels.cpu._simd16 import (
+    AVX512,
     LANES,
     vbroadcast16,
     vfma16,
@@ -49,6 +50,7 @@ from farm.compiler.kernels.registry import Prepared, register_tactic
 
 MAX_PIXELS = 64  # output pixels over the whole batch
 MAX_WEIGHTS = 1 << 20  # floats of the weight (4 MiB): past it the layer is not small
+PIXEL_BLOCK = 4 if AVX512 else 1  # pixels computed together (:func:`_four_pixels`)
 
 
 @njit(error_model="numpy", cache=True, nogil=True, inline="always")
@@ -60,67 +62,170 @@ def _weight_times_patch(wf, m_count, k_count, m0, patch):
     return a
 
 
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _gather(x, n, oy, ox, kh, kw, sh, sw, pt, pl, dh, dw, patch, at):
+    """The input window of output pixel (n, oy, ox) as patch[at : at + C*kh*kw], zeros where
+    the window leaves the image."""
+    c_count, h, w = x.shape[1], x.shape[2], x.shape[3]
+    r = at
+    for c in range(c_count):
+        for i in range(kh):
+            iy = oy * sh - pt + i * dh
+            for j in range(kw):
+                ix = ox * sw - pl + j * dw
+                inside = iy >= 0 and iy < h and ix >= 0 and ix < w
+                patch[r] = x[n, c, iy, ix] if inside else np.float32(0.0)
+                r += 1
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _one_pixel(wf, m_count, k_count, patch, acc):
+    """acc[m] = sum over q of wt[q, m] * patch[q], for every m: four blocks of 16 channels at a
+    time (four independent FMA chains), then single blocks, then the masked tail."""
+    whole = m_count - m_count % LANES
+    m0 = 0
+    while m0 + 4 * LANES <= whole:
+        a0 = vzero16()
+        a1 = vzero16()
+        a2 = vzero16()
+        a3 = vzero16()
+        for q in range(k_count):
+            v = vbroadcast16(patch, q)
+            base = q * m_count + m0
+            a0 = vfma16(vload16(wf, base), v, a0)
+            a1 = vfma16(vload16(wf, base + LANES), v, a1)
+            a2 = vfma16(vload16(wf, base + 2 * LANES), v, a2)
+            a3 = vfma16(vload16(wf, base + 3 * LANES), v, a3)
+        vstore16(acc, m0, a0)
+        vstore16(acc, m0 + LANES, a1)
+        vstore16(acc, m0 + 2 * LANES, a2)
+        vstore16(acc, m0 + 3 * LANES, a3)
+        m0 += 4 * LANES
+    while m0 < whole:
+        vstore16(acc, m0, _weight_times_patch(wf, m_count, k_count, m0, patch))
+        m0 += LANES
+    if whole < m_count:
+        tail = m_count - whole
+        a = vzero16()
+        for q in range(k_count):
+            a = vfma16(vload16_masked(wf, q * m_count + whole, tail), vbroadcast16(patch, q), a)
+        vstore16_masked(acc, whole, a, tail)
+
+
+@njit(error_model="numpy", cache=True, nogil=True, inline="always")
+def _four_pixels(wf, m_count, k_count, patch, acc):
+    """:func:`_one_pixel` for four pixels at once (patches and sums at rows of ``k_count`` and
+    ``m_count`` floats): each weight vector loaded once feeds four FMAs, so a weight too large
+    for L1 (Silero's 256-tap STFT, 258 x 256 floats) is read from L2 a quarter as often. Four
+    blocks of 16 channels x four pixels: sixteen accumulators."""
+    whole = m_count - m_count % LANES
+    k1, k2, k3 = k_count, 2 * k_count, 3 * k_count
+    m1, m2, m3 = m_count, 2 * m_count, 3 * m_count
+    m0 = 0
+    while m0 + 4 * LANES <= whole:
+        a00 = a01 = a02 = a03 = vzero16()
+        a10 = a11 = a12 = a13 = vzero16()
+        a20 = a21 = a22 = a23 = vzero16()
+        a30 = a31 = a32 = a33 = vzero16()
+        for q in range(k_count):
+            base = q * m_count + m0
+            w0 = vload16(wf, base)
+            w1 = vload16(wf, base + LANES)
+            w2 = vload16(wf, base + 2 * LANES)
+            w3 = vload16(wf, base + 3 * LANES)
+            v = vbroadcast16(patch, q)
+            a00 = vfma16(w0, v, a00)
+            a01 = vfma16(w1, v, a01)
+            a02 = vfma16(w2, v, a02)
+            a03 = vfma16(w3, v, a03)
+            v = vbroadcast16(patch, k1 + q)
+            a10 = vfma16(w0, v, a10)
+            a11 = vfma16(w1, v, a11)
+            a12 = vfma16(w2, v, a12)
+            a13 = vfma16(w3, v, a13)
+            v = vbroadcast16(patch, k2 + q)
+            a20 = vfma16(w0, v, a20)
+            a21 = vfma16(w1, v, a21)
+            a22 = vfma16(w2, v, a22)
+            a23 = vfma16(w3, v, a23)
+            v = vbroadcast16(patch, k3 + q)
+            a30 = vfma16(w0, v, a30)
+            a31 = vfma16(w1, v, a31)
+            a32 = vfma16(w2, v, a32)
+            a33 = vfma16(w3, v, a33)
+        vstore16(acc, m0, a00)
+        vstore16(acc, m0 + LANES, a01)
+        vstore16(acc, m0 + 2 * LANES, a02)
+        vstore16(acc, m0 + 3 * LANES, a03)
+        vstore16(acc, m1 + m0, a10)
+        vstore16(acc, m1 + m0 + LANES, a11)
+        vstore16(acc, m1 + m0 + 2 * LANES, a12)
+        vstore16(acc, m1 + m0 + 3 * LANES, a13)
+        vstore16(acc, m2 + m0, a20)
+        vstore16(acc, m2 + m0 + LANES, a21)
+        vstore16(acc, m2 + m0 + 2 * LANES, a22)
+        vstore16(acc, m2 + m0 + 3 * LANES, a23)
+        vstore16(acc, m3 + m0, a30)
+        vstore16(acc, m3 + m0 + LANES, a31)
+        vstore16(acc, m3 + m0 + 2 * LANES, a32)
+        vstore16(acc, m3 + m0 + 3 * LANES, a33)
+        m0 += 4 * LANES
+    while m0 < m_count:
+        count = m_count - m0  # the last block may be partial
+        a0 = a1 = a2 = a3 = vzero16()
+        for q in range(k_count):
+            w = vload16_masked(wf, q * m_count + m0, count)
+            a0 = vfma16(w, vbroadcast16(patch, q), a0)
+            a1 = vfma16(w, vbroadcast16(patch, k1 + q), a1)
+            a2 = vfma16(w, vbroadcast16(patch, k2 + q), a2)
+            a3 = vfma16(w, vbroadcast16(patch, k3 + q), a3)
+        vstore16_masked(acc, m0, a0, count)
+        vstore16_masked(acc, m1 + m0, a1, count)
+        vstore16_masked(acc, m2 + m0, a2, count)
+        vstore16_masked(acc, m3 + m0, a3, count)
+        m0 += LANES
+
+
 @njit(error_model="numpy", cache=True, nogil=True)
 def conv_small(
     x, wt, bias, has_bias, residual, res_mode, act, alpha, beta, out, kh, kw, sh, sw, pt, pl, dh, dw
 ):
     """Conv of x [N, C, H, W] with wt [C*kh*kw, M] (row ``(c*kh + i)*kw + j``) into out [N, M,
-    Ho, Wo], then bias, ``residual`` ([N*M, Ho*Wo] or a dummy) and the activation per row."""
-    n_count, c_count, h, w = x.shape
+    Ho, Wo], then bias, ``residual`` ([N*M, Ho*Wo] or a dummy) and the activation per row.
+    With AVX-512, pixels go four at a time (:func:`_four_pixels`, also for a last group of two
+    or three; 16 accumulators do not fit in AVX2's sixteen registers), else one by one."""
+    n_count = x.shape[0]
     k_count, m_count = wt.shape
     ho, wo = out.shape[2], out.shape[3]
-    patch = np.empty(k_count, np.float32)
-    acc = np.empty(m_count, np.float32)
-    res = np.empty(m_count if res_mode != RES_NONE else 1, np.float32)  # the pixel's residuals
+    plane = ho * wo
+    group = PIXEL_BLOCK
+    patch = np.zeros(group * k_count, np.float32)  # rows past a short group: zeros, dropped
+    acc = np.empty(group * m_count, np.float32)
+    res = np.empty(m_count if res_mode != RES_NONE else 1, np.float32)  # a pixel's residuals
     wf = wt.reshape(-1)
-    whole = m_count - m_count % LANES
-    rows = out.reshape(n_count * m_count, ho * wo)
-    for n in range(n_count):
-        for oy in range(ho):
-            for ox in range(wo):
-                r = 0
-                for c in range(c_count):
-                    for i in range(kh):
-                        iy = oy * sh - pt + i * dh
-                        for j in range(kw):
-                            ix = ox * sw - pl + j * dw
-                            inside = iy >= 0 and iy < h and ix >= 0 and ix < w
-                            patch[r] = x[n, c, iy, ix] if inside else np.float32(0.0)
-                            r += 1
-                m0 = 0
-                while m0 + 4 * LANES <= whole:  # four independent FMA chains
-                    a0 = vzero16()
-                    a1 = vzero16()
-                    a2 = vzero16()
-                    a3 = vzero16()
-                    for q in range(k_count):
-                        v = vbroadcast16(patch, q)
-                        base = q * m_count + m0
-                        a0 = vfma16(vload16(wf, base), v, a0)
-                        a1 = vfma16(vload16(wf, base + LANES), v, a1)
-                        a2 = vfma16(vload16(wf, base + 2 * LANES), v, a2)
-                        a3 = vfma16(vload16(wf, base + 3 * LANES), v, a3)
-                    vstore16(acc, m0, a0)
-                    vstore16(acc, m0 + LANES, a1)
-                    vstore16(acc, m0 + 2 * LANES, a2)
-                    vstore16(acc, m0 + 3 * LANES, a3)
-                    m0 += 4 * LANES
-                while m0 < whole:
-                    vstore16(acc, m0, _weight_times_patch(wf, m_count, k_count, m0, patch))
-                    m0 += LANES
-                if whole < m_count:
-                    tail = m_count - whole
-                    a = vzero16()
-                    for q in range(k_count):
-                        a = vfma16(vload16_masked(wf, q * m_count + whole, tail), vbroadcast16(patch, q), a)
-                    vstore16_masked(acc, whole, a, tail)
-                p = oy * wo + ox
-                if res_mode != RES_NONE:
-                    for m in range(m_count):
-                        res[m] = residual[n * m_count + m, p]
-                finish_row(acc, np.float32(0.0), bias, 2 if has_bias else 0, res, res_mode, act, alpha, beta)
+    rows = out.reshape(n_count * m_count, plane)
+    total = n_count * plane
+    first = 0
+    while first < total:
+        count = min(group, total - first)
+        for u in range(count):
+            n, p = divmod(first + u, plane)
+            _gather(x, n, p // wo, p % wo, kh, kw, sh, sw, pt, pl, dh, dw, patch, u * k_count)
+        if count > 1:  # two or three pixels too: the unused rows' sums are dropped
+            _four_pixels(wf, m_count, k_count, patch, acc)
+        else:
+            for u in range(count):
+                _one_pixel(wf, m_count, k_count, patch[u * k_count : (u + 1) * k_count], acc[u * m_count :])
+        for u in range(count):
+            n, p = divmod(first + u, plane)
+            sums = acc[u * m_count : (u + 1) * m_count]
+            if res_mode != RES_NONE:
                 for m in range(m_count):
-                    rows[n * m_count + m, p] = acc[m]
+                    res[m] = residual[n * m_count + m, p]
+            finish_row(sums, np.float32(0.0), bias, 2 if has_bias else 0, res, res_mode, act, alpha, beta)
+            for m in range(m_count):
+                rows[n * m_count + m, p] = sums[m]
+        first += count
 
 
 @register_tactic

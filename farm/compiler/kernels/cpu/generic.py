@@ -17,13 +17,15 @@ tactic whenever one supports the node.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from farm.compiler.ir import Graph, Node
+from farm.compiler.kernels.cpu._operands import RunsBound
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 # Ops whose generic tactic is the reference implementation. When the reference package
@@ -185,7 +187,7 @@ def _float_inputs(node: Node, graph: Graph) -> bool:
 
 
 @register_tactic
-class NumpyUnaryTactic(Tactic):
+class NumpyUnaryTactic(RunsBound, Tactic):
     """Elementwise unary ops as one numpy ufunc call into the output (works in place)."""
 
     name = "cpu.numpy.unary"
@@ -202,32 +204,37 @@ class NumpyUnaryTactic(Tactic):
             return graph.values[node.input(0)].dtype == "bool"
         return _float_inputs(node, graph)
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
-        """``out = f(x)``."""
+        copies: bool = False,
+    ) -> Callable[[], None]:
+        """The ufunc call(s) on these arrays, the op's dispatch done once."""
         x, out = inputs[0], outputs[0]
         assert x is not None
         op = node.op_type
         if op == "Relu":
-            np.maximum(x, 0, out=out)
-        elif op == "Sigmoid":
-            np.negative(x, out=out)
-            np.exp(out, out=out)
-            out += 1
-            np.reciprocal(out, out=out)
-        elif op == "Erf":
-            np.copyto(out, erf_float32(x), casting="unsafe")
-        else:
-            _UNARY_UFUNCS[op](x, out=out)
+            return functools.partial(np.maximum, x, x.dtype.type(0), out=out)
+        if op == "Sigmoid":
+
+            def sigmoid() -> None:
+                with np.errstate(over="ignore"):  # exp(-x) = inf below x ~ -88: the limit, 0, is right
+                    np.negative(x, out=out)
+                    np.exp(out, out=out)
+                np.add(out, 1, out=out)
+                np.reciprocal(out, out=out)
+
+            return sigmoid
+        if op == "Erf":
+            return lambda: np.copyto(out, erf_float32(x), casting="unsafe")
+        return functools.partial(_UNARY_UFUNCS[op], x, out=out)
 
 
 @register_tactic
-class NumpyBinaryTactic(Tactic):
+class NumpyBinaryTactic(RunsBound, Tactic):
     """Elementwise binary ops (numpy broadcasting) as one ufunc call into the output."""
 
     name = "cpu.numpy.binary"
@@ -242,19 +249,20 @@ class NumpyBinaryTactic(Tactic):
             return False
         return node.op_type not in _FLOAT_ONLY or _float_inputs(node, graph)
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
-        """``out = f(a, b)``."""
-        _BINARY_UFUNCS[node.op_type](inputs[0], inputs[1], out=outputs[0])
+        copies: bool = False,
+    ) -> Callable[[], None]:
+        """The ufunc call on these arrays."""
+        return functools.partial(_BINARY_UFUNCS[node.op_type], inputs[0], inputs[1], out=outputs[0])
 
 
 @register_tactic
-class NumpyWhereTactic(Tactic):
+class NumpyWhereTactic(RunsBound, Tactic):
     """Where: copy Y, then X where the condition holds (broadcasting, no temporary)."""
 
     name = "cpu.numpy.where"
@@ -262,23 +270,29 @@ class NumpyWhereTactic(Tactic):
     priority = -50
     accepts_strided_output = True
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
-        """``out = where(c, x, y)``."""
+        copies: bool = False,
+    ) -> Callable[[], None]:
+        """The two copies on these arrays, the condition broadcast once."""
         cond, x, y = inputs[0], inputs[1], inputs[2]
         assert cond is not None and x is not None and y is not None
         out = outputs[0]
-        np.copyto(out, y)
-        np.copyto(out, x, where=np.broadcast_to(cond, out.shape))
+        mask = np.broadcast_to(cond, out.shape)
+
+        def where() -> None:
+            np.copyto(out, y)
+            np.copyto(out, x, where=mask)
+
+        return where
 
 
 @register_tactic
-class NumpyDataMovementTactic(Tactic):
+class NumpyDataMovementTactic(RunsBound, Tactic):
     """Transpose / Expand / Cast / Concat / Split / Gather / Identity-like copies, straight into
     the output buffers."""
 
@@ -296,46 +310,60 @@ class NumpyDataMovementTactic(Tactic):
             return src not in (None, "string", "bfloat16") and dst not in (None, "string", "bfloat16")
         return True
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
         outputs: Sequence[np.ndarray],
         prepared: Prepared,
-    ) -> None:
-        """Copy (with the op's indexing) into the preallocated outputs."""
+        copies: bool = False,
+    ) -> Callable[[], None]:
+        """The copies on these arrays, their views made once (a reshape that would copy, of a
+        strided input, is redone on every call)."""
         op = node.op_type
         x = inputs[0]
         assert x is not None
         if op == "Transpose":
             perm = node.attr("perm") or list(range(x.ndim))[::-1]
-            np.copyto(outputs[0], x.transpose(perm))
-        elif op in ("Expand", "Cast"):
-            np.copyto(outputs[0], x, casting="unsafe")
-        elif op == "Concat":
+            return functools.partial(np.copyto, outputs[0], x.transpose(perm))
+        if op in ("Expand", "Cast"):
+            return functools.partial(np.copyto, outputs[0], x, casting="unsafe")
+        if op == "Concat":
             out = outputs[0]
             axis = int(node.attr("axis", 0)) % out.ndim
-            start = 0
+            pairs, start = [], 0
             for part in inputs:
                 if part is None:
                     continue
                 end = start + part.shape[axis]
-                np.copyto(out[(slice(None),) * axis + (slice(start, end),)], part)
+                pairs.append((out[(slice(None),) * axis + (slice(start, end),)], part))
                 start = end
-        elif op == "Split":
+            return functools.partial(_copy_pairs, tuple(pairs))
+        if op == "Split":
             axis = int(node.attr("axis", 0)) % x.ndim
-            start = 0
+            pairs, start = [], 0
             for out in outputs:
                 end = start + out.shape[axis]
-                np.copyto(out, x[(slice(None),) * axis + (slice(start, end),)])
+                pairs.append((out, x[(slice(None),) * axis + (slice(start, end),)]))
                 start = end
-        elif op == "Gather":
+            return functools.partial(_copy_pairs, tuple(pairs))
+        if op == "Gather":
             indices = inputs[1]
             assert indices is not None
             axis = int(node.attr("axis", 0)) % x.ndim
-            np.copyto(outputs[0], np.take(x, indices, axis=axis))
-        else:  # Identity and the reshapes: same data, the output's shape
-            np.copyto(outputs[0], x.reshape(outputs[0].shape))
+            out = outputs[0]
+            return lambda: np.copyto(out, np.take(x, indices, axis=axis))
+        # Identity and the reshapes: same data, the output's shape
+        out = outputs[0]
+        if x.flags.c_contiguous:
+            return functools.partial(np.copyto, out, x.reshape(out.shape))
+        return lambda: np.copyto(out, x.reshape(out.shape))
+
+
+def _copy_pairs(pairs: tuple[tuple[np.ndarray, np.ndarray], ...]) -> None:
+    """``np.copyto(dst, src)`` for each pair."""
+    for dst, src in pairs:
+        np.copyto(dst, src)
 
 
 # --------------------------------------------------------------------------- epilogues

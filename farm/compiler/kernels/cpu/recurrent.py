@@ -25,9 +25,9 @@ are the last valid ones (the reference's semantics, ``farm/compiler/reference/re
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,8 +36,9 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import ACT_SIGMOID, ACT_TANH, activate_row
+from farm.compiler.kernels.cpu._operands import RunsBound
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
-from farm.compiler.kernels.cpu._threads import blas_single_thread
+from farm.compiler.kernels.cpu._threads import blas_single_thread, blas_single_thread_call
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -66,6 +67,7 @@ CONCURRENT_DIRECTIONS_MIN_MACS = 1 << 20
 # saves on a shared 2-core machine (measured 0.2 ms on one thread, 45 ms on two under load for a
 # 128x128x384 projection).
 SINGLE_THREAD_PROJECTION_MACS = 1 << 25
+
 
 # --------------------------------------------------------------------------- attributes
 @dataclass
@@ -543,7 +545,7 @@ class _RecurrentTactic(Tactic):
 
 
 @register_tactic
-class FusedRecurrentTactic(_RecurrentTactic):
+class FusedRecurrentTactic(RunsBound, _RecurrentTactic):
     """Temporal fusion: one GEMM for the input projection of all steps, then one numba kernel
     per direction for the whole recurrence (directions concurrent when large enough)."""
 
@@ -552,62 +554,112 @@ class FusedRecurrentTactic(_RecurrentTactic):
     # Run the two directions of a bidirectional layer on two threads (see the subclass).
     concurrent_directions: ClassVar[bool] = False
 
-    def run(
+    def bind(
         self,
         node: Node,
         inputs: Sequence[np.ndarray | None],
-        outputs: Sequence[np.ndarray],
+        outputs: Sequence[np.ndarray | None],
         prepared: Prepared,
-    ) -> None:
-        """Projection GEMM (BLAS), then the recurrence kernel (numba), then the layout of the outputs."""
-        spec, weights, x = self.begin(node, inputs, prepared)
+        copies: bool = False,
+    ) -> Callable[[], None] | None:
+        """Projection GEMM (BLAS), then the recurrence kernel (numba), then the layout of the
+        outputs, on these arrays. Everything that does not change from run to run is settled
+        here: the arranged weights, the buffers, whether the outputs are written in place, the
+        sequence lengths when none are given. A streaming model (Silero VAD: one step of a
+        128-unit LSTM per call) spent ~30 us a run on that Python. Weights that are run-time
+        inputs are arranged on every call, so such a node binds only with ``copies``."""
+        if not prepared.tensors and not copies:
+            return None
+        spec, weights = self.spec_and_weights(node, inputs, prepared)
+        x_in = inputs[0]
+        assert x_in is not None
+        before: list[Callable[[], Any]] = []  # copies into the kernel's layouts, each call
+        x: np.ndarray
+        if spec.layout or not x_in.flags.c_contiguous:
+            source = x_in.transpose(1, 0, 2) if spec.layout else x_in
+            x = np.empty(source.shape, np.float32)
+            before.append(functools.partial(np.copyto, x, source))
+        else:
+            x = x_in
         seq, batch, features = x.shape
         dirs, hidden, gh = spec.directions, spec.hidden, spec.gates * spec.hidden
-        scratch = prepared.scratch
-        key = (seq, batch)
-        if scratch.get("key") != key:
-            scratch["key"] = key
-            scratch["proj"] = np.empty((seq, batch, dirs * gh), np.float32)
-            scratch["y"] = np.empty((seq, dirs, batch, hidden), np.float32)
-            scratch["h"] = np.empty((dirs, batch, hidden), np.float32)
-            scratch["c"] = np.empty((dirs, batch, hidden), np.float32)
-        proj = scratch["proj"]
-        small = seq * batch * features * dirs * gh < SINGLE_THREAD_PROJECTION_MACS
-        with blas_single_thread() if small else nullcontext():
-            np.matmul(x.reshape(seq * batch, features), weights.w_t, out=proj.reshape(seq * batch, dirs * gh))
-        proj += weights.input_bias
+        states: list[np.ndarray] = []
+        for position in (5, 6):
+            given = _input(inputs, position)
+            if given is None:
+                states.append(np.zeros((dirs, batch, hidden), np.float32))
+                continue
+            state = given.transpose(1, 0, 2) if spec.layout else given
+            if state.dtype == np.float32 and state.flags.c_contiguous:
+                states.append(state)  # the kernels only read h0 and c0
+            else:
+                states.append(np.empty(state.shape, np.float32))
+                before.append(functools.partial(np.copyto, states[-1], state, casting="unsafe"))
+        h0, c0 = states
+        given_lens = _input(inputs, 4)
+        lens = np.full(batch, seq, np.int64)
+        if given_lens is not None:
+            before.append(functools.partial(np.minimum, given_lens, seq, out=lens, casting="unsafe"))
         # Write straight into the outputs when they have the kernel's layout.
-        y_out = _input(outputs, 0)
-        h_out = _input(outputs, 1)
-        c_out = _input(outputs, 2)
+        y_out, h_out, c_out = (_input(outputs, i) for i in range(3))
         direct = spec.layout == 0
-        y = y_out if direct and y_out is not None and y_out.flags.c_contiguous else scratch["y"]
-        h = h_out if direct and h_out is not None and h_out.flags.c_contiguous else scratch["h"]
-        c = c_out if direct and c_out is not None and c_out.flags.c_contiguous else scratch["c"]
-        h0, c0 = self.initial_states(spec, inputs, batch)
-        lens = self.lengths(inputs, seq, batch)
-        self.recur(spec, weights, proj, h0, c0, lens, y, h, c, scratch)
-        self.write_outputs(spec, outputs, y, h, c)
+        shapes = ((seq, dirs, batch, hidden), (dirs, batch, hidden), (dirs, batch, hidden))
+        results = [
+            out if direct and out is not None and out.flags.c_contiguous else np.empty(shape, np.float32)
+            for out, shape in zip((y_out, h_out, c_out), shapes, strict=True)
+        ]
+        y, h, c = results
+        proj = np.empty((seq, batch, dirs * gh), np.float32)
+        project: Callable[[], Any] = functools.partial(
+            np.matmul, x.reshape(seq * batch, features), weights.w_t, out=proj.reshape(seq * batch, dirs * gh)
+        )
+        if seq * batch * features * dirs * gh < SINGLE_THREAD_PROJECTION_MACS:
+            project = blas_single_thread_call(project)
+        add_bias = functools.partial(np.add, proj, weights.input_bias, out=proj)
+        recur = self.recurrence_call(spec, weights, proj, h0, c0, lens, y, h, c)
+        after = (
+            [functools.partial(self.write_outputs, spec, outputs, y, h, c)]
+            if any(
+                out is not None and out is not res
+                for out, res in zip((y_out, h_out, c_out), results, strict=True)
+            )
+            else []
+        )
+        steps: tuple[Callable[[], Any], ...] = (*before, project, add_bias, recur, *after)
 
-    def recur(
+        def call() -> None:
+            for step in steps:
+                step()
+
+        return call
+
+    def recurrence_call(
         self, spec: RecurrentSpec, weights: RecurrentWeights, proj: np.ndarray, h0: np.ndarray, c0: np.ndarray,
-        lens: np.ndarray, y: np.ndarray, h: np.ndarray, c: np.ndarray, scratch: dict[str, Any],
-    ) -> None:  # fmt: skip
-        """The recurrence over the projected inputs: one numba kernel for the whole sequence."""
+        lens: np.ndarray, y: np.ndarray, h: np.ndarray, c: np.ndarray,
+    ) -> Callable[[], None]:  # fmt: skip
+        """The recurrence over ``proj`` as one call: one numba kernel for the whole sequence
+        (both directions at once when they are large enough to pay for a second thread)."""
         seq, batch = proj.shape[:2]
         reverse = np.array(spec.reverse, np.int64)
         macs = seq * batch * spec.hidden * spec.gates * spec.hidden
+        kind = KIND[spec.op_type]
         args = (
             proj, weights.r_t, weights.candidate_bias, weights.peepholes, h0, c0, lens, spec.codes, spec.alphas,
             spec.betas, np.float32(spec.clip), spec.input_forget, spec.linear_before_reset, y, h, c,
         )  # fmt: skip
         if self.concurrent_directions and macs >= CONCURRENT_DIRECTIONS_MIN_MACS:
-            recurrence(KIND[spec.op_type], reverse, *args)
-            return
+            return functools.partial(recurrence, kind, reverse, *args)
         # One direction after the other on this thread: no parallel region is entered at all
         # (even a one-thread parallel launch costs more than a small layer's whole recurrence).
-        for d in range(spec.directions):
-            _run_direction(KIND[spec.op_type], d, reverse[d], *args)
+        directions = tuple(
+            functools.partial(_run_direction, kind, d, reverse[d], *args) for d in range(spec.directions)
+        )
+
+        def each_direction() -> None:
+            for direction in directions:
+                direction()
+
+        return directions[0] if len(directions) == 1 else each_direction
 
 
 @register_tactic
@@ -734,9 +786,16 @@ class FusedBlasStepRecurrentTactic(FusedRecurrentTactic):
     name = "cpu.recurrent.fused_blas_steps"
     priority = 9
 
+    def recurrence_call(
+        self, spec: RecurrentSpec, weights: RecurrentWeights, proj: np.ndarray, h0: np.ndarray, c0: np.ndarray,
+        lens: np.ndarray, y: np.ndarray, h: np.ndarray, c: np.ndarray,
+    ) -> Callable[[], None]:  # fmt: skip
+        """The step-by-step recurrence below as one call."""
+        return functools.partial(self.recur, spec, weights, proj, h0, c0, lens, y, h, c)
+
     def recur(
         self, spec: RecurrentSpec, weights: RecurrentWeights, proj: np.ndarray, h0: np.ndarray, c0: np.ndarray,
-        lens: np.ndarray, y: np.ndarray, h: np.ndarray, c: np.ndarray, scratch: dict[str, Any],
+        lens: np.ndarray, y: np.ndarray, h: np.ndarray, c: np.ndarray,
     ) -> None:  # fmt: skip
         """Per direction and step: BLAS GEMM(s), then the numba gate kernel."""
         seq, batch = proj.shape[:2]
@@ -802,7 +861,8 @@ def _numpy_activation(code: int, x: np.ndarray, alpha: float, beta: float) -> np
         9: lambda: x / (one + np.abs(x)),
         10: lambda: np.log1p(np.exp(x)),
     }
-    return np.asarray(table[int(code)](), np.float32)
+    with np.errstate(over="ignore"):  # exp overflows to inf: sigmoid's limit, 0, is right
+        return np.asarray(table[int(code)](), np.float32)
 
 
 @register_tactic

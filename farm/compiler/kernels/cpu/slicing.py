@@ -83,30 +83,42 @@ class NumpySliceTactic(RunsBound, Tactic):
 REDUCTIONS = ("Sum", "Mean", "Max", "Min", "Prod", "SumSquare", "L1", "L2")
 
 
-def _reduce_into(kind: str, x: np.ndarray, out: np.ndarray, axes: tuple[int, ...] | None, keep: bool) -> None:
-    """``out = Reduce<kind>(x)`` over ``axes`` (None: the no-op of ``noop_with_empty_axes``)."""
-    if axes is None:
-        np.copyto(out, x.reshape(out.shape), casting="unsafe")
-        return
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if kind in ("Sum", "Mean"):
-            np.add.reduce(x, axis=axes, keepdims=keep, out=out)
-            if kind == "Mean":
-                count = int(np.prod([x.shape[a] for a in axes]))
-                np.divide(out, out.dtype.type(count), out=out)
-        elif kind == "Max":
-            np.maximum.reduce(x, axis=axes, keepdims=keep, out=out, initial=-np.inf)
-        elif kind == "Min":
-            np.minimum.reduce(x, axis=axes, keepdims=keep, out=out, initial=np.inf)
-        elif kind == "Prod":
-            np.multiply.reduce(x, axis=axes, keepdims=keep, out=out)
-        elif kind == "SumSquare":
-            np.add.reduce(x * x, axis=axes, keepdims=keep, out=out)
-        elif kind == "L1":
-            np.add.reduce(np.abs(x), axis=axes, keepdims=keep, out=out)
-        else:  # L2, accumulated in float64 as the reference does
-            wide = x.astype(np.float64)
-            np.copyto(out, np.sqrt(np.sum(wide * wide, axis=axes, keepdims=keep)), casting="unsafe")
+def _reduce_call(
+    kind: str, x: np.ndarray, out: np.ndarray, axes: tuple[int, ...] | None, keep: bool
+) -> Callable[[], None]:
+    """``out = Reduce<kind>(x)`` over ``axes`` (None: the no-op of ``noop_with_empty_axes``) as a
+    call with its ufunc, axes and count settled: a reduction of a few elements (Silero's
+    ReduceMean of one value) cost ~7 us a call when these were worked out on every call."""
+    if axes is None:  # reshaped on every call: a reshape of a strided view is a copy
+
+        def copy() -> None:
+            np.copyto(out, x.reshape(out.shape), casting="unsafe")
+
+        return copy
+    if kind == "Max":
+        return functools.partial(np.maximum.reduce, x, axis=axes, keepdims=keep, out=out, initial=-np.inf)
+    if kind == "Min":
+        return functools.partial(np.minimum.reduce, x, axis=axes, keepdims=keep, out=out, initial=np.inf)
+    count = out.dtype.type(int(np.prod([x.shape[a] for a in axes])))
+
+    def reduce() -> None:
+        # over/invalid: a float32 sum may overflow to inf (what ONNX Runtime returns, silently)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if kind in ("Sum", "Mean"):
+                np.add.reduce(x, axis=axes, keepdims=keep, out=out)
+                if kind == "Mean":
+                    np.divide(out, count, out=out)
+            elif kind == "Prod":
+                np.multiply.reduce(x, axis=axes, keepdims=keep, out=out)
+            elif kind == "SumSquare":
+                np.add.reduce(x * x, axis=axes, keepdims=keep, out=out)
+            elif kind == "L1":
+                np.add.reduce(np.abs(x), axis=axes, keepdims=keep, out=out)
+            else:  # L2, accumulated in float64 as the reference does
+                wide = x.astype(np.float64)
+                np.copyto(out, np.sqrt(np.sum(wide * wide, axis=axes, keepdims=keep)), casting="unsafe")
+
+    return reduce
 
 
 @register_tactic
@@ -144,9 +156,7 @@ class NumpyReduceTactic(RunsBound, Tactic):
             return reduce_axes(node, [x, *inputs[1:2]], x.ndim)
 
         keep = bool(node.attr("keepdims", 1))
-        return functools.partial(
-            _reduce_into, kind, x, outputs[0], memo(prepared, ("axes", x.ndim), axes), keep
-        )
+        return _reduce_call(kind, x, outputs[0], memo(prepared, ("axes", x.ndim), axes), keep)
 
 
 __all__: Sequence[str] = ("REDUCTIONS", "NumpyReduceTactic", "NumpySliceTactic")
