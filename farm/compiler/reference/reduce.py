@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,12 @@ def reduce_array(kind: str, x: np.ndarray, axes: tuple[int, ...], keepdims: bool
         if kind == "Sum":
             y = np.sum(x, axis=axes, keepdims=keepdims)
         elif kind == "Mean":
-            y = np.mean(x, axis=axes, keepdims=keepdims)
+            if any(x.shape[a] == 0 for a in axes):  # NaN, without numpy's "Mean of empty slice"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    y = np.mean(x, axis=axes, keepdims=keepdims)
+            else:
+                y = np.mean(x, axis=axes, keepdims=keepdims)
         elif kind == "Max":
             low = -np.inf if is_float else (np.iinfo(dtype).min if dtype != np.bool_ else False)
             y = np.max(x, axis=axes, keepdims=keepdims, initial=low)

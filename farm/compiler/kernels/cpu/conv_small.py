@@ -199,7 +199,8 @@ def conv_small(
     ho, wo = out.shape[2], out.shape[3]
     plane = ho * wo
     group = PIXEL_BLOCK
-    patch = np.zeros(group * k_count, np.float32)  # rows past a short group: zeros, dropped
+    # a short last group's unused rows hold zeros or an earlier group's patch: finite, sums dropped
+    patch = np.zeros(group * k_count, np.float32)
     acc = np.empty(group * m_count, np.float32)
     res = np.empty(m_count if res_mode != RES_NONE else 1, np.float32)  # a pixel's residuals
     wf = wt.reshape(-1)
