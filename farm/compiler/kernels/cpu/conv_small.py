@@ -215,8 +215,7 @@ def conv_small(
         if count > 1:  # two or three pixels too: the unused rows' sums are dropped
             _four_pixels(wf, m_count, k_count, patch, acc)
         else:
-            for u in range(count):
-                _one_pixel(wf, m_count, k_count, patch[u * k_count : (u + 1) * k_count], acc[u * m_count :])
+            _one_pixel(wf, m_count, k_count, patch, acc)
         for u in range(count):
             n, p = divmod(first + u, plane)
             sums = acc[u * m_count : (u + 1) * m_count]

@@ -329,24 +329,14 @@ class NumpyDataMovementTactic(RunsBound, Tactic):
         if op in ("Expand", "Cast"):
             return functools.partial(np.copyto, outputs[0], x, casting="unsafe")
         if op == "Concat":
-            out = outputs[0]
-            axis = int(node.attr("axis", 0)) % out.ndim
-            pairs, start = [], 0
-            for part in inputs:
-                if part is None:
-                    continue
-                end = start + part.shape[axis]
-                pairs.append((out[(slice(None),) * axis + (slice(start, end),)], part))
-                start = end
-            return functools.partial(_copy_pairs, tuple(pairs))
+            parts = [part for part in inputs if part is not None]
+            axis = int(node.attr("axis", 0)) % outputs[0].ndim
+            pieces = _pieces(outputs[0], axis, [part.shape[axis] for part in parts])
+            return functools.partial(_copy_pairs, tuple(zip(pieces, parts, strict=True)))
         if op == "Split":
             axis = int(node.attr("axis", 0)) % x.ndim
-            pairs, start = [], 0
-            for out in outputs:
-                end = start + out.shape[axis]
-                pairs.append((out, x[(slice(None),) * axis + (slice(start, end),)]))
-                start = end
-            return functools.partial(_copy_pairs, tuple(pairs))
+            pieces = _pieces(x, axis, [out.shape[axis] for out in outputs])
+            return functools.partial(_copy_pairs, tuple(zip(outputs, pieces, strict=True)))
         if op == "Gather":
             indices = inputs[1]
             assert indices is not None
@@ -358,6 +348,14 @@ class NumpyDataMovementTactic(RunsBound, Tactic):
         if x.flags.c_contiguous:
             return functools.partial(np.copyto, out, x.reshape(out.shape))
         return lambda: np.copyto(out, x.reshape(out.shape))
+
+
+def _pieces(array: np.ndarray, axis: int, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Consecutive views of ``array`` along ``axis``, ``sizes`` long (Concat's output, Split's
+    input)."""
+    ends = np.cumsum(sizes).tolist()
+    starts = [0, *ends][:-1]
+    return [array[(slice(None),) * axis + (slice(a, b),)] for a, b in zip(starts, ends, strict=True)]
 
 
 def _copy_pairs(pairs: tuple[tuple[np.ndarray, np.ndarray], ...]) -> None:

@@ -87,8 +87,9 @@ def _reduce_call(
     kind: str, x: np.ndarray, out: np.ndarray, axes: tuple[int, ...] | None, keep: bool
 ) -> Callable[[], None]:
     """``out = Reduce<kind>(x)`` over ``axes`` (None: the no-op of ``noop_with_empty_axes``) as a
-    call with its ufunc, axes and count settled: a reduction of a few elements (Silero's
-    ReduceMean of one value) cost ~7 us a call when these were worked out on every call."""
+    call with its axes and count settled (Max and Min: one partial of the ufunc): a reduction
+    of a few elements (Silero's ReduceMean of one value) cost ~7 us a call when the count was
+    worked out on every call (``np.prod`` of a list alone, 3.7 us)."""
     if axes is None:  # reshaped on every call: a reshape of a strided view is a copy
 
         def copy() -> None:
