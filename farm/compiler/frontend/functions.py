@@ -78,7 +78,7 @@ def _lower_plain_attention(
     return changed
 
 
-def _value_types(proto: ModelProto) -> dict[str, TypeProto]:
+def value_types(proto: ModelProto) -> dict[str, TypeProto]:
     """Every value's type as onnx shape inference sees it (all graphs, subgraphs included)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
@@ -152,7 +152,7 @@ def expand_function_ops(proto: ModelProto, opset: int, supported: frozenset[str]
         if not found:
             break
         needs_types = any(function_versions(n.op_type, opset)[0] is None for n in found)
-        types = _value_types(proto) if needs_types else None
+        types = value_types(proto) if needs_types else None
         if types is not None and _lower_plain_attention(proto, opset, supported, types):
             continue  # the graphs changed: look again for what is left to expand
         for node in found:

@@ -30,8 +30,9 @@ from farm.compiler.frontend.canonical import (
     canonicalize_node,
     resolve_auto_pad,
 )
+from farm.compiler.frontend.contrib import expand_contrib_ops
 from farm.compiler.frontend.errors import ModelError, UnsupportedModelError
-from farm.compiler.frontend.functions import expand_function_ops
+from farm.compiler.frontend.functions import expand_function_ops, value_types
 from farm.compiler.frontend.shape_inference import infer_shapes
 from farm.compiler.frontend.tensors import MAX_DIM, tensor_to_array
 from farm.compiler.frontend.upgrade import upgrade_opset
@@ -121,6 +122,7 @@ def _load(proto: ModelProto, base_dir: Path | None, input_shapes: dict[str, Sequ
         _check_supported(proto.graph, opsets)
         proto = upgrade_opset(proto, source_opset)
         opsets[""] = MIN_OPSET
+    proto = expand_contrib_ops(proto, opsets[""], value_types)
     proto = expand_function_ops(proto, opsets[""], supported_op_types())
     _check_supported(proto.graph, opsets)
     loader = _GraphLoader(opsets, base_dir)
