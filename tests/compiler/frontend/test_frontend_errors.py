@@ -25,7 +25,7 @@ def test_unsupported_ops_are_all_named_with_their_first_node() -> None:
         helper.make_node("FancyOp", ["a"], ["b"], name="fancy_1"),
         helper.make_node("FancyOp", ["b"], ["c"], name="fancy_2"),
         helper.make_node("ImageDecoder", ["c"], ["d"], name="decoder"),
-        helper.make_node("FusedMatMul", ["d", "d"], ["y"], name="ms", domain="com.microsoft"),
+        helper.make_node("QOrderedMatMul", ["d", "d"], ["y"], name="ms", domain="com.microsoft"),
     ]
     model = make_model(nodes, [("x", FLOAT, [2])], [("y", FLOAT, [2])])
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -34,9 +34,9 @@ def test_unsupported_ops_are_all_named_with_their_first_node() -> None:
     message = str(info.value)
     assert "FancyOp (first node: 'fancy_1')" in message
     assert "ImageDecoder (first node: 'decoder')" in message
-    assert "com.microsoft.FusedMatMul (first node: 'ms')" in message
+    assert "com.microsoft.QOrderedMatMul (first node: 'ms')" in message
     assert "fancy_2" not in message
-    assert info.value.unsupported == {"FancyOp": "fancy_1", "ImageDecoder": "decoder", "com.microsoft.FusedMatMul": "ms"}
+    assert info.value.unsupported == {"FancyOp": "fancy_1", "ImageDecoder": "decoder", "com.microsoft.QOrderedMatMul": "ms"}
     assert isinstance(info.value, ModelError) and isinstance(info.value, ValueError)
 
 
