@@ -83,7 +83,7 @@ def value_types(proto: ModelProto) -> dict[str, TypeProto]:
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception as exc:
-        raise ModelError(f"cannot infer the input types of a function op: {exc}") from None
+        raise ModelError(f"cannot infer the value types that writing out its function or contrib ops needs: {exc}") from None
     types: dict[str, TypeProto] = {}
     for g in all_graphs(inferred.graph):
         for init in g.initializer:
