@@ -71,7 +71,12 @@ class Emitter:
     attributes to inputs in opsets 13 and 18)."""
 
     def __init__(
-        self, node: NodeProto, opset: int, types: Types, shared: dict[tuple[Any, ...], str] | None = None
+        self,
+        node: NodeProto,
+        opset: int,
+        types: Types,
+        shared: dict[tuple[Any, ...], str] | None = None,
+        taken: set[str] | None = None,
     ) -> None:
         self.node = node
         self.opset = opset
@@ -79,6 +84,9 @@ class Emitter:
         # values one graph's nodes can share (the additive mask every Attention of a model builds
         # from the same mask_index), by what they are computed from
         self.shared = shared if shared is not None else {}
+        # every value and node name of the model, so that new ones never collide (ONNX does not
+        # make node names unique, and the prefix is the node's name)
+        self.taken = taken if taken is not None else set()
         self.nodes: list[NodeProto] = []
         self.prefix = node.name or node.output[0]
         self.count = 0
@@ -93,8 +101,12 @@ class Emitter:
         return ModelError(f"{self.where}: {why}")
 
     def fresh(self, what: str) -> str:
-        self.count += 1
-        return f"{self.prefix}/{what}_{self.count}"
+        while True:
+            self.count += 1
+            name = f"{self.prefix}/{what}_{self.count}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
 
     def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs: Any) -> str:
         """One node with one output (``out`` or a fresh name); returns the output's name."""
@@ -521,6 +533,7 @@ def expand_contrib_ops(proto: ModelProto, opset: int, types_of: Callable[[ModelP
             # ONNX Runtime's optimizer leaves it out of the models it hands back in memory
             proto.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
         types = types_of(proto)
+        taken = _names(proto)
         progress = False
         waiting: list[tuple[Emitter, str]] = []
         for graph in reversed(list(all_graphs(proto.graph))):  # innermost first: rebuilding copies bodies
@@ -529,7 +542,7 @@ def expand_contrib_ops(proto: ModelProto, opset: int, types_of: Callable[[ModelP
             shared: dict[tuple[Any, ...], str] = {}
             for node in graph.node:
                 if is_contrib(node, opset):
-                    emitter = Emitter(node, opset, types, shared)
+                    emitter = Emitter(node, opset, types, shared, taken)
                     try:
                         EXPANSIONS[node.op_type](emitter)
                     except _Unknown as unknown:
@@ -548,3 +561,16 @@ def expand_contrib_ops(proto: ModelProto, opset: int, types_of: Callable[[ModelP
             emitter, name = waiting[0]
             raise emitter.error(f"the shape of {name!r} is not known, and writing it as ONNX ops needs it")
     raise ModelError(f"contrib ops still left after {MAX_ROUNDS} rounds of writing them as ONNX ops")
+
+
+def _names(proto: ModelProto) -> set[str]:
+    """Every value and node name used anywhere in the model."""
+    names: set[str] = set()
+    for graph in all_graphs(proto.graph):
+        names.update(init.name for init in graph.initializer)
+        names.update(info.name for info in graph.input)
+        for node in graph.node:
+            names.add(node.name)
+            names.update(node.input)
+            names.update(node.output)
+    return names

@@ -70,6 +70,25 @@ def test_unary_gelus(rng: np.random.Generator, op: str) -> None:
     check(contrib_model(node, [("x", F, [2, 5, 24])], [("y", F, None)]), {"x": rand(rng, 2, 5, 24, scale=2)})
 
 
+def test_nodes_of_the_same_name_get_distinct_new_names(rng: np.random.Generator) -> None:
+    """ONNX does not make node names unique; the values written for each must not collide."""
+    first = helper.make_node("BiasGelu", ["x", "b"], ["h"], domain=MS, name="block/act")
+    second = helper.make_node("FastGelu", ["h", "b"], ["y"], domain=MS, name="block/act")
+    graph = helper.make_graph(
+        [first, second],
+        "same_names",
+        [helper.make_tensor_value_info("x", F, [2, 8])],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(rand(rng, 8), "b")],
+    )
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+    model = helper.make_model(graph, opset_imports=imports, ir_version=ORT_IR_VERSION)
+    feeds = {"x": rand(rng, 2, 8)}
+    got = reference.run(load_onnx(model), feeds)["y"]
+    model.graph.node[1].name = "block/act2"  # ONNX Runtime refuses repeated node names
+    np.testing.assert_allclose(got, ort_outputs(model, feeds)[0], rtol=2e-5, atol=2e-5)
+
+
 def test_quick_gelu_alpha(rng: np.random.Generator) -> None:
     node = helper.make_node("QuickGelu", ["x"], ["y"], domain=MS, alpha=1.3)
     check(contrib_model(node, [("x", F, [3, 7])], [("y", F, None)]), {"x": rand(rng, 3, 7, scale=3)})
