@@ -1,5 +1,5 @@
-"""ONNX AttributeProto -> python values (GRAPH attributes are converted by a callback), and a walk
-over the graphs nested in GRAPH attributes."""
+"""ONNX AttributeProto -> python values (GRAPH attributes are converted by a callback), a walk
+over the graphs nested in GRAPH attributes, and node replacement in one of those graphs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import AttributeProto, GraphProto, SparseTensorProto
+from onnx import AttributeProto, GraphProto, NodeProto, SparseTensorProto
 
 from farm.compiler.frontend.errors import ModelError, UnsupportedModelError
 from farm.compiler.frontend.tensors import check_dims, tensor_to_array
@@ -30,6 +30,27 @@ def all_graphs(graph: GraphProto) -> Iterator[GraphProto]:
                 yield from all_graphs(attr.g)
             for g in attr.graphs:
                 yield from all_graphs(g)
+
+
+def replace_nodes(graph: GraphProto, replacement: Callable[[NodeProto], list[NodeProto] | None]) -> bool:
+    """Rebuild ``graph``'s node list with every node for which ``replacement`` gives a list of
+    nodes replaced by that list; True if any was (else the graph is left as it was). Rebuilding
+    copies the other nodes, bodies included: rewrite the innermost graphs first."""
+    rebuilt: list[NodeProto] = []
+    hit = False
+    for node in graph.node:
+        nodes = replacement(node)
+        if nodes is None:
+            copy = NodeProto()
+            copy.CopyFrom(node)
+            rebuilt.append(copy)
+        else:
+            rebuilt.extend(nodes)
+            hit = True
+    if hit:
+        del graph.node[:]
+        graph.node.extend(rebuilt)
+    return hit
 
 
 def sparse_to_array(sparse: SparseTensorProto, base_dir: Path | None, what: str) -> np.ndarray:

@@ -41,6 +41,7 @@ types only once that op is written out.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, TypeProto, helper, numpy_helper
 
-from farm.compiler.frontend.attributes import all_graphs
+from farm.compiler.frontend.attributes import all_graphs, replace_nodes
 from farm.compiler.frontend.errors import ModelError
 
 CONTRIB_DOMAIN = "com.microsoft"
@@ -536,31 +537,38 @@ def expand_contrib_ops(proto: ModelProto, opset: int, types_of: Callable[[ModelP
         taken = _names(proto)
         progress = False
         waiting: list[tuple[Emitter, str]] = []
-        for graph in reversed(list(all_graphs(proto.graph))):  # innermost first: rebuilding copies bodies
-            rebuilt: list[NodeProto] = []
-            changed = False
+        for graph in reversed(list(all_graphs(proto.graph))):  # innermost first
             shared: dict[tuple[Any, ...], str] = {}
-            for node in graph.node:
-                if is_contrib(node, opset):
-                    emitter = Emitter(node, opset, types, shared, taken)
-                    try:
-                        EXPANSIONS[node.op_type](emitter)
-                    except _Unknown as unknown:
-                        waiting.append((emitter, str(unknown)))
-                    else:
-                        rebuilt.extend(emitter.nodes)
-                        changed = progress = True
-                        continue
-                copy = NodeProto()
-                copy.CopyFrom(node)
-                rebuilt.append(copy)
-            if changed:
-                del graph.node[:]
-                graph.node.extend(rebuilt)
+            write_out = functools.partial(
+                _write_out, opset=opset, types=types, shared=shared, taken=taken, waiting=waiting
+            )
+            progress |= replace_nodes(graph, write_out)
         if not progress:
             emitter, name = waiting[0]
             raise emitter.error(f"the shape of {name!r} is not known, and writing it as ONNX ops needs it")
     raise ModelError(f"contrib ops still left after {MAX_ROUNDS} rounds of writing them as ONNX ops")
+
+
+def _write_out(
+    node: NodeProto,
+    *,
+    opset: int,
+    types: Types,
+    shared: dict[tuple[Any, ...], str],
+    taken: set[str],
+    waiting: list[tuple[Emitter, str]],
+) -> list[NodeProto] | None:
+    """The ONNX nodes of ``node`` when it is a contrib op whose shapes are known; None to keep it
+    (a contrib op whose shapes are not known yet is listed in ``waiting``)."""
+    if not is_contrib(node, opset):
+        return None
+    emitter = Emitter(node, opset, types, shared, taken)
+    try:
+        EXPANSIONS[node.op_type](emitter)
+    except _Unknown as unknown:
+        waiting.append((emitter, str(unknown)))
+        return None
+    return emitter.nodes
 
 
 def _names(proto: ModelProto) -> set[str]:

@@ -26,7 +26,7 @@ import onnx
 from onnx import FunctionProto, ModelProto, NodeProto, TypeProto, helper
 
 from farm.compiler.frontend.attention_op import plain_attention
-from farm.compiler.frontend.attributes import all_graphs
+from farm.compiler.frontend.attributes import all_graphs, replace_nodes
 from farm.compiler.frontend.errors import ModelError
 from farm.compiler.frontend.versions import function_versions, has_function, runs_natively, schema
 
@@ -52,29 +52,15 @@ def _lower_plain_attention(
     """Rewrite each plain ONNX Attention node (:mod:`.attention_op`) in place; True if any was.
 
     Innermost graphs first: rebuilding a graph's node list copies its nodes, bodies included."""
+
+    def lower(node: NodeProto) -> list[NodeProto] | None:
+        if node.domain not in DEFAULT_DOMAINS or node.op_type != "Attention":
+            return None
+        return None if runs_natively(node.op_type, opset, supported) else plain_attention(node, types)
+
     changed = False
     for graph in reversed(list(all_graphs(proto.graph))):
-        if not any(n.op_type == "Attention" and n.domain in DEFAULT_DOMAINS for n in graph.node):
-            continue
-        rebuilt: list[NodeProto] = []
-        hit = False
-        for node in graph.node:
-            lowered = None
-            if node.domain in DEFAULT_DOMAINS and node.op_type == "Attention":
-                lowered = (
-                    None if runs_natively(node.op_type, opset, supported) else plain_attention(node, types)
-                )
-            if lowered is not None:
-                rebuilt.extend(lowered)
-                hit = True
-            else:
-                copy = NodeProto()
-                copy.CopyFrom(node)
-                rebuilt.append(copy)
-        if hit:
-            del graph.node[:]
-            graph.node.extend(rebuilt)
-            changed = True
+        changed |= replace_nodes(graph, lower)
     return changed
 
 
