@@ -51,9 +51,9 @@ from onnx import ModelProto, NodeProto, TensorProto, TypeProto, helper, numpy_he
 
 from farm.compiler.frontend.attributes import all_graphs, replace_nodes
 from farm.compiler.frontend.errors import ModelError
+from farm.compiler.frontend.functions import DEFAULT_DOMAINS
 
 CONTRIB_DOMAIN = "com.microsoft"
-DEFAULT_DOMAINS = ("", "ai.onnx")
 MAX_ROUNDS = 8
 SKIP_LN_EPSILON = 1e-12  # ONNX Runtime's default for SkipLayerNormalization / EmbedLayerNormalization
 LN_EPSILON = 1e-5  # LayerNormalization's and SimplifiedLayerNormalization's default
@@ -263,18 +263,17 @@ def _skip_sum(e: Emitter) -> str:
 # the ops
 
 
+def _biased_input(e: Emitter) -> str:
+    """Input 0, plus input 1 when the node has one (BiasGelu's B, FastGelu's optional bias)."""
+    return e.op("Add", [e.input(0), e.input(1)]) if e.input(1) else e.input(0)
+
+
 def _gelu(e: Emitter) -> None:
-    x = e.input(0)
-    if e.node.op_type == "BiasGelu" or e.input(1):  # BiasGelu(A, B); Gelu has one input
-        x = e.op("Add", [x, e.input(1)])
-    _gelu_erf(e, x, e.output(0))
+    _gelu_erf(e, _biased_input(e), e.output(0))
 
 
 def _fast_gelu(e: Emitter) -> None:
-    x = e.input(0)
-    if e.input(1):
-        x = e.op("Add", [x, e.input(1)])
-    _gelu_tanh(e, x, e.output(0))
+    _gelu_tanh(e, _biased_input(e), e.output(0))
 
 
 def _quick_gelu(e: Emitter) -> None:
@@ -347,9 +346,8 @@ def _fused_conv(e: Emitter) -> None:
             f"activation {activation!r} is not one FusedConv defines ({', '.join(FUSED_CONV_ACTIVATIONS)})"
         )
     conv_attrs = {k: v for k, v in attrs.items() if k in CONV_ATTRS}
-    for key in ("auto_pad",):
-        if isinstance(conv_attrs.get(key), bytes):
-            conv_attrs[key] = conv_attrs[key].decode()
+    if isinstance(conv_attrs.get("auto_pad"), bytes):
+        conv_attrs["auto_pad"] = conv_attrs["auto_pad"].decode()
     inputs = [e.input(0), e.input(1)] + ([e.input(2)] if e.input(2) else [])
     y = e.op("Conv", inputs, None if activation or e.input(3) else e.output(0), **conv_attrs)
     if e.input(3):

@@ -166,7 +166,7 @@ def test_layer_normalization_before_opset_17(rng: np.random.Generator, axis: int
     """ONNX Runtime's LayerNormalization in the ONNX domain, which exporters and its optimizer
     write at opsets where ONNX had none; written out, it is fused back into one LayerNorm."""
     shape = [2, 3, 4, 8]
-    norm = shape[axis:] if axis >= 0 else shape[axis:]
+    norm = shape[axis:]
     node = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], axis=axis, epsilon=1e-5)
     inits = {"gamma": rand(rng, *norm) + 1, "beta": rand(rng, *norm)}
     model = contrib_model(node, [("x", F, shape)], [("y", F, None)], inits, opset=13)
@@ -255,15 +255,18 @@ def _embed_model(
     return contrib_model(node, inputs, outputs, inits, opset=opset)
 
 
+@pytest.mark.parametrize("opset", [12, 17])
 @pytest.mark.parametrize(("with_mask", "with_segments"), [(True, True), (False, True), (True, False)])
-def test_embed_layer_normalization(rng: np.random.Generator, with_mask: bool, with_segments: bool) -> None:
+def test_embed_layer_normalization(
+    rng: np.random.Generator, with_mask: bool, with_segments: bool, opset: int
+) -> None:
     batch, seq = 3, 9
     feeds = {"ids": rng.integers(0, 50, (batch, seq)).astype(np.int32)}
     if with_segments:
         feeds["segments"] = rng.integers(0, 2, (batch, seq)).astype(np.int32)
     if with_mask:
         feeds["mask"] = (np.arange(seq)[None, :] < np.array([[9], [4], [1]])).astype(np.int32)
-    check(_embed_model(rng, with_mask, with_segments), feeds)
+    check(_embed_model(rng, with_mask, with_segments, opset), feeds)
 
 
 def _attention_model(

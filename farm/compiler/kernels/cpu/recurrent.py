@@ -36,7 +36,7 @@ from numba import njit, prange
 
 from farm.compiler.ir import Graph, Node
 from farm.compiler.kernels.cpu._epilogue import ACT_SIGMOID, ACT_TANH, activate_row
-from farm.compiler.kernels.cpu._operands import RunsBound
+from farm.compiler.kernels.cpu._operands import RunsBound, in_order
 from farm.compiler.kernels.cpu._rowgemm import add_row_products
 from farm.compiler.kernels.cpu._threads import blas_single_thread, blas_single_thread_call
 from farm.compiler.kernels.registry import Prepared, Tactic, register_tactic
@@ -625,13 +625,7 @@ class FusedRecurrentTactic(RunsBound, _RecurrentTactic):
             )
             else []
         )
-        steps: tuple[Callable[[], Any], ...] = (*before, project, add_bias, recur, *after)
-
-        def call() -> None:
-            for step in steps:
-                step()
-
-        return call
+        return in_order(*before, project, add_bias, recur, *after)
 
     def recurrence_call(
         self, spec: RecurrentSpec, weights: RecurrentWeights, proj: np.ndarray, h0: np.ndarray, c0: np.ndarray,
@@ -651,15 +645,9 @@ class FusedRecurrentTactic(RunsBound, _RecurrentTactic):
             return functools.partial(recurrence, kind, reverse, *args)
         # One direction after the other on this thread: no parallel region is entered at all
         # (even a one-thread parallel launch costs more than a small layer's whole recurrence).
-        directions = tuple(
-            functools.partial(_run_direction, kind, d, reverse[d], *args) for d in range(spec.directions)
+        return in_order(
+            *(functools.partial(_run_direction, kind, d, reverse[d], *args) for d in range(spec.directions))
         )
-
-        def each_direction() -> None:
-            for direction in directions:
-                direction()
-
-        return directions[0] if len(directions) == 1 else each_direction
 
 
 @register_tactic
